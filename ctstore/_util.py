@@ -1,0 +1,121 @@
+"""Small helpers shared by every stage: errors, size parsing, logging to stderr.
+
+Everything a stage prints for humans goes to stderr through :func:`log`, so that
+``--json`` can keep stdout for the one JSON manifest a script reads.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+import time
+from contextlib import contextmanager
+
+from dask.utils import format_bytes, parse_bytes
+
+__all__ = [
+    "CtstoreError",
+    "format_bytes",
+    "log",
+    "parse_bytes",
+    "parse_count",
+    "parse_memory",
+    "stopwatch",
+    "canonical_json",
+]
+
+
+class CtstoreError(Exception):
+    """An error the user can fix: bad input, bad parameters, no space.
+
+    The CLI prints ``ctstore: error: <message>`` on one line and exits with
+    status 2; the message must name the input and the problem.
+    """
+
+
+_QUIET = False
+
+
+def set_quiet(quiet: bool) -> None:
+    global _QUIET
+    _QUIET = quiet
+
+
+def log(*parts: object) -> None:
+    """Print a human-readable line to stderr (never stdout)."""
+    if not _QUIET:
+        print(*parts, file=sys.stderr, flush=True)
+
+
+def progress_disabled() -> bool:
+    return _QUIET or os.environ.get("CTSTORE_NO_PROGRESS") == "1"
+
+
+_SUFFIXES = {"": 1, "K": 10**3, "M": 10**6, "G": 10**9, "T": 10**12}
+
+
+def parse_count(text: str | int) -> int:
+    """Parse a count such as ``200M``, ``1.5G``, ``4096`` or ``10_000`` into an int.
+
+    >>> parse_count("200M")
+    200000000
+    """
+    if isinstance(text, int):
+        return text
+    s = str(text).strip().upper().replace("_", "")
+    suffix = s[-1:] if s[-1:] in _SUFFIXES and s[-1:] != "" else ""
+    number = s[: len(s) - len(suffix)]
+    try:
+        value = float(number) * _SUFFIXES[suffix]
+    except ValueError:
+        raise CtstoreError(f"not a count: {text!r} (use e.g. 4096, 200K, 200M)") from None
+    if value < 0 or value != int(value):
+        raise CtstoreError(f"not a whole non-negative count: {text!r}")
+    return int(value)
+
+
+def parse_memory(text: str | int) -> int:
+    """Parse a memory budget such as ``"4GB"`` (dask conventions: GB = 10**9, GiB = 2**30)."""
+    if isinstance(text, int):
+        return text
+    try:
+        return int(parse_bytes(str(text)))
+    except (ValueError, TypeError):
+        raise CtstoreError(f"not a memory size: {text!r} (use e.g. 2GB, 512MiB)") from None
+
+
+def canonical_json(obj: object) -> str:
+    """JSON with sorted keys and no whitespace: the input of every fingerprint."""
+    return json.dumps(obj, sort_keys=True, separators=(",", ":"), ensure_ascii=True)
+
+
+@contextmanager
+def stopwatch(timings: dict, name: str):
+    """Add the wall seconds spent in the block to ``timings[name]``."""
+    start = time.perf_counter()
+    try:
+        yield
+    finally:
+        timings[name] = round(timings.get(name, 0.0) + time.perf_counter() - start, 3)
+
+
+def save_npy(fs, path: str, array) -> None:
+    """Write a ``.npy`` file through an fsspec filesystem (never pickled)."""
+    import io
+
+    import numpy as np
+
+    buf = io.BytesIO()
+    np.save(buf, array, allow_pickle=False)
+    with fs.open(path, "wb") as f:
+        f.write(buf.getvalue())
+
+
+def load_npy(fs, path: str):
+    import io
+
+    import numpy as np
+
+    with fs.open(path, "rb") as f:
+        return np.load(io.BytesIO(f.read()), allow_pickle=False)

@@ -1,0 +1,151 @@
+"""Where heavy steps run: a Dask cluster sized from one memory budget.
+
+``--memory`` bounds the whole process tree (client + scheduler + workers).
+:func:`plan_cluster` splits it: a fixed reserve for the client process (which
+also hosts the scheduler of a ``LocalCluster``), then equal shares per worker,
+each share minus a worker's own baseline being what one task may use. Workers
+run one thread each, so a task's share is not shared with another task.
+
+Schedulers:
+
+* ``None`` / ``"local"`` (default): ``LocalCluster`` of processes on 127.0.0.1,
+  dashboard on ``127.0.0.1:8787`` (another free port if taken), link printed;
+* ``"sync"``: no cluster, tasks run in this process one after another (small
+  inputs, debugging, tests);
+* ``"tcp://HOST:PORT"`` or any address: an existing ``dask scheduler``; the
+  workers' memory is theirs, the plan still sizes tasks from ``--memory``.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import sys
+from dataclasses import dataclass
+
+from ._util import CtstoreError, format_bytes, log, parse_memory, progress_disabled
+
+__all__ = ["ClusterPlan", "plan_cluster", "Runner"]
+
+CLIENT_RESERVE = 400 * 2**20  # client + scheduler: Python, numpy, dask, distributed
+WORKER_BASELINE = 300 * 2**20  # a worker process with numpy, pyarrow, zarr, distributed loaded
+MIN_TASK_MEMORY = 64 * 2**20
+TASK_FRACTION = 0.75
+
+
+@dataclass(frozen=True)
+class ClusterPlan:
+    memory: int
+    n_workers: int
+    worker_memory: int
+    task_memory: int
+
+    def describe(self) -> str:
+        return (f"memory budget {format_bytes(self.memory)}: {self.n_workers} worker(s) x "
+                f"{format_bytes(self.worker_memory)}, {format_bytes(self.task_memory)} per task")
+
+
+def plan_cluster(memory: str | int = "4GB", n_workers: int | None = None, in_process: bool = False) -> ClusterPlan:
+    """Split a memory budget into workers and per-task memory; fail if it cannot fit.
+
+    >>> p = plan_cluster("2GB", n_workers=2)
+    >>> p.n_workers, p.task_memory > 500 * 2**20
+    (2, True)
+    """
+    total = parse_memory(memory)
+    cores = os.cpu_count() or 1
+    if in_process:
+        task = total - CLIENT_RESERVE
+        if task < MIN_TASK_MEMORY:
+            raise CtstoreError(f"--memory {format_bytes(total)} is too small: the process alone needs "
+                               f"{format_bytes(CLIENT_RESERVE + MIN_TASK_MEMORY)}")
+        return ClusterPlan(total, 1, task, task)
+    workers = n_workers or cores
+    while workers > 1 and int((total - CLIENT_RESERVE) // workers * TASK_FRACTION) - WORKER_BASELINE < MIN_TASK_MEMORY:
+        workers -= 1
+    worker_memory = (total - CLIENT_RESERVE) // workers
+    # dask pauses a worker at 80% of its limit and kills it at 95%: stay below both
+    task = int(worker_memory * TASK_FRACTION) - WORKER_BASELINE
+    if task < MIN_TASK_MEMORY:
+        need = CLIENT_RESERVE + WORKER_BASELINE + MIN_TASK_MEMORY
+        raise CtstoreError(f"--memory {format_bytes(total)} is too small for a cluster: one worker needs "
+                           f"{format_bytes(need)} (or use --scheduler sync)")
+    return ClusterPlan(total, workers, worker_memory, task)
+
+
+class Runner:
+    """Run functions over lists of arguments on the configured scheduler, with progress."""
+
+    def __init__(self, memory: str | int = "4GB", scheduler: str | None = None, n_workers: int | None = None,
+                 dashboard: str = "127.0.0.1:8787"):
+        self.scheduler = scheduler or "local"
+        self.plan = plan_cluster(memory, n_workers, in_process=self.scheduler == "sync")
+        self.dashboard = dashboard
+        self.client = None
+        self.cluster = None
+
+    @property
+    def dashboard_link(self) -> str | None:
+        return self.client.dashboard_link if self.client is not None else None
+
+    def __enter__(self) -> "Runner":
+        if self.scheduler == "sync":
+            return self
+        from distributed import Client, LocalCluster
+
+        for name in ("distributed", "bokeh", "tornado"):
+            logging.getLogger(name).setLevel(logging.ERROR)
+        if self.scheduler == "local":
+            try:
+                import bokeh  # noqa: F401
+            except ImportError:
+                log("dashboard unavailable: install bokeh>=3.1 to get the Dask dashboard")
+            self.cluster = LocalCluster(
+                n_workers=self.plan.n_workers, threads_per_worker=1, processes=True,
+                memory_limit=self.plan.worker_memory, host="127.0.0.1",
+                dashboard_address=self.dashboard, silence_logs=logging.ERROR,
+            )
+            self.client = Client(self.cluster)
+        else:
+            try:
+                self.client = Client(self.scheduler, timeout="20s")
+            except (OSError, TimeoutError) as exc:
+                raise CtstoreError(f"--scheduler {self.scheduler}: cannot connect ({exc})") from None
+        log(f"dask: {len(self.client.scheduler_info(n_workers=-1)['workers'])} worker(s); "
+            f"dashboard {self.client.dashboard_link}")
+        return self
+
+    def __exit__(self, *exc) -> None:
+        if self.client is not None:
+            self.client.close()
+        if self.cluster is not None:
+            self.cluster.close()
+        self.client = self.cluster = None
+
+    def map(self, fn, items: list[tuple], desc: str) -> list:
+        """``[fn(*item) for item in items]`` on the cluster, in order, with a progress bar."""
+        from tqdm import tqdm
+
+        bar = tqdm(total=len(items), desc=desc, unit="task", disable=progress_disabled() or not items,
+                   file=sys.stderr, dynamic_ncols=True)
+        try:
+            if self.client is None:
+                out = []
+                for item in items:
+                    out.append(fn(*item))
+                    bar.update()
+                return out
+            from distributed import as_completed
+
+            futures = [self.client.submit(fn, *item, pure=False, retries=2) for item in items]
+            try:
+                for future in as_completed(futures):
+                    if future.status == "error":
+                        future.result()  # raises the task's exception here
+                    bar.update()
+                return self.client.gather(futures)
+            finally:
+                for f in futures:
+                    f.cancel()
+        finally:
+            bar.close()

@@ -1,0 +1,80 @@
+"""Read access to a ``counts`` artifact: unigram, rank and CSR lag matrices in Zarr.
+
+Row blocks are read without touching the rest of the matrix: ``indptr[r0:r1+1]``
+gives the element range, and Zarr decodes only the chunks of ``indices`` and
+``data`` that overlap it (about 1M elements each).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from functools import cached_property
+
+import numpy as np
+import scipy.sparse as sp
+
+from ._util import CtstoreError
+
+__all__ = ["CountStore"]
+
+
+@dataclass(frozen=True)
+class CountStore:
+    url: str
+    storage_options: dict | None = None
+
+    @classmethod
+    def from_artifact(cls, artifact) -> "CountStore":
+        if artifact.kind != "counts":
+            raise CtstoreError(f"{artifact}: is a {artifact.kind} artifact, expected counts")
+        so = None if artifact.workspace.is_local else (artifact.workspace.storage_options or None)
+        return cls(artifact.child("counts.zarr"), so)
+
+    @cached_property
+    def group(self):
+        import zarr
+
+        try:
+            return zarr.open_group(self.url, mode="r", storage_options=self.storage_options)
+        except (FileNotFoundError, ValueError, KeyError) as exc:
+            raise CtstoreError(f"{self.url}: not a readable count store ({exc})") from None
+
+    @property
+    def n_vocab(self) -> int:
+        return int(self.group.attrs["n_vocab"])
+
+    @property
+    def lags(self) -> int:
+        return int(self.group.attrs["lags"])
+
+    @cached_property
+    def unigram(self) -> np.ndarray:
+        return self.group["unigram"][:]
+
+    @cached_property
+    def rank(self) -> np.ndarray:
+        return self.group["rank"][:]
+
+    def _lag_group(self, lag: int):
+        if not 1 <= lag <= self.lags:
+            raise CtstoreError(f"{self.url}: lag {lag} not stored (lags 1..{self.lags})")
+        return self.group[f"lag_{lag}"]
+
+    def nnz(self, lag: int) -> int:
+        return int(self._lag_group(lag)["indices"].shape[0])
+
+    def indptr(self, lag: int) -> np.ndarray:
+        return self._lag_group(lag)["indptr"][:]
+
+    def row_block(self, lag: int, r0: int, r1: int, indptr: np.ndarray | None = None) -> sp.csr_matrix:
+        """Rows ``[r0, r1)`` of ``lag_k`` as a ``(r1-r0) × V`` CSR matrix (uint32 counts)."""
+        g = self._lag_group(lag)
+        ptr = indptr[r0: r1 + 1] if indptr is not None else g["indptr"][r0: r1 + 1]
+        lo, hi = int(ptr[0]), int(ptr[-1])
+        indices = g["indices"][lo:hi] if hi > lo else np.empty(0, np.uint32)
+        data = g["data"][lo:hi] if hi > lo else np.empty(0, np.uint32)
+        return sp.csr_matrix((data, indices.astype(np.int32), ptr - lo), shape=(r1 - r0, self.n_vocab))
+
+    def matrix(self, lag: int) -> sp.csr_matrix:
+        """The whole ``lag_k`` matrix (only for vocabularies that fit in memory)."""
+        return self.row_block(lag, 0, self.n_vocab)

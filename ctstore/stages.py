@@ -1,0 +1,20 @@
+"""Registry of the stages after ``count`` (k0, seed, sft, eval, run) for the CLI.
+
+Each stage module exposes ``add_parser(sub, common)`` and ``run_cli(args, ws)``;
+this module only lists them, so ``cli.py`` stays a thin dispatcher.
+"""
+
+from __future__ import annotations
+
+import importlib
+
+STAGES: dict[str, str] = {}
+
+
+def add_parsers(sub, common) -> None:
+    for name, module in STAGES.items():
+        importlib.import_module(module).add_parser(sub, common)
+
+
+def run(args, ws):
+    return importlib.import_module(STAGES[args.command]).run_cli(args, ws)

@@ -1,0 +1,363 @@
+"""Content-addressed workspace of artifacts (DESIGN.md section 1).
+
+Layout: ``<root>/<kind>/<fingerprint>/`` holds one artifact; its
+``manifest.json`` is written last, through a temporary name and a rename, so an
+artifact is *complete* exactly when its manifest exists. Anything else under
+``<kind>/`` is work in progress or debris from an interrupted run, which
+``ctstore gc`` removes (unless a live process holds its lock).
+
+The root is a local path (default ``./ctstore-data`` or ``$CTSTORE_HOME``) or an
+fsspec URL (``s3://bucket/prefix``, ``memory://x``); options for remote file
+systems come from ``$CTSTORE_STORAGE_OPTIONS`` (a JSON object).
+
+Fingerprints hash the canonical JSON of kind, format version, parameters and
+input fingerprints (plus source-file content hashes for ``tokenize``): never
+paths or modification times, so the same computation gets the same key on every
+machine and in every process.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import socket
+import time
+import uuid
+from dataclasses import dataclass, field
+from typing import Any
+
+import fsspec
+
+from . import __version__
+from ._util import CtstoreError, canonical_json
+
+__all__ = ["Artifact", "Workspace", "fingerprint", "KINDS"]
+
+KINDS = ("tokens", "counts", "embeddings", "model", "run")
+MANIFEST = "manifest.json"
+FINGERPRINT_CHARS = 20
+
+
+def fingerprint(kind: str, format_version: int, params: dict, inputs: dict,
+                sources: list | None = None) -> str:
+    """Stable content key of an artifact: sha256 of the canonical JSON, 20 hex chars."""
+    payload = {"kind": kind, "format_version": format_version, "params": params, "inputs": inputs}
+    if sources is not None:
+        payload["sources"] = sources
+    return hashlib.sha256(canonical_json(payload).encode()).hexdigest()[:FINGERPRINT_CHARS]
+
+
+@dataclass
+class Artifact:
+    """Handle on a complete artifact: its manifest plus where it lives."""
+
+    workspace: "Workspace"
+    kind: str
+    fingerprint: str
+    manifest: dict = field(repr=False)
+
+    @property
+    def path(self) -> str:
+        return self.workspace.artifact_path(self.kind, self.fingerprint)
+
+    @property
+    def url(self) -> str:
+        return self.workspace.artifact_url(self.kind, self.fingerprint)
+
+    def child(self, name: str) -> str:
+        return f"{self.url}/{name}"
+
+    @property
+    def params(self) -> dict:
+        return self.manifest.get("params", {})
+
+    def __str__(self) -> str:
+        return f"{self.kind}/{self.fingerprint}"
+
+
+class Workspace:
+    """A directory (local or fsspec URL) of content-addressed artifacts."""
+
+    def __init__(self, root: str | None = None):
+        root = root or os.environ.get("CTSTORE_HOME") or "ctstore-data"
+        options = json.loads(os.environ.get("CTSTORE_STORAGE_OPTIONS", "{}") or "{}")
+        try:
+            self.fs, path = fsspec.core.url_to_fs(root, **options)
+        except (ImportError, ValueError) as exc:
+            raise CtstoreError(f"workspace {root}: cannot open ({exc})") from None
+        self.storage_options = options
+        self.is_local = "file" in _protocols(self.fs)
+        if self.is_local:
+            path = os.path.abspath(path)
+            if os.path.exists(path) and not os.path.isdir(path):
+                raise CtstoreError(f"workspace {root}: exists and is not a directory")
+        self.root = path.rstrip("/")
+        self.url = path if self.is_local else self.fs.unstrip_protocol(self.root)
+        try:
+            self.fs.makedirs(self.root, exist_ok=True)
+        except (FileExistsError, NotADirectoryError):
+            raise CtstoreError(f"workspace {root}: a path component is a file") from None
+        except PermissionError:
+            raise CtstoreError(f"workspace {root}: permission denied") from None
+
+    # -- paths ---------------------------------------------------------------------------
+    def artifact_path(self, kind: str, fp: str) -> str:
+        return f"{self.root}/{kind}/{fp}"
+
+    def artifact_url(self, kind: str, fp: str) -> str:
+        path = self.artifact_path(kind, fp)
+        return path if self.is_local else self.fs.unstrip_protocol(path)
+
+    def scratch_dir(self, kind: str, fp: str) -> str:
+        """Local directory for spill files of a job; inside the workspace when it is local."""
+        if self.is_local:
+            base = os.path.join(self.root, "tmp")
+        else:
+            base = os.path.join(os.environ.get("TMPDIR", "/tmp"), "ctstore-scratch")
+        path = os.path.join(base, f"{kind}-{fp}")
+        os.makedirs(path, exist_ok=True)
+        return path
+
+    # -- lookup --------------------------------------------------------------------------
+    def find(self, kind: str, fp: str) -> Artifact | None:
+        """The complete artifact ``kind/fp``, or None."""
+        path = f"{self.artifact_path(kind, fp)}/{MANIFEST}"
+        try:
+            with self.fs.open(path, "rb") as f:
+                manifest = json.load(f)
+        except FileNotFoundError:
+            return None
+        except (json.JSONDecodeError, UnicodeDecodeError):
+            raise CtstoreError(f"{path}: manifest is not valid JSON (corrupted artifact)") from None
+        return Artifact(self, kind, fp, manifest)
+
+    def get(self, ref: str, kind: str | None = None) -> Artifact:
+        """Resolve ``FP``, a unique prefix of one, ``kind/FP``, or a path to an artifact directory."""
+        ref = ref.rstrip("/")
+        if os.path.isdir(ref) and os.path.exists(os.path.join(ref, MANIFEST)):
+            with open(os.path.join(ref, MANIFEST)) as f:
+                manifest = json.load(f)
+            ws = Workspace(os.path.dirname(os.path.dirname(os.path.abspath(ref))))
+            return ws._checked(Artifact(ws, manifest["kind"], manifest["fingerprint"], manifest), kind, ref)
+        if "/" in ref:
+            kind_part, fp = ref.rsplit("/", 1)
+            kind = kind or kind_part.rsplit("/", 1)[-1]
+        else:
+            fp = ref
+        matches = [a for a in self.list(kind) if a.fingerprint.startswith(fp)]
+        if not matches:
+            raise CtstoreError(f"{ref}: no complete {kind or 'artifact'} with this fingerprint in {self.url}")
+        if len(matches) > 1:
+            raise CtstoreError(f"{ref}: ambiguous prefix, matches {', '.join(str(a) for a in matches)}")
+        return self._checked(matches[0], kind, ref)
+
+    @staticmethod
+    def _checked(artifact: Artifact, kind: str | None, ref: str) -> Artifact:
+        if kind and artifact.kind != kind:
+            raise CtstoreError(f"{ref}: is a {artifact.kind} artifact, expected {kind}")
+        return artifact
+
+    def list(self, kind: str | None = None) -> list[Artifact]:
+        out = []
+        for k in [kind] if kind else KINDS:
+            for fp in self._children(f"{self.root}/{k}"):
+                art = self.find(k, fp)
+                if art is not None:
+                    out.append(art)
+        return sorted(out, key=lambda a: (KINDS.index(a.kind), a.manifest.get("created", 0)))
+
+    def incomplete(self) -> list[str]:
+        """Paths under the workspace that are not complete artifacts."""
+        out = []
+        for k in KINDS:
+            for name in self._children(f"{self.root}/{k}"):
+                if name.endswith(".lock"):
+                    continue
+                if self.find(k, name) is None and not self._locked(k, name):
+                    out.append(f"{self.root}/{k}/{name}")
+        return out
+
+    def _children(self, path: str) -> list[str]:
+        try:
+            entries = self.fs.ls(path, detail=False)
+        except FileNotFoundError:
+            return []
+        return sorted(os.path.basename(e.rstrip("/")) for e in entries)
+
+    # -- writing -------------------------------------------------------------------------
+    def prepare(self, kind: str, fp: str, *, keep_partial: bool = False) -> str:
+        """Create the directory an artifact is written into and return its path.
+
+        A leftover incomplete directory is removed unless ``keep_partial`` (a
+        stage that resumes from its own partial output asks for that).
+        """
+        path = self.artifact_path(kind, fp)
+        if self.fs.exists(path) and not keep_partial:
+            self.fs.rm(path, recursive=True)
+        self.fs.makedirs(path, exist_ok=True)
+        return path
+
+    def remove(self, kind: str, fp: str) -> None:
+        path = self.artifact_path(kind, fp)
+        if self.fs.exists(path):
+            self.fs.rm(path, recursive=True)
+
+    def publish(self, kind: str, fp: str, manifest: dict) -> Artifact:
+        """Write ``manifest.json`` last and atomically: the artifact becomes complete."""
+        manifest = {
+            "kind": kind,
+            "fingerprint": fp,
+            "ctstore_version": __version__,
+            "created": time.time(),
+            **manifest,
+        }
+        manifest["path"] = self.artifact_url(kind, fp)
+        data = json.dumps(manifest, indent=2, sort_keys=True).encode()
+        final = f"{self.artifact_path(kind, fp)}/{MANIFEST}"
+        tmp = f"{final}.partial-{uuid.uuid4().hex[:8]}"
+        with self.fs.open(tmp, "wb") as f:
+            f.write(data)
+        if self.is_local:
+            os.replace(tmp, final)
+        else:
+            self.fs.mv(tmp, final)
+        return Artifact(self, kind, fp, manifest)
+
+    # -- locks (local workspaces) ---------------------------------------------------------
+    def lock(self, kind: str, fp: str, timeout: float = 24 * 3600) -> "ArtifactLock":
+        return ArtifactLock(self, kind, fp, timeout)
+
+    def _lock_path(self, kind: str, fp: str) -> str:
+        return f"{self.root}/{kind}/{fp}.lock"
+
+    def _locked(self, kind: str, fp: str) -> bool:
+        if not self.is_local:
+            return False
+        return _lock_owner_alive(self._lock_path(kind, fp))
+
+    # -- maintenance ---------------------------------------------------------------------
+    def gc(self, dry_run: bool = False) -> list[str]:
+        """Remove incomplete artifacts and stale scratch; never touches locked ones."""
+        victims = self.incomplete()
+        if self.is_local:
+            tmp = os.path.join(self.root, "tmp")
+            for name in self._children(tmp):
+                kind, _, fp = name.partition("-")
+                if kind in KINDS and self.find(kind, fp) is None and self._locked(kind, fp):
+                    continue
+                victims.append(os.path.join(tmp, name))
+            for k in KINDS:
+                for name in self._children(f"{self.root}/{k}"):
+                    if name.endswith(".lock") and not _lock_owner_alive(f"{self.root}/{k}/{name}"):
+                        victims.append(f"{self.root}/{k}/{name}")
+        if not dry_run:
+            for path in victims:
+                self.fs.rm(path, recursive=True)
+        return victims
+
+
+def _protocols(fs) -> tuple:
+    proto = fs.protocol
+    return (proto,) if isinstance(proto, str) else tuple(proto)
+
+
+def _lock_owner_alive(path: str) -> bool:
+    try:
+        with open(path) as f:
+            host, pid = f.read().split()
+    except (FileNotFoundError, ValueError):
+        return False
+    if host != socket.gethostname():
+        return True  # cannot check another machine's process: assume it is alive
+    try:
+        os.kill(int(pid), 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+class ArtifactLock:
+    """Exclusive right to write one artifact (a lock file created with O_EXCL).
+
+    A second process asking for the same artifact waits until the lock is
+    released (then finds the complete artifact and reuses it) or its owner is
+    dead (then takes the lock over). Remote workspaces rely on the atomic
+    manifest alone: two writers compute the same content, the last manifest wins.
+    """
+
+    def __init__(self, ws: Workspace, kind: str, fp: str, timeout: float):
+        self.ws, self.kind, self.fp, self.timeout = ws, kind, fp, timeout
+        self.path = ws._lock_path(kind, fp)
+        self.held = False
+
+    def __enter__(self) -> "ArtifactLock":
+        if not self.ws.is_local:
+            return self
+        os.makedirs(os.path.dirname(self.path), exist_ok=True)
+        deadline = time.monotonic() + self.timeout
+        announced = False
+        while True:
+            try:
+                fd = os.open(self.path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
+            except FileExistsError:
+                if not _lock_owner_alive(self.path):
+                    try:
+                        os.remove(self.path)
+                    except FileNotFoundError:
+                        pass
+                    continue
+                if not announced:
+                    from ._util import log
+                    log(f"waiting for another process writing {self.kind}/{self.fp} ...")
+                    announced = True
+                if time.monotonic() > deadline:
+                    raise CtstoreError(f"{self.path}: still locked after {self.timeout:.0f} s") from None
+                time.sleep(0.2)
+                continue
+            with os.fdopen(fd, "w") as f:
+                f.write(f"{socket.gethostname()} {os.getpid()}\n")
+            self.held = True
+            return self
+
+    def __exit__(self, *exc) -> None:
+        if self.held:
+            try:
+                os.remove(self.path)
+            except FileNotFoundError:
+                pass
+            self.held = False
+
+
+def build_artifact(ws: Workspace, kind: str, fp: str, build, *, force: bool = False,
+                   keep_partial: bool = False) -> tuple[Artifact, bool]:
+    """Return the complete artifact ``kind/fp``, building it with ``build(path)`` if needed.
+
+    ``build`` writes the artifact's files under ``path`` and returns the manifest
+    body; the manifest is published last. Returns ``(artifact, reused)``. A
+    failed build leaves no manifest, so nothing that looks complete; its partial
+    directory is removed unless the stage resumes from it (``keep_partial``).
+    """
+    from ._util import log
+
+    existing = ws.find(kind, fp)
+    if existing is not None and not force:
+        log(f"reusing {kind}/{fp} (complete; --force recomputes)")
+        return existing, True
+    with ws.lock(kind, fp):
+        existing = ws.find(kind, fp)
+        if existing is not None and not force:
+            log(f"reusing {kind}/{fp} (written by another process)")
+            return existing, True
+        if existing is not None:
+            ws.remove(kind, fp)
+        path = ws.prepare(kind, fp, keep_partial=keep_partial)
+        try:
+            body = build(path)
+        except CtstoreError:
+            if not keep_partial:
+                ws.remove(kind, fp)
+            raise
+        return ws.publish(kind, fp, body), False
