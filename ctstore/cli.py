@@ -13,7 +13,7 @@ import json
 import os
 import sys
 
-from ._util import CtstoreError, format_bytes, log, parse_count, set_quiet
+from ._util import CtstoreError, format_bytes, log, parse_count, parse_memory, set_quiet
 
 __all__ = ["main"]
 
@@ -92,6 +92,8 @@ def _emit(args, artifact) -> None:
 def _run(args) -> int:
     from .workspace import Workspace
 
+    if hasattr(args, "memory"):
+        parse_memory(args.memory)  # fail on a bad budget before any work
     ws = Workspace(args.workspace)
     cmd = args.command
     if cmd == "tokenize":

@@ -40,7 +40,7 @@ class ShardWriter:
     def __init__(self, fs, path: str, shard_tokens: int = DEFAULT_SHARD_TOKENS,
                  row_group_tokens: int = ROW_GROUP_TOKENS):
         self.fs, self.path = fs, path
-        self.shard_tokens, self.row_group_tokens = shard_tokens, row_group_tokens
+        self.shard_tokens, self.row_group_tokens = shard_tokens, min(row_group_tokens, shard_tokens)
         self.shards: list[dict] = []
         self._writer = None
         self._file = None

@@ -126,7 +126,7 @@ class Workspace:
         try:
             with self.fs.open(path, "rb") as f:
                 manifest = json.load(f)
-        except FileNotFoundError:
+        except (FileNotFoundError, NotADirectoryError):
             return None
         except (json.JSONDecodeError, UnicodeDecodeError):
             raise CtstoreError(f"{path}: manifest is not valid JSON (corrupted artifact)") from None
@@ -145,7 +145,7 @@ class Workspace:
             kind = kind or kind_part.rsplit("/", 1)[-1]
         else:
             fp = ref
-        matches = [a for a in self.list(kind) if a.fingerprint.startswith(fp)]
+        matches = [a for a in self.list() if a.fingerprint.startswith(fp)]
         if not matches:
             raise CtstoreError(f"{ref}: no complete {kind or 'artifact'} with this fingerprint in {self.url}")
         if len(matches) > 1:
@@ -172,8 +172,6 @@ class Workspace:
         out = []
         for k in KINDS:
             for name in self._children(f"{self.root}/{k}"):
-                if name.endswith(".lock"):
-                    continue
                 if self.find(k, name) is None and not self._locked(k, name):
                     out.append(f"{self.root}/{k}/{name}")
         return out
@@ -229,7 +227,7 @@ class Workspace:
         return ArtifactLock(self, kind, fp, timeout)
 
     def _lock_path(self, kind: str, fp: str) -> str:
-        return f"{self.root}/{kind}/{fp}.lock"
+        return f"{self.root}/.locks/{kind}-{fp}.lock"
 
     def _locked(self, kind: str, fp: str) -> bool:
         if not self.is_local:
@@ -247,10 +245,9 @@ class Workspace:
                 if kind in KINDS and self.find(kind, fp) is None and self._locked(kind, fp):
                     continue
                 victims.append(os.path.join(tmp, name))
-            for k in KINDS:
-                for name in self._children(f"{self.root}/{k}"):
-                    if name.endswith(".lock") and not _lock_owner_alive(f"{self.root}/{k}/{name}"):
-                        victims.append(f"{self.root}/{k}/{name}")
+            for name in self._children(f"{self.root}/.locks"):
+                if not _lock_owner_alive(f"{self.root}/.locks/{name}"):
+                    victims.append(f"{self.root}/.locks/{name}")
         if not dry_run:
             for path in victims:
                 self.fs.rm(path, recursive=True)

