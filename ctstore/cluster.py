@@ -122,6 +122,40 @@ class Runner:
             self.cluster.close()
         self.client = self.cluster = None
 
+    def share(self, obj):
+        """Send a large argument (a dense panel) to every worker once; pass the result to tasks."""
+        if self.client is None:
+            return obj
+        return self.client.scatter(obj, broadcast=True, hash=False)
+
+    def map_reduce(self, fn, items: list[tuple], combine, desc: str):
+        """Fold ``combine(acc, fn(*item))`` over results as they complete (bounded client memory)."""
+        from tqdm import tqdm
+
+        acc = None
+        bar = tqdm(total=len(items), desc=desc, unit="task", disable=progress_disabled() or not items,
+                   file=sys.stderr, dynamic_ncols=True, leave=False)
+        try:
+            if self.client is None:
+                for item in items:
+                    acc = combine(acc, fn(*item))
+                    bar.update()
+                return acc
+            from distributed import as_completed
+
+            futures = [self.client.submit(fn, *item, pure=False, retries=2) for item in items]
+            try:
+                for future in as_completed(futures):
+                    acc = combine(acc, future.result())
+                    future.release()
+                    bar.update()
+            finally:
+                for f in futures:
+                    f.cancel()
+            return acc
+        finally:
+            bar.close()
+
     def map(self, fn, items: list[tuple], desc: str) -> list:
         """``[fn(*item) for item in items]`` on the cluster, in order, with a progress bar."""
         from tqdm import tqdm

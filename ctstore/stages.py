@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import importlib
 
-STAGES: dict[str, str] = {}
+STAGES: dict[str, str] = {"k0": "ctstore.k0"}
 
 
 def add_parsers(sub, common) -> None:

@@ -1,0 +1,188 @@
+"""The co-occurrence operator of K0, assembled blockwise from a count store (DESIGN.md section 3).
+
+``D = Σ_k w_k lag_k`` (``+ Dᵀ`` when symmetric), restricted to the active set
+(the top ``V_eff`` tokens by frequency rank), then a transform: ``log1p`` or
+PPMI (``max(0, log P(a,b) / (P(a) P_α(b)))`` with context smoothing α).
+
+The matrix stays in token-id row blocks, as sparse CSR *pieces* in a scratch
+directory (one ``.npy`` triple per block), so no step holds more than one block
+plus dense panels. The transform is applied when a piece is read
+(:func:`load_block`), since PPMI needs global row/column sums gathered while
+the pieces are written. The symmetric sum goes through a shuffle: each block
+spills its transposed entries bucketed by destination block; a second pass
+adds them in.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+
+import numpy as np
+import scipy.sparse as sp
+
+from ._util import CtstoreError
+from .countstore import CountStore
+
+__all__ = ["OperatorSpec", "build_operator", "load_block", "lag_weights"]
+
+BLOCK_ENTRIES = 4 << 20  # target non-zeros per row block (all lags together)
+
+
+def lag_weights(lags: int, weighting: str) -> list[float]:
+    if weighting == "uniform":
+        return [1.0] * lags
+    if weighting == "inverse-distance":
+        return [1.0 / k for k in range(1, lags + 1)]
+    raise CtstoreError(f"--weighting must be uniform or inverse-distance, not {weighting!r}")
+
+
+@dataclass(frozen=True)
+class OperatorSpec:
+    """Everything a task needs to read transformed operator blocks."""
+
+    scratch: str
+    n_vocab: int
+    blocks: tuple  # ((r0, r1), ...) token-id row ranges
+    transform: str  # log1p | ppmi
+    ppmi_alpha: float
+    total: float = 0.0
+
+    def piece(self, r0: int) -> str:
+        return f"{self.scratch}/op-{r0:07d}"
+
+
+def _read_weighted_block(store_url: str, r0: int, r1: int, lags: int, weights: list[float],
+                         is_active: np.ndarray) -> sp.csr_matrix:
+    store = CountStore(store_url)
+    total = None
+    for lag, w in zip(range(1, lags + 1), weights):
+        block = store.row_block(lag, r0, r1).astype(np.float32)
+        if w != 1.0:
+            block.data *= np.float32(w)
+        total = block if total is None else total + block
+    total = total.tocsr()
+    # restrict to the active set: zero inactive rows and columns, then drop them
+    row_active = is_active[r0:r1]
+    coo = total.tocoo()
+    keep = row_active[coo.row] & is_active[coo.col]
+    return sp.csr_matrix((coo.data[keep], (coo.row[keep], coo.col[keep])), shape=total.shape)
+
+
+def _save_csr(prefix: str, m: sp.csr_matrix) -> None:
+    m.sort_indices()
+    np.save(f"{prefix}.indptr.npy", m.indptr.astype(np.int64))
+    np.save(f"{prefix}.indices.npy", m.indices.astype(np.int32))
+    np.save(f"{prefix}.data.npy", m.data.astype(np.float32))
+
+
+def _load_csr(prefix: str, shape) -> sp.csr_matrix:
+    return sp.csr_matrix((np.load(f"{prefix}.data.npy"), np.load(f"{prefix}.indices.npy"),
+                          np.load(f"{prefix}.indptr.npy")), shape=shape)
+
+
+def weighted_block_task(store_url, r0, r1, lags, weights, is_active, prefix, symmetric, blocks):
+    """Pass A: weighted, restricted D rows [r0, r1); spill transposed buckets if symmetric."""
+    m = _read_weighted_block(store_url, r0, r1, lags, weights, is_active)
+    try:
+        _save_csr(prefix, m)
+        if symmetric:
+            coo = m.tocoo()
+            cols = coo.col
+            for b0, b1 in blocks:
+                sel = (cols >= b0) & (cols < b1)
+                np.save(f"{prefix}.T{b0:07d}.npy",
+                        np.stack([cols[sel] - b0, coo.row[sel] + r0]).astype(np.int64))
+                np.save(f"{prefix}.T{b0:07d}.val.npy", coo.data[sel])
+    except OSError as exc:
+        raise CtstoreError(f"{prefix}: cannot write operator block ({exc.strerror or exc})") from None
+    rowsum = np.zeros(m.shape[1], np.float64)
+    rowsum[r0:r1] = np.asarray(m.sum(axis=1)).ravel()
+    colsum = np.bincount(m.indices, weights=m.data, minlength=m.shape[1])
+    return rowsum, colsum
+
+
+def symmetric_block_task(spec_prefixes: list[str], r0: int, r1: int, n_vocab: int, out_prefix: str) -> int:
+    """Pass B: D[r0:r1] + (Dᵀ)[r0:r1] from the own piece and every block's transposed bucket."""
+    own = _load_csr(spec_prefixes[0], (r1 - r0, n_vocab)).tocoo()
+    rows, cols, vals = [own.row], [own.col], [own.data]
+    for prefix in spec_prefixes[1]:
+        rc = np.load(f"{prefix}.T{r0:07d}.npy")
+        rows.append(rc[0])
+        cols.append(rc[1])
+        vals.append(np.load(f"{prefix}.T{r0:07d}.val.npy"))
+    m = sp.csr_matrix((np.concatenate(vals), (np.concatenate(rows), np.concatenate(cols))),
+                      shape=(r1 - r0, n_vocab))
+    m.sum_duplicates()
+    _save_csr(out_prefix, m)
+    return m.nnz
+
+
+def plan_row_blocks_by_nnz(row_nnz: np.ndarray, target: int = BLOCK_ENTRIES) -> tuple:
+    ends = np.cumsum(row_nnz)
+    blocks, r0 = [], 0
+    n = row_nnz.size
+    while r0 < n:
+        base = ends[r0 - 1] if r0 else 0
+        r1 = int(np.searchsorted(ends, base + target, side="right"))
+        r1 = max(r1, r0 + 1)
+        blocks.append((r0, min(r1, n)))
+        r0 = min(r1, n)
+    return tuple(blocks)
+
+
+def build_operator(store: CountStore, runner, scratch: str, *, lags: int, weighting: str, symmetric: bool,
+                   active: np.ndarray, transform: str, ppmi_alpha: float) -> tuple[OperatorSpec, dict]:
+    """Write operator pieces for the active set; return the spec and stats (row/col sums, nnz)."""
+    V = store.n_vocab
+    if lags > store.lags:
+        raise CtstoreError(f"--lags {lags}: the count store has lags 1..{store.lags}")
+    weights = lag_weights(lags, weighting)
+    is_active = np.zeros(V, dtype=bool)
+    is_active[active] = True
+    row_nnz = sum(np.diff(store.indptr(k)) for k in range(1, lags + 1))
+    blocks = plan_row_blocks_by_nnz(row_nnz)
+    os.makedirs(scratch, exist_ok=True)
+    prefixes = [f"{scratch}/d-{r0:07d}" for r0, _ in blocks]
+    jobs = [(store.url, r0, r1, lags, weights, is_active, p, symmetric, blocks)
+            for (r0, r1), p in zip(blocks, prefixes)]
+    sums = runner.map_reduce(weighted_block_task, jobs,
+                             lambda acc, x: x if acc is None else (acc[0] + x[0], acc[1] + x[1]),
+                             desc="k0 operator")
+    rowsum, colsum = sums
+    spec = OperatorSpec(scratch, V, blocks, transform, ppmi_alpha)
+    if symmetric:
+        jobs = [((p, prefixes), r0, r1, V, spec.piece(r0)) for (r0, r1), p in zip(blocks, prefixes)]
+        runner.map(symmetric_block_task, jobs, desc="k0 symmetric")
+        rowsum = colsum = rowsum + colsum
+    else:
+        for (r0, _), p in zip(blocks, prefixes):
+            for suffix in ("indptr", "indices", "data"):
+                os.replace(f"{p}.{suffix}.npy", f"{spec.piece(r0)}.{suffix}.npy")
+    total = float(rowsum.sum())
+    if total <= 0:
+        raise CtstoreError(f"{store.url}: no co-occurrences among the {len(active)} active tokens")
+    np.save(f"{scratch}/rowsum.npy", rowsum)
+    np.save(f"{scratch}/colsum.npy", colsum)
+    spec = OperatorSpec(scratch, V, blocks, transform, ppmi_alpha, total)
+    return spec, {"rowsum": rowsum, "colsum": colsum}
+
+
+def load_block(spec: OperatorSpec, r0: int, r1: int) -> sp.csr_matrix:
+    """Transformed operator rows [r0, r1) (float32 CSR, token-id columns)."""
+    m = _load_csr(spec.piece(r0), (r1 - r0, spec.n_vocab))
+    if spec.transform == "log1p":
+        np.log1p(m.data, out=m.data)
+    elif spec.transform == "ppmi":
+        rowsum = np.load(f"{spec.scratch}/rowsum.npy", mmap_mode="r")
+        colsum = np.load(f"{spec.scratch}/colsum.npy")
+        ctx = colsum ** spec.ppmi_alpha
+        ctx /= ctx.sum()
+        rows = np.repeat(np.arange(r0, r1), np.diff(m.indptr))
+        pmi = np.log(m.data.astype(np.float64) / spec.total) - np.log(rowsum[rows] / spec.total) \
+            - np.log(ctx[m.indices])
+        m.data = np.maximum(pmi, 0).astype(np.float32)
+        m.eliminate_zeros()
+    else:
+        raise CtstoreError(f"unknown transform {spec.transform!r} (log1p or ppmi)")
+    return m

@@ -1,0 +1,114 @@
+"""Blockwise randomized SVD (Halko, Martinsson & Tropp 2011, Algorithms 4.4 + 5.1).
+
+The matrix ``A`` (n_rows × n_cols) is only touched through row blocks read by a
+task: ``Y = A Ω`` returns each block's rows of ``Y``; ``Z = Aᵀ Q`` sums each
+block's ``A_bᵀ Q_b``. Tasks group several row blocks, so each pass moves
+``n_tasks`` dense panels, not one per block. Cost per pass O(nnz · l) with
+``l = d + oversample``.
+
+Accuracy: every half-iteration is re-orthonormalised (QR), because plain power
+iterations lose the small singular directions in float32. Measured guidance
+(ctstore issue 3, Zipf-like 16K log-count matrix, d = 256): q = 2, p = 10
+leaves the tail of the spectrum 11% low; q = 4, p = 128 stays within 1.4%;
+q = 6, p = 256 within 0.07%. Defaults here: ``power_iters=5``,
+``oversample=max(64, d)``.
+
+Signs are normalised so that the largest-magnitude entry of each left singular
+vector is positive: results are deterministic for a given seed.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+__all__ = ["RsvdParams", "randomized_svd_blocks", "normalize_signs"]
+
+
+@dataclass(frozen=True)
+class RsvdParams:
+    oversample: int | None = None
+    power_iters: int = 5
+    seed: int = 0
+
+    def l(self, d: int, n: int) -> int:
+        p = self.oversample if self.oversample is not None else max(64, d)
+        return int(min(n, d + p))
+
+
+def _orth(y: np.ndarray) -> np.ndarray:
+    q, _ = np.linalg.qr(y)
+    return np.ascontiguousarray(q, dtype=np.float32)
+
+
+def normalize_signs(u: np.ndarray, vt: np.ndarray | None = None):
+    idx = np.argmax(np.abs(u), axis=0)
+    signs = np.sign(u[idx, np.arange(u.shape[1])])
+    signs[signs == 0] = 1
+    u = u * signs
+    if vt is not None:
+        vt = vt * signs[:, None]
+    return u, vt
+
+
+def _task_matmul(load, block_group, panel):
+    """Rows of ``A @ panel`` for the blocks in ``block_group``: list of (r0, rows)."""
+    return [(r0, np.asarray(load(r0, r1) @ panel, dtype=np.float32)) for r0, r1 in block_group]
+
+
+def _task_rmatmul(load, block_group, panel):
+    """``Σ_b A_bᵀ panel[b rows]`` for the blocks in ``block_group``."""
+    acc = None
+    for r0, r1 in block_group:
+        part = np.asarray(load(r0, r1).T @ panel[r0:r1], dtype=np.float32)
+        acc = part if acc is None else _iadd(acc, part)
+    return acc
+
+
+def randomized_svd_blocks(runner, load, blocks, n_rows: int, n_cols: int, d: int,
+                          params: RsvdParams = RsvdParams(), n_tasks: int | None = None):
+    """Top-``d`` singular triplets of a matrix given by ``load(r0, r1) -> rows``.
+
+    ``load`` must be a picklable callable (module-level function or partial).
+    Returns ``(U (n_rows × d), S (d,), Vt (d × n_cols))`` in float32, S descending.
+    """
+    l = params.l(d, min(n_rows, n_cols))
+    n_tasks = n_tasks or max(1, 2 * runner.plan.n_workers)
+    groups = [list(blocks[i::n_tasks]) for i in range(min(n_tasks, len(blocks)))]
+    rng = np.random.default_rng(params.seed)
+    omega = rng.standard_normal((n_cols, l), dtype=np.float32)
+
+    def matmul(panel):
+        shared = runner.share(panel)
+        y = np.zeros((n_rows, panel.shape[1]), np.float32)
+
+        def put(acc, parts):
+            for r0, rows in parts:
+                y[r0:r0 + rows.shape[0]] = rows
+            return acc
+
+        runner.map_reduce(_task_matmul, [(load, g, shared) for g in groups], put, desc="rsvd A·Ω")
+        return y
+
+    def rmatmul(panel):
+        shared = runner.share(panel)
+        return runner.map_reduce(_task_rmatmul, [(load, g, shared) for g in groups],
+                                 lambda acc, x: x if acc is None else _iadd(acc, x), desc="rsvd Aᵀ·Q")
+
+    q = _orth(matmul(omega))
+    for _ in range(params.power_iters):
+        z = _orth(rmatmul(q))
+        q = _orth(matmul(z))
+    bt = rmatmul(q)  # (n_cols × l) = (Qᵀ A)ᵀ
+    w, s, zt = np.linalg.svd(bt.astype(np.float64), full_matrices=False)
+    # Bᵀ = W S Zᵀ  ⇒  B = Z S Wᵀ  ⇒  A ≈ Q Z S Wᵀ
+    u = (q.astype(np.float64) @ zt.T)[:, :d]
+    vt = w.T[:d]
+    u, vt = normalize_signs(u, vt)
+    return u.astype(np.float32), s[:d].astype(np.float32), vt.astype(np.float32)
+
+
+def _iadd(acc, x):
+    acc += x
+    return acc

@@ -1,0 +1,177 @@
+"""K0 and randomized SVD against independent numpy/scipy references on real counts."""
+
+import numpy as np
+import pytest
+import scipy.sparse as sp
+import scipy.sparse.linalg as spla
+import zarr
+
+from ctstore._util import CtstoreError
+from ctstore.circulant import circulant_matrix, circulant_svd, literal_k0
+from ctstore.countstore import CountStore
+from ctstore.k0 import K0Params, embed_counts, load_embeddings
+
+
+def reference_x(counts, n: int, lags: int, symmetric=False, weights=None) -> np.ndarray:
+    """X = log1p(Σ w_k lag_k) on the top-n tokens in rank order, built straight from the store."""
+    store = CountStore.from_artifact(counts)
+    active = store.rank[:n].astype(np.int64)
+    D = None
+    for k in range(1, lags + 1):
+        m = store.matrix(k).astype(np.float64) * (weights[k - 1] if weights else 1.0)
+        D = m if D is None else D + m
+    D = D[active][:, active].toarray()
+    if symmetric:
+        D = D + D.T
+    return np.log1p(D)
+
+
+def first_row(artifact):
+    return zarr.open_group(artifact.child("embeddings.zarr"), mode="r")["first_row"][:]
+
+
+@pytest.mark.parametrize("n,lags,symmetric", [(512, 3, False), (4096, 10, False), (1024, 2, True)])
+def test_exact_k0_equals_literal_numpy_formula(session_ws, sample_counts, n, lags, symmetric):
+    emb = embed_counts(sample_counts, session_ws, scheduler="sync",
+                       params=K0Params(dim=16, v_eff=n, lags=lags, symmetric=symmetric))
+    x = reference_x(sample_counts, n, lags, symmetric)
+    literal = literal_k0(x)  # numpy fft2 in float64
+    exact = circulant_matrix(first_row(emb))
+    assert np.abs(literal - exact).max() <= 1e-6 * np.abs(literal).max()
+
+
+def test_literal_w_is_circulant_with_paired_spectrum(sample_counts):
+    n = 512
+    w = literal_k0(reference_x(sample_counts, n, 2))
+    for i in (1, 17, 300):  # every row is the first row shifted
+        assert np.allclose(w[i], np.roll(w[0], i), rtol=0, atol=1e-9 * np.abs(w).max())
+    s = np.linalg.svd(w, compute_uv=False)
+    # singular values come in equal pairs except modes 0 and n/2: check the pairing numerically
+    fft_mags = np.abs(np.fft.rfft(w[0]))
+    paired = fft_mags[1:n // 2]
+    assert np.allclose(np.sort(np.concatenate([fft_mags[[0, n // 2]], paired, paired]))[::-1], s, rtol=1e-8,
+                       atol=1e-9 * s[0])
+
+
+def test_embedding_gram_matches_numpy_svd_of_literal_w(session_ws, sample_counts):
+    n, lags = 256, 2
+    w = literal_k0(reference_x(sample_counts, n, lags))
+    u, s, _ = np.linalg.svd(w)
+    d = next(d for d in range(12, 40) if s[d - 1] > s[d] * (1 + 1e-6))  # a cut that splits no pair
+    emb = embed_counts(sample_counts, session_ws, scheduler="sync", params=K0Params(dim=d, v_eff=n, lags=lags))
+    E, spectrum, active, attrs = load_embeddings(emb)
+    rows = E[active].astype(np.float64)
+    ref = (u[:, :d] * s[:d]) @ u[:, :d].T
+    assert np.allclose(rows @ rows.T, ref, atol=2e-5 * np.abs(ref).max())
+    assert np.allclose(spectrum, s[:d], rtol=1e-5)
+    assert attrs["operator"] == "circulant" and "Fourier" in attrs["operator_note"]
+
+
+def test_circulant_svd_reconstructs_and_pairs():
+    rng = np.random.default_rng(0)
+    for n in (9, 10, 64):
+        r = rng.standard_normal(n)
+        u, s, v, modes = circulant_svd(r, n)
+        assert np.allclose(u * s @ v.T, circulant_matrix(r))
+        assert np.allclose(u.T @ u, np.eye(n), atol=1e-10)
+        for c, (p, kind) in enumerate(modes):
+            if kind == "cos":
+                assert modes[c + 1] == (p, "sin") and s[c] == s[c + 1]
+
+
+def test_randomized_svd_matches_scipy_svds_on_real_counts(session_ws, sample_counts):
+    n, d = 4096, 64
+    emb = embed_counts(sample_counts, session_ws, scheduler="sync",
+                       params=K0Params(dim=d, v_eff=n, lags=10, kernel="none"))
+    E, spectrum, active, attrs = load_embeddings(emb)
+    x = sp.csr_matrix(reference_x(sample_counts, n, 10))
+    u_ref, s_ref, _ = spla.svds(x, k=d)
+    order = np.argsort(s_ref)[::-1]
+    s_ref, u_ref = s_ref[order], u_ref[:, order]
+    rel = np.abs(spectrum - s_ref) / s_ref
+    assert rel.max() < 0.01, f"max relative singular value error {rel.max():.4f}"
+    # subspace agreement of the leading 16 directions (reported, and must be close)
+    u = E[active][:, :16] / np.sqrt(spectrum[:16])
+    cosines = np.linalg.svd(u.T @ u_ref[:, :16], compute_uv=False)
+    assert cosines.min() > 0.99
+    assert attrs["operator"] == "none"
+
+
+def test_ppmi_operator_runs_and_is_nonnegative_spectrum(session_ws, sample_counts):
+    emb = embed_counts(sample_counts, session_ws, scheduler="sync",
+                       params=K0Params(dim=16, v_eff=2048, kernel="ppmi", ppmi_alpha=0.75, power_iters=3))
+    E, spectrum, active, attrs = load_embeddings(emb)
+    assert attrs["transform"] == "ppmi" and np.all(np.diff(spectrum) <= 1e-3) and spectrum[0] > 0
+    assert np.isfinite(E).all()
+
+
+def test_hierarchical_runs_and_is_compared_with_dense(session_ws, sample_counts):
+    from ctstore.analysis.compare import embedding_agreement
+
+    n, d = 2048, 32
+    hier = embed_counts(sample_counts, session_ws, scheduler="sync",
+                        params=K0Params(dim=d, v_eff=n, hierarchical=True))
+    dense = embed_counts(sample_counts, session_ws, scheduler="sync", params=K0Params(dim=d, v_eff=n))
+    Eh, _, active, attrs = load_embeddings(hier)
+    Ed, _, _, _ = load_embeddings(dense)
+    agreement = embedding_agreement(Eh[active], Ed[active], sample=512, seed=0)
+    assert -1.0 <= agreement <= 1.0 and np.isfinite(agreement)
+    assert hier.manifest["groups"] == int(np.ceil(np.sqrt(n)))
+
+
+@pytest.mark.parametrize("params,message", [
+    (dict(v_eff=10**7), "exceeds the vocabulary"),
+    (dict(dim=600, v_eff=512), "exceeds V_eff"),
+    (dict(kernel="gaussian"), "--kernel must be one of"),
+    (dict(lags=40), "the count store holds lags 1..10"),
+])
+def test_bad_parameters_fail_at_plan_time(session_ws, sample_counts, params, message):
+    before = len(session_ws.list("embeddings"))
+    with pytest.raises(CtstoreError, match=message):
+        embed_counts(sample_counts, session_ws, scheduler="sync", params=K0Params(**params))
+    assert len(session_ws.list("embeddings")) == before
+
+
+def test_kernel_of_wrong_shape(session_ws, sample_counts, tmp_path):
+    k = tmp_path / "k.npy"
+    np.save(k, np.ones(7))
+    with pytest.raises(CtstoreError, match=r"k.npy: kernel has shape \(7,\)"):
+        embed_counts(sample_counts, session_ws, scheduler="sync",
+                     params=K0Params(kernel=str(k), method="fft2", v_eff=256, dim=8))
+
+
+def test_fft2_refuses_when_disk_is_short():
+    from ctstore.fft2 import plan_fft2
+
+    with pytest.raises(CtstoreError, match=r"needs .* of disk .* only .* free"):
+        plan_fft2(16384, 2**30, free_disk=10**9)
+
+
+def test_fft2_pipeline_matches_exact_on_small_n(session_ws, sample_counts):
+    n, d = 512, 9
+    a = embed_counts(sample_counts, session_ws, scheduler="sync", params=K0Params(dim=d, v_eff=n, method="fft2"))
+    b = embed_counts(sample_counts, session_ws, scheduler="sync", params=K0Params(dim=d, v_eff=n))
+    sa, sb = load_embeddings(a)[1], load_embeddings(b)[1]
+    assert np.allclose(sa, sb, rtol=1e-3)
+
+
+@pytest.mark.slow
+def test_out_of_core_fft2_equals_numpy_at_8192(sample_counts, tmp_path):
+    from ctstore.cluster import Runner
+    from ctstore.fft2 import fft2_convolve, plan_fft2
+    from ctstore.operator import _save_csr
+
+    n = 8192
+    x = reference_x(sample_counts, n, 2)
+    rng = np.random.default_rng(0)
+    k = rng.standard_normal(n)
+    np.save(tmp_path / "k.npy", k)
+    _save_csr(str(tmp_path / "x"), sp.csr_matrix(x.astype(np.float32)))
+    with Runner("3GB", "sync") as runner:
+        plan = plan_fft2(n, 2**28, 10**12)
+        w_url = fft2_convolve(runner, ("csr", str(tmp_path / "x")), ("circulant", str(tmp_path / "k.npy")), n,
+                              str(tmp_path), plan)
+    got = zarr.open_array(w_url, mode="r")[:]
+    ref = np.fft.irfft2(np.fft.rfft2(x.astype(np.float32).astype(np.float64)) * np.fft.rfft2(circulant_matrix(k)),
+                        s=(n, n))
+    assert np.abs(got - ref).max() <= 1e-4 * np.abs(ref).max()
