@@ -119,3 +119,11 @@ def load_npy(fs, path: str):
 
     with fs.open(path, "rb") as f:
         return np.load(io.BytesIO(f.read()), allow_pickle=False)
+
+
+def progress(**kwargs):
+    """A tqdm bar on stderr that redraws at most twice a second (quiet in logs and CI)."""
+    from tqdm import tqdm
+
+    kwargs.setdefault("disable", progress_disabled())
+    return tqdm(file=sys.stderr, dynamic_ncols=True, mininterval=0.5, **kwargs)

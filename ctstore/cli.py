@@ -137,7 +137,9 @@ def _run(args) -> int:
     else:
         from . import stages
 
-        _emit(args, stages.run(args, ws))
+        result = stages.run(args, ws)
+        if result is not None:
+            _emit(args, result)
     return 0
 
 

@@ -20,10 +20,9 @@ from __future__ import annotations
 
 import logging
 import os
-import sys
 from dataclasses import dataclass
 
-from ._util import CtstoreError, format_bytes, log, parse_memory, progress_disabled
+from ._util import progress, CtstoreError, format_bytes, log, parse_memory, progress_disabled
 
 __all__ = ["ClusterPlan", "plan_cluster", "Runner"]
 
@@ -130,11 +129,9 @@ class Runner:
 
     def map_reduce(self, fn, items: list[tuple], combine, desc: str):
         """Fold ``combine(acc, fn(*item))`` over results as they complete (bounded client memory)."""
-        from tqdm import tqdm
-
         acc = None
-        bar = tqdm(total=len(items), desc=desc, unit="task", disable=progress_disabled() or not items,
-                   file=sys.stderr, dynamic_ncols=True, leave=False)
+        bar = progress(total=len(items), desc=desc, unit="task", leave=False,
+                       disable=progress_disabled() or not items)
         try:
             if self.client is None:
                 for item in items:
@@ -158,10 +155,7 @@ class Runner:
 
     def map(self, fn, items: list[tuple], desc: str) -> list:
         """``[fn(*item) for item in items]`` on the cluster, in order, with a progress bar."""
-        from tqdm import tqdm
-
-        bar = tqdm(total=len(items), desc=desc, unit="task", disable=progress_disabled() or not items,
-                   file=sys.stderr, dynamic_ncols=True)
+        bar = progress(total=len(items), desc=desc, unit="task", disable=progress_disabled() or not items)
         try:
             if self.client is None:
                 out = []

@@ -8,11 +8,16 @@ from __future__ import annotations
 
 import importlib
 
-STAGES: dict[str, str] = {"k0": "ctstore.k0"}
+STAGES: dict[str, str] = {
+    "k0": "ctstore.k0",
+    "seed": "ctstore.seed",
+    "sft": "ctstore.sft",
+    "eval": "ctstore.sft",
+}
 
 
 def add_parsers(sub, common) -> None:
-    for name, module in STAGES.items():
+    for module in dict.fromkeys(STAGES.values()):
         importlib.import_module(module).add_parser(sub, common)
 
 

@@ -14,12 +14,11 @@ Model (all seeded):
 
 from __future__ import annotations
 
-import sys
 from dataclasses import asdict, dataclass
 
 import numpy as np
 
-from ._util import CtstoreError, log, progress_disabled, save_npy, stopwatch
+from ._util import progress, CtstoreError, log, progress_disabled, save_npy, stopwatch
 from .tokens import DEFAULT_SHARD_TOKENS, FORMAT_VERSION, ShardWriter
 from .workspace import Workspace, build_artifact, fingerprint
 
@@ -56,8 +55,6 @@ def synthesize_tokens(params: SynthParams, workspace: Workspace | None = None, f
 
 
 def _synth_into(ws: Workspace, path: str, p: SynthParams) -> dict:
-    from tqdm import tqdm
-
     rng = np.random.default_rng(p.seed)
     V = p.vocab
     cdf = np.cumsum(1.0 / np.arange(1, V + 1) ** p.zipf)
@@ -68,8 +65,8 @@ def _synth_into(ws: Workspace, path: str, p: SynthParams) -> dict:
     unigram = np.zeros(V, dtype=np.int64)
     timings: dict = {}
     written = 0
-    bar = tqdm(total=p.tokens, unit="tok", unit_scale=True, desc="synth", file=sys.stderr,
-               disable=progress_disabled(), dynamic_ncols=True)
+    bar = progress(total=p.tokens, unit="tok", unit_scale=True, desc="synth",
+               disable=progress_disabled())
     with stopwatch(timings, "synth_s"):
         while written < p.tokens:
             n = min(BATCH_TOKENS, p.tokens - written)

@@ -29,7 +29,6 @@ import itertools
 import json
 import lzma
 import os
-import sys
 import threading
 from collections import deque
 from concurrent.futures import ThreadPoolExecutor
@@ -37,7 +36,7 @@ from dataclasses import asdict, dataclass
 
 import numpy as np
 
-from ._util import CtstoreError, log, progress_disabled, save_npy, stopwatch
+from ._util import progress, CtstoreError, log, save_npy, stopwatch
 from .encoding import DEFAULT_ENCODING, load_encoding
 from .tokens import DEFAULT_SHARD_TOKENS, FORMAT_VERSION, ShardWriter
 from .workspace import Workspace, build_artifact, fingerprint
@@ -299,8 +298,6 @@ def tokenize_corpus(inputs: list[str], workspace: Workspace | None = None, *, pa
 
 
 def _tokenize_into(ws, path, files, params, enc, identity, param_dict, sources, total_bytes, threads) -> dict:
-    from tqdm import tqdm
-
     timings: dict = {}
     stats = {"replaced_bytes": 0}
     n_vocab = enc.n_vocab
@@ -309,8 +306,7 @@ def _tokenize_into(ws, path, files, params, enc, identity, param_dict, sources, 
     n_docs = n_tokens = n_chars = 0
     log(f"tokenize: {len(files)} file(s), {total_bytes / 1e6:.1f} MB, encoding {identity['name']} "
         f"(V={n_vocab}), {threads} thread(s)")
-    bar = tqdm(total=total_bytes, unit="B", unit_scale=True, desc="tokenize", disable=progress_disabled(),
-               dynamic_ncols=True, file=sys.stderr)
+    bar = progress(total=total_bytes, unit="B", unit_scale=True, desc="tokenize")
     with stopwatch(timings, "tokenize_s"), ThreadPoolExecutor(threads) as pool:
         pending: deque = deque()
 

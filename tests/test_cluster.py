@@ -1,0 +1,76 @@
+"""The same jobs on a LocalCluster and on a real `dask scheduler` + `dask worker`s on 127.0.0.1."""
+
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+
+import numpy as np
+import pytest
+
+from ctstore.cluster import Runner, plan_cluster
+from ctstore.k0 import K0Params, embed_counts, load_embeddings
+
+
+@pytest.mark.parametrize("memory,workers,ok", [("2GB", 2, True), ("4GB", 2, True), ("600MB", 2, False)])
+def test_plan_cluster_table(memory, workers, ok):
+    from ctstore._util import CtstoreError
+
+    if not ok:
+        with pytest.raises(CtstoreError, match="too small"):
+            plan_cluster(memory, n_workers=workers)
+        return
+    p = plan_cluster(memory, n_workers=workers)
+    assert p.n_workers * p.worker_memory <= p.memory
+    assert 0 < p.task_memory < p.worker_memory
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.mark.slow
+def test_dashboard_answers_while_a_job_runs():
+    with Runner("2GB", "local", n_workers=1, dashboard=f"127.0.0.1:{_free_port()}") as runner:
+        link = runner.dashboard_link
+        assert link.startswith("http://127.0.0.1:")
+        future = runner.client.submit(time.sleep, 3)
+        with urllib.request.urlopen(link, timeout=10) as response:
+            body = response.read().decode(errors="replace")
+            assert response.status == 200
+        assert "requires bokeh" not in body.lower()
+        future.result()
+
+
+@pytest.mark.slow
+def test_k0_on_local_cluster_and_real_scheduler_match_sync(session_ws, sample_counts, tmp_path):
+    params = K0Params(dim=16, v_eff=2048, kernel="none", power_iters=3)
+    reference = load_embeddings(embed_counts(sample_counts, session_ws, scheduler="sync", params=params))[0]
+    local = embed_counts(sample_counts, session_ws, scheduler="local", memory="2GB", params=params, force=True)
+    assert np.allclose(load_embeddings(local)[0], reference, atol=1e-4)
+
+    port = _free_port()
+    address = f"tcp://127.0.0.1:{port}"
+    procs = [subprocess.Popen([sys.executable, "-m", "distributed.cli.dask_scheduler", "--host", "127.0.0.1",
+                               "--port", str(port), "--dashboard-address", ":0"],
+                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)]
+    try:
+        time.sleep(2)
+        for _ in range(2):
+            procs.append(subprocess.Popen([sys.executable, "-m", "distributed.cli.dask_worker", address,
+                                           "--nthreads", "1", "--memory-limit", "1GB", "--host", "127.0.0.1"],
+                                          stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL))
+        remote = embed_counts(sample_counts, session_ws, scheduler=address, params=params, force=True)
+        assert np.allclose(load_embeddings(remote)[0], reference, atol=1e-4)
+        exact = K0Params(dim=16, v_eff=2048)
+        a = embed_counts(sample_counts, session_ws, scheduler=address, params=exact, force=True)
+        b = load_embeddings(embed_counts(sample_counts, session_ws, scheduler="sync", params=exact, force=True))[0]
+        assert np.allclose(load_embeddings(a)[0], b, atol=1e-5)
+    finally:
+        for p in procs:
+            p.terminate()
+        for p in procs:
+            p.wait(timeout=30)
