@@ -280,10 +280,10 @@ def _train_into(ws, path, model_artifact, tokens, p: SftParams, device, stop_at)
             meta["elapsed"] += now - t_last
             tps = tokens_per_step / max(now - t_last, 1e-9)
             t_last = now
-            record = {"step": step, "loss": float(loss), "lr": lr, "tokens_per_s": round(tps),
+            record = {"step": step, "loss": loss.item(), "lr": lr, "tokens_per_s": round(tps),
                       "elapsed": round(meta["elapsed"], 3), "flops": flops_per_token * tokens_per_step * step}
             bar.update()
-            bar.set_postfix_str(f"loss {float(loss):.3f} {tps / 1e3:.1f}K tok/s")
+            bar.set_postfix_str(f"loss {record['loss']:.3f} {tps / 1e3:.1f}K tok/s")
             if step % p.eval_every == 0 or step == p.steps:
                 ev = evaluate(model, val, vocab_map, T, p.eval_batches, p.batch_size, device)
                 record.update(val_loss=ev["loss"], val_ppl=ev["ppl"])

@@ -13,6 +13,7 @@ STAGES: dict[str, str] = {
     "seed": "ctstore.seed",
     "sft": "ctstore.sft",
     "eval": "ctstore.sft",
+    "run": "ctstore.pipeline",
 }
 
 

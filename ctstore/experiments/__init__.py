@@ -1,0 +1,1 @@
+"""Experiments run by ``ctstore run pipelines/*.toml``; each module has ``run(config, ctx) -> Artifact``."""

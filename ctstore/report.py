@@ -1,0 +1,58 @@
+"""Writing experiment reports: a ``run`` artifact with report.md, results.json and PNG plots."""
+
+from __future__ import annotations
+
+import json
+import os
+
+from ._util import canonical_json
+from .workspace import build_artifact, fingerprint
+
+__all__ = ["markdown_table", "publish_report", "plot_curves"]
+
+
+def markdown_table(header: list[str], rows: list[list]) -> str:
+    def cell(x):
+        if isinstance(x, float):
+            return f"{x:.4g}"
+        return "—" if x is None else str(x)
+
+    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    lines += ["| " + " | ".join(cell(c) for c in row) + " |" for row in rows]
+    return "\n".join(lines)
+
+
+def plot_curves(path: str, curves: dict[str, tuple[list, list]], xlabel: str, ylabel: str, title: str,
+                logy: bool = False) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(7, 4.5), dpi=110)
+    for label, (x, y) in curves.items():
+        ax.plot(x, y, label=label, marker="o", markersize=2.5, linewidth=1.2)
+    ax.set_xlabel(xlabel)
+    ax.set_ylabel(ylabel)
+    ax.set_title(title)
+    if logy:
+        ax.set_yscale("log")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=7)
+    fig.tight_layout()
+    fig.savefig(path)
+    plt.close(fig)
+
+
+def publish_report(ws, experiment: str, config: dict, inputs: dict, write, force: bool = False):
+    """Build the report artifact; ``write(path) -> results dict`` writes report.md and plots."""
+    fp = fingerprint("run", 1, {"experiment": experiment, "config": json.loads(canonical_json(config))}, inputs)
+
+    def build(path: str) -> dict:
+        results = write(path)
+        with open(os.path.join(path, "results.json"), "w") as f:
+            json.dump(results, f, indent=2, sort_keys=True, default=float)
+        return {"format_version": 1, "params": {"experiment": experiment, "config": config}, "inputs": inputs,
+                "report": "report.md", "summary": results.get("summary", {})}
+
+    return build_artifact(ws, "run", fp, build, force=force)[0]
