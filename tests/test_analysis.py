@@ -1,0 +1,98 @@
+"""Analysis functions against closed forms, planted parameters and numpy references."""
+
+import numpy as np
+import pytest
+import torch
+
+from ctstore.analysis.harmonic import HarmonicLinear, fit_harmonic, fit_l2, initial_centres, reconstruct
+from ctstore.analysis.spectral import (matrix_participation_ratio, pairing_fraction, participation_ratio,
+                                       rotation_diversity, spectral_gap_ratio)
+from ctstore.analysis.weights import centre_position_correlation, gmm_1d, layer_norms, weight_drift
+
+
+def test_participation_ratio_closed_forms():
+    assert participation_ratio(np.ones(37)) == pytest.approx(37)
+    assert participation_ratio(np.eye(1, 50)[0]) == pytest.approx(1)
+    assert participation_ratio([3, 1]) == pytest.approx(16 / 10)
+    q, _ = np.linalg.qr(np.random.default_rng(0).standard_normal((20, 20)))
+    assert matrix_participation_ratio(q) == pytest.approx(20)  # orthogonal: flat spectrum
+    assert matrix_participation_ratio(np.outer(np.arange(1, 6), np.arange(1, 4))) == pytest.approx(1)
+
+
+def test_spectral_gap_and_pairing_of_constructed_matrices():
+    q, _ = np.linalg.qr(np.random.default_rng(1).standard_normal((6, 6)))
+    m = q @ np.diag([10, 4, 4, 1, 1, 0.5]) @ q.T
+    assert spectral_gap_ratio(np.linalg.eigvalsh(m)) == pytest.approx(0.6)
+    assert pairing_fraction(np.linalg.eigvalsh(m)) == pytest.approx(4 / 6)
+
+
+def test_rotation_diversity():
+    a = np.eye(4)
+    assert rotation_diversity([a, a])["mean_cosine"] == pytest.approx(1)
+    out = rotation_diversity([np.eye(4)[:2], np.eye(4)[2:]])
+    assert out["mean_cosine"] == pytest.approx(0) and out["mean_principal_angle_deg"] == pytest.approx(90)
+
+
+def planted(R=400, n=256, K=4, seed=0, noise=0.0):
+    rng = np.random.default_rng(seed)
+    mu = np.sort(initial_centres(n, K) + rng.normal(0, 6, (R, K)), axis=1)
+    sigma = rng.uniform(8, 18, (R, K))
+    amp = rng.uniform(0.5, 2, (R, K)) * rng.choice([-1, 1], (R, K))
+    return reconstruct(amp, mu, sigma, n) + noise * rng.standard_normal((R, n)), (amp, mu, sigma)
+
+
+def test_harmonic_fit_recovers_planted_gaussians():
+    w, (amp, mu, sigma) = planted()
+    fit = fit_harmonic(w, K=4)
+    assert fit.r2 > 0.99
+    good = fit.r2_rows > 0.999
+    assert good.mean() > 0.75  # the rest sit in local minima with overlapping Gaussians (R² still > 0.9)
+    order = np.argsort(fit.centre, axis=1)
+    got_mu = np.take_along_axis(fit.centre, order, 1)[good]
+    assert np.median(np.abs(got_mu - mu[good])) < 0.5
+    assert fit.compression_ratio == pytest.approx(21.333, abs=1e-3)  # 256 / (3*4): Paper 56's 21.3x
+
+
+def test_harmonic_linear_equals_dense_layer():
+    w, _ = planted(R=32, n=64, K=3)
+    fit = fit_harmonic(w, K=3)
+    layer = HarmonicLinear(fit.amplitude, fit.centre, fit.width, in_features=64, bias=np.zeros(32))
+    x = torch.randn(5, 64)
+    dense = torch.nn.functional.linear(x, torch.as_tensor(fit.reconstruction, dtype=torch.float32))
+    assert torch.allclose(layer(x), dense, atol=1e-4)
+
+
+def test_l2_fit_succeeds_on_smooth_and_fails_on_shuffled_rows():
+    R, n, K = 300, 128, 4
+    i = np.arange(R)[:, None]
+    mu = initial_centres(n, K) + 8 * np.sin(i / 60 + np.arange(K))
+    sigma = np.broadcast_to(10 + 2 * np.cos(i / 90), (R, K))
+    amp = 1.2 * np.exp(-((i - 150) / 120) ** 2) + 0.3 + 0 * np.arange(K)
+    w = reconstruct(amp, mu, sigma, n)
+    smooth = fit_l2(w, fit_harmonic(w, K=K))
+    shuffled_w = w[np.random.default_rng(0).permutation(R)]
+    shuffled = fit_l2(shuffled_w, fit_harmonic(shuffled_w, K=K))
+    assert smooth.full_r2 > 0.99
+    assert shuffled.full_r2 < smooth.full_r2 - 0.3
+
+
+def test_gmm_1d_recovers_two_components():
+    rng = np.random.default_rng(0)
+    x = np.concatenate([rng.normal(-3, 0.5, 3000), rng.normal(2, 1.0, 1000)])
+    g = gmm_1d(x, 2)
+    assert np.allclose(g.means, [-3, 2], atol=0.1)
+    assert np.allclose(g.weights, [0.75, 0.25], atol=0.02)
+    assert np.allclose(np.sqrt(g.variances), [0.5, 1.0], atol=0.06)
+
+
+def test_drift_norms_and_centre_correlation():
+    a = {"transformer.h.0.attn.c_attn.weight": torch.ones(4, 2), "transformer.h.1.mlp.c_fc.weight": torch.eye(3)}
+    b = {k: v * 2 for k, v in a.items()}
+    drift = weight_drift(a, b)
+    assert drift["transformer.h.0.attn.c_attn.weight"]["relative"] == pytest.approx(1.0)
+    assert drift["transformer.h.0.attn.c_attn.weight"]["cosine"] == pytest.approx(1.0)
+    assert drift["transformer.h.1.mlp.c_fc.weight"]["rms"] == pytest.approx(np.sqrt(3 / 9))
+    assert layer_norms(a) == {0: {"attn.c_attn": pytest.approx(np.sqrt(8))}, 1: {"mlp.c_fc": pytest.approx(np.sqrt(3))}}
+    amp = np.array([[1, 0.1], [0.1, 1], [1, 0]])
+    centre = np.array([[0, 9], [5, 1], [2, 0]])
+    assert centre_position_correlation(amp, centre) == pytest.approx(np.corrcoef([0, 1, 2], [0, 1, 2])[0, 1])
