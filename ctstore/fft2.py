@@ -92,10 +92,10 @@ def inverse_row_task(g_url: str, w_url: str, i0: int, i1: int, n: int) -> None:
     zarr.open_array(w_url, mode="r+")[i0:i1] = scipy.fft.irfft(rows, n=n, axis=1).astype(np.float32)
 
 
-def read_w_rows(w_url: str, r0: int, r1: int) -> np.ndarray:
+def read_w_rows(w_url: str, r0: int, r1: int) -> tuple[np.ndarray, np.ndarray]:
     import zarr
 
-    return zarr.open_array(w_url, mode="r")[r0:r1]
+    return np.arange(r0, r1), zarr.open_array(w_url, mode="r")[r0:r1]
 
 
 def fft2_convolve(runner, x_source, k_source, n: int, scratch: str, plan: Fft2Plan) -> str:

@@ -60,7 +60,8 @@ OPERATOR_NOTES = {
 class K0Params:
     dim: int = 128
     lags: int | None = None  # default: every lag in the store
-    weighting: str = "uniform"
+    lag_from: int = 1  # use lags lag_from..lags (a band, as crystallize does per layer)
+    weighting: str = "uniform"  # uniform | inverse-distance | comma-separated weights, one per lag
     symmetric: bool = False
     v_eff: int | str = "auto"
     transform: str = "log1p"
@@ -109,6 +110,22 @@ class K0Plan:
                 f"d={self.dim}, lags 1..{self.lags}{', dense path' if self.dense else ''}")
 
 
+def band_weights(params: K0Params, lags: int) -> tuple[list[int], list[float]]:
+    """The lags of the operator and their weights (uniform, inverse-distance or an explicit list)."""
+    from .operator import lag_weights
+
+    band = list(range(params.lag_from, lags + 1))
+    if params.weighting in ("uniform", "inverse-distance"):
+        return band, lag_weights(band, params.weighting)
+    try:
+        weights = [float(x) for x in params.weighting.split(",")]
+    except ValueError:
+        raise CtstoreError(f"--weighting {params.weighting!r}: uniform, inverse-distance or numbers") from None
+    if len(weights) != len(band):
+        raise CtstoreError(f"--weighting has {len(weights)} weights for {len(band)} lags {band}")
+    return band, weights
+
+
 def v_eff_limit(dense_bytes_allowed: int, bytes_per_entry: int = 8) -> int:
     """Paper 113 §3.2: the largest n with an n×n dense matrix inside the allowance."""
     return int(np.sqrt(dense_bytes_allowed / bytes_per_entry))
@@ -122,6 +139,9 @@ def plan_k0(unigram: np.ndarray, store_lags: int, params: K0Params, memory: int)
     lags = params.lags or store_lags
     if lags > store_lags or lags < 1:
         raise CtstoreError(f"--lags {lags}: the count store holds lags 1..{store_lags}")
+    if not 1 <= params.lag_from <= lags:
+        raise CtstoreError(f"--lag-from {params.lag_from} must be between 1 and --lags {lags}")
+    band_weights(params, lags)  # validates a custom weight list
     if params.v_eff == "auto":
         v_eff = observed
         if dense:
@@ -149,6 +169,18 @@ def diagonal_task(spec: OperatorSpec, block_group, inv_rank: np.ndarray, n: int)
         coo = load_block(spec, r0, r1).tocoo()
         g += diagonal_sums(inv_rank[coo.row + r0], inv_rank[coo.col], coo.data, n)
     return g
+
+
+def load_active_block(spec: OperatorSpec, inv_rank: np.ndarray, n: int, r0: int, r1: int):
+    """Operator rows of token ids [r0, r1) in rank coordinates: (rank row indices, rows × n CSR)."""
+    import scipy.sparse as sp
+
+    block = load_block(spec, r0, r1)
+    rows = inv_rank[r0:r1]
+    keep = np.flatnonzero(rows >= 0)
+    block = block[keep]
+    block = sp.csr_matrix((block.data, inv_rank[block.indices], block.indptr), shape=(keep.size, n))
+    return rows[keep], block
 
 
 def hierarchical_task(spec: OperatorSpec, block_group, inv_rank, n: int, group_size: int, n_groups: int):
@@ -236,8 +268,9 @@ def _embed_into(ws, path, fp, counts, store, params: K0Params, plan: K0Plan, par
     first_row = None
     with TreeMemorySampler() as sampler, runner:
         with stopwatch(timings, "operator_s"):
+            lags, weights = band_weights(params, plan.lags)
             spec, _stats = build_operator(
-                store, runner, os.path.join(scratch, "op"), lags=plan.lags, weighting=params.weighting,
+                store, runner, os.path.join(scratch, "op"), lags=lags, weights=weights,
                 symmetric=params.symmetric, active=active, transform=params.transform, ppmi_alpha=params.ppmi_alpha)
         groups = _grouped(spec.blocks, 2 * runner.plan.n_workers)
         with stopwatch(timings, "embed_s"):
@@ -252,11 +285,11 @@ def _embed_into(ws, path, fp, counts, store, params: K0Params, plan: K0Plan, par
             elif params.method == "fft2":
                 rows, spectrum = _fft2_embedding(runner, spec, groups, inv_rank, n, params, scratch)
             else:
-                load = partial(load_block, spec)
-                u, s, _ = randomized_svd_blocks(runner, load, list(spec.blocks), store.n_vocab, store.n_vocab,
-                                                params.dim, RsvdParams(params.oversample, params.power_iters,
-                                                                       params.seed), n_tasks=len(groups))
-                rows = (u[active] * np.sqrt(s)).astype(np.float32)  # rank order
+                load = partial(load_active_block, spec, inv_rank, n)
+                u, s, _ = randomized_svd_blocks(runner, load, list(spec.blocks), n, n, params.dim,
+                                                RsvdParams(params.oversample, params.power_iters, params.seed),
+                                                n_tasks=len(groups))
+                rows = (u * np.sqrt(s)).astype(np.float32)  # rank order
                 spectrum = s
     timings["total_s"] = round(time.perf_counter() - start, 3)
     E = _full_embedding(rows, active, store.n_vocab, params.seed)
@@ -402,7 +435,9 @@ def add_parser(sub, common) -> None:
     s.add_argument("counts", help="counts artifact fingerprint (or unique prefix)")
     s.add_argument("--dim", "-d", type=int, default=128, help="embedding dimension d (default 128)")
     s.add_argument("--lags", type=int, default=None, help="use lags 1..L (default: all in the store)")
-    s.add_argument("--weighting", default="uniform", choices=["uniform", "inverse-distance"])
+    s.add_argument("--lag-from", type=int, default=1, help="first lag of the band (default 1)")
+    s.add_argument("--weighting", default="uniform",
+                   help="uniform, inverse-distance, or one comma-separated weight per lag")
     s.add_argument("--symmetric", action="store_true", help="add the transpose (symmetric window)")
     s.add_argument("--v-eff", default="auto", help="active vocabulary: N or auto (from the memory budget)")
     s.add_argument("--transform", default="log1p", choices=["log1p", "ppmi"])
@@ -419,7 +454,7 @@ def add_parser(sub, common) -> None:
 def run_cli(args, ws):
     counts = ws.get(args.counts, kind="counts")
     v_eff = args.v_eff if args.v_eff == "auto" else int(args.v_eff)
-    params = K0Params(dim=args.dim, lags=args.lags, weighting=args.weighting, symmetric=args.symmetric, v_eff=v_eff,
+    params = K0Params(dim=args.dim, lags=args.lags, lag_from=args.lag_from, weighting=args.weighting, symmetric=args.symmetric, v_eff=v_eff,
                       transform=args.transform, ppmi_alpha=args.ppmi_alpha, kernel=args.kernel, method=args.method,
                       hierarchical=args.hierarchical, oversample=args.oversample, power_iters=args.power_iters,
                       seed=args.seed)

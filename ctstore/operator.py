@@ -29,11 +29,11 @@ __all__ = ["OperatorSpec", "build_operator", "load_block", "lag_weights"]
 BLOCK_ENTRIES = 4 << 20  # target non-zeros per row block (all lags together)
 
 
-def lag_weights(lags: int, weighting: str) -> list[float]:
+def lag_weights(lags: list[int], weighting: str) -> list[float]:
     if weighting == "uniform":
-        return [1.0] * lags
+        return [1.0] * len(lags)
     if weighting == "inverse-distance":
-        return [1.0 / k for k in range(1, lags + 1)]
+        return [1.0 / k for k in lags]
     raise CtstoreError(f"--weighting must be uniform or inverse-distance, not {weighting!r}")
 
 
@@ -52,11 +52,11 @@ class OperatorSpec:
         return f"{self.scratch}/op-{r0:07d}"
 
 
-def _read_weighted_block(store_url: str, r0: int, r1: int, lags: int, weights: list[float],
+def _read_weighted_block(store_url: str, r0: int, r1: int, lags: list[int], weights: list[float],
                          is_active: np.ndarray) -> sp.csr_matrix:
     store = CountStore(store_url)
     total = None
-    for lag, w in zip(range(1, lags + 1), weights):
+    for lag, w in zip(lags, weights):
         block = store.row_block(lag, r0, r1).astype(np.float32)
         if w != 1.0:
             block.data *= np.float32(w)
@@ -131,16 +131,19 @@ def plan_row_blocks_by_nnz(row_nnz: np.ndarray, target: int = BLOCK_ENTRIES) -> 
     return tuple(blocks)
 
 
-def build_operator(store: CountStore, runner, scratch: str, *, lags: int, weighting: str, symmetric: bool,
-                   active: np.ndarray, transform: str, ppmi_alpha: float) -> tuple[OperatorSpec, dict]:
-    """Write operator pieces for the active set; return the spec and stats (row/col sums, nnz)."""
+def build_operator(store: CountStore, runner, scratch: str, *, lags: list[int], weights: list[float],
+                   symmetric: bool, active: np.ndarray, transform: str,
+                   ppmi_alpha: float) -> tuple[OperatorSpec, dict]:
+    """Write operator pieces for the active set; return the spec and stats (row/col sums, nnz).
+
+    ``lags`` and ``weights`` give ``D = Σ weights[i] · lag_{lags[i]}``.
+    """
     V = store.n_vocab
-    if lags > store.lags:
-        raise CtstoreError(f"--lags {lags}: the count store has lags 1..{store.lags}")
-    weights = lag_weights(lags, weighting)
+    if max(lags) > store.lags or min(lags) < 1:
+        raise CtstoreError(f"lags {lags}: the count store has lags 1..{store.lags}")
     is_active = np.zeros(V, dtype=bool)
     is_active[active] = True
-    row_nnz = sum(np.diff(store.indptr(k)) for k in range(1, lags + 1))
+    row_nnz = sum(np.diff(store.indptr(k)) for k in lags)
     blocks = plan_row_blocks_by_nnz(row_nnz)
     os.makedirs(scratch, exist_ok=True)
     prefixes = [f"{scratch}/d-{r0:07d}" for r0, _ in blocks]

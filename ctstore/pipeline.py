@@ -107,6 +107,13 @@ class Context:
 
         return seed_model(embeddings, self.ws, params=SeedParams(**seed_params))
 
+    def crystallized(self, counts, params: dict):
+        from .crystallize import CrystallizeParams, crystallize_model
+
+        params = {**params, "betas": tuple(params.get("betas", (1.0, 0.5, 0.25)))}
+        return crystallize_model(counts, self.ws, params=CrystallizeParams(**params), memory=self.memory,
+                                 scheduler=self.scheduler)
+
     def run(self, model, tokens, sft: dict):
         from .sft import SftParams, train_model
 

@@ -53,24 +53,31 @@ def normalize_signs(u: np.ndarray, vt: np.ndarray | None = None):
 
 
 def _task_matmul(load, block_group, panel):
-    """Rows of ``A @ panel`` for the blocks in ``block_group``: list of (r0, rows)."""
-    return [(r0, np.asarray(load(r0, r1) @ panel, dtype=np.float32)) for r0, r1 in block_group]
+    """Rows of ``A @ panel`` for the blocks in ``block_group``: list of (row indices, rows)."""
+    out = []
+    for r0, r1 in block_group:
+        idx, block = load(r0, r1)
+        out.append((idx, np.asarray(block @ panel, dtype=np.float32)))
+    return out
 
 
 def _task_rmatmul(load, block_group, panel):
-    """``Σ_b A_bᵀ panel[b rows]`` for the blocks in ``block_group``."""
+    """``Σ_b A_bᵀ panel[rows of b]`` for the blocks in ``block_group``."""
     acc = None
     for r0, r1 in block_group:
-        part = np.asarray(load(r0, r1).T @ panel[r0:r1], dtype=np.float32)
+        idx, block = load(r0, r1)
+        part = np.asarray(block.T @ panel[idx], dtype=np.float32)
         acc = part if acc is None else _iadd(acc, part)
     return acc
 
 
 def randomized_svd_blocks(runner, load, blocks, n_rows: int, n_cols: int, d: int,
                           params: RsvdParams = RsvdParams(), n_tasks: int | None = None):
-    """Top-``d`` singular triplets of a matrix given by ``load(r0, r1) -> rows``.
+    """Top-``d`` singular triplets of a matrix given by ``load(r0, r1) -> (row indices, rows)``.
 
-    ``load`` must be a picklable callable (module-level function or partial).
+    A block's rows need not be contiguous (``row indices`` says where they go),
+    which lets token-id blocks feed a rank-ordered matrix. ``load`` must be a
+    picklable callable (module-level function or partial).
     Returns ``(U (n_rows × d), S (d,), Vt (d × n_cols))`` in float32, S descending.
     """
     l = params.l(d, min(n_rows, n_cols))
@@ -84,8 +91,8 @@ def randomized_svd_blocks(runner, load, blocks, n_rows: int, n_cols: int, d: int
         y = np.zeros((n_rows, panel.shape[1]), np.float32)
 
         def put(acc, parts):
-            for r0, rows in parts:
-                y[r0:r0 + rows.shape[0]] = rows
+            for idx, rows in parts:
+                y[idx] = rows
             return acc
 
         runner.map_reduce(_task_matmul, [(load, g, shared) for g in groups], put, desc="rsvd A·Ω")

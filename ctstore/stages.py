@@ -14,6 +14,7 @@ STAGES: dict[str, str] = {
     "sft": "ctstore.sft",
     "eval": "ctstore.sft",
     "run": "ctstore.pipeline",
+    "crystallize": "ctstore.crystallize",
 }
 
 

@@ -73,15 +73,25 @@ class GMM:
                 / np.sqrt(2 * np.pi * self.variances)).sum(axis=1)
 
 
-def gmm_1d(x, K: int, iterations: int = 200, tol: float = 1e-8, seed: int = 0) -> GMM:
-    """Fit a K-component 1-D Gaussian mixture by EM (quantile initialisation, variance floor)."""
+def gmm_1d(x, K: int, iterations: int = 200, tol: float = 1e-8, seed: int = 0, sample_weight=None) -> GMM:
+    """Fit a K-component 1-D Gaussian mixture by EM (quantile initialisation, variance floor).
+
+    ``sample_weight`` weights the points (e.g. positions weighted by a singular
+    vector's squared entries, to describe where along the rank axis its energy sits).
+    """
     x = np.asarray(x, np.float64).ravel()
     if x.size < K:
         raise ValueError(f"gmm_1d: {x.size} points for {K} components")
+    sw = np.ones_like(x) if sample_weight is None else np.asarray(sample_weight, np.float64).ravel()
+    sw = sw * (x.size / sw.sum())
     rng = np.random.default_rng(seed)
-    means = np.quantile(x, (np.arange(K) + 0.5) / K) + 1e-9 * rng.standard_normal(K)
-    floor = 1e-6 * (x.var() + 1e-12)
-    variances = np.full(K, x.var() / K + floor)
+    order = np.argsort(x)
+    cdf = np.cumsum(sw[order]) / sw.sum()
+    means = x[order][np.searchsorted(cdf, (np.arange(K) + 0.5) / K).clip(max=x.size - 1)]
+    means = means + 1e-9 * rng.standard_normal(K)
+    var = float(np.average((x - np.average(x, weights=sw)) ** 2, weights=sw))
+    floor = 1e-6 * (var + 1e-12)
+    variances = np.full(K, var / K + floor)
     weights = np.full(K, 1.0 / K)
     previous = -np.inf
     for it in range(1, iterations + 1):
@@ -89,12 +99,12 @@ def gmm_1d(x, K: int, iterations: int = 200, tol: float = 1e-8, seed: int = 0) -
                  - (x[:, None] - means) ** 2 / (2 * variances))
         top = log_p.max(axis=1, keepdims=True)
         log_norm = top[:, 0] + np.log(np.exp(log_p - top).sum(axis=1))
-        resp = np.exp(log_p - log_norm[:, None])
+        resp = np.exp(log_p - log_norm[:, None]) * sw[:, None]
         nk = resp.sum(axis=0) + 1e-12
         weights = nk / x.size
         means = (resp * x[:, None]).sum(axis=0) / nk
         variances = (resp * (x[:, None] - means) ** 2).sum(axis=0) / nk + floor
-        ll = float(log_norm.sum())
+        ll = float((sw * log_norm).sum())
         if abs(ll - previous) < tol * abs(ll):
             break
         previous = ll

@@ -10,6 +10,8 @@ Arms (same architecture, same SFT budget unless noted, several seeds):
 ``random_long``        (e) random initialisation, ``long_factor``× the steps ("full SGD")
 ``svd_embeddings``     (f) SVD embeddings with random layers
 ``k0_frozen`` ...      (g) (b)–(d) with frozen embeddings (Paper 113 protocol)
+``crystallize``        Paper 51's training-free model (:mod:`ctstore.crystallize`),
+                       reported before and after the same SFT
 =====================  =============================================================
 
 The report gives, per arm, final validation perplexity (mean ± std over seeds),
@@ -38,6 +40,7 @@ ARMS = {
     "k0_frozen": dict(kernel="circulant", init="spectral", freeze=True),
     "svd_frozen": dict(kernel="none", init="spectral", freeze=True),
     "ppmi_frozen": dict(kernel="ppmi", init="spectral", freeze=True),
+    "crystallize": dict(kernel=None, init="crystallize"),
 }
 CLAIMS = [
     ("Paper 113 §8", "CT-seeded models reach lower perplexity than random init after the same SFT steps",
@@ -62,14 +65,19 @@ def run(config: dict, ctx):
     model_cfg = config.get("model", {"config": "tiny"})
     sft_base = config.get("sft", {})
     embeddings = {}
-    for kernel in sorted({ARMS[a]["kernel"] or "circulant" for a in arms}):
+    for kernel in sorted({ARMS[a]["kernel"] or "circulant" for a in arms if a != "crystallize"}):
         embeddings[kernel] = ctx.embeddings(counts, {**k0_base, "kernel": kernel})
     runs: dict[str, list] = {}
     for arm in arms:
         spec = ARMS[arm]
         for seed in seeds:
-            emb = embeddings[spec["kernel"] or "circulant"]
-            model = ctx.model(emb, {**model_cfg, "init": spec["init"], "seed": seed})
+            if spec["init"] == "crystallize":
+                crystal = {"config": model_cfg.get("config", "tiny"), "vocab": model_cfg.get("vocab", 4096),
+                           **config.get("crystallize", {}), "seed": seed}
+                model = ctx.crystallized(counts, crystal)
+            else:
+                emb = embeddings[spec["kernel"] or "circulant"]
+                model = ctx.model(emb, {**model_cfg, "init": spec["init"], "seed": seed})
             sft = {**sft_base, "seed": seed, "freeze_embeddings": bool(spec.get("freeze"))}
             if spec.get("long"):
                 sft["steps"] = int(sft.get("steps", 200)) * long_factor
@@ -91,7 +99,8 @@ def summarize(runs: dict[str, list]) -> dict:
     out = {}
     for arm, rs in runs.items():
         ppl = np.array([r.manifest["final_val_ppl"] for r in rs])
-        out[arm] = {"ppl_mean": float(ppl.mean()), "ppl_std": float(ppl.std(ddof=1)) if len(ppl) > 1 else 0.0,
+        before = np.array([_curve(r)[1][0] for r in rs])
+        out[arm] = {"ppl_mean": float(ppl.mean()), "ppl_before_sft": float(before.mean()), "ppl_std": float(ppl.std(ddof=1)) if len(ppl) > 1 else 0.0,
                     "seconds": float(np.mean([r.manifest["train_seconds"] for r in rs])),
                     "flops": float(np.mean([r.manifest["flops"] for r in rs])),
                     "steps": int(np.mean([r.manifest["steps"] for r in rs])), "seeds": len(rs)}
@@ -111,8 +120,9 @@ def summarize(runs: dict[str, list]) -> dict:
 
 def _write_report(path: str, config: dict, runs: dict, embeddings: dict) -> dict:
     summary = summarize(runs)
-    header = ["arm", "final val ppl", "± std", "gap to (e)", "wall s", "FLOPs", "steps", "steps to (a) final"]
-    rows = [[arm, s["ppl_mean"], s["ppl_std"], s.get("gap_to_long"), s["seconds"], f"{s['flops']:.3g}", s["steps"],
+    header = ["arm", "val ppl before SFT", "final val ppl", "± std", "gap to (e)", "wall s", "FLOPs", "steps",
+              "steps to (a) final"]
+    rows = [[arm, s["ppl_before_sft"], s["ppl_mean"], s["ppl_std"], s.get("gap_to_long"), s["seconds"], f"{s['flops']:.3g}", s["steps"],
              s.get("steps_to_random_final")] for arm, s in summary.items()]
     curves = {}
     for arm, rs in runs.items():

@@ -1,0 +1,168 @@
+"""Stage ``crystallize``: counts → ``model`` without training (Paper 51's algorithm).
+
+For layer l of L the operator is a band of lags ``l+1 … l+3`` with weights β
+(default 1, ½, ¼): ``X_l = log1p(Σ β_j lag_{l+j})`` on the model's compact
+vocabulary (the top ``V_model`` tokens). Per layer:
+
+1. randomized SVD of ``X_l`` (rank d) through the ``k0 --kernel none`` stage, so
+   each band is an embeddings artifact of its own and is reused;
+2. 1-D GMM fits of the singular vectors: each left singular vector's energy
+   ``u²`` over frequency rank is fitted with a K-component mixture (where along
+   the rank axis the direction lives: centres, widths, weights);
+3. the layer operator in embedding coordinates, ``B_l = U_0ᵀ U_l S_l U_lᵀ U_0``
+   (d × d: the band's left singular subspace seen from the first band's, which
+   also gives the embedding ``E = U_0 √S_0``; right singular vectors are not
+   kept in embeddings artifacts, so the symmetric form is used), is fitted row by row with K Gaussians (harmonic L1 fit);
+   the model's weights are the fitted reconstructions, i.e. HarmonicLinear
+   parameters (A, μ, σ), stored in ``harmonic.safetensors``:
+   ``c_attn = [B; Bᵀ; B]``, attention ``c_proj = Bᵀ``, ``c_fc`` four copies of B
+   rolled by d/4, MLP ``c_proj = c_fcᵀ``.
+
+Every matrix is rescaled to the Frobenius norm of the random initialisation it
+replaces (as in :mod:`ctstore.seed`), LayerNorms are identity, the head is tied.
+Choices the paper leaves open (which product maps a band into the residual
+basis, Q/K/V sharing) are the ones above.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import asdict, dataclass
+
+import numpy as np
+import torch
+
+from ._util import CtstoreError, log
+from .workspace import Workspace, build_artifact, fingerprint
+
+__all__ = ["CrystallizeParams", "crystallize_model"]
+
+FORMAT_VERSION = 1
+
+
+@dataclass(frozen=True)
+class CrystallizeParams:
+    config: str = "tiny"
+    vocab: int = 4096
+    betas: tuple = (1.0, 0.5, 0.25)
+    K: int = 4
+    gmm_components: int = 3
+    power_iters: int = 3
+    seed: int = 0
+
+
+def crystallize_model(counts, workspace: Workspace | None = None, *, params: CrystallizeParams | None = None,
+                      memory: str = "4GB", scheduler: str | None = None, force: bool = False):
+    from .countstore import CountStore
+    from .model import get_config
+
+    ws = workspace or counts.workspace
+    params = params or CrystallizeParams()
+    config = get_config(params.config, vocab_size=params.vocab + 1)
+    store = CountStore.from_artifact(counts)
+    band = len(params.betas)
+    need = config.n_layer + band - 1
+    if need > store.lags:
+        raise CtstoreError(f"crystallize {params.config}: {config.n_layer} layers with bands of {band} lags need "
+                           f"lags 1..{need}; the count store has 1..{store.lags} (count with --lags {need})")
+    if params.vocab >= store.n_vocab or params.vocab < config.n_embd:
+        raise CtstoreError(f"--vocab {params.vocab} must be between d={config.n_embd} and V={store.n_vocab}")
+    fp = fingerprint("model", FORMAT_VERSION, {"crystallize": _jsonable(asdict(params))},
+                     {"counts": counts.fingerprint})
+
+    def build(path: str) -> dict:
+        return _crystallize_into(ws, path, counts, store, params, config, memory, scheduler)
+
+    return build_artifact(ws, "model", fp, build, force=force)[0]
+
+
+def _jsonable(d: dict) -> dict:
+    return {k: list(v) if isinstance(v, tuple) else v for k, v in d.items()}
+
+
+def _band_svd(ws, counts, params, config, layer: int, memory, scheduler):
+    from .k0 import K0Params, embed_counts, load_embeddings
+
+    band = len(params.betas)
+    k0 = K0Params(dim=config.n_embd, lags=layer + band, lag_from=layer + 1,
+                  weighting=",".join(str(b) for b in params.betas), v_eff=params.vocab, kernel="none",
+                  power_iters=params.power_iters, seed=params.seed)
+    emb = embed_counts(counts, ws, params=k0, memory=memory, scheduler=scheduler)
+    E, spectrum, active, _ = load_embeddings(emb)
+    U = E[active].astype(np.float64) / np.sqrt(np.maximum(spectrum, 1e-30))  # rank order, orthonormal columns
+    return U, spectrum.astype(np.float64), active, emb.fingerprint
+
+
+def _crystallize_into(ws, path, counts, store, params, config, memory, scheduler) -> dict:
+    from safetensors.torch import save_file
+
+    from .analysis.harmonic import fit_harmonic
+    from .analysis.weights import gmm_1d
+    from .model import PhotonicGPT, save_model
+    from .seed import _rescaled
+
+    d, L = config.n_embd, config.n_layer
+    bands = [_band_svd(ws, counts, params, config, layer, memory, scheduler) for layer in range(L)]
+    U0, S0, active, _ = bands[0]
+    positions = np.arange(U0.shape[0], dtype=np.float64)
+    torch.manual_seed(params.seed)
+    model = PhotonicGPT(config)
+    harmonic: dict = {}
+    report: dict = {"layers": []}
+    with torch.no_grad():
+        wte = model.transformer.wte.weight
+        rows = np.zeros((config.vocab_size, d), np.float32)
+        rows[: params.vocab] = U0 * np.sqrt(S0)
+        wte.copy_(_rescaled(rows, wte))
+        for layer, (U, S, _active, fp) in enumerate(bands):
+            gmms = [gmm_1d(positions, params.gmm_components, sample_weight=U[:, k] ** 2 + 1e-12)
+                    for k in range(min(8, d))]
+            B = (U0.T @ U) * S @ (U.T @ U0)
+            fit = fit_harmonic(B, K=params.K)
+            W = fit.reconstruction
+            for name, value in (("attn.c_attn.weight", np.concatenate([W, W.T, W])), ("attn.c_proj.weight", W.T),
+                                ("mlp.c_fc.weight", np.concatenate([np.roll(W, j * d // 4, axis=1)
+                                                                     for j in range(4)])),):
+                p = model.transformer.h[layer].get_parameter(name)
+                p.copy_(_rescaled(value, p))
+            fc = model.transformer.h[layer].mlp.c_fc.weight
+            model.transformer.h[layer].mlp.c_proj.weight.copy_(
+                _rescaled(fc.T.numpy(), model.transformer.h[layer].mlp.c_proj.weight))
+            for key, arr in (("amplitude", fit.amplitude), ("centre", fit.centre), ("width", fit.width)):
+                harmonic[f"h.{layer}.{key}"] = torch.as_tensor(arr, dtype=torch.float32)
+            report["layers"].append({"layer": layer, "lags": [layer + 1, layer + len(params.betas)],
+                                     "band_embeddings": fp, "top_singular_value": float(S[0]),
+                                     "l1_r2": fit.r2, "compression_ratio": fit.compression_ratio,
+                                     "gmm_centres_top_vectors": [g.means.round(1).tolist() for g in gmms[:3]]})
+            log(f"crystallize: layer {layer} lags {layer + 1}..{layer + len(params.betas)}, L1 fit R² {fit.r2:.4f}")
+    vocab_map = np.full(store.n_vocab, params.vocab, np.int64)
+    vocab_map[active] = np.arange(params.vocab)
+    save_model(model, path, vocab_map, {"tokenizer": counts.manifest.get("tokenizer"), "init": "crystallize",
+                                        "tokenizer_vocab": int(store.n_vocab)})
+    save_file(harmonic, os.path.join(path, "harmonic.safetensors"))
+    return {"format_version": FORMAT_VERSION, "params": {"crystallize": _jsonable(asdict(params))},
+            "inputs": {"counts": counts.fingerprint}, "tokenizer": counts.manifest.get("tokenizer"),
+            "init": "crystallize", "report": report}
+
+
+def add_parser(sub, common) -> None:
+    s = sub.add_parser("crystallize", help="counts -> model without training (Paper 51: lag bands, SVD, GMM, "
+                                           "harmonic layers)")
+    s.add_argument("counts", help="counts artifact fingerprint")
+    s.add_argument("--config", default="tiny")
+    s.add_argument("--vocab", type=int, default=4096, help="compact vocabulary size V_model")
+    s.add_argument("--betas", default="1,0.5,0.25", help="weights of the lags in each layer's band")
+    s.add_argument("--K", type=int, default=4, help="Gaussians per weight row")
+    s.add_argument("--seed", type=int, default=0)
+    common(s)
+
+
+def run_cli(args, ws):
+    counts = ws.get(args.counts, kind="counts")
+    try:
+        betas = tuple(float(b) for b in args.betas.split(","))
+    except ValueError:
+        raise CtstoreError(f"--betas {args.betas!r}: comma-separated numbers") from None
+    params = CrystallizeParams(config=args.config, vocab=args.vocab, betas=betas, K=args.K, seed=args.seed)
+    return crystallize_model(counts, ws, params=params, memory=args.memory, scheduler=args.scheduler,
+                             force=args.force)
