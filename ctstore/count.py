@@ -149,7 +149,9 @@ def unique_pairs(values: np.ndarray, remaining: np.ndarray, lag: int, n_vocab: i
     first[0] = True
     np.not_equal(keys[1:], keys[:-1], out=first[1:])
     starts = np.flatnonzero(first)
-    counts = np.diff(starts, append=m).astype(np.uint32)
+    counts = np.empty(starts.size, np.uint32)  # run lengths, without np.diff's int64 temporaries
+    np.subtract(starts[1:], starts[:-1], out=counts[:-1], casting="unsafe")
+    counts[-1] = m - starts[-1]
     return keys[starts], counts
 
 
