@@ -27,6 +27,10 @@ __all__ = ["load_pipeline", "run_pipeline", "Context"]
 
 EXPERIMENTS = {
     "ct_vs_random": "ctstore.experiments.ct_vs_random",
+    "paper56_recursive": "ctstore.experiments.paper56_recursive",
+    "paper63_layer_crystallization": "ctstore.experiments.paper63_layer_crystallization",
+    "paper66_scaling": "ctstore.experiments.paper66_scaling",
+    "paper113_predictions": "ctstore.experiments.paper113_predictions",
 }
 
 
@@ -117,7 +121,25 @@ class Context:
     def run(self, model, tokens, sft: dict):
         from .sft import SftParams, train_model
 
+        sft = {**sft, "freeze": tuple(sft.get("freeze", ()))}
         return train_model(model, tokens, self.ws, params=SftParams(**sft))
+
+    def derived_model(self, model, label: str, transform):
+        """A model artifact made from another by ``transform(torch_model)`` (in place), cached by label."""
+        from .model import load_model, save_model
+        from .workspace import build_artifact, fingerprint
+
+        fp = fingerprint("model", 1, {"derived": label}, {"model": model.fingerprint})
+
+        def build(path: str) -> dict:
+            torch_model, vocab_map, raw = load_model(model.path)
+            transform(torch_model)
+            save_model(torch_model, path, vocab_map, {k: v for k, v in raw.items()
+                                                      if k not in torch_model.config.to_dict()})
+            return {"format_version": 1, "params": {"derived": label}, "inputs": {"model": model.fingerprint},
+                    "tokenizer": model.manifest.get("tokenizer"), "init": f"{model.manifest.get('init')}+{label}"}
+
+        return build_artifact(self.ws, "model", fp, build)[0]
 
 
 def run_pipeline(path: str, ws, *, profile: str | None = None, overrides: list[str] = (), memory: str = "4GB",

@@ -42,6 +42,7 @@ class SeedParams:
     init: str = "spectral"
     vocab: int | None = None  # compact vocabulary size V_model (None: the full tokenizer vocabulary)
     seed: int = 0
+    width: int | None = None  # override n_embd (heads follow, keeping the head size), for width sweeps
 
     def __post_init__(self):
         if self.init not in INITS:
@@ -95,6 +96,10 @@ def build_seeded_model(E_full: np.ndarray, rank: np.ndarray | None, params: Seed
     else:
         kept, vocab_map, vocab_size = np.arange(n_vocab), None, n_vocab
     config = get_config(params.config, vocab_size=vocab_size)
+    if params.width is not None:
+        head = config.n_embd // config.n_head
+        config = get_config(params.config, vocab_size=vocab_size, n_embd=params.width,
+                            n_head=max(1, params.width // head))
     if params.init != "random" and E_full.shape[1] != config.n_embd:
         raise CtstoreError(f"config {params.config}: n_embd={config.n_embd} does not fit the embedding "
                            f"dimension d={E_full.shape[1]} (run k0 with --dim {config.n_embd})")

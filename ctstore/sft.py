@@ -47,6 +47,7 @@ class SftParams:
     weight_decay: float = 0.1
     grad_clip: float = 1.0
     freeze_embeddings: bool = False
+    freeze: tuple = ()  # parameter names (or prefixes) kept fixed, e.g. "transformer.h.1.attn.c_proj"
     eval_every: int = 50
     eval_batches: int = 8
     val_fraction: float = 0.1
@@ -242,6 +243,12 @@ def _train_into(ws, path, model_artifact, tokens, p: SftParams, device, stop_at)
     T = min(T, len(train) - 2, len(val) - 2)
     if p.freeze_embeddings:
         model.transformer.wte.weight.requires_grad_(False)
+    frozen = [name for name, q in model.named_parameters() if any(name.startswith(f) for f in p.freeze)]
+    if p.freeze and not frozen:
+        raise CtstoreError(f"sft: --freeze {list(p.freeze)} matches no parameter of the model")
+    for name, q in model.named_parameters():
+        if name in frozen:
+            q.requires_grad_(False)
     optimizer = _optimizer(model, p)
     gen = torch.Generator().manual_seed(p.seed)
     torch.manual_seed(p.seed)

@@ -34,3 +34,25 @@ def test_ct_vs_random_tiny_run_writes_report_with_claims(session_ws):
     assert results["summary"]["random_long"]["steps"] == 24
     assert results["summary"]["k0"]["seeds"] == 2
     assert os.path.getsize(os.path.join(run.path, "loss_curves.png")) > 1000
+
+
+TINY_SFT = ["sft.steps=4", "sft.eval_every=2", "sft.batch_size=2", "sft.block_size=16", "k0.power_iters=1"]
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("name,extra,claims", [
+    ("paper56_recursive", ["k0.v_eff=512", "model.vocab=512"], 6),
+    ("paper63_layer_crystallization", ["k0.v_eff=512", "model.vocab=512", "experiment.layers=[1]"], 3),
+    ("paper66_scaling", ["k0.v_eff=512", "model.vocab=512", "experiment.widths=[32, 64]",
+                         "experiment.vocab_sizes=[64, 128]"], 3),
+    ("paper113_predictions", ["model.vocab=512", "experiment.v_effs=[256, 512]", "experiment.hierarchical_v_eff=512",
+                              'experiment.sizes=["tiny"]'], 4),
+])
+def test_paper_pipelines_run_tiny_and_report_every_claim(session_ws, name, extra, claims):
+    run = run_pipeline(str(PIPELINES / f"{name}.toml"), session_ws, overrides=TINY_SFT + extra, scheduler="sync")
+    report = open(os.path.join(run.path, "report.md")).read()
+    results = json.load(open(os.path.join(run.path, "results.json")))
+    assert len(results["claims"]) == claims
+    for source, claim, measured, verdict in results["claims"]:
+        assert claim in report and verdict in ("supported", "not supported", "n/a")
+    assert "## Claims beside measurements" in report
