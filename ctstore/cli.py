@@ -72,6 +72,10 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("ref", help="fingerprint, unique prefix, or kind/fingerprint")
     _common(s, compute=False)
 
+    s = sub.add_parser("verify", help="check every file of an artifact against the hashes in its manifest")
+    s.add_argument("ref", help="fingerprint, unique prefix, or kind/fingerprint")
+    _common(s, compute=False)
+
     s = sub.add_parser("gc", help="remove incomplete artifacts and stale scratch")
     s.add_argument("--dry-run", action="store_true")
     _common(s, compute=False)
@@ -127,6 +131,18 @@ def _run(args) -> int:
     elif cmd == "show":
         art = ws.get(args.ref)
         print(json.dumps(art.manifest, indent=None if args.json else 2, sort_keys=True))
+    elif cmd == "verify":
+        from .integrity import verify_artifact
+
+        art = ws.get(args.ref)
+        problems = verify_artifact(art)
+        if args.json:
+            print(json.dumps({"artifact": str(art), "ok": not problems, "problems": problems}))
+        for p in problems:
+            print(f"ctstore: {p}", file=sys.stderr)
+        if problems:
+            return 1
+        log(f"verify: {art} intact ({len(art.manifest.get('files', {}))} files)")
     elif cmd == "gc":
         removed = ws.gc(dry_run=args.dry_run)
         if args.json:

@@ -47,13 +47,25 @@ class CountStore:
     def lags(self) -> int:
         return int(self.group.attrs["lags"])
 
+    def _read(self, name: str, start: int | None = None, stop: int | None = None) -> np.ndarray:
+        """Read ``name[start:stop]``; a damaged chunk becomes a one-line error naming array and chunk."""
+        from .integrity import chunk_error
+
+        arr = self.group[name]
+        try:
+            return arr[start:stop]
+        except (ValueError, OSError, RuntimeError, KeyError) as exc:
+            lo = start or 0
+            hi = arr.shape[0] if stop is None else stop
+            raise chunk_error(self.url, name, lo, hi, arr.chunks[0], exc) from None
+
     @cached_property
     def unigram(self) -> np.ndarray:
-        return self.group["unigram"][:]
+        return self._read("unigram")
 
     @cached_property
     def rank(self) -> np.ndarray:
-        return self.group["rank"][:]
+        return self._read("rank")
 
     def _lag_group(self, lag: int):
         if not 1 <= lag <= self.lags:
@@ -64,15 +76,16 @@ class CountStore:
         return int(self._lag_group(lag)["indices"].shape[0])
 
     def indptr(self, lag: int) -> np.ndarray:
-        return self._lag_group(lag)["indptr"][:]
+        self._lag_group(lag)
+        return self._read(f"lag_{lag}/indptr")
 
     def row_block(self, lag: int, r0: int, r1: int, indptr: np.ndarray | None = None) -> sp.csr_matrix:
         """Rows ``[r0, r1)`` of ``lag_k`` as a ``(r1-r0) × V`` CSR matrix (uint32 counts)."""
-        g = self._lag_group(lag)
-        ptr = indptr[r0: r1 + 1] if indptr is not None else g["indptr"][r0: r1 + 1]
+        self._lag_group(lag)
+        ptr = indptr[r0: r1 + 1] if indptr is not None else self._read(f"lag_{lag}/indptr", r0, r1 + 1)
         lo, hi = int(ptr[0]), int(ptr[-1])
-        indices = g["indices"][lo:hi] if hi > lo else np.empty(0, np.uint32)
-        data = g["data"][lo:hi] if hi > lo else np.empty(0, np.uint32)
+        indices = self._read(f"lag_{lag}/indices", lo, hi) if hi > lo else np.empty(0, np.uint32)
+        data = self._read(f"lag_{lag}/data", lo, hi) if hi > lo else np.empty(0, np.uint32)
         return sp.csr_matrix((data, indices.astype(np.int32), ptr - lo), shape=(r1 - r0, self.n_vocab))
 
     def matrix(self, lag: int) -> sp.csr_matrix:

@@ -171,16 +171,33 @@ def diagonal_task(spec: OperatorSpec, block_group, inv_rank: np.ndarray, n: int)
     return g
 
 
-def load_active_block(spec: OperatorSpec, inv_rank: np.ndarray, n: int, r0: int, r1: int):
-    """Operator rows of token ids [r0, r1) in rank coordinates: (rank row indices, rows × n CSR)."""
+def rank_block_task(spec: OperatorSpec, block_group, inv_rank: np.ndarray, n: int) -> int:
+    """Write each block transformed and in rank coordinates once, for the many SVD passes."""
     import scipy.sparse as sp
 
-    block = load_block(spec, r0, r1)
-    rows = inv_rank[r0:r1]
-    keep = np.flatnonzero(rows >= 0)
-    block = block[keep]
-    block = sp.csr_matrix((block.data, inv_rank[block.indices], block.indptr), shape=(keep.size, n))
-    return rows[keep], block
+    from .operator import _save_csr
+
+    for r0, r1 in block_group:
+        block = load_block(spec, r0, r1)
+        rows = inv_rank[r0:r1]
+        keep = np.flatnonzero(rows >= 0)
+        block = block[keep]
+        block = sp.csr_matrix((block.data, inv_rank[block.indices].astype(np.int32), block.indptr),
+                              shape=(keep.size, n))
+        prefix = f"{spec.scratch}/rank-{r0:07d}"
+        _save_csr(prefix, block)
+        np.save(f"{prefix}.rows.npy", rows[keep])
+    return len(block_group)
+
+
+def load_rank_block(scratch: str, n: int, r0: int, r1: int):
+    """(rank row indices, CSR rows × n) of a block written by :func:`rank_block_task` (memory-mapped)."""
+    import scipy.sparse as sp
+
+    prefix = f"{scratch}/rank-{r0:07d}"
+    rows = np.load(f"{prefix}.rows.npy")
+    load = lambda name: np.load(f"{prefix}.{name}.npy", mmap_mode="r")  # noqa: E731
+    return rows, sp.csr_matrix((load("data"), load("indices"), load("indptr")), shape=(rows.size, n))
 
 
 def hierarchical_task(spec: OperatorSpec, block_group, inv_rank, n: int, group_size: int, n_groups: int):
@@ -285,7 +302,8 @@ def _embed_into(ws, path, fp, counts, store, params: K0Params, plan: K0Plan, par
             elif params.method == "fft2":
                 rows, spectrum = _fft2_embedding(runner, spec, groups, inv_rank, n, params, scratch)
             else:
-                load = partial(load_active_block, spec, inv_rank, n)
+                runner.map(rank_block_task, [(spec, grp, inv_rank, n) for grp in groups], desc="k0 rank blocks")
+                load = partial(load_rank_block, spec.scratch, n)
                 u, s, _ = randomized_svd_blocks(runner, load, list(spec.blocks), n, n, params.dim,
                                                 RsvdParams(params.oversample, params.power_iters, params.seed),
                                                 n_tasks=len(groups))
@@ -401,11 +419,13 @@ def _write_embeddings(ws, path, E, spectrum, active, params, plan, counts, timin
     url = f"{path}/embeddings.zarr" if ws.is_local else ws.fs.unstrip_protocol(f"{path}/embeddings.zarr")
     so = None if ws.is_local else (ws.storage_options or None)
     group = zarr.open_group(url, mode="w", storage_options=so)
-    group.create_array("E", data=E, chunks=(min(E.shape[0], 16384), E.shape[1]))
-    group.create_array("spectrum", data=spectrum)
-    group.create_array("active", data=active.astype(np.uint32))
+    from .count import COMPRESSORS
+
+    group.create_array("E", data=E, chunks=(min(E.shape[0], 16384), E.shape[1]), compressors=COMPRESSORS)
+    group.create_array("spectrum", data=spectrum, compressors=COMPRESSORS)
+    group.create_array("active", data=active.astype(np.uint32), compressors=COMPRESSORS)
     if first_row is not None:  # r = g ⊛ k0: W[i, j] = r[(j - i) mod V_eff] (exact circulant path)
-        group.create_array("first_row", data=first_row.astype(np.float64))
+        group.create_array("first_row", data=first_row.astype(np.float64), compressors=COMPRESSORS)
     group.attrs.update({
         "operator": params.operator, "operator_note": OPERATOR_NOTES[params.operator], "kernel": params.kernel,
         "method": params.method, "transform": params.transform, "V_eff": plan.v_eff, "coverage": plan.coverage,

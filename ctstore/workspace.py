@@ -356,4 +356,7 @@ def build_artifact(ws: Workspace, kind: str, fp: str, build, *, force: bool = Fa
             if not keep_partial:
                 ws.remove(kind, fp)
             raise
+        from .integrity import hash_files
+
+        body["files"] = hash_files(ws.fs, path)
         return ws.publish(kind, fp, body), False
