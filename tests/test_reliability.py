@@ -7,6 +7,7 @@ import subprocess
 import sys
 import time
 
+import numpy as np
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
@@ -179,3 +180,57 @@ def test_s3_workspace_matches_local(tmp_path, s3_server):
     assert es["path"].startswith("s3://ctstore/prefix/embeddings/")
     listing = cli("ls", "-w", "s3://ctstore/prefix", env=s3_server).stdout
     assert cs["fingerprint"] in listing
+
+
+@pytest.mark.slow
+def test_real_cluster_on_s3_survives_a_killed_worker(tmp_path, s3_server):
+    """count on `dask scheduler` + 2 `dask worker`s with an S3 workspace; SIGKILL one worker mid-count."""
+    import glob
+    import signal
+
+    port = _free_port()
+    address = f"tcp://127.0.0.1:{port}"
+    env = {**os.environ, **s3_server, "TMPDIR": str(tmp_path)}
+    procs = [subprocess.Popen([sys.executable, "-m", "distributed.cli.dask_scheduler", "--host", "127.0.0.1",
+                               "--port", str(port), "--dashboard-address", ":0"], env=env,
+                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)]
+    workers = []
+    try:
+        time.sleep(2)
+        for _ in range(2):
+            workers.append(subprocess.Popen([sys.executable, "-m", "distributed.cli.dask_worker", address,
+                                             "--nthreads", "1", "--memory-limit", "1GB", "--no-nanny",
+                                             "--host", "127.0.0.1"], env=env,
+                                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL))
+        ws = "s3://ctstore/cluster"
+        tokens = json.loads(cli("synth", "--vocab", "20000", "--tokens", "4M", "--shard-tokens", "256K", "-w", ws,
+                                "--json", env=env).stdout)
+        cmd = [sys.executable, "-m", "ctstore.cli", "count", tokens["fingerprint"], "-w", ws, "--lags", "4",
+               "--scheduler", address, "--json", "-q"]
+        count = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
+        deadline = time.time() + 120
+        while time.time() < deadline and not [d for d in glob.glob(f"{tmp_path}/ctstore-scratch/counts-*/map-*")
+                                              if ".partial" not in d]:
+            time.sleep(0.05)
+        os.kill(workers[0].pid, signal.SIGKILL)
+        out, err = count.communicate(timeout=600)
+        assert count.returncode == 0, err
+        remote = json.loads(out)
+    finally:
+        for p in procs + workers:
+            if p.poll() is None:
+                p.kill()
+        for p in procs + workers:
+            p.wait(timeout=30)
+    local_ws = str(tmp_path / "local")
+    json.loads(cli("synth", "--vocab", "20000", "--tokens", "4M", "--shard-tokens", "256K", "-w", local_ws,
+                   "--json").stdout)
+    local = json.loads(cli("count", tokens["fingerprint"], "-w", local_ws, "--lags", "4", "--scheduler", "sync",
+                           "--json").stdout)
+    assert remote["fingerprint"] == local["fingerprint"] and remote["nnz"] == local["nnz"]
+    options = {"endpoint_url": s3_server["FSSPEC_S3_ENDPOINT_URL"], "key": "test", "secret": "test"}
+    a = CountStore(remote["path"] + "/counts.zarr", options)
+    b = CountStore(local["path"] + "/counts.zarr")
+    for lag in (1, 4):
+        assert (a.matrix(lag) != b.matrix(lag)).nnz == 0
+    assert np.array_equal(a.unigram, b.unigram)
