@@ -157,7 +157,7 @@ _BENCH_MATRIX = None
 
 
 def _bench_rows(r0, r1):
-    return _BENCH_MATRIX[r0:r1]
+    return np.arange(r0, r1), _BENCH_MATRIX[r0:r1]
 
 
 def _bench_k0_scale(quick: bool) -> dict:

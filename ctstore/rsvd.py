@@ -22,6 +22,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import numpy as np
+import scipy.linalg
 
 __all__ = ["RsvdParams", "randomized_svd_blocks", "normalize_signs"]
 
@@ -38,8 +39,17 @@ class RsvdParams:
 
 
 def _orth(y: np.ndarray) -> np.ndarray:
-    q, _ = np.linalg.qr(y)
-    return np.ascontiguousarray(q, dtype=np.float32)
+    """Orthonormal basis of y's columns by CholeskyQR2 in float64 (GEMM-bound, ~10x faster than
+    Householder QR on tall panels); falls back to Householder when the Gram matrix is not positive
+    definite (rank-deficient panels)."""
+    y64 = y.astype(np.float64)
+    try:
+        for _ in range(2):  # the second pass repairs the orthogonality lost to cond(y)^2
+            r = np.linalg.cholesky(y64.T @ y64).T
+            y64 = scipy.linalg.solve_triangular(r, y64.T, trans="T", lower=False).T
+    except np.linalg.LinAlgError:
+        y64, _ = np.linalg.qr(y.astype(np.float64))
+    return np.ascontiguousarray(y64, dtype=np.float32)
 
 
 def normalize_signs(u: np.ndarray, vt: np.ndarray | None = None):
