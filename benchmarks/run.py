@@ -284,8 +284,28 @@ def bench_harmonic(quick: bool) -> dict:
             "compression_ratio": fit.compression_ratio, "target": "speed_ratio >= 100, R² parity"}
 
 
+def bench_memory(quick: bool) -> dict:
+    """Peak resident memory of the whole process tree vs --memory 2GB at V = 131,072 (issue 6)."""
+    budget = 2 * 10**9
+    out = {"budget_bytes": budget, "runs": {}}
+    n = "20M" if quick else "60M"
+    with tempfile.TemporaryDirectory(dir=os.environ.get("CTSTORE_BENCH_DIR")) as ws:
+        tokens, _, _ = ctstore(["synth", "--vocab", "131072", "--tokens", n, "--seed", "2"], ws)
+        counts, wall, peak = ctstore(["count", tokens["fingerprint"], "--memory", "2GB"], ws)
+        out["runs"]["count"] = {"wall_s": wall, "peak_tree_rss_bytes": peak}
+        for kernel, dim in (("circulant", 256), ("none", 128)):
+            emb, wall, peak = ctstore(["k0", counts["fingerprint"], "--dim", str(dim), "--kernel", kernel,
+                                       "--memory", "2GB", "--oversample", "128", "--power-iters", "4"], ws)
+            out["runs"][f"k0-{kernel}-d{dim}"] = {"wall_s": wall, "peak_tree_rss_bytes": peak,
+                                                  "v_eff": emb["v_eff"]}
+    out["max_ratio_to_budget"] = max(r["peak_tree_rss_bytes"] for r in out["runs"].values()) / budget
+    out["pass"] = out["max_ratio_to_budget"] <= 1.10
+    out["target"] = "peak <= 1.10 x budget"
+    return out
+
+
 BENCHES = {"tokenize": bench_tokenize, "count": bench_count, "k0": bench_k0, "train": bench_train,
-           "harmonic": bench_harmonic}
+           "harmonic": bench_harmonic, "memory": bench_memory}
 
 
 def main() -> int:
@@ -295,6 +315,7 @@ def main() -> int:
     args = parser.parse_args()
     RESULTS.mkdir(parents=True, exist_ok=True)
     os.environ["CTSTORE_NO_PROGRESS"] = "1"
+    failed = False
     unknown = set(args.names) - set(BENCHES)
     if unknown:
         parser.error(f"unknown benchmark(s): {', '.join(sorted(unknown))}")
@@ -305,7 +326,8 @@ def main() -> int:
         path = RESULTS / f"{name}{'-quick' if args.quick else ''}.json"
         path.write_text(json.dumps(result, indent=2, default=float))
         print(json.dumps(result, indent=2, default=float))
-    return 0
+        failed = failed or result.get("pass") is False
+    return 1 if failed else 0
 
 
 if __name__ == "__main__":

@@ -44,7 +44,8 @@ class ClusterPlan:
                 f"{format_bytes(self.worker_memory)}, {format_bytes(self.task_memory)} per task")
 
 
-def plan_cluster(memory: str | int = "4GB", n_workers: int | None = None, in_process: bool = False) -> ClusterPlan:
+def plan_cluster(memory: str | int = "4GB", n_workers: int | None = None, in_process: bool = False,
+                 client_extra: int = 0) -> ClusterPlan:
     """Split a memory budget into workers and per-task memory; fail if it cannot fit.
 
     >>> p = plan_cluster("2GB", n_workers=2)
@@ -53,20 +54,21 @@ def plan_cluster(memory: str | int = "4GB", n_workers: int | None = None, in_pro
     """
     total = parse_memory(memory)
     cores = os.cpu_count() or 1
+    reserve = CLIENT_RESERVE + client_extra  # the client may hold dense panels (randomized SVD)
     if in_process:
-        task = total - CLIENT_RESERVE
+        task = total - reserve
         if task < MIN_TASK_MEMORY:
             raise CtstoreError(f"--memory {format_bytes(total)} is too small: the process alone needs "
-                               f"{format_bytes(CLIENT_RESERVE + MIN_TASK_MEMORY)}")
+                               f"{format_bytes(reserve + MIN_TASK_MEMORY)}")
         return ClusterPlan(total, 1, task, task)
     workers = n_workers or cores
-    while workers > 1 and int((total - CLIENT_RESERVE) // workers * TASK_FRACTION) - WORKER_BASELINE < MIN_TASK_MEMORY:
+    while workers > 1 and int((total - reserve) // workers * TASK_FRACTION) - WORKER_BASELINE < MIN_TASK_MEMORY:
         workers -= 1
-    worker_memory = (total - CLIENT_RESERVE) // workers
+    worker_memory = (total - reserve) // workers
     # dask pauses a worker at 80% of its limit and kills it at 95%: stay below both
     task = int(worker_memory * TASK_FRACTION) - WORKER_BASELINE
     if task < MIN_TASK_MEMORY:
-        need = CLIENT_RESERVE + WORKER_BASELINE + MIN_TASK_MEMORY
+        need = reserve + WORKER_BASELINE + MIN_TASK_MEMORY
         raise CtstoreError(f"--memory {format_bytes(total)} is too small for a cluster: one worker needs "
                            f"{format_bytes(need)} (or use --scheduler sync)")
     return ClusterPlan(total, workers, worker_memory, task)
@@ -76,9 +78,9 @@ class Runner:
     """Run functions over lists of arguments on the configured scheduler, with progress."""
 
     def __init__(self, memory: str | int = "4GB", scheduler: str | None = None, n_workers: int | None = None,
-                 dashboard: str = "127.0.0.1:8787"):
+                 dashboard: str = "127.0.0.1:8787", client_extra: int = 0):
         self.scheduler = scheduler or "local"
-        self.plan = plan_cluster(memory, n_workers, in_process=self.scheduler == "sync")
+        self.plan = plan_cluster(memory, n_workers, in_process=self.scheduler == "sync", client_extra=client_extra)
         self.dashboard = dashboard
         self.client = None
         self.cluster = None

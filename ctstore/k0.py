@@ -224,6 +224,28 @@ def _load_raw(spec: OperatorSpec, r0: int, r1: int):
     return _load_csr(spec.piece(r0), (r1 - r0, spec.n_vocab)).tocoo()
 
 
+def _runner_for(params: K0Params, n: int, memory, scheduler) -> Runner:
+    """A Runner whose client share holds the randomized SVD's dense panels, checked before any work."""
+    if params.kernel == "circulant" and params.method == "exact":
+        return Runner(memory, scheduler)
+    l = RsvdParams(params.oversample, params.power_iters, params.seed).l(params.dim, n)
+    panel = n * l * 4
+    client = 5 * panel  # Ω/Y, Q, Z, Aᵀ·Q accumulator, gathered partial
+    in_process = (scheduler or "local") == "sync"
+    runner = Runner(memory, scheduler, client_extra=client if not in_process else 0)
+    # a task holds the shared panel and its output panel (rows or partial Aᵀ·Q) plus one block
+    need = (client if in_process else 0) + 2 * panel + BLOCK_BYTES
+    if runner.plan.task_memory < need:
+        raise CtstoreError(f"k0 randomized SVD (V_eff={n}, l={l}): needs {format_bytes(need)} per task and "
+                           f"{format_bytes(client)} in the client; --memory {format_bytes(runner.plan.memory)} "
+                           f"leaves {format_bytes(runner.plan.task_memory)} per task (lower --dim, --oversample or "
+                           f"--v-eff, or raise --memory)")
+    return runner
+
+
+BLOCK_BYTES = (4 << 20) * 12  # one operator block: ~4M non-zeros x (data + index + row)
+
+
 def _grouped(blocks, n_tasks: int):
     return [list(blocks[i::n_tasks]) for i in range(min(n_tasks, len(blocks)))]
 
@@ -278,7 +300,7 @@ def _embed_into(ws, path, fp, counts, store, params: K0Params, plan: K0Plan, par
     scratch = ws.scratch_dir("embeddings", fp)
     log(plan.describe())
     log(f"operator: {OPERATOR_NOTES[params.operator]}")
-    runner = Runner(memory, scheduler)
+    runner = _runner_for(params, n, memory, scheduler)
     log(runner.plan.describe())
     start = time.perf_counter()
     extra: dict = {}

@@ -175,3 +175,11 @@ def test_out_of_core_fft2_equals_numpy_at_8192(sample_counts, tmp_path):
     ref = np.fft.irfft2(np.fft.rfft2(x.astype(np.float32).astype(np.float64)) * np.fft.rfft2(circulant_matrix(k)),
                         s=(n, n))
     assert np.abs(got - ref).max() <= 1e-4 * np.abs(ref).max()
+
+
+def test_randomized_svd_that_cannot_fit_the_budget_fails_at_plan_time():
+    from ctstore.k0 import _runner_for
+
+    with pytest.raises(CtstoreError, match=r"k0 randomized SVD \(V_eff=131072, l=384\): needs .* per task"):
+        _runner_for(K0Params(dim=256, kernel="none", oversample=128), 131072, "2GB", "local")
+    assert _runner_for(K0Params(dim=256, kernel="none", oversample=128), 131072, "4GB", "local").plan.n_workers >= 1
