@@ -12,7 +12,8 @@ Map → shuffle → reduce → assemble, every phase as independent Dask tasks:
 2. **reduce** (one task per lag and row block): row blocks are formed *after*
    the maps from the real entry counts of mini-blocks, so no block exceeds the
    per-task memory. Each task memory-maps its slices of every spill, merges
-   them (one argsort of the concatenation) and spills CSR pieces.
+   them (one in-place sort of the concatenation, counts packed under keys) and spills
+   CSR pieces.
 3. **assemble** (one task per range of Zarr chunks): copy CSR pieces into the
    flat ``indices``/``data`` arrays; every task writes only the chunks it owns.
 
@@ -213,21 +214,38 @@ def _write_error(path: str, what: str, exc: OSError) -> CtstoreError:
 # reduce
 
 
-def merge_sorted_counts(parts: list[tuple[np.ndarray, np.ndarray]]) -> tuple[np.ndarray, np.ndarray]:
-    """Merge sorted (keys, counts) runs into sorted unique keys with summed uint64 counts."""
+COUNT_BITS = 28  # counts packed under keys: keys < V² ≤ 2^36, so key << 28 | count fits 64 bits
+
+
+def merge_sorted_counts(parts: list[tuple[np.ndarray, np.ndarray]], n_vocab: int | None = None
+                        ) -> tuple[np.ndarray, np.ndarray]:
+    """Merge sorted (keys, counts) runs into sorted unique keys with summed uint64 counts.
+
+    When keys fit 36 bits and counts 28 bits, each entry is packed into one uint64
+    (``key << 28 | count``) and the concatenation is sorted in place: numpy's SIMD
+    sort of plain uint64 measured ~5x faster here than an argsort plus two gathers.
+    """
     parts = [p for p in parts if p[0].size]
     if not parts:
         return np.empty(0, np.uint64), np.empty(0, np.uint64)
     if len(parts) == 1:
         return np.asarray(parts[0][0]), np.asarray(parts[0][1]).astype(np.uint64)
-    keys = np.concatenate([p[0] for p in parts])
-    counts = np.concatenate([np.asarray(p[1], dtype=np.uint64) for p in parts])
-    # the default (SIMD quicksort) argsort measured 6x faster here than the run-aware
-    # stable timsort; order among equal keys does not matter because counts are summed
-    order = np.argsort(keys)
-    keys = keys[order]
-    counts = counts[order]
-    del order
+    packable = (n_vocab is not None and n_vocab * n_vocab <= 1 << (64 - COUNT_BITS)
+                and max(int(np.max(c)) for _, c in parts) < 1 << COUNT_BITS)
+    if packable:
+        packed = np.concatenate([(np.asarray(k, np.uint64) << np.uint64(COUNT_BITS)) | np.asarray(c, np.uint64)
+                                 for k, c in parts])
+        packed.sort()
+        keys = packed >> np.uint64(COUNT_BITS)
+        counts = packed & np.uint64((1 << COUNT_BITS) - 1)
+        del packed
+    else:
+        keys = np.concatenate([p[0] for p in parts])
+        counts = np.concatenate([np.asarray(p[1], dtype=np.uint64) for p in parts])
+        order = np.argsort(keys)  # order among equal keys does not matter: counts are summed
+        keys = keys[order]
+        counts = counts[order]
+        del order
     first = np.empty(keys.size, dtype=bool)
     first[0] = True
     np.not_equal(keys[1:], keys[:-1], out=first[1:])
@@ -253,11 +271,11 @@ def reduce_task(map_dirs: list[str], lag: int, mini_lo: int, mini_hi: int, n_voc
         keys = np.load(f"{d}/lag{lag:02d}.keys.npy", mmap_mode="r")[lo:hi]
         counts = np.load(f"{d}/lag{lag:02d}.counts.npy", mmap_mode="r")[lo:hi]
         if batch and batch_entries + (hi - lo) > max_entries:
-            running = merge_sorted_counts(batch + ([running] if running else []))
+            running = merge_sorted_counts(batch + ([running] if running else []), n_vocab)
             batch, batch_entries = [], 0
         batch.append((np.array(keys), np.array(counts)))
         batch_entries += hi - lo
-    keys, counts = merge_sorted_counts(batch + ([running] if running else []))
+    keys, counts = merge_sorted_counts(batch + ([running] if running else []), n_vocab)
     if counts.size and int(counts.max()) > np.iinfo(np.uint32).max:
         raise CtstoreError(f"lag {lag}: a pair count exceeds 2^32-1; uint32 count store cannot hold it")
     rows = (keys // np.uint64(n_vocab)).astype(np.int64) - r0

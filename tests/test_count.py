@@ -130,3 +130,23 @@ def test_local_cluster_gives_identical_store(session_ws, sample_tokens, sample_c
     a, b = CountStore.from_artifact(sample_counts), CountStore.from_artifact(counts)
     for lag in (1, 10):
         assert (a.matrix(lag) != b.matrix(lag)).nnz == 0
+
+
+def test_merge_packed_and_argsort_paths_agree_with_a_dictionary():
+    from ctstore.count import COUNT_BITS, merge_sorted_counts
+
+    rng = np.random.default_rng(0)
+    runs = []
+    for _ in range(4):
+        keys = np.unique(rng.integers(0, 5000, size=800)).astype(np.uint64)
+        runs.append((keys, rng.integers(1, 50, size=keys.size).astype(np.uint32)))
+    ref: dict = {}
+    for keys, counts in runs:
+        for k, c in zip(keys.tolist(), counts.tolist()):
+            ref[k] = ref.get(k, 0) + c
+    for n_vocab in (None, 100):  # None: argsort path; 100: packed path
+        keys, counts = merge_sorted_counts(runs, n_vocab)
+        assert dict(zip(keys.tolist(), counts.tolist())) == ref
+    big = [(runs[0][0], np.full(runs[0][0].size, 1 << COUNT_BITS, np.uint64)), runs[1]]
+    keys, counts = merge_sorted_counts(big, 100)  # counts too large to pack: falls back, still exact
+    assert int(counts.sum()) == int(big[0][1].sum()) + int(runs[1][1].sum())
