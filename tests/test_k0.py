@@ -183,3 +183,17 @@ def test_randomized_svd_that_cannot_fit_the_budget_fails_at_plan_time():
     with pytest.raises(CtstoreError, match=r"k0 randomized SVD \(V_eff=131072, l=384\): needs .* per task"):
         _runner_for(K0Params(dim=256, kernel="none", oversample=128), 131072, "2GB", "local")
     assert _runner_for(K0Params(dim=256, kernel="none", oversample=128), 131072, "4GB", "local").plan.n_workers >= 1
+
+
+@pytest.mark.parametrize("unigram,params,memory,expected_v_eff", [
+    ([5, 3, 0, 1], dict(dim=2), 10**9, 3),  # auto, sparse: every observed token
+    ([5, 3, 0, 1], dict(dim=2, v_eff=2), 10**9, 2),
+    ([1] * 100_000, dict(dim=8, method="fft2"), 8 * 1000 ** 2, 1000),  # dense: floor(sqrt(bytes / 8))
+])
+def test_v_eff_planner_table(unigram, params, memory, expected_v_eff):
+    from ctstore.k0 import plan_k0
+
+    plan = plan_k0(np.array(unigram, dtype=np.uint64), 10, K0Params(**params), memory)
+    assert plan.v_eff == expected_v_eff
+    top = np.sort(np.array(unigram))[::-1][:expected_v_eff].sum() / np.sum(unigram)
+    assert plan.coverage == pytest.approx(top)
