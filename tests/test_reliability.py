@@ -234,3 +234,59 @@ def test_real_cluster_on_s3_survives_a_killed_worker(tmp_path, s3_server):
     for lag in (1, 4):
         assert (a.matrix(lag) != b.matrix(lag)).nnz == 0
     assert np.array_equal(a.unigram, b.unigram)
+
+
+def test_disk_full_during_k0_fails_cleanly_and_workspace_stays_usable(tmp_path, tiny_disk):
+    subprocess.run(["mount", "-o", "remount,size=60M", str(tiny_disk)], check=True)
+    ws = str(tiny_disk / "ws")
+    tokens = json.loads(cli("synth", "--vocab", "20000", "--tokens", "600K", "-w", ws, "--json").stdout)
+    counts = json.loads(cli("count", tokens["fingerprint"], "-w", ws, "--lags", "4", "--scheduler", "sync",
+                            "--json").stdout)
+    ballast = tiny_disk / "ballast"
+    with open(ballast, "wb") as f:  # fill the disk, leaving a few kilobytes
+        try:
+            while True:
+                f.write(b"\0" * (1 << 16))
+                f.flush()
+        except OSError:
+            pass
+    proc = cli("k0", counts["fingerprint"], "-w", ws, "--kernel", "none", "--dim", "16", "--scheduler", "sync",
+               "-q", check=False)
+    assert proc.returncode == 2 and proc.stderr.startswith("ctstore: error:"), proc.stderr
+    assert proc.stderr.count("\n") == 1
+    assert Workspace(ws).list("embeddings") == []
+    ballast.unlink()
+    emb = json.loads(cli("k0", counts["fingerprint"], "-w", ws, "--kernel", "none", "--dim", "16",
+                         "--scheduler", "sync", "--json").stdout)
+    assert emb["dim"] == 16 and cli("verify", counts["fingerprint"], "-w", ws).returncode == 0
+
+
+@pytest.mark.slow
+def test_ctrl_c_stops_the_cluster_and_publishes_nothing(tmp_path):
+    import glob
+    import signal
+
+    import psutil
+
+    ws = str(tmp_path / "ws")
+    tokens = json.loads(cli("synth", "--vocab", "50000", "--tokens", "8M", "--shard-tokens", "512K", "-w", ws,
+                            "--json").stdout)
+    cmd = [sys.executable, "-m", "ctstore.cli", "count", tokens["fingerprint"], "-w", ws, "--lags", "10",
+           "--memory", "2GB", "-q"]
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            env={**os.environ, "CTSTORE_NO_PROGRESS": "1"})
+    deadline = time.time() + 120
+    while time.time() < deadline and not [d for d in glob.glob(f"{ws}/tmp/counts-*/map-*") if ".partial" not in d]:
+        time.sleep(0.05)
+    children = psutil.Process(proc.pid).children(recursive=True)
+    assert children, "a LocalCluster has worker processes"
+    proc.send_signal(signal.SIGINT)
+    _, err = proc.communicate(timeout=120)
+    assert proc.returncode == 130, err
+    assert "interrupted" in err
+    gone, alive = psutil.wait_procs(children, timeout=30)
+    assert not alive, "every worker process stopped"
+    assert Workspace(ws).list("counts") == []
+    rerun = json.loads(cli("count", tokens["fingerprint"], "-w", ws, "--lags", "10", "--memory", "2GB",
+                           "--json").stdout)
+    assert rerun["tokens"] == 8_000_000
