@@ -95,7 +95,8 @@ def randomized_svd_blocks(runner, load, blocks, n_rows: int, n_cols: int, d: int
     A block's rows need not be contiguous (``row indices`` says where they go),
     which lets token-id blocks feed a rank-ordered matrix. ``load`` must be a
     picklable callable (module-level function or partial).
-    Returns ``(U (n_rows × d), S (d,), Vt (d × n_cols))`` in float32, S descending.
+    Returns ``(U (n_rows × d), S (d,), None)`` in float32, S descending; the right
+    singular vectors are not formed (embeddings need only U and S).
     """
     l = params.l(d, min(n_rows, n_cols))
     n_tasks = n_tasks or max(1, 2 * runner.plan.n_workers)
@@ -124,13 +125,21 @@ def randomized_svd_blocks(runner, load, blocks, n_rows: int, n_cols: int, d: int
     for _ in range(params.power_iters):
         z = _orth(rmatmul(q))
         q = _orth(matmul(z))
-    bt = rmatmul(q)  # (n_cols × l) = (Qᵀ A)ᵀ
-    w, s, zt = np.linalg.svd(bt.astype(np.float64), full_matrices=False)
-    # Bᵀ = W S Zᵀ  ⇒  B = Z S Wᵀ  ⇒  A ≈ Q Z S Wᵀ
-    u = (q.astype(np.float64) @ zt.T)[:, :d]
-    vt = w.T[:d]
-    u, vt = normalize_signs(u, vt)
-    return u.astype(np.float32), s[:d].astype(np.float32), vt.astype(np.float32)
+    bt = rmatmul(q)  # (n_cols × l) = (Qᵀ A)ᵀ = Bᵀ
+    # B Bᵀ = btᵀ bt (l × l, float64, accumulated in row chunks) = Z S² Zᵀ, so A ≈ (Q Z) S (...)ᵀ:
+    # the left factor and the singular values come from an l × l eigenproblem, and no float64
+    # copy of a tall panel is made (the tall float64 SVD was the memory peak of the whole job).
+    gram = np.zeros((l, l), np.float64)
+    for r in range(0, bt.shape[0], 16384):
+        part = bt[r:r + 16384].astype(np.float64)
+        gram += part.T @ part
+    del bt
+    evals, z = np.linalg.eigh(gram)
+    order = np.argsort(evals)[::-1][:d]
+    s = np.sqrt(np.clip(evals[order], 0, None))
+    u = q @ z[:, order].astype(np.float32)
+    u, _ = normalize_signs(u)
+    return u.astype(np.float32), s.astype(np.float32), None
 
 
 def _iadd(acc, x):
