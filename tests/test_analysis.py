@@ -46,7 +46,7 @@ def test_harmonic_fit_recovers_planted_gaussians():
     fit = fit_harmonic(w, K=4)
     assert fit.r2 > 0.99
     good = fit.r2_rows > 0.999
-    assert good.mean() > 0.75  # the rest sit in local minima with overlapping Gaussians (R² still > 0.9)
+    assert good.mean() >= 0.8  # the rest: overlapping Gaussians that the data cannot tell apart
     order = np.argsort(fit.centre, axis=1)
     got_mu = np.take_along_axis(fit.centre, order, 1)[good]
     assert np.median(np.abs(got_mu - mu[good])) < 0.5

@@ -63,13 +63,15 @@ def _solve_amplitudes(basis: torch.Tensor, w: torch.Tensor, ridge: float) -> tor
     return torch.linalg.solve(gram, rhs)[:, :, 0]
 
 
-def fit_harmonic(w, K: int = 4, steps: int = 30, init: str = "closed-form", device: str = "cpu",
+def fit_harmonic(w, K: int = 4, steps: int = 20, init: str = "closed-form", device: str = "cpu",
                  chunk_rows: int = 1024, dtype=torch.float32) -> HarmonicFit:
     """Fit K Gaussians to every row of ``w`` at once (see module docstring).
 
     Batched Levenberg-Marquardt on (A, μ, log σ) with the analytic Jacobian: every
     row takes its own damped Gauss-Newton step (a 3K × 3K solve) per iteration and
-    keeps its own damping, so rows converge independently. Rows are processed in
+    keeps its own damping, so rows converge independently. Rows left with R² <
+    0.999 (a component that wandered off or collapsed) get up to two restarts with
+    their weakest Gaussian moved to the largest residual. Rows are processed in
     chunks of ``chunk_rows`` (cache-sized temporaries); float32 by default.
     """
     w_np = np.asarray(w, np.float64)
@@ -87,13 +89,49 @@ def fit_harmonic(w, K: int = 4, steps: int = 30, init: str = "closed-form", devi
     return _result(w_np, amp, mu, width, recon)
 
 
-def _fit_chunk(y: torch.Tensor, mu: torch.Tensor, n: int, K: int, steps: int):
+def _fit_chunk(y: torch.Tensor, mu: torch.Tensor, n: int, K: int, steps: int, restarts: int = 2):
     R = y.shape[0]
     log_s = torch.full((R, K), float(np.log(n / (2 * (K + 1)))), dtype=y.dtype, device=y.device)
-    g = gaussian_basis(n, mu, log_s.exp())
-    amp = _solve_amplitudes(g, y, 1e-6 * n)
-    theta = torch.cat([amp, mu, log_s], dim=1)
-    sse = ((g @ amp[:, :, None])[:, :, 0] - y).pow(2).sum(dim=1)
+    theta = _lm(y, _with_amplitudes(y, mu, log_s, n), n, K, steps)
+    sst = (y - y.mean(dim=1, keepdim=True)).pow(2).sum(dim=1).clamp(min=1e-30)
+    for _ in range(restarts):
+        # rows stuck in a local minimum (typically a component that wandered off or collapsed):
+        # move their weakest component to the largest residual and continue from there
+        g = gaussian_basis(n, theta[:, K:2 * K], theta[:, 2 * K:].exp())
+        resid = y - (g @ theta[:, :K, None])[:, :, 0]
+        stuck = torch.nonzero(resid.pow(2).sum(dim=1) / sst > 1e-3).flatten()
+        if stuck.numel() == 0:
+            break
+        t = theta[stuck].clone()
+        weakest = (t[:, :K].abs() * t[:, 2 * K:].exp()).argmin(dim=1)
+        rows = torch.arange(stuck.numel(), device=y.device)
+        t[rows, K + weakest] = resid[stuck].abs().argmax(dim=1).to(y.dtype)
+        t[rows, 2 * K + weakest] = float(np.log(n / (2 * (K + 1))))
+        t = _with_amplitudes(y[stuck], t[:, K:2 * K], t[:, 2 * K:], n)
+        t = _lm(y[stuck], t, n, K, steps)
+        old = _sse_of(theta[stuck], y[stuck], n, K)
+        better = _sse_of(t, y[stuck], n, K) < old
+        theta[stuck[better]] = t[better]
+    amp, mu, width = theta[:, :K], theta[:, K:2 * K], theta[:, 2 * K:].exp()
+    recon = (gaussian_basis(n, mu, width) @ amp[:, :, None])[:, :, 0]
+    return amp.cpu().numpy(), mu.cpu().numpy(), width.cpu().numpy(), recon.cpu().numpy()
+
+
+def _with_amplitudes(y, mu, log_s, n):
+    amp = _solve_amplitudes(gaussian_basis(n, mu, log_s.exp()), y, 1e-6 * n)
+    return torch.cat([amp, mu, log_s], dim=1)
+
+
+def _sse_of(theta, y, n, K):
+    g = gaussian_basis(n, theta[:, K:2 * K], theta[:, 2 * K:].exp())
+    return ((g @ theta[:, :K, None])[:, :, 0] - y).pow(2).sum(dim=1)
+
+
+def _lm(y: torch.Tensor, theta: torch.Tensor, n: int, K: int, steps: int) -> torch.Tensor:
+    """Levenberg-Marquardt iterations, every row with its own damping."""
+    R = y.shape[0]
+    g = gaussian_basis(n, theta[:, K:2 * K], theta[:, 2 * K:].exp())
+    sse = ((g @ theta[:, :K, None])[:, :, 0] - y).pow(2).sum(dim=1)
     damping = torch.full((R, 1, 1), 1e-2, dtype=y.dtype, device=y.device)
     eye = torch.eye(3 * K, dtype=y.dtype, device=y.device)
     for _ in range(steps):
@@ -110,15 +148,13 @@ def _fit_chunk(y: torch.Tensor, mu: torch.Tensor, n: int, K: int, steps: int):
         g = torch.where(better[:, None, None], g_new, g)
         sse = torch.where(better, new_sse, sse)
         damping = torch.where(better[:, None, None], damping / 3, damping * 4).clamp(1e-7, 1e7)
-    amp, mu, width = theta[:, :K], theta[:, K:2 * K], theta[:, 2 * K:].exp()
-    recon = (g @ amp[:, :, None])[:, :, 0]
-    return amp.cpu().numpy(), mu.cpu().numpy(), width.cpu().numpy(), recon.cpu().numpy()
+    return theta
 
 
 def _clamped(theta: torch.Tensor, n: int, K: int) -> torch.Tensor:
     theta = theta.clone()
-    theta[:, K:2 * K].clamp_(-0.5 * n, 1.5 * n)
-    theta[:, 2 * K:].clamp_(float(np.log(0.3)), float(np.log(4 * n)))
+    theta[:, K:2 * K].clamp_(-0.1 * n, 1.1 * n)  # a centre far outside the row explains nothing
+    theta[:, 2 * K:].clamp_(0.0, float(np.log(4 * n)))  # σ ≥ 1 column
     return theta
 
 
