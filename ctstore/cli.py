@@ -1,4 +1,4 @@
-"""``ctstore`` command line: one subcommand per pipeline stage plus workspace tools.
+"""ctstore command line: one subcommand per pipeline stage plus workspace tools.
 
 Every subcommand accepts ``--json``: the resulting artifact's manifest is printed
 as one JSON object on stdout and everything else goes to stderr. Errors a user
@@ -126,7 +126,7 @@ def _run(args) -> int:
         for a in arts:
             inputs = ", ".join(f"{k}={v}" for k, v in a.manifest.get("inputs", {}).items()) or "-"
             size = _du(ws, a.path)
-            print(f"{a.kind:<11} {a.fingerprint}  {format_bytes(size):>10}  from {inputs}",
+            print(f"{a.kind:<11} {a.fingerprint}  {format_bytes(size):>10}  {_what(a):<28} from {inputs}",
                   file=sys.stderr if args.json else sys.stdout)
     elif cmd == "show":
         art = ws.get(args.ref)
@@ -159,6 +159,20 @@ def _run(args) -> int:
     return 0
 
 
+def _what(artifact) -> str:
+    """A few words saying what an artifact is, for ``ls``."""
+    m = artifact.manifest
+    if artifact.kind == "tokens":
+        return f"{m.get('tokens', 0)} tok, {m.get('tokenizer')}"
+    if artifact.kind == "counts":
+        return f"lags 1..{m.get('params', {}).get('lags')}"
+    if artifact.kind == "embeddings":
+        return f"{m.get('operator')} d={m.get('dim')} V_eff={m.get('v_eff')}"
+    if artifact.kind == "model":
+        return f"{m.get('init')}"
+    return (m.get("params", {}).get("experiment") or f"sft {m.get('init')} {m.get('steps')} steps")
+
+
 def _du(ws, path: str) -> int:
     try:
         return int(ws.fs.du(path))
@@ -175,6 +189,9 @@ def main(argv: list[str] | None = None) -> int:
     except CtstoreError as exc:
         print(f"ctstore: error: {exc}", file=sys.stderr)
         return 2
+    except BrokenPipeError:  # e.g. `ctstore ls | head`: the reader left, nothing is wrong
+        sys.stderr.close()
+        return 0
     except KeyboardInterrupt:
         print("ctstore: interrupted; no artifact was published (rerun resumes or restarts)", file=sys.stderr)
         return 130
