@@ -77,7 +77,7 @@ def run(config: dict, ctx):
             steps, losses = eval_curve(long_random)
             reached = next((s for s, l in zip(steps, losses) if l <= target), None)
             step_rows.append([size, ct.manifest["steps"], target, reached,
-                              None if reached is None else reached / ct.manifest["steps"]])
+                              None if reached is None else round(reached / ct.manifest["steps"], 3)])
         cost_rows = []
         for v, (emb, ct) in arts.items():
             nnz = sum(int(x) for x in counts.manifest["nnz"].values())
