@@ -19,6 +19,7 @@ from __future__ import annotations
 import copy
 import importlib
 import os
+import sys
 import tomllib
 
 from ._util import CtstoreError, log
@@ -163,5 +164,5 @@ def add_parser(sub, common) -> None:
 def run_cli(args, ws):
     artifact = run_pipeline(args.pipeline, ws, profile=args.profile, overrides=args.overrides, memory=args.memory,
                             scheduler=args.scheduler, force=args.force)
-    print(f"report: {os.path.join(artifact.path, 'report.md')}", file=__import__("sys").stderr)
+    print(f"report: {os.path.join(artifact.path, 'report.md')}", file=sys.stderr)
     return artifact
