@@ -41,6 +41,7 @@ def nine_matrices(model, n_active: int) -> dict:
 def run(config: dict, ctx):
     exp = config.get("experiment", {})
     K, K2 = int(exp.get("K", 4)), int(exp.get("K2", 4))
+    ridge = float(exp.get("ridge", 1e-5))  # amplitude penalty: no cancelling giants (harmonic.RIDGE)
     tokens, counts = prepare(config, ctx)
     emb = ctx.embeddings(counts, {**config.get("k0", {}), "kernel": exp.get("kernel", "circulant")})
     model_art = ctx.model(emb, {**config.get("model", {}), "init": "spectral", "seed": 0})
@@ -53,7 +54,7 @@ def run(config: dict, ctx):
         n_active = min(int(config.get("model", {}).get("vocab") or 4096), trained.config.vocab_size - 1)
         rows, fits = [], {}
         for name, w in nine_matrices(trained, n_active).items():
-            l1 = fit_harmonic(w, K=K)
+            l1 = fit_harmonic(w, K=K, ridge=ridge)
             l2 = fit_l2(w, l1, K2=K2)
             fits[name] = {"l1_r2": l1.r2, "l1_mse": l1.mse, "compression": l1.compression_ratio,
                           "l2_full_r2": l2.full_r2, "l2_series_r2_median": float(np.nanmedian(l2.series_r2)),
@@ -89,7 +90,8 @@ def run(config: dict, ctx):
         write_report(path, "Paper 56: recursive crystallization",
                      f"Embeddings `{emb.fingerprint}` ({emb.manifest.get('operator_note')}), model "
                      f"`{model_art.fingerprint}`, SFT run `{run_art.fingerprint}` "
-                     f"(final val ppl {run_art.manifest['final_val_ppl']:.1f}). L1: K={K}; L2: K2={K2}.",
+                     f"(final val ppl {run_art.manifest['final_val_ppl']:.1f}). L1: K={K}, amplitude penalty "
+                     f"{ridge:g}·n·‖A‖²; L2: K2={K2}.",
                      [markdown_table(["matrix", "shape", "L1 R²", "compression", "L2 full R²", "centre corr"], rows),
                       f"Spectrum of EᵀE: participation ratio {pr:.2f}, pairing fraction {pairing:.2f}.\n\n"
                       "![spectrum](spectrum.png)",
