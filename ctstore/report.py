@@ -44,9 +44,15 @@ def plot_curves(path: str, curves: dict[str, tuple[list, list]], xlabel: str, yl
     plt.close(fig)
 
 
-def publish_report(ws, experiment: str, config: dict, inputs: dict, write, force: bool = False):
-    """Build the report artifact; ``write(path) -> results dict`` writes report.md and plots."""
-    fp = fingerprint("run", 1, {"experiment": experiment, "config": json.loads(canonical_json(config))}, inputs)
+def publish_report(ws, experiment: str, config: dict, inputs: dict, write, force: bool = False,
+                   version: int = 1):
+    """Build the report artifact; ``write(path) -> results dict`` writes report.md and plots.
+
+    ``version`` enters the fingerprint: bump it when an experiment's analysis changes, so an old
+    report is not reused for new code.
+    """
+    fp = fingerprint("run", 1, {"experiment": experiment, "version": version,
+                                "config": json.loads(canonical_json(config))}, inputs)
 
     def build(path: str) -> dict:
         results = write(path)

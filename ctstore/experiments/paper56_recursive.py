@@ -101,4 +101,4 @@ def run(config: dict, ctx):
         return {"summary": {"mean_l1_r2": mean_l1, "mean_l2_full_r2": mean_l2, "pairing": pairing, "pr": pr,
                             "median_drift": median_drift}, "fits": fits, "drift": drift, "claims": claims}
 
-    return publish_report(ctx.ws, "paper56_recursive", config, inputs, write, force=ctx.force)
+    return publish_report(ctx.ws, "paper56_recursive", config, inputs, write, force=ctx.force, version=2)
