@@ -74,6 +74,11 @@ def plan_cluster(memory: str | int = "4GB", n_workers: int | None = None, in_pro
     return ClusterPlan(total, workers, worker_memory, task)
 
 
+def round_robin(blocks, n_tasks: int) -> list[list]:
+    """Deal blocks to at most ``n_tasks`` task groups (every group non-empty)."""
+    return [list(blocks[i::n_tasks]) for i in range(min(n_tasks, len(blocks)))]
+
+
 class Runner:
     """Run functions over lists of arguments on the configured scheduler, with progress."""
 

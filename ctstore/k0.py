@@ -37,7 +37,7 @@ import numpy as np
 
 from ._util import CtstoreError, format_bytes, log, parse_memory, stopwatch
 from .circulant import circulant_embedding, diagonal_sums
-from .cluster import Runner
+from .cluster import Runner, round_robin
 from .countstore import CountStore
 from .memory import TreeMemorySampler
 from .operator import OperatorSpec, build_operator, load_block
@@ -246,10 +246,6 @@ def _runner_for(params: K0Params, n: int, memory, scheduler) -> Runner:
 BLOCK_BYTES = (4 << 20) * 12  # one operator block: ~4M non-zeros x (data + index + row)
 
 
-def _grouped(blocks, n_tasks: int):
-    return [list(blocks[i::n_tasks]) for i in range(min(n_tasks, len(blocks)))]
-
-
 # ---------------------------------------------------------------------------------------
 # driver
 
@@ -311,7 +307,7 @@ def _embed_into(ws, path, fp, counts, store, params: K0Params, plan: K0Plan, par
             spec, _stats = build_operator(
                 store, runner, os.path.join(scratch, "op"), lags=lags, weights=weights,
                 symmetric=params.symmetric, active=active, transform=params.transform, ppmi_alpha=params.ppmi_alpha)
-        groups = _grouped(spec.blocks, 2 * runner.plan.n_workers)
+        groups = round_robin(spec.blocks, 2 * runner.plan.n_workers)
         with stopwatch(timings, "embed_s"):
             if params.hierarchical:
                 rows, spectrum, extra = _hierarchical(runner, spec, groups, inv_rank, n, params.dim)

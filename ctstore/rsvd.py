@@ -24,6 +24,8 @@ from dataclasses import dataclass
 import numpy as np
 import scipy.linalg
 
+from .cluster import round_robin
+
 __all__ = ["RsvdParams", "randomized_svd_blocks", "normalize_signs"]
 
 
@@ -100,7 +102,7 @@ def randomized_svd_blocks(runner, load, blocks, n_rows: int, n_cols: int, d: int
     """
     l = params.l(d, min(n_rows, n_cols))
     n_tasks = n_tasks or max(1, 2 * runner.plan.n_workers)
-    groups = [list(blocks[i::n_tasks]) for i in range(min(n_tasks, len(blocks)))]
+    groups = round_robin(blocks, n_tasks)
     rng = np.random.default_rng(params.seed)
     omega = rng.standard_normal((n_cols, l), dtype=np.float32)
 

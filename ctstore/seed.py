@@ -27,10 +27,11 @@ import numpy as np
 import torch
 
 from ._util import CtstoreError, log
+from .analysis.spectral import spectral_gap_ratio
 from .model import PhotonicGPT, get_config, save_model
 from .workspace import Workspace, build_artifact, fingerprint
 
-__all__ = ["SeedParams", "seed_model", "spectral_layer_matrices", "spectral_gap_ratio"]
+__all__ = ["SeedParams", "seed_model", "spectral_layer_matrices"]
 
 FORMAT_VERSION = 1
 INITS = ("spectral", "random", "embeddings")
@@ -47,12 +48,6 @@ class SeedParams:
     def __post_init__(self):
         if self.init not in INITS:
             raise CtstoreError(f"--init must be one of {', '.join(INITS)}, not {self.init!r}")
-
-
-def spectral_gap_ratio(eigenvalues: np.ndarray) -> float:
-    """``(λ₁ − λ₂) / λ₁`` of a spectrum (sorted descending inside)."""
-    lam = np.sort(np.asarray(eigenvalues, np.float64))[::-1]
-    return float((lam[0] - lam[1]) / lam[0]) if lam.size > 1 and lam[0] != 0 else 0.0
 
 
 def eigen_basis(E: np.ndarray) -> tuple[np.ndarray, np.ndarray]:

@@ -21,7 +21,8 @@ import numpy as np
 from ..analysis.compare import embedding_agreement
 from ..k0 import load_embeddings
 from ..report import markdown_table, publish_report
-from ..seed import eigen_basis, spectral_gap_ratio
+from ..analysis.spectral import spectral_gap_ratio
+from ..seed import eigen_basis
 from .common import claims_section, eval_curve, prepare, verdict, write_report
 
 
