@@ -304,8 +304,38 @@ def bench_memory(quick: bool) -> dict:
     return out
 
 
+# -- tokenize memory (issue 10) ---------------------------------------------------------------------------------
+
+
+def _single_line_corpus(path: Path, n_bytes: int) -> int:
+    """Write ``n_bytes`` of real text (the sample corpus with newlines turned into spaces) as one line."""
+    text = " ".join(p.read_text() for p in sorted(SAMPLE.iterdir())).replace("\n", " ").encode()
+    written = 0
+    with open(path, "wb") as f:
+        while written < n_bytes:
+            block = text[: n_bytes - written]
+            f.write(block)
+            written += len(block)
+    return written
+
+
+def bench_tokenize_memory(quick: bool) -> dict:
+    """Peak tree RSS of ``tokenize --memory 1GB`` on one ~200 MB single-line document (issue 10)."""
+    budget = 10**9
+    n_bytes = (20 if quick else 200) * 10**6
+    with tempfile.TemporaryDirectory(dir=os.environ.get("CTSTORE_BENCH_DIR")) as tmp:
+        corpus = Path(tmp) / "one-line.txt"
+        size = _single_line_corpus(corpus, n_bytes)
+        manifest, wall, peak = ctstore(["tokenize", str(corpus), "--memory", "1GB"], str(Path(tmp) / "ws"))
+    return {"input_bytes": size, "docs": manifest["docs"], "tokens": manifest["tokens"],
+            "forced_splits": manifest.get("forced_splits"), "budget_bytes": budget, "wall_s": wall,
+            "peak_tree_rss_bytes": peak, "ratio_to_budget": peak / budget, "pass": peak <= 1.10 * budget,
+            "target": "peak <= 1.10 x budget (--memory 1GB)"}
+
+
 BENCHES = {"tokenize": bench_tokenize, "count": bench_count, "k0": bench_k0, "train": bench_train,
-           "harmonic": bench_harmonic, "memory": bench_memory}
+           "harmonic": bench_harmonic, "memory": bench_memory,
+           "tokenize-memory": bench_tokenize_memory}
 
 
 def main() -> int:

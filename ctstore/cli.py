@@ -46,6 +46,8 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--column", default="text", help="Parquet column holding the text")
     s.add_argument("--strict", action="store_true", help="invalid UTF-8 is an error instead of U+FFFD")
     s.add_argument("--shard-tokens", default="32M", help="tokens per Parquet shard (default 32M)")
+    s.add_argument("--max-doc-tokens", default="8388608",
+                   help="a longer document is stored as consecutive documents (default 8388608 = 8Mi)")
     s.add_argument("--threads", type=int, default=None, help="encoding threads (default: all cores)")
     _common(s)
 
@@ -104,8 +106,10 @@ def _run(args) -> int:
         from .tokenize import TokenizeParams, tokenize_corpus
 
         params = TokenizeParams(encoding=args.encoding, split=args.split, field=args.field, column=args.column,
-                                strict=args.strict, shard_tokens=parse_count(args.shard_tokens))
-        _emit(args, tokenize_corpus(args.inputs, ws, params=params, threads=args.threads, force=args.force))
+                                strict=args.strict, shard_tokens=parse_count(args.shard_tokens),
+                                max_doc_tokens=parse_count(args.max_doc_tokens))
+        _emit(args, tokenize_corpus(args.inputs, ws, params=params, threads=args.threads, force=args.force,
+                                    memory=args.memory))
     elif cmd == "synth":
         from .synth import SynthParams, synthesize_tokens
 

@@ -38,18 +38,66 @@ class ShardWriter:
     """
 
     def __init__(self, fs, path: str, shard_tokens: int = DEFAULT_SHARD_TOKENS,
-                 row_group_tokens: int = ROW_GROUP_TOKENS):
+                 row_group_tokens: int = ROW_GROUP_TOKENS, max_doc_tokens: int | None = None):
         self.fs, self.path = fs, path
+        self.max_doc_tokens = max_doc_tokens
+        self.split_docs = 0  # documents ended early (at a piece boundary) because they reached max_doc_tokens
         self.shard_tokens, self.row_group_tokens = shard_tokens, min(row_group_tokens, shard_tokens)
         self.shards: list[dict] = []
         self._writer = None
         self._file = None
-        self._pending: list[tuple[np.ndarray, np.ndarray, np.ndarray]] = []
+        # complete documents waiting for the next row group: (doc ids, token-id arrays, lengths)
+        self._pending: list[tuple[np.ndarray, list[np.ndarray], np.ndarray]] = []
         self._pending_tokens = 0
+        self._open: list[np.ndarray] = []  # pieces of a document whose end has not been added yet
+        self.open_tokens = 0
         self._next_doc = 0
 
     def add(self, values: np.ndarray, lengths: np.ndarray) -> None:
         """Add a batch of documents given as concatenated ids and per-document lengths."""
+        self._add_docs([np.asarray(values, dtype=np.uint32)], np.asarray(lengths, dtype=np.int64))
+        self._maybe_flush()
+
+    def add_pieces(self, values: np.ndarray, lengths: np.ndarray, ends: np.ndarray) -> int:
+        """Add pieces of documents: ``lengths[i]`` ids each, ``ends[i]`` when piece i ends its document.
+
+        A document may arrive in pieces over several calls (a long document
+        tokenized in parts); it is still written whole, in one row group, unless
+        it reaches ``max_doc_tokens``: then it is stored as several consecutive
+        documents, cut at piece boundaries (counted in ``split_docs``).
+        Returns the number of non-empty documents stored by this call.
+        """
+        values = np.asarray(values, dtype=np.uint32)
+        offsets = np.zeros(len(lengths) + 1, dtype=np.int64)
+        np.cumsum(lengths, out=offsets[1:])
+        stops = offsets[np.flatnonzero(np.asarray(ends, dtype=bool)) + 1]  # where each completed document stops
+        done = 0
+        if stops.size:
+            doc_lengths = np.diff(stops, prepend=0)
+            doc_lengths[0] += self.open_tokens
+            done = int((doc_lengths > 0).sum())
+            parts, self._open, self.open_tokens = self._open, [], 0
+            parts.append(values[: stops[-1]])
+            self._add_docs(parts, doc_lengths)
+            del parts
+            self._maybe_flush()
+        tail = values[stops[-1] if stops.size else 0:]
+        if tail.size:
+            self._open.append(tail)
+            self.open_tokens += int(tail.size)
+            if self.open_tokens >= self.row_group_tokens and self._pending:
+                self._flush_row_group()  # a long document gets a row group of its own
+            if self.max_doc_tokens is not None and self.open_tokens >= self.max_doc_tokens:
+                parts, self._open = self._open, []
+                self._add_docs(parts, np.array([self.open_tokens], dtype=np.int64))
+                del parts
+                self.open_tokens = 0
+                self.split_docs += 1
+                done += 1
+                self._flush_row_group()
+        return done
+
+    def _add_docs(self, parts: list[np.ndarray], lengths: np.ndarray) -> None:
         keep = lengths > 0
         if not keep.all():
             lengths = lengths[keep]
@@ -57,8 +105,10 @@ class ShardWriter:
             return
         doc_ids = np.arange(self._next_doc, self._next_doc + len(lengths), dtype=np.uint64)
         self._next_doc += len(lengths)
-        self._pending.append((doc_ids, np.asarray(values, dtype=np.uint32), lengths.astype(np.int64)))
-        self._pending_tokens += int(values.size)
+        self._pending.append((doc_ids, parts, lengths.astype(np.int64)))
+        self._pending_tokens += int(lengths.sum())
+
+    def _maybe_flush(self) -> None:
         if self._pending_tokens >= self.row_group_tokens:
             self._flush_row_group()
 
@@ -66,9 +116,11 @@ class ShardWriter:
         if not self._pending:
             return
         doc_ids = np.concatenate([p[0] for p in self._pending])
-        values = np.concatenate([p[1] for p in self._pending])
         lengths = np.concatenate([p[2] for p in self._pending])
+        parts = [a for p in self._pending for a in p[1]]
         self._pending, self._pending_tokens = [], 0
+        values = parts[0] if len(parts) == 1 else np.concatenate(parts)
+        del parts  # the pieces of a long document are freed before Arrow encodes the row group
         offsets = np.zeros(len(lengths) + 1, dtype=np.int64)
         np.cumsum(lengths, out=offsets[1:])
         tokens = pa.LargeListArray.from_arrays(pa.array(offsets), pa.array(values, type=pa.uint32()))
@@ -93,6 +145,8 @@ class ShardWriter:
             self._writer = self._file = None
 
     def close(self) -> list[dict]:
+        if self._open:  # a document still open at the end is complete
+            self.add_pieces(np.empty(0, np.uint32), np.zeros(1, np.int64), np.ones(1, bool))
         self._flush_row_group()
         self._close_shard()
         return self.shards
