@@ -422,10 +422,52 @@ def _decompressed(path: str, source):
         if path.endswith(suffix):
             return gzip.GzipFile(fileobj=source, mode="rb") if opener is gzip.GzipFile else opener(source, "rb")
     if path.endswith(".zst"):
+        return _ZstdStream(source)
+    return source
+
+
+class _ZstdStream:
+    """Zstandard frames one after another, refusing a truncated last frame.
+
+    ``zstandard``'s stream reader ends silently inside an incomplete frame (a
+    truncated file would be tokenized in part); this reader checks that every
+    frame it started was finished. Input is fed in small chunks so that one
+    chunk cannot expand into an unbounded amount of output.
+    """
+
+    RAW_CHUNK = 1 << 12
+
+    def __init__(self, source):
         import zstandard
 
-        return zstandard.ZstdDecompressor().stream_reader(source, read_across_frames=True, closefd=False)
-    return source
+        self.source, self._dctx = source, zstandard.ZstdDecompressor()
+        self._obj, self._started, self._buf, self._done = self._dctx.decompressobj(), False, bytearray(), False
+
+    def read(self, n: int) -> bytes:
+        import zstandard
+
+        while len(self._buf) < n and not self._done:
+            raw = self.source.read(self.RAW_CHUNK)
+            if not raw:
+                if self._started:
+                    raise zstandard.ZstdError("file ends inside a frame (truncated)")
+                self._done = True
+                break
+            self._buf += self._obj.decompress(raw)
+            self._started = True
+            while self._obj.eof:
+                rest = self._obj.unused_data
+                self._obj, self._started = self._dctx.decompressobj(), False
+                if not rest:
+                    break
+                self._buf += self._obj.decompress(rest)
+                self._started = True
+        out = bytes(self._buf[:n])
+        del self._buf[:n]
+        return out
+
+    def close(self) -> None:
+        self._buf = bytearray()
 
 
 def _text_blocks(path: str, decoder: _Decoder, source):
