@@ -15,7 +15,10 @@ the same way, ``M_l = diag(√Λ_l) R_lᵀ``:
   gradients and never separate; MLP ``c_proj`` = ``c_fcᵀ`` (adjoint);
 * LayerNorms identity, biases zero, head tied to the token embedding (or, with
   ``tie_head=False``, a separate randomly initialised head);
-* token embedding rows from E (compact ids when a compact vocabulary is used).
+* token embedding rows from E (compact ids when a compact vocabulary is used);
+* ``unigram_prior``: the final LayerNorm bias b is fitted by least squares so that
+  ``b Wᵀ`` (W the output matrix) approximates the centred log unigram
+  probabilities: the output side starts from unigram statistics.
 
 Recipes. ``literal`` applies the above to E as k0 wrote it. For the k0/SVD
 embeddings ``E = U_d √S_d`` the columns of E are orthogonal, so ``EᵀE`` is
@@ -74,6 +77,7 @@ class SeedParams:
     recipe: str = "rotated"  # rotated | literal (see the module docstring)
     embed_scale: str = "matched"  # matched | unscaled token embedding
     tie_head: bool = True
+    unigram_prior: bool = False  # final LayerNorm bias fitted so the logits start at log p(token)
 
     def __post_init__(self):
         if self.init not in INITS:
@@ -136,8 +140,41 @@ def corpus_vocab(unigram: np.ndarray) -> int:
     return max(1, int(np.count_nonzero(unigram)))
 
 
-def build_seeded_model(E_full: np.ndarray, rank: np.ndarray | None, params: SeedParams, n_vocab: int):
-    """Return ``(model, vocab_map, report)``; ``E_full`` is (V, d) indexed by tokenizer id."""
+def build_seeded_model(E_full: np.ndarray, rank: np.ndarray | None, params: SeedParams, n_vocab: int,
+                       unigram: np.ndarray | None = None):
+    """Return ``(model, vocab_map, report)``; ``E_full`` is (V, d) indexed by tokenizer id.
+
+    ``unigram`` (counts by tokenizer id) is needed for ``unigram_prior``.
+    """
+    model, vocab_map, report, kept = _build(E_full, rank, params, n_vocab)
+    if params.unigram_prior:
+        if unigram is None:
+            raise CtstoreError("unigram_prior needs the unigram counts")
+        report["unigram_prior_r2"] = _set_unigram_prior(model, unigram, kept, vocab_map is not None)
+    return model, vocab_map, report
+
+
+def _set_unigram_prior(model, unigram: np.ndarray, kept: np.ndarray, compact: bool) -> float:
+    """Output side from unigram statistics: the final LayerNorm bias b with ``W b ≈ log p − mean``.
+
+    Logits are ``(LN(x)·γ + b) Wᵀ`` for the output matrix W, so this b adds the least-squares best
+    log-unigram prior a d-dimensional bias can give. Returns the R² of that fit.
+    """
+    u = np.asarray(unigram, np.float64)
+    p = u[kept] + 1.0
+    if compact:
+        p = np.append(p, u.sum() - u[kept].sum() + 1.0)
+    target = np.log(p / p.sum())
+    target -= target.mean()
+    W = model.output_head.weight.detach().double().numpy()
+    b, *_ = np.linalg.lstsq(W, target, rcond=None)
+    with torch.no_grad():
+        model.transformer.ln_f.bias.copy_(torch.from_numpy(b))
+    resid = W @ b - target
+    return float(1 - resid @ resid / (target @ target)) if target.any() else 1.0
+
+
+def _build(E_full: np.ndarray, rank: np.ndarray | None, params: SeedParams, n_vocab: int):
     if params.vocab == "corpus":
         raise CtstoreError("build_seeded_model: resolve vocab='corpus' to a number first (seed_model does)")
     compact = params.vocab is not None
@@ -165,7 +202,7 @@ def build_seeded_model(E_full: np.ndarray, rank: np.ndarray | None, params: Seed
                     "recipe": None if params.init == "random" else params.recipe,
                     "embed_scale": None if params.init == "random" else params.embed_scale}
     if params.init == "random":
-        return model, vocab_map, report
+        return model, vocab_map, report, kept
     basis = basis_rotation(config.n_embd, params.seed) if params.recipe == "rotated" else None
     with torch.no_grad():
         wte = model.transformer.wte.weight
@@ -196,7 +233,7 @@ def build_seeded_model(E_full: np.ndarray, rank: np.ndarray | None, params: Seed
             report["layer_cosine"] = _pairwise_cosines(seeded)
             report["max_row_energy_share"] = max_row_energy_share(
                 [b.attn.c_attn.weight[: config.n_embd].numpy() for b in model.transformer.h])
-    return model, vocab_map, report
+    return model, vocab_map, report, kept
 
 
 def max_row_energy_share(mats: list[np.ndarray]) -> float:
@@ -235,11 +272,12 @@ def seed_model(embeddings, workspace: Workspace | None = None, *, params: SeedPa
     def build(path: str) -> dict:
         E, _spectrum, _active, attrs = load_embeddings(embeddings)
         counts = ws.get(embeddings.manifest["inputs"]["counts"], kind="counts")
-        store = CountStore.from_artifact(counts) if params.vocab else None
+        store = CountStore.from_artifact(counts) if params.vocab or params.unigram_prior else None
         resolved = params
         if params.vocab == "corpus":
             resolved = replace(params, vocab=min(corpus_vocab(store.unigram), E.shape[0] - 1))
-        model, vocab_map, report = build_seeded_model(E, store.rank if store else None, resolved, E.shape[0])
+        model, vocab_map, report = build_seeded_model(E, store.rank if store else None, resolved, E.shape[0],
+                                                      store.unigram if params.unigram_prior else None)
         extra = {"tokenizer": embeddings.manifest.get("tokenizer"), "tokenizer_vocab": int(E.shape[0]),
                  "init": params.init, "operator": attrs.get("operator"), "recipe": report["recipe"],
                  "embed_scale": report["embed_scale"], "counts_val_fraction":
@@ -278,6 +316,8 @@ def add_parser(sub, common) -> None:
     s.add_argument("--embed-scale", default="matched", choices=list(EMBED_SCALES),
                    help="matched: token embedding norm-matched to a random init; unscaled: E as k0 wrote it")
     s.add_argument("--untied-head", action="store_true", help="a separate output head instead of the tied one")
+    s.add_argument("--unigram-prior", action="store_true",
+                   help="fit the final LayerNorm bias so the initial logits approximate log unigram probabilities")
     common(s)
 
 
@@ -288,5 +328,6 @@ def _vocab_arg(text: str):
 def run_cli(args, ws):
     emb = ws.get(args.embeddings, kind="embeddings")
     params = SeedParams(args.config, args.init, args.vocab, args.seed, recipe=args.recipe,
-                        embed_scale=args.embed_scale, tie_head=not args.untied_head)
+                        embed_scale=args.embed_scale, tie_head=not args.untied_head,
+                        unigram_prior=args.unigram_prior)
     return seed_model(emb, ws, params=params, force=args.force)

@@ -280,3 +280,30 @@ def test_summary_pairs_each_seed_with_the_random_run_of_the_same_seed(tmp_path):
     assert "steps_to_random_final" not in out["random_long"]  # another schedule length: no step figure
     assert out["random"]["step_saving_per_seed"] == [0, 0]
     assert k0["unk_rate"] == pytest.approx(0.1) and k0["type_coverage"] == pytest.approx(0.8)
+
+
+# --- improvement arm: output side from unigram statistics ---------------------------------
+
+
+def test_unigram_prior_fits_log_frequencies_through_the_final_layernorm_bias():
+    rng = np.random.default_rng(4)
+    unigram = rng.integers(1, 1000, V).astype(np.int64)
+    rank = np.argsort(-unigram, kind="stable")
+    params = SeedParams(config="tiny", init="embeddings", vocab=300, unigram_prior=True)
+    model, _, report = build_seeded_model(_svd_basis_embeddings(), rank, params, V, unigram)
+    p = np.append(unigram[rank[:300]] + 1.0, unigram[rank[300:]].sum() + 1.0)
+    target = np.log(p / p.sum())
+    target -= target.mean()
+    W = model.transformer.wte.weight.detach().double().numpy()
+    b = model.transformer.ln_f.bias.detach().double().numpy()
+    # normal equations of the least-squares fit: the residual is orthogonal to every column of W
+    resid = W @ b - target
+    assert np.abs(W.T @ resid).max() < 1e-6 * np.abs(W.T @ target).max()
+    assert report["unigram_prior_r2"] == pytest.approx(1 - resid @ resid / (target @ target), rel=1e-6)
+    # a zero residual stream gives logits b Wᵀ: tokens ordered like the fitted prior
+    with torch.no_grad():
+        logits = model.output_head(model.transformer.ln_f(torch.zeros(1, 64)))[0].double().numpy()
+    assert np.allclose(logits, W @ b, atol=1e-5)
+    plain, _, _ = build_seeded_model(_svd_basis_embeddings(), rank, SeedParams(config="tiny", init="embeddings",
+                                                                                 vocab=300), V)
+    assert torch.count_nonzero(plain.transformer.ln_f.bias) == 0

@@ -2,24 +2,27 @@
 
 Arms (same architecture, same SFT schedule unless noted, several seeds):
 
-========================  ==========================================================
-``random``                (a) random initialisation
-``k0``                    (b) circulant K0 embeddings + spectral seeding
-``k0_literal``            (b) with the paper-literal seeding recipe (degenerate: the
-                          layer matrices are scaled permutations, see ``ctstore.seed``)
-``svd``                   (c) SVD of log-counts (``--kernel none``) + spectral seeding
-``ppmi``                  (d) PPMI embeddings + spectral seeding
-``ppmi075``               (d') PPMI with context smoothing 0.75, symmetric 1/d window,
-                          √S weighting + spectral seeding
-``random_long``           (e) random initialisation, ``long_factor``× the steps ("full SGD")
-``svd_embeddings``        (f) SVD embeddings with standard random layers
-``ppmi075_embeddings``    (f') (d') embeddings with standard random layers
-``k0_frozen`` ...         (g) (b)–(d) with the token embedding frozen *unscaled*, as
-                          Paper 113 §8 freezes E (tied head, so the head is frozen too)
-``svd_frozen_untied``     (g') (c) frozen unscaled E with an untied, trained output head
-``crystallize``           Paper 51's training-free model (:mod:`ctstore.crystallize`),
-                          reported before and after the same SFT
-========================  ==========================================================
+========================== ==========================================================
+``random``                 (a) random initialisation
+``k0``                     (b) circulant K0 embeddings + spectral seeding
+``k0_literal``             (b) with the paper-literal seeding recipe (degenerate: the
+                           layer matrices are scaled permutations, see ``ctstore.seed``)
+``svd``                    (c) SVD of log-counts (``--kernel none``) + spectral seeding
+``ppmi``                   (d) PPMI embeddings + spectral seeding
+``ppmi075``                (d') PPMI with context smoothing 0.75, symmetric 1/d window,
+                           √S weighting + spectral seeding
+``random_long``            (e) random initialisation, ``long_factor``× the steps ("full SGD")
+``svd_embeddings``         (f) SVD embeddings with standard random layers
+``ppmi075_embeddings``     (f') (d') embeddings with standard random layers
+``svd_embeddings_unigram`` (f'') (f) with the output side from unigram statistics: the
+                           final LayerNorm bias makes the first logits ≈ log p(token)
+``random_unigram``         (a) with the same unigram output prior (its control)
+``k0_frozen`` ...          (g) (b)–(d) with the token embedding frozen *unscaled*, as
+                           Paper 113 §8 freezes E (tied head, so the head is frozen too)
+``svd_frozen_untied``      (g') (c) frozen unscaled E with an untied, trained output head
+``crystallize``            Paper 51's training-free model (:mod:`ctstore.crystallize`),
+                           reported before and after the same SFT
+========================== ==========================================================
 
 No leakage: counts, embeddings and the compact-vocabulary ranking are built from
 the training documents only (``[count] val_fraction`` is set to SFT's split, the
@@ -62,6 +65,8 @@ ARMS = {
     "random_long": dict(k0=None, init="random", long=True),
     "svd_embeddings": dict(k0="svd", init="embeddings"),
     "ppmi075_embeddings": dict(k0="ppmi075", init="embeddings"),
+    "svd_embeddings_unigram": dict(k0="svd", init="embeddings", unigram_prior=True),
+    "random_unigram": dict(k0=None, init="random", unigram_prior=True),
     "k0_frozen": dict(k0="circulant", init="spectral", freeze=True, embed_scale="unscaled"),
     "svd_frozen": dict(k0="svd", init="spectral", freeze=True, embed_scale="unscaled"),
     "ppmi_frozen": dict(k0="ppmi", init="spectral", freeze=True, embed_scale="unscaled"),
@@ -120,8 +125,9 @@ def run(config: dict, ctx):
                                "recipe": spec.get("recipe", recipe)}
                 if spec.get("embed_scale"):
                     seed_params["embed_scale"] = spec["embed_scale"]
-                if "tie_head" in spec:
-                    seed_params["tie_head"] = spec["tie_head"]
+                for key in ("tie_head", "unigram_prior"):
+                    if key in spec:
+                        seed_params[key] = spec[key]
                 model = ctx.model(emb, seed_params)
             sft = {**sft_base, "seed": seed, "freeze_embeddings": bool(spec.get("freeze"))}
             if spec.get("long"):
@@ -189,7 +195,8 @@ def summarize(runs: dict[str, list]) -> dict:
              "ppl_known_mean": _mean(p["ppl_known"] for p in per_seed),
              "model_vocab": m0.get("model_vocab"), "recipe": m0.get("recipe"),
              "embed_scale": m0.get("embed_scale"), "tie_head": m0.get("tie_head"),
-             "frozen_embeddings": bool(m0["params"].get("freeze_embeddings")), "per_seed": per_seed}
+             "frozen_embeddings": bool(m0["params"].get("freeze_embeddings")), **_seeding_facts(rs),
+             "per_seed": per_seed}
         if all("ppl_diff_vs_random" in p for p in per_seed):
             s["paired_ppl_diff_vs_random"] = [p["ppl_diff_vs_random"] for p in per_seed]
             s["paired_loss_diff_vs_random"] = [p["loss_diff_vs_random"] for p in per_seed]
@@ -202,6 +209,19 @@ def summarize(runs: dict[str, list]) -> dict:
         for arm in out:
             out[arm]["gap_to_long"] = out[arm]["ppl_mean"] - out["random_long"]["ppl_mean"]
     return out
+
+
+def _seeding_facts(rs: list) -> dict:
+    """From the seeded models' manifests: spectral gap, layer cosines and how permutation-like the layers are."""
+    reports = []
+    for r in rs:
+        ws = getattr(r, "workspace", None)
+        model = ws.find("model", r.manifest.get("inputs", {}).get("model", "")) if ws is not None else None
+        if model is not None:
+            reports.append(model.manifest.get("report", {}))
+    return {"spectral_gap_ratio": _mean(x.get("spectral_gap_ratio") for x in reports),
+            "layer_cosine_mean": _mean((x.get("layer_cosine") or {}).get("mean") for x in reports),
+            "max_row_energy_share": _mean(x.get("max_row_energy_share") for x in reports)}
 
 
 def _mean(values) -> float | None:
