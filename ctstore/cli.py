@@ -64,6 +64,8 @@ def build_parser() -> argparse.ArgumentParser:
     s = sub.add_parser("count", help="tokens -> lag-k co-occurrence count store (Zarr CSR)")
     s.add_argument("tokens", help="tokens artifact fingerprint (or unique prefix)")
     s.add_argument("--lags", type=int, default=10, help="count lags 1..L (default 10)")
+    s.add_argument("--train-only", type=float, default=None, metavar="VAL_FRACTION",
+                   help="count only the training documents of sft's split at this validation fraction")
     _common(s)
 
     s = sub.add_parser("ls", help="list complete artifacts with lineage and size")
@@ -121,7 +123,8 @@ def _run(args) -> int:
         from .count import CountParams, count_cooccurrences
 
         tokens = ws.get(args.tokens, kind="tokens")
-        _emit(args, count_cooccurrences(tokens, ws, params=CountParams(lags=args.lags), memory=args.memory,
+        _emit(args, count_cooccurrences(tokens, ws, params=CountParams(lags=args.lags, val_fraction=args.train_only),
+                                        memory=args.memory,
                                         scheduler=args.scheduler, force=args.force))
     elif cmd == "ls":
         arts = ws.list(args.kind)

@@ -58,10 +58,15 @@ COMPRESSORS = [BloscCodec(cname="zstd", clevel=1, shuffle="shuffle"), Crc32cCode
 @dataclass(frozen=True)
 class CountParams:
     lags: int = 10
+    # count only the training documents of the split sft uses at this validation fraction
+    # (ctstore.split); None counts every document
+    val_fraction: float | None = None
 
     def __post_init__(self):
         if not 1 <= self.lags <= 64:
             raise CtstoreError(f"--lags must be between 1 and 64, not {self.lags}")
+        if self.val_fraction is not None and not 0 < self.val_fraction < 1:
+            raise CtstoreError(f"--train-only must be between 0 and 1, not {self.val_fraction}")
 
 
 @dataclass(frozen=True)
@@ -173,13 +178,16 @@ def _publish_dir(tmp: str, final: str) -> None:
 
 
 def map_task(tokens_url: str, shard_name: str, row_groups: tuple, n_vocab: int, lags: int,
-             out_dir: str) -> dict:
+             out_dir: str, val_fraction: float | None = None) -> dict:
     """Count one chunk of a token shard; spill per-lag sorted partial counts to ``out_dir``."""
     from .tokens import read_shard
 
     if os.path.isdir(out_dir):
         return {"dir": out_dir, "resumed": True}
     values, offsets = read_shard(f"{tokens_url}/{shard_name}", list(row_groups))
+    if val_fraction is not None:
+        values, offsets = _training_only(f"{tokens_url}/{shard_name}", list(row_groups), values, offsets,
+                                         val_fraction)
     if values.size and int(values.max()) >= n_vocab:
         raise CtstoreError(f"{tokens_url}/{shard_name}: token id {int(values.max())} >= declared "
                            f"vocabulary {n_vocab}")
@@ -389,7 +397,7 @@ def _count_into(ws, path, fp, tokens, shards: TokenShards, params, memory, sched
                     for s, rgs, _ in plan.map_units]
         with stopwatch(timings, "map_s"):
             results = runner.map(map_task, [
-                (shards.url, shards.shards[s]["name"], rgs, V, L, d)
+                (shards.url, shards.shards[s]["name"], rgs, V, L, d, params.val_fraction)
                 for (s, rgs, _), d in zip(plan.map_units, map_dirs)], desc="count map")
         resumed = sum(r["resumed"] for r in results)
         if resumed:
@@ -448,7 +456,7 @@ def _count_into(ws, path, fp, tokens, shards: TokenShards, params, memory, sched
         f"nnz per lag {min(nnz_by_lag.values())}..{max(nnz_by_lag.values())}")
     return {
         "format_version": FORMAT_VERSION,
-        "params": asdict(CountParams(lags=L)),
+        "params": asdict(params),
         "inputs": {"tokens": tokens.fingerprint},
         "tokenizer": tokens.manifest.get("tokenizer"),
         "n_vocab": V,
@@ -468,3 +476,16 @@ def _zarr_url(ws: Workspace, path: str) -> str:
 
 def _so(ws: Workspace) -> dict | None:
     return None if ws.is_local else (ws.storage_options or None)
+
+
+def _training_only(url: str, row_groups: list, values: np.ndarray, offsets: np.ndarray,
+                   val_fraction: float) -> tuple[np.ndarray, np.ndarray]:
+    """Drop the validation documents (``ctstore.split``) from a chunk read by ``read_shard``."""
+    import fsspec
+    import pyarrow.parquet as pq
+
+    from .split import train_documents
+
+    with fsspec.open(url, "rb") as f:
+        doc_ids = pq.ParquetFile(f).read_row_groups(row_groups, columns=["doc_id"]).column("doc_id").to_numpy()
+    return train_documents(values, offsets, doc_ids, val_fraction)

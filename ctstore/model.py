@@ -3,7 +3,8 @@
 Pre-LayerNorm blocks, fused ``c_attn`` (3d × d), ``c_proj``, MLP ``c_fc`` (4d × d)
 → GELU → ``c_proj`` (d × 4d), rotary position embeddings (no learned positions),
 causal attention through ``scaled_dot_product_attention``, output head tied to
-the token embedding.
+the token embedding (``tie_head=False``: a separate ``head`` matrix, initialised
+like the other linear layers, so a frozen embedding does not freeze the output).
 
 Configs: ``tiny`` (tests: 2L/2H/64D, block 64), ``ct-10m`` (the seeds' 10.2M
 model: 8L/8H/256D, block 512) and ``ct-124m`` (12L/12H/768D, block 1024; with
@@ -42,6 +43,7 @@ class GPTConfig:
     dropout: float = 0.0
     bias: bool = True
     rope_base: float = 10000.0
+    tie_head: bool = True
 
     def __post_init__(self):
         if self.n_embd % self.n_head or (self.n_embd // self.n_head) % 2:
@@ -140,8 +142,11 @@ class PhotonicGPT(nn.Module):
             h=nn.ModuleList([Block(config) for _ in range(config.n_layer)]),
             ln_f=nn.LayerNorm(config.n_embd, bias=config.bias),
         ))
-        self.lm_head = nn.Linear(config.n_embd, config.vocab_size, bias=False)
-        self.lm_head.weight = self.transformer.wte.weight  # tied
+        if config.tie_head:
+            self.lm_head = nn.Linear(config.n_embd, config.vocab_size, bias=False)
+            self.lm_head.weight = self.transformer.wte.weight  # tied
+        else:  # its own name: state dicts and checkpoints that skip the tied "lm_head.weight" keep it
+            self.head = nn.Linear(config.n_embd, config.vocab_size, bias=False)
         self.apply(self._init_weights)
         for name, p in self.named_parameters():  # GPT-2: scaled init of residual projections
             if name.endswith("c_proj.weight"):
@@ -156,6 +161,10 @@ class PhotonicGPT(nn.Module):
         elif isinstance(module, nn.Embedding):
             nn.init.normal_(module.weight, mean=0.0, std=0.02)
 
+    @property
+    def output_head(self) -> nn.Linear:
+        return self.lm_head if self.config.tie_head else self.head
+
     def num_params(self) -> int:
         return sum(p.numel() for p in self.parameters())  # the tied head is counted once
 
@@ -167,7 +176,7 @@ class PhotonicGPT(nn.Module):
         x = self.transformer.wte(idx)
         for block in self.transformer.h:
             x = block(x, cos, sin)
-        logits = self.lm_head(self.transformer.ln_f(x))
+        logits = self.output_head(self.transformer.ln_f(x))
         loss = None
         if targets is not None:
             loss = F.cross_entropy(logits.float().view(-1, logits.size(-1)), targets.reshape(-1))
@@ -189,7 +198,8 @@ def save_model(model: PhotonicGPT, directory: str, vocab_map: np.ndarray | None 
 
     os.makedirs(directory, exist_ok=True)
     state = {k: v.detach().contiguous().cpu() for k, v in model.state_dict().items() if k != "lm_head.weight"}
-    save_file(state, os.path.join(directory, "model.safetensors"), metadata={"tied": "lm_head.weight=transformer.wte.weight"})
+    meta = {"tied": "lm_head.weight=transformer.wte.weight"} if model.config.tie_head else {"tied": "none"}
+    save_file(state, os.path.join(directory, "model.safetensors"), metadata=meta)
     with open(os.path.join(directory, "config.json"), "w") as f:
         json.dump({**model.config.to_dict(), **(extra or {})}, f, indent=2)
     if vocab_map is not None:
@@ -211,7 +221,7 @@ def load_model(directory: str, device: str = "cpu") -> tuple[PhotonicGPT, np.nda
     except (SafetensorError, OSError) as exc:
         raise CtstoreError(f"{weights}: cannot read ({exc})") from None
     missing, unexpected = model.load_state_dict(state, strict=False)
-    if unexpected or set(missing) - {"lm_head.weight"}:
+    if unexpected or set(missing) - ({"lm_head.weight"} if model.config.tie_head else set()):
         raise CtstoreError(f"{weights}: weights do not match config (missing {missing}, unexpected {unexpected})")
     vocab_path = os.path.join(directory, "vocab.safetensors")
     vocab_map = load_file(vocab_path)["vocab_map"].numpy() if os.path.exists(vocab_path) else None

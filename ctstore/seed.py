@@ -6,22 +6,50 @@ the same way, ``M_l = diag(√Λ_l) R_lᵀ``:
 
 * attention ``c_attn`` = ``[M_l; M_l; M_l]`` (Q, K and V share the layer's
   rotation; the paper gives one matrix per layer), ``c_proj`` = ``M_lᵀ``;
-* MLP ``c_fc`` = four stacked ``M`` at rolls ``s_l + j·d/4`` (j = 0..3): the
-  eigenvalue-weighted rotated directions; MLP ``c_proj`` = ``c_fcᵀ`` (adjoint);
-* LayerNorms identity, biases zero, head tied to the token embedding;
-* token embedding rows from E (compact ids when a compact vocabulary is used).
+* MLP ``c_fc``: four blocks of d hidden units. Block 0 is ``M_l``; block j = 1..3
+  is ``Q_jᵀ M`` at roll ``s_l + j·d/4``, with ``Q_j`` a seeded random orthogonal
+  d × d matrix: its units are orthogonal mixtures of the eigenvalue-weighted
+  eigen-directions (their second moment is still ``EᵀE / d``). The paper's
+  "four rolls of M" alone would repeat the same d rows four times (a roll only
+  permutes rows), giving every unit three exact twins that receive identical
+  gradients and never separate; MLP ``c_proj`` = ``c_fcᵀ`` (adjoint);
+* LayerNorms identity, biases zero, head tied to the token embedding (or, with
+  ``tie_head=False``, a separate randomly initialised head);
+* token embedding rows from E (compact ids when a compact vocabulary is used);
+* ``unigram_prior``: the final LayerNorm bias b is fitted by least squares so that
+  ``b Wᵀ`` (W the output matrix) approximates the centred log unigram
+  probabilities: the output side starts from unigram statistics.
 
-Every seeded matrix is rescaled to the Frobenius norm of the random
-initialisation it replaces (the same ``torch.manual_seed(seed)`` builds that
-random model), so a comparison with ``init="random"`` measures structure, not
-scale. ``init="embeddings"`` seeds only the token embedding (ablation f).
+Recipes. ``literal`` applies the above to E as k0 wrote it. For the k0/SVD
+embeddings ``E = U_d √S_d`` the columns of E are orthogonal, so ``EᵀE`` is
+diagonal, U is the identity up to order and sign, and every ``M_l`` is a
+*scaled permutation matrix*: the literal recipe is degenerate for SVD-basis
+embeddings (the "rotation" only relabels coordinates, and layer cosines near 0
+hold by construction). ``rotated`` (default) first expresses E in a seeded
+random orthonormal basis, ``E ← E Q``, for the token embedding and the layers
+alike, so U is a dense rotation and so are the ``M_l``. It is the same model up
+to a change of basis of the residual stream (LayerNorm centring and Adam's
+coordinate-wise steps are what differ); the layer cosines are basis-invariant.
+
+Scale. ``embed_scale="matched"`` (default) rescales every seeded matrix to the
+Frobenius norm of the random initialisation it replaces (the same
+``torch.manual_seed(seed)`` builds that random model), so a comparison with
+``init="random"`` measures structure, not scale. ``"unscaled"`` keeps the token
+embedding as k0 produced it (Paper 113 §8 freezes this E; norm-matching to a
+tied head of rows ~0.1 makes the logits nearly flat) and still norm-matches the
+layers. ``init="embeddings"`` seeds only the token embedding (ablation f).
+
+Vocabulary. ``vocab=N``: the N most frequent tokens of the counts plus one
+``<unk>`` row; ``vocab="corpus"``: every token that occurs in the counted
+documents (so ``<unk>`` is only for tokens never seen there); ``None``: the full
+tokenizer vocabulary.
 """
 
 from __future__ import annotations
 
 import itertools
 import os
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 
 import numpy as np
 import torch
@@ -33,21 +61,33 @@ from .workspace import Workspace, build_artifact, fingerprint
 
 __all__ = ["SeedParams", "seed_model", "spectral_layer_matrices"]
 
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2
 INITS = ("spectral", "random", "embeddings")
+RECIPES = ("rotated", "literal")
+EMBED_SCALES = ("matched", "unscaled")
 
 
 @dataclass(frozen=True)
 class SeedParams:
     config: str = "tiny"
     init: str = "spectral"
-    vocab: int | None = None  # compact vocabulary size V_model (None: the full tokenizer vocabulary)
+    vocab: int | str | None = None  # compact vocabulary size V_model, "corpus", or None (full tokenizer vocab)
     seed: int = 0
     width: int | None = None  # override n_embd (heads follow, keeping the head size), for width sweeps
+    recipe: str = "rotated"  # rotated | literal (see the module docstring)
+    embed_scale: str = "matched"  # matched | unscaled token embedding
+    tie_head: bool = True
+    unigram_prior: bool = False  # final LayerNorm bias fitted so the logits start at log p(token)
 
     def __post_init__(self):
         if self.init not in INITS:
             raise CtstoreError(f"--init must be one of {', '.join(INITS)}, not {self.init!r}")
+        if self.recipe not in RECIPES:
+            raise CtstoreError(f"--recipe must be one of {', '.join(RECIPES)}, not {self.recipe!r}")
+        if self.embed_scale not in EMBED_SCALES:
+            raise CtstoreError(f"--embed-scale must be one of {', '.join(EMBED_SCALES)}, not {self.embed_scale!r}")
+        if isinstance(self.vocab, str) and self.vocab != "corpus":
+            raise CtstoreError(f"--vocab must be a number or 'corpus', not {self.vocab!r}")
 
 
 def eigen_basis(E: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -63,11 +103,23 @@ def rolled(U: np.ndarray, lam: np.ndarray, shift: int) -> np.ndarray:
     return np.sqrt(np.roll(lam, shift))[:, None] * R.T
 
 
-def spectral_layer_matrices(U: np.ndarray, lam: np.ndarray, layer: int, n_layer: int) -> dict[str, np.ndarray]:
+def random_orthogonal(d: int, rng: np.random.Generator) -> np.ndarray:
+    """A Haar-random d × d orthogonal matrix (QR of a Gaussian matrix, signs fixed)."""
+    q, r = np.linalg.qr(rng.standard_normal((d, d)))
+    return q * np.sign(np.diag(r))
+
+
+def spectral_layer_matrices(U: np.ndarray, lam: np.ndarray, layer: int, n_layer: int,
+                            seed: int = 0) -> dict[str, np.ndarray]:
+    """Seeded weights of one block; the MLP blocks j ≥ 1 are mixed by orthogonal ``Q_j`` (no twin units)."""
     d = U.shape[0]
     s = layer * d // n_layer
     M = rolled(U, lam, s)
-    fc = np.concatenate([rolled(U, lam, s + j * d // 4) for j in range(4)], axis=0)
+    blocks = [M]
+    for j in range(1, 4):
+        Q = random_orthogonal(d, np.random.default_rng([seed, layer, j, 0xC7F]))
+        blocks.append(Q.T @ rolled(U, lam, s + j * d // 4))
+    fc = np.concatenate(blocks, axis=0)
     return {"attn.c_attn.weight": np.concatenate([M, M, M], axis=0), "attn.c_proj.weight": M.T,
             "mlp.c_fc.weight": fc, "mlp.c_proj.weight": fc.T}
 
@@ -78,8 +130,53 @@ def _rescaled(new: np.ndarray, like: torch.Tensor) -> torch.Tensor:
     return t * (like.norm() / norm) if norm > 0 else like.clone()
 
 
-def build_seeded_model(E_full: np.ndarray, rank: np.ndarray | None, params: SeedParams, n_vocab: int):
-    """Return ``(model, vocab_map, report)``; ``E_full`` is (V, d) indexed by tokenizer id."""
+def basis_rotation(d: int, seed: int) -> np.ndarray:
+    """The seeded orthonormal basis of the ``rotated`` recipe."""
+    return random_orthogonal(d, np.random.default_rng([seed, 0xBA515]))
+
+
+def corpus_vocab(unigram: np.ndarray) -> int:
+    """``vocab="corpus"``: the number of token ids that occur at least once."""
+    return max(1, int(np.count_nonzero(unigram)))
+
+
+def build_seeded_model(E_full: np.ndarray, rank: np.ndarray | None, params: SeedParams, n_vocab: int,
+                       unigram: np.ndarray | None = None):
+    """Return ``(model, vocab_map, report)``; ``E_full`` is (V, d) indexed by tokenizer id.
+
+    ``unigram`` (counts by tokenizer id) is needed for ``unigram_prior``.
+    """
+    model, vocab_map, report, kept = _build(E_full, rank, params, n_vocab)
+    if params.unigram_prior:
+        if unigram is None:
+            raise CtstoreError("unigram_prior needs the unigram counts")
+        report["unigram_prior_r2"] = _set_unigram_prior(model, unigram, kept, vocab_map is not None)
+    return model, vocab_map, report
+
+
+def _set_unigram_prior(model, unigram: np.ndarray, kept: np.ndarray, compact: bool) -> float:
+    """Output side from unigram statistics: the final LayerNorm bias b with ``W b ≈ log p − mean``.
+
+    Logits are ``(LN(x)·γ + b) Wᵀ`` for the output matrix W, so this b adds the least-squares best
+    log-unigram prior a d-dimensional bias can give. Returns the R² of that fit.
+    """
+    u = np.asarray(unigram, np.float64)
+    p = u[kept] + 1.0
+    if compact:
+        p = np.append(p, u.sum() - u[kept].sum() + 1.0)
+    target = np.log(p / p.sum())
+    target -= target.mean()
+    W = model.output_head.weight.detach().double().numpy()
+    b, *_ = np.linalg.lstsq(W, target, rcond=None)
+    with torch.no_grad():
+        model.transformer.ln_f.bias.copy_(torch.from_numpy(b))
+    resid = W @ b - target
+    return float(1 - resid @ resid / (target @ target)) if target.any() else 1.0
+
+
+def _build(E_full: np.ndarray, rank: np.ndarray | None, params: SeedParams, n_vocab: int):
+    if params.vocab == "corpus":
+        raise CtstoreError("build_seeded_model: resolve vocab='corpus' to a number first (seed_model does)")
     compact = params.vocab is not None
     if compact:
         if not 1 <= params.vocab < n_vocab:
@@ -90,34 +187,41 @@ def build_seeded_model(E_full: np.ndarray, rank: np.ndarray | None, params: Seed
         vocab_size = params.vocab + 1
     else:
         kept, vocab_map, vocab_size = np.arange(n_vocab), None, n_vocab
-    config = get_config(params.config, vocab_size=vocab_size)
+    config = get_config(params.config, vocab_size=vocab_size, tie_head=params.tie_head)
     if params.width is not None:
         head = config.n_embd // config.n_head
         config = get_config(params.config, vocab_size=vocab_size, n_embd=params.width,
-                            n_head=max(1, params.width // head))
+                            n_head=max(1, params.width // head), tie_head=params.tie_head)
     if params.init != "random" and E_full.shape[1] != config.n_embd:
         raise CtstoreError(f"config {params.config}: n_embd={config.n_embd} does not fit the embedding "
                            f"dimension d={E_full.shape[1]} (run k0 with --dim {config.n_embd})")
     torch.manual_seed(params.seed)
     model = PhotonicGPT(config)
-    report: dict = {"config": config.to_dict(), "init": params.init, "params": model.num_params()}
+    report: dict = {"config": config.to_dict(), "init": params.init, "params": model.num_params(),
+                    "model_vocab": vocab_size, "tie_head": params.tie_head,
+                    "recipe": None if params.init == "random" else params.recipe,
+                    "embed_scale": None if params.init == "random" else params.embed_scale}
     if params.init == "random":
-        return model, vocab_map, report
+        return model, vocab_map, report, kept
+    basis = basis_rotation(config.n_embd, params.seed) if params.recipe == "rotated" else None
     with torch.no_grad():
         wte = model.transformer.wte.weight
-        rows = np.zeros((vocab_size, config.n_embd), np.float32)
+        rows = np.zeros((vocab_size, config.n_embd), np.float64)
         rows[: len(kept)] = E_full[kept]
         if compact:
             rest = np.setdiff1d(np.arange(n_vocab), kept)
             rows[-1] = E_full[rest].mean(axis=0) if rest.size else 0.0
-        wte.copy_(_rescaled(rows, wte))
-        lam, U = eigen_basis(E_full[kept])
+        if basis is not None:
+            rows = rows @ basis
+        rows = rows.astype(np.float32)
+        wte.copy_(_rescaled(rows, wte) if params.embed_scale == "matched" else torch.as_tensor(rows))
+        lam, U = eigen_basis(rows[: len(kept)])
         report["spectral_gap_ratio"] = spectral_gap_ratio(lam)
         report["eigenvalues_head"] = [float(x) for x in lam[:8]]
         if params.init == "spectral":
             seeded = []
             for l, block in enumerate(model.transformer.h):
-                mats = spectral_layer_matrices(U, lam, l, config.n_layer)
+                mats = spectral_layer_matrices(U, lam, l, config.n_layer, params.seed)
                 for name, value in mats.items():
                     p = block.get_parameter(name)
                     p.copy_(_rescaled(value, p))
@@ -127,7 +231,24 @@ def build_seeded_model(E_full: np.ndarray, rank: np.ndarray | None, params: Seed
                         ln.bias.zero_()
                 seeded.append(block.attn.c_attn.weight.flatten().clone())
             report["layer_cosine"] = _pairwise_cosines(seeded)
-    return model, vocab_map, report
+            report["max_row_energy_share"] = max_row_energy_share(
+                [b.attn.c_attn.weight[: config.n_embd].numpy() for b in model.transformer.h])
+    return model, vocab_map, report, kept
+
+
+def max_row_energy_share(mats: list[np.ndarray]) -> float:
+    """Mean over rows of the largest share of a row's squared norm held by one entry.
+
+    1.0 for a scaled permutation matrix (the literal recipe on SVD-basis embeddings),
+    about ``2 ln d / d`` for a random rotation.
+    """
+    shares = []
+    for m in mats:
+        sq = np.asarray(m, np.float64) ** 2
+        norms = sq.sum(axis=1)
+        ok = norms > 0
+        shares.append(sq[ok].max(axis=1) / norms[ok])
+    return float(np.mean(np.concatenate(shares)))
 
 
 def _pairwise_cosines(mats: list[torch.Tensor]) -> dict:
@@ -151,10 +272,16 @@ def seed_model(embeddings, workspace: Workspace | None = None, *, params: SeedPa
     def build(path: str) -> dict:
         E, _spectrum, _active, attrs = load_embeddings(embeddings)
         counts = ws.get(embeddings.manifest["inputs"]["counts"], kind="counts")
-        rank = CountStore.from_artifact(counts).rank if params.vocab else None
-        model, vocab_map, report = build_seeded_model(E, rank, params, E.shape[0])
+        store = CountStore.from_artifact(counts) if params.vocab or params.unigram_prior else None
+        resolved = params
+        if params.vocab == "corpus":
+            resolved = replace(params, vocab=min(corpus_vocab(store.unigram), E.shape[0] - 1))
+        model, vocab_map, report = build_seeded_model(E, store.rank if store else None, resolved, E.shape[0],
+                                                      store.unigram if params.unigram_prior else None)
         extra = {"tokenizer": embeddings.manifest.get("tokenizer"), "tokenizer_vocab": int(E.shape[0]),
-                 "init": params.init, "operator": attrs.get("operator")}
+                 "init": params.init, "operator": attrs.get("operator"), "recipe": report["recipe"],
+                 "embed_scale": report["embed_scale"], "counts_val_fraction":
+                 counts.manifest.get("params", {}).get("val_fraction")}
         local = path if ws.is_local else _local_tmp(path)
         save_model(model, local, vocab_map, extra)
         if not ws.is_local:
@@ -180,11 +307,27 @@ def add_parser(sub, common) -> None:
     s.add_argument("embeddings", help="embeddings artifact fingerprint (or unique prefix)")
     s.add_argument("--config", default="tiny", help="tiny, small, ct-10m, ct-124m or a config JSON file")
     s.add_argument("--init", default="spectral", choices=list(INITS))
-    s.add_argument("--vocab", type=int, default=None, help="compact vocabulary: top-N corpus tokens + <unk>")
+    s.add_argument("--vocab", type=_vocab_arg, default=None,
+                   help="compact vocabulary: top-N corpus tokens + <unk>, or 'corpus' (every token that occurs)")
     s.add_argument("--seed", type=int, default=0)
+    s.add_argument("--recipe", default="rotated", choices=list(RECIPES),
+                   help="rotated (default): E in a seeded random orthonormal basis first; literal: the paper's "
+                        "recipe, degenerate (scaled permutations) for SVD-basis embeddings")
+    s.add_argument("--embed-scale", default="matched", choices=list(EMBED_SCALES),
+                   help="matched: token embedding norm-matched to a random init; unscaled: E as k0 wrote it")
+    s.add_argument("--untied-head", action="store_true", help="a separate output head instead of the tied one")
+    s.add_argument("--unigram-prior", action="store_true",
+                   help="fit the final LayerNorm bias so the initial logits approximate log unigram probabilities")
     common(s)
+
+
+def _vocab_arg(text: str):
+    return text if text == "corpus" else int(text)
 
 
 def run_cli(args, ws):
     emb = ws.get(args.embeddings, kind="embeddings")
-    return seed_model(emb, ws, params=SeedParams(args.config, args.init, args.vocab, args.seed), force=args.force)
+    params = SeedParams(args.config, args.init, args.vocab, args.seed, recipe=args.recipe,
+                        embed_scale=args.embed_scale, tie_head=not args.untied_head,
+                        unigram_prior=args.unigram_prior)
+    return seed_model(emb, ws, params=params, force=args.force)

@@ -7,8 +7,15 @@
 * Optimisation: AdamW (decay on matrices only), linear warmup then cosine decay
   to 10% of the peak rate, gradient clipping, optional frozen token embedding
   (and so the tied head), bf16 autocast on CUDA.
-* Evaluation every ``eval_every`` steps on a fixed set of validation windows:
-  loss and perplexity into ``metrics.jsonl``; early stop when perplexity
+* Evaluation every ``eval_every`` steps, by :func:`evaluate`, the one definition
+  of validation perplexity that ``ctstore eval`` and the reports also use:
+  consecutive non-overlapping windows of ``block_size`` predicted tokens over
+  the whole validation split (or over its first ``eval_tokens`` tokens, a
+  stated sample), so every validation token after the first is predicted
+  exactly once; the loss is the mean over those tokens. Beside it: the share of
+  predicted tokens that are ``<unk>`` under a compact vocabulary, the loss over
+  the other tokens, and the share of distinct validation ids the vocabulary
+  holds. Loss and perplexity go into ``metrics.jsonl``; early stop when perplexity
   reaches ``target_ppl`` or has not improved for ``patience`` evaluations.
 * Checkpoints (safetensors: weights, AdamW moments, RNG states; JSON: step and
   schedule) after every evaluation, written to a temporary name then renamed.
@@ -29,11 +36,12 @@ import torch
 
 from ._util import progress, CtstoreError, log
 from .model import PhotonicGPT, load_model, save_model
+from .split import in_validation
 from .workspace import Workspace, build_artifact, fingerprint
 
-__all__ = ["SftParams", "train_model", "evaluate", "TokenSplit"]
+__all__ = ["SftParams", "train_model", "evaluate", "validation_windows", "TokenSplit"]
 
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2
 
 
 @dataclass(frozen=True)
@@ -49,7 +57,7 @@ class SftParams:
     freeze_embeddings: bool = False
     freeze: tuple = ()  # parameter names (or prefixes) kept fixed, e.g. "transformer.h.1.attn.c_proj"
     eval_every: int = 50
-    eval_batches: int = 8
+    eval_tokens: int | None = None  # evaluate on the first N validation tokens (None: the whole split)
     val_fraction: float = 0.1
     target_ppl: float | None = None
     patience: int | None = None
@@ -60,15 +68,12 @@ class SftParams:
             raise CtstoreError("sft: steps, batch size and eval interval must be positive")
         if not 0 < self.val_fraction < 1:
             raise CtstoreError("sft: --val-fraction must be between 0 and 1")
+        if self.eval_tokens is not None and self.eval_tokens < 2:
+            raise CtstoreError("sft: --eval-tokens must be at least 2")
 
 
 # ---------------------------------------------------------------------------------------
 # data
-
-
-def _in_validation(doc_ids: np.ndarray, fraction: float) -> np.ndarray:
-    h = (doc_ids.astype(np.uint64) * np.uint64(0x9E3779B97F4A7C15)) >> np.uint64(40)
-    return (h % np.uint64(10_000)) < np.uint64(int(fraction * 10_000))
 
 
 class TokenSplit:
@@ -99,7 +104,7 @@ class TokenSplit:
                 col = table.column("tokens").combine_chunks()
                 offsets = col.offsets.to_numpy()
                 values = col.values.to_numpy()
-                val = _in_validation(doc_ids, fraction)
+                val = in_validation(doc_ids, fraction)
                 per_token = np.repeat(val, np.diff(offsets))
                 values = values[offsets[0]:offsets[-1]]
                 files["val"].write(values[per_token].tobytes())
@@ -120,29 +125,67 @@ def _batch(data: np.ndarray, T: int, B: int, gen: torch.Generator, vocab_map):
     return chunk[:, :-1], chunk[:, 1:]
 
 
-def _eval_windows(data: np.ndarray, T: int, n: int) -> list[int]:
-    span = len(data) - T - 1
-    return [int(x) for x in np.linspace(0, max(0, span - 1), num=n)]
+def validation_windows(n_tokens: int, T: int, max_tokens: int | None = None) -> list[tuple[int, int]]:
+    """``(start, n)`` of the evaluation windows: inputs ``data[start:start+n]``, targets shifted by one.
+
+    Consecutive and non-overlapping, ``n = T`` except possibly the last, covering
+    tokens 1..N-1 of the first ``N = min(n_tokens, max_tokens)`` tokens exactly once.
+    """
+    limit = n_tokens if max_tokens is None else min(n_tokens, max_tokens)
+    out, start = [], 0
+    while start + 1 < limit:
+        n = min(T, limit - 1 - start)
+        out.append((start, n))
+        start += n
+    return out
 
 
 @torch.no_grad()
-def evaluate(model: PhotonicGPT, data: np.ndarray, vocab_map, T: int, batches: int = 8,
+def evaluate(model: PhotonicGPT, data: np.ndarray, vocab_map, T: int, max_tokens: int | None = None,
              batch_size: int = 16, device: str = "cpu") -> dict:
-    """Mean cross-entropy and perplexity over fixed, evenly spaced windows."""
+    """Validation loss and perplexity over :func:`validation_windows` (the one definition used everywhere).
+
+    Returns ``loss`` (mean cross-entropy per predicted token, nats), ``ppl``, ``tokens`` (predicted),
+    ``block``; with a compact vocabulary also ``unk_rate`` (share of predicted tokens that are
+    ``<unk>``), ``loss_known``/``ppl_known`` (over the other tokens) and ``type_coverage`` (share of the
+    distinct ids among the evaluated tokens that the model vocabulary holds).
+    """
     model.eval()
-    T = min(T, len(data) - 2)
-    starts = _eval_windows(data, T, batches * batch_size)
-    losses = []
-    for i in range(0, len(starts), batch_size):
-        chunk = np.stack([np.asarray(data[s: s + T + 1], dtype=np.int64) for s in starts[i: i + batch_size]])
+    T = max(1, min(T, model.config.block_size))
+    windows = validation_windows(len(data), T, max_tokens)
+    if not windows:
+        raise CtstoreError(f"evaluation needs at least 2 validation tokens, the split has {len(data)}")
+    unk = model.config.vocab_size - 1 if vocab_map is not None else None
+    total, known_total, n_tok, n_unk = 0.0, 0.0, 0, 0
+    full = [w for w in windows if w[1] == T]
+    batches = [full[i: i + batch_size] for i in range(0, len(full), batch_size)]
+    batches += [[w] for w in windows if w[1] != T]
+    for batch in batches:
+        chunk = np.stack([np.asarray(data[s: s + n + 1], dtype=np.int64) for s, n in batch])
         if vocab_map is not None:
             chunk = vocab_map[chunk]
         chunk = torch.from_numpy(chunk).to(device)
-        _, loss = model(chunk[:, :-1], chunk[:, 1:])
-        losses.append(float(loss))
+        x, y = chunk[:, :-1], chunk[:, 1:]
+        logits, _ = model(x)
+        losses = torch.nn.functional.cross_entropy(logits.float().reshape(-1, logits.size(-1)), y.reshape(-1),
+                                                   reduction="none").double()
+        total += float(losses.sum())
+        n_tok += losses.numel()
+        if unk is not None:
+            is_unk = y.reshape(-1) == unk
+            n_unk += int(is_unk.sum())
+            known_total += float(losses[~is_unk].sum())
     model.train()
-    mean = float(np.mean(losses))
-    return {"loss": mean, "ppl": float(math.exp(min(mean, 50)))}
+    mean = total / n_tok
+    out = {"loss": mean, "ppl": float(math.exp(min(mean, 50))), "tokens": n_tok, "block": T}
+    if unk is not None:
+        ids = np.unique(np.asarray(data[1: windows[-1][0] + windows[-1][1] + 1]))
+        known = known_total / max(1, n_tok - n_unk)
+        out.update(unk_rate=n_unk / n_tok, loss_known=known, ppl_known=float(math.exp(min(known, 50))),
+                   type_coverage=float(np.mean(vocab_map[ids] != unk)))
+    else:
+        out.update(unk_rate=0.0, loss_known=mean, ppl_known=out["ppl"], type_coverage=1.0)
+    return out
 
 
 # ---------------------------------------------------------------------------------------
@@ -267,8 +310,9 @@ def _train_into(ws, path, model_artifact, tokens, p: SftParams, device, stop_at)
     step = meta["step"]
     with open(metrics_path, "a") as metrics:
         if step == 0:
-            ev = evaluate(model, val, vocab_map, T, p.eval_batches, p.batch_size, device)
-            _write(metrics, {"step": 0, "val_loss": ev["loss"], "val_ppl": ev["ppl"], "elapsed": 0.0, "flops": 0})
+            ev = evaluate(model, val, vocab_map, T, p.eval_tokens, p.batch_size, device)
+            _write(metrics, {"step": 0, "val_loss": ev["loss"], "val_ppl": ev["ppl"], "val_ppl_known": ev["ppl_known"],
+                             "elapsed": 0.0, "flops": 0})
         t_last = time.perf_counter()
         while step < p.steps and meta["stopped"] is None:
             lr = _lr_at(step, p)
@@ -292,8 +336,8 @@ def _train_into(ws, path, model_artifact, tokens, p: SftParams, device, stop_at)
             bar.update()
             bar.set_postfix_str(f"loss {record['loss']:.3f} {tps / 1e3:.1f}K tok/s")
             if step % p.eval_every == 0 or step == p.steps:
-                ev = evaluate(model, val, vocab_map, T, p.eval_batches, p.batch_size, device)
-                record.update(val_loss=ev["loss"], val_ppl=ev["ppl"])
+                ev = evaluate(model, val, vocab_map, T, p.eval_tokens, p.batch_size, device)
+                record.update(val_loss=ev["loss"], val_ppl=ev["ppl"], val_ppl_known=ev["ppl_known"])
                 _early_stop(meta, ev, p)
                 meta["step"] = step
                 _write(metrics, record)
@@ -307,13 +351,17 @@ def _train_into(ws, path, model_artifact, tokens, p: SftParams, device, stop_at)
     bar.close()
     save_model(model, os.path.join(path, "model"), vocab_map, {k: v for k, v in raw.items()
                                                                 if k not in model.config.to_dict()})
-    final = evaluate(model, val, vocab_map, T, p.eval_batches, p.batch_size, device)
+    final = evaluate(model, val, vocab_map, T, p.eval_tokens, p.batch_size, device)
     log(f"sft: step {step}, validation loss {final['loss']:.4f}, perplexity {final['ppl']:.2f}"
         + (f" (stopped: {meta['stopped']})" if meta["stopped"] else ""))
     return {"format_version": FORMAT_VERSION, "params": asdict(p),
             "inputs": {"model": model_artifact.fingerprint, "tokens": tokens.fingerprint},
             "tokenizer": tokens.manifest.get("tokenizer"), "steps": step, "final_val_loss": final["loss"],
-            "final_val_ppl": final["ppl"], "train_seconds": round(meta["elapsed"], 3),
+            "final_val_ppl": final["ppl"], "final_val_unk_rate": final["unk_rate"],
+            "final_val_ppl_known": final["ppl_known"], "val_type_coverage": final["type_coverage"],
+            "model_vocab": model.config.vocab_size, "eval_block": final["block"], "eval_tokens": final["tokens"],
+            "tie_head": model.config.tie_head, "embed_scale": raw.get("embed_scale"),
+            "recipe": raw.get("recipe"), "train_seconds": round(meta["elapsed"], 3),
             "flops": flops_per_token * tokens_per_step * step, "stopped": meta["stopped"], "device": device,
             "init": raw.get("init")}
 
@@ -364,13 +412,31 @@ def model_dir(artifact) -> str:
 # CLI
 
 
+def evaluate_artifact(artifact, tokens, ws, split: str = "val", val_fraction: float | None = None,
+                      block: int | None = None, eval_tokens: int | None = None) -> dict:
+    """:func:`evaluate` for a model or run artifact; a run's own split, block and sample are the defaults,
+    so evaluating a run reproduces its final logged validation loss."""
+    model, vocab_map, raw = load_model(model_dir(artifact))
+    if raw.get("tokenizer") != tokens.manifest.get("tokenizer"):
+        raise CtstoreError(f"{tokens}: tokenized with {tokens.manifest.get('tokenizer')!r} but the model "
+                           f"expects {raw.get('tokenizer')!r}")
+    own = artifact.manifest if artifact.kind == "run" else {}
+    params = own.get("params", {})
+    val_fraction = val_fraction if val_fraction is not None else params.get("val_fraction", 0.1)
+    block = block or own.get("eval_block") or model.config.block_size
+    eval_tokens = eval_tokens if eval_tokens is not None else params.get("eval_tokens")
+    data = TokenSplit(tokens, val_fraction, ws.scratch_dir("tokens", f"{tokens.fingerprint}-val{val_fraction}"))
+    return evaluate(model, data.arrays[split], vocab_map, block, eval_tokens)
+
+
 def add_parser(sub, common) -> None:
     s = sub.add_parser("sft", help="fine-tune a model on tokens -> run artifact")
     s.add_argument("model", help="model artifact fingerprint")
     s.add_argument("--tokens", required=True, help="tokens artifact fingerprint")
-    for name, default in (("steps", 200), ("batch-size", 16), ("warmup", 20), ("eval-every", 50),
-                          ("eval-batches", 8), ("seed", 0)):
+    for name, default in (("steps", 200), ("batch-size", 16), ("warmup", 20), ("eval-every", 50), ("seed", 0)):
         s.add_argument(f"--{name}", type=int, default=default)
+    s.add_argument("--eval-tokens", type=int, default=None,
+                   help="evaluate on the first N validation tokens (default: the whole validation split)")
     s.add_argument("--block-size", type=int, default=None)
     s.add_argument("--lr", type=float, default=1e-3)
     s.add_argument("--freeze-embeddings", action="store_true")
@@ -383,8 +449,10 @@ def add_parser(sub, common) -> None:
     e.add_argument("model", help="model or run artifact fingerprint")
     e.add_argument("--tokens", required=True)
     e.add_argument("--split", default="val", choices=["train", "val"])
-    e.add_argument("--val-fraction", type=float, default=0.1)
-    e.add_argument("--batches", type=int, default=16)
+    e.add_argument("--val-fraction", type=float, default=None, help="default: the run's, else 0.1")
+    e.add_argument("--block-size", type=int, default=None, help="window length (default: the run's, else the model's)")
+    e.add_argument("--eval-tokens", type=int, default=None, help="first N tokens of the split (default: the run's, "
+                   "else all)")
     common(e, compute=False)
 
 
@@ -392,18 +460,12 @@ def run_cli(args, ws):
     tokens = ws.get(args.tokens, kind="tokens")
     if args.command == "eval":
         art = ws.get(args.model)
-        model, vocab_map, raw = load_model(model_dir(art))
-        if raw.get("tokenizer") != tokens.manifest.get("tokenizer"):
-            raise CtstoreError(f"{tokens}: tokenized with {tokens.manifest.get('tokenizer')!r} but the model "
-                               f"expects {raw.get('tokenizer')!r}")
-        split = TokenSplit(tokens, args.val_fraction,
-                           ws.scratch_dir("tokens", f"{tokens.fingerprint}-val{args.val_fraction}"))
-        result = evaluate(model, split.arrays[args.split], vocab_map, model.config.block_size, args.batches)
+        result = evaluate_artifact(art, tokens, ws, args.split, args.val_fraction, args.block_size, args.eval_tokens)
         print(json.dumps({"model": art.fingerprint, "tokens": tokens.fingerprint, "split": args.split, **result}))
         return None
     model_art = ws.get(args.model, kind="model")
     params = SftParams(steps=args.steps, batch_size=args.batch_size, block_size=args.block_size, lr=args.lr,
                        warmup=args.warmup, freeze_embeddings=args.freeze_embeddings, eval_every=args.eval_every,
-                       eval_batches=args.eval_batches, val_fraction=args.val_fraction, target_ppl=args.target_ppl,
+                       eval_tokens=args.eval_tokens, val_fraction=args.val_fraction, target_ppl=args.target_ppl,
                        patience=args.patience, seed=args.seed)
     return train_model(model_art, tokens, ws, params=params, force=args.force, device=args.device)

@@ -14,7 +14,7 @@ PIPELINES = Path(__file__).resolve().parent.parent / "pipelines"
 
 def test_overrides_and_profiles_parse():
     config = load_pipeline(str(PIPELINES / "ct_vs_random.toml"), "paper", ["sft.steps=7", "model.config=tiny"])
-    assert config["sft"]["steps"] == 7 and config["sft"]["batch_size"] == 32
+    assert config["sft"]["steps"] == 7 and config["sft"]["batch_size"] == 1 and config["sft"]["block_size"] == 512
     assert config["model"]["config"] == "tiny" and config["k0"]["dim"] == 256
     assert all(os.path.isabs(p) for p in config["corpus"]["inputs"])
     with pytest.raises(CtstoreError, match="no profile 'nope'"):

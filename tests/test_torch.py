@@ -42,7 +42,7 @@ def _random_embeddings(V=300, d=64, seed=0):
 def test_seeding_norms_rolls_and_compact_rows():
     E = _random_embeddings()
     rank = np.argsort(-np.arange(300) % 97, kind="stable")
-    params = SeedParams(config="tiny", init="spectral", vocab=50, seed=3)
+    params = SeedParams(config="tiny", init="spectral", vocab=50, seed=3, recipe="literal")
     model, vocab_map, report = build_seeded_model(E, rank, params, 300)
     torch.manual_seed(3)
     random = PhotonicGPT(get_config("tiny", vocab_size=51))

@@ -1,23 +1,42 @@
 """CT vs SGD (Papers 51, 113 §8): does a model seeded from corpus statistics train better?
 
-Arms (same architecture, same SFT budget unless noted, several seeds):
+Arms (same architecture, same SFT schedule unless noted, several seeds):
 
-=====================  =============================================================
-``random``             (a) random initialisation
-``k0``                 (b) circulant K0 embeddings + spectral seeding
-``svd``                (c) SVD of log-counts (``--kernel none``) + spectral seeding
-``ppmi``               (d) PPMI embeddings + spectral seeding
-``random_long``        (e) random initialisation, ``long_factor``× the steps ("full SGD")
-``svd_embeddings``     (f) SVD embeddings with random layers
-``k0_frozen`` ...      (g) (b)–(d) with frozen embeddings (Paper 113 protocol)
-``crystallize``        Paper 51's training-free model (:mod:`ctstore.crystallize`),
-                       reported before and after the same SFT
-=====================  =============================================================
+========================== ==========================================================
+``random``                 (a) random initialisation
+``k0``                     (b) circulant K0 embeddings + spectral seeding
+``k0_literal``             (b) with the paper-literal seeding recipe (degenerate: the
+                           layer matrices are scaled permutations, see ``ctstore.seed``)
+``svd``                    (c) SVD of log-counts (``--kernel none``) + spectral seeding
+``ppmi``                   (d) PPMI embeddings + spectral seeding
+``ppmi075``                (d') PPMI with context smoothing 0.75, symmetric 1/d window,
+                           √S weighting + spectral seeding
+``random_long``            (e) random initialisation, ``long_factor``× the steps ("full SGD")
+``svd_embeddings``         (f) SVD embeddings with standard random layers
+``ppmi075_embeddings``     (f') (d') embeddings with standard random layers
+``svd_embeddings_unigram`` (f'') (f) with the output side from unigram statistics: the
+                           final LayerNorm bias makes the first logits ≈ log p(token)
+``random_unigram``         (a) with the same unigram output prior (its control)
+``k0_frozen`` ...          (g) (b)–(d) with the token embedding frozen *unscaled*, as
+                           Paper 113 §8 freezes E (tied head, so the head is frozen too)
+``svd_frozen_untied``      (g') (c) frozen unscaled E with an untied, trained output head
+``crystallize``            Paper 51's training-free model (:mod:`ctstore.crystallize`),
+                           reported before and after the same SFT
+========================== ==========================================================
 
-The report gives, per arm, final validation perplexity (mean ± std over seeds),
-the gap to (e), wall time, a FLOPs estimate and the first step at which the arm
-reached (a)'s final perplexity. The seeds' claims are hypotheses; the table
-says what this run measured.
+No leakage: counts, embeddings and the compact-vocabulary ranking are built from
+the training documents only (``[count] val_fraction`` is set to SFT's split, the
+same document hash), so no validation text reaches the statistics. Every arm
+uses the same vocabulary map and the same ``<unk>`` row treatment; ``[model]
+vocab = "corpus"`` keeps every token that occurs in the training documents.
+
+Each seed varies the model initialisation, the batch order and the k0 seed
+(randomized SVD and inactive-token rows). ``results.json`` holds per-seed values
+(``per_seed``) and the paired per-seed differences against ``random``;
+"steps to random's final perplexity" is read on each run's own evaluation curve
+(evaluate every <= 10 steps) against the final perplexity of the ``random`` run
+of the same seed, which has the same schedule length; arms with another
+schedule (``random_long``) get no step figure.
 """
 
 from __future__ import annotations
@@ -27,57 +46,89 @@ import os
 
 import numpy as np
 
-from .._util import log
+from .._util import CtstoreError, log
 from ..report import markdown_table, plot_curves, publish_report
 
+K0_SPECS = {
+    "circulant": {"kernel": "circulant"},
+    "svd": {"kernel": "none"},
+    "ppmi": {"kernel": "ppmi"},
+    "ppmi075": {"kernel": "ppmi", "ppmi_alpha": 0.75, "symmetric": True, "weighting": "inverse-distance"},
+}
 ARMS = {
-    "random": dict(kernel=None, init="random"),
-    "k0": dict(kernel="circulant", init="spectral"),
-    "svd": dict(kernel="none", init="spectral"),
-    "ppmi": dict(kernel="ppmi", init="spectral"),
-    "random_long": dict(kernel=None, init="random", long=True),
-    "svd_embeddings": dict(kernel="none", init="embeddings"),
-    "k0_frozen": dict(kernel="circulant", init="spectral", freeze=True),
-    "svd_frozen": dict(kernel="none", init="spectral", freeze=True),
-    "ppmi_frozen": dict(kernel="ppmi", init="spectral", freeze=True),
-    "crystallize": dict(kernel=None, init="crystallize"),
+    "random": dict(k0=None, init="random"),
+    "k0": dict(k0="circulant", init="spectral"),
+    "k0_literal": dict(k0="circulant", init="spectral", recipe="literal"),
+    "svd": dict(k0="svd", init="spectral"),
+    "ppmi": dict(k0="ppmi", init="spectral"),
+    "ppmi075": dict(k0="ppmi075", init="spectral"),
+    "random_long": dict(k0=None, init="random", long=True),
+    "svd_embeddings": dict(k0="svd", init="embeddings"),
+    "ppmi075_embeddings": dict(k0="ppmi075", init="embeddings"),
+    "svd_embeddings_unigram": dict(k0="svd", init="embeddings", unigram_prior=True),
+    "random_unigram": dict(k0=None, init="random", unigram_prior=True),
+    "k0_frozen": dict(k0="circulant", init="spectral", freeze=True, embed_scale="unscaled"),
+    "svd_frozen": dict(k0="svd", init="spectral", freeze=True, embed_scale="unscaled"),
+    "ppmi_frozen": dict(k0="ppmi", init="spectral", freeze=True, embed_scale="unscaled"),
+    "svd_frozen_untied": dict(k0="svd", init="spectral", freeze=True, embed_scale="unscaled", tie_head=False),
+    "crystallize": dict(k0=None, init="crystallize"),
 }
 CLAIMS = [
     ("Paper 113 §8", "CT-seeded models reach lower perplexity than random init after the same SFT steps",
      "k0", "random"),
     ("Paper 51", "CT seeding closes most of the gap to a longer SGD run", "k0", "random_long"),
 ]
+MAX_EVAL_EVERY = 10  # evaluation interval the step-to-target figure needs
 
 
 def run(config: dict, ctx):
     exp = config.get("experiment", {})
     arms = exp.get("arms", list(ARMS))
-    seeds = exp.get("seeds", [0])
+    seeds = exp.get("seeds", [0, 1, 2])
     long_factor = int(exp.get("long_factor", 4))
+    recipe = exp.get("recipe", "rotated")
     unknown = [a for a in arms if a not in ARMS]
     if unknown:
-        from .._util import CtstoreError
-
         raise CtstoreError(f"[experiment] arms: unknown {unknown}; known: {', '.join(ARMS)}")
+    sft_base = config.get("sft", {})
+    if int(sft_base.get("eval_every", 50)) > MAX_EVAL_EVERY:
+        log(f"ct_vs_random: warning: sft.eval_every={sft_base.get('eval_every', 50)} > {MAX_EVAL_EVERY}; "
+            "steps-to-target figures are coarse")
     tokens = ctx.tokens(config["corpus"])
-    counts = ctx.counts(tokens, config.get("count", {}))
+    # statistics from the training documents only: the same split sft holds out
+    count_params = {**config.get("count", {}), "val_fraction": float(sft_base.get("val_fraction", 0.1))}
+    counts = ctx.counts(tokens, count_params)
     k0_base = config.get("k0", {})
     model_cfg = config.get("model", {"config": "tiny"})
-    sft_base = config.get("sft", {})
-    embeddings = {}
-    for kernel in sorted({ARMS[a]["kernel"] or "circulant" for a in arms if a != "crystallize"}):
-        embeddings[kernel] = ctx.embeddings(counts, {**k0_base, "kernel": kernel})
+    embeddings: dict = {}
+
+    def emb_for(name: str, seed: int):
+        key = f"{name} (seed {seed})"
+        if key not in embeddings:
+            embeddings[key] = ctx.embeddings(counts, {**k0_base, **K0_SPECS[name], "seed": seed})
+        return embeddings[key]
+
     runs: dict[str, list] = {}
     for arm in arms:
         spec = ARMS[arm]
         for seed in seeds:
             if spec["init"] == "crystallize":
-                crystal = {"config": model_cfg.get("config", "tiny"), "vocab": model_cfg.get("vocab", 4096),
+                vocab = model_cfg.get("vocab", 4096)
+                if not isinstance(vocab, int):
+                    raise CtstoreError("[model] vocab must be a number for the crystallize arm")
+                crystal = {"config": model_cfg.get("config", "tiny"), "vocab": vocab,
                            **config.get("crystallize", {}), "seed": seed}
                 model = ctx.crystallized(counts, crystal)
             else:
-                emb = embeddings[spec["kernel"] or "circulant"]
-                model = ctx.model(emb, {**model_cfg, "init": spec["init"], "seed": seed})
+                emb = emb_for(spec["k0"] or "circulant", seed)
+                seed_params = {**model_cfg, "init": spec["init"], "seed": seed,
+                               "recipe": spec.get("recipe", recipe)}
+                if spec.get("embed_scale"):
+                    seed_params["embed_scale"] = spec["embed_scale"]
+                for key in ("tie_head", "unigram_prior"):
+                    if key in spec:
+                        seed_params[key] = spec[key]
+                model = ctx.model(emb, seed_params)
             sft = {**sft_base, "seed": seed, "freeze_embeddings": bool(spec.get("freeze"))}
             if spec.get("long"):
                 sft["steps"] = int(sft.get("steps", 200)) * long_factor
@@ -95,27 +146,87 @@ def _curve(run) -> tuple[list, list]:
     return [r["step"] for r in evals], [r["val_ppl"] for r in evals]
 
 
+def first_step_reaching(steps: list, ppl: list, target: float) -> int | None:
+    """First evaluated step at which perplexity is at or below ``target`` (None: never)."""
+    return next((s for s, p in zip(steps, ppl) if p <= target), None)
+
+
+def _seed_of(run) -> int:
+    return int(run.manifest["params"]["seed"])
+
+
 def summarize(runs: dict[str, list]) -> dict:
+    """Per arm: means over seeds, ``per_seed`` values and paired differences against ``random``.
+
+    Paired values use the ``random`` run of the same seed; ``steps_to_random_final`` and
+    ``step_saving`` only for arms whose schedule length equals random's.
+    """
     out = {}
+    random_by_seed = {_seed_of(r): r for r in runs.get("random", [])}
     for arm, rs in runs.items():
+        per_seed = []
+        for r in rs:
+            m = r.manifest
+            steps, ppl = _curve(r)
+            row = {"seed": _seed_of(r), "final_val_ppl": m["final_val_ppl"], "final_val_loss": m["final_val_loss"],
+                   "ppl_before_sft": ppl[0], "unk_rate": m.get("final_val_unk_rate"),
+                   "ppl_known": m.get("final_val_ppl_known"), "type_coverage": m.get("val_type_coverage"),
+                   "steps": m["steps"], "seconds": m["train_seconds"]}
+            base = random_by_seed.get(row["seed"])
+            if base is not None:
+                row["ppl_diff_vs_random"] = m["final_val_ppl"] - base.manifest["final_val_ppl"]
+                row["loss_diff_vs_random"] = m["final_val_loss"] - base.manifest["final_val_loss"]
+                if m["params"]["steps"] == base.manifest["params"]["steps"]:
+                    reached = first_step_reaching(steps, ppl, base.manifest["final_val_ppl"])
+                    row["steps_to_random_final"] = reached
+                    row["step_saving"] = None if reached is None else base.manifest["steps"] - reached
+            per_seed.append(row)
         ppl = np.array([r.manifest["final_val_ppl"] for r in rs])
-        before = np.array([_curve(r)[1][0] for r in rs])
-        out[arm] = {"ppl_mean": float(ppl.mean()), "ppl_before_sft": float(before.mean()), "ppl_std": float(ppl.std(ddof=1)) if len(ppl) > 1 else 0.0,
-                    "seconds": float(np.mean([r.manifest["train_seconds"] for r in rs])),
-                    "flops": float(np.mean([r.manifest["flops"] for r in rs])),
-                    "steps": int(np.mean([r.manifest["steps"] for r in rs])), "seeds": len(rs)}
-    if "random" in out:
-        target = out["random"]["ppl_mean"]
-        for arm, rs in runs.items():
-            reached = []
-            for r in rs:
-                steps, ppl = _curve(r)
-                reached.append(next((s for s, p in zip(steps, ppl) if p <= target), None))
-            out[arm]["steps_to_random_final"] = None if None in reached else float(np.mean(reached))
+        m0 = rs[0].manifest
+        s = {"ppl_mean": float(ppl.mean()), "ppl_before_sft": float(np.mean([p["ppl_before_sft"] for p in per_seed])),
+             "ppl_std": float(ppl.std(ddof=1)) if len(ppl) > 1 else 0.0,
+             "seconds": float(np.mean([r.manifest["train_seconds"] for r in rs])),
+             "flops": float(np.mean([r.manifest["flops"] for r in rs])),
+             "steps": int(np.mean([r.manifest["steps"] for r in rs])), "seeds": len(rs),
+             "schedule_steps": m0["params"]["steps"], "eval_every": m0["params"]["eval_every"],
+             "eval_tokens": m0.get("eval_tokens"), "eval_block": m0.get("eval_block"),
+             "unk_rate": _mean(p["unk_rate"] for p in per_seed),
+             "type_coverage": _mean(p["type_coverage"] for p in per_seed),
+             "ppl_known_mean": _mean(p["ppl_known"] for p in per_seed),
+             "model_vocab": m0.get("model_vocab"), "recipe": m0.get("recipe"),
+             "embed_scale": m0.get("embed_scale"), "tie_head": m0.get("tie_head"),
+             "frozen_embeddings": bool(m0["params"].get("freeze_embeddings")), **_seeding_facts(rs),
+             "per_seed": per_seed}
+        if all("ppl_diff_vs_random" in p for p in per_seed):
+            s["paired_ppl_diff_vs_random"] = [p["ppl_diff_vs_random"] for p in per_seed]
+            s["paired_loss_diff_vs_random"] = [p["loss_diff_vs_random"] for p in per_seed]
+        if per_seed and all("steps_to_random_final" in p for p in per_seed):
+            reached = [p["steps_to_random_final"] for p in per_seed]
+            s["steps_to_random_final"] = None if None in reached else float(np.mean(reached))
+            s["step_saving_per_seed"] = [p["step_saving"] for p in per_seed]
+        out[arm] = s
     if "random_long" in out:
         for arm in out:
             out[arm]["gap_to_long"] = out[arm]["ppl_mean"] - out["random_long"]["ppl_mean"]
     return out
+
+
+def _seeding_facts(rs: list) -> dict:
+    """From the seeded models' manifests: spectral gap, layer cosines and how permutation-like the layers are."""
+    reports = []
+    for r in rs:
+        ws = getattr(r, "workspace", None)
+        model = ws.find("model", r.manifest.get("inputs", {}).get("model", "")) if ws is not None else None
+        if model is not None:
+            reports.append(model.manifest.get("report", {}))
+    return {"spectral_gap_ratio": _mean(x.get("spectral_gap_ratio") for x in reports),
+            "layer_cosine_mean": _mean((x.get("layer_cosine") or {}).get("mean") for x in reports),
+            "max_row_energy_share": _mean(x.get("max_row_energy_share") for x in reports)}
+
+
+def _mean(values) -> float | None:
+    vals = [v for v in values if v is not None]
+    return float(np.mean(vals)) if vals else None
 
 
 def _write_report(path: str, config: dict, runs: dict, embeddings: dict) -> dict:
