@@ -366,7 +366,7 @@ def count_cooccurrences(tokens, workspace: Workspace | None = None, *, params: C
     ws = workspace or tokens.workspace
     params = params or CountParams()
     shards = TokenShards.from_artifact(tokens)
-    fp = fingerprint("counts", FORMAT_VERSION, asdict(params), {"tokens": tokens.fingerprint})
+    fp = fingerprint("counts", FORMAT_VERSION, _param_dict(params), {"tokens": tokens.fingerprint})
 
     def build(path: str) -> dict:
         return _count_into(ws, path, fp, tokens, shards, params, memory, scheduler)
@@ -456,7 +456,7 @@ def _count_into(ws, path, fp, tokens, shards: TokenShards, params, memory, sched
         f"nnz per lag {min(nnz_by_lag.values())}..{max(nnz_by_lag.values())}")
     return {
         "format_version": FORMAT_VERSION,
-        "params": asdict(params),
+        "params": _param_dict(params),
         "inputs": {"tokens": tokens.fingerprint},
         "tokenizer": tokens.manifest.get("tokenizer"),
         "n_vocab": V,
@@ -489,3 +489,8 @@ def _training_only(url: str, row_groups: list, values: np.ndarray, offsets: np.n
     with fsspec.open(url, "rb") as f:
         doc_ids = pq.ParquetFile(f).read_row_groups(row_groups, columns=["doc_id"]).column("doc_id").to_numpy()
     return train_documents(values, offsets, doc_ids, val_fraction)
+
+
+def _param_dict(params: CountParams) -> dict:
+    """Parameters for the fingerprint and manifest; ``val_fraction`` only when set (old counts keep their names)."""
+    return {k: v for k, v in asdict(params).items() if not (k == "val_fraction" and v is None)}

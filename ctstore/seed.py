@@ -160,6 +160,8 @@ def _set_unigram_prior(model, unigram: np.ndarray, kept: np.ndarray, compact: bo
     Logits are ``(LN(x)·γ + b) Wᵀ`` for the output matrix W, so this b adds the least-squares best
     log-unigram prior a d-dimensional bias can give. Returns the R² of that fit.
     """
+    if model.transformer.ln_f.bias is None:
+        raise CtstoreError("unigram_prior needs a config with biases (the final LayerNorm bias carries the prior)")
     u = np.asarray(unigram, np.float64)
     p = u[kept] + 1.0
     if compact:

@@ -6,7 +6,9 @@
   tokens are sampled with a seeded ``torch.Generator``. No Python token lists.
 * Optimisation: AdamW (decay on matrices only), linear warmup then cosine decay
   to 10% of the peak rate, gradient clipping, optional frozen token embedding
-  (and so the tied head), bf16 autocast on CUDA.
+  (and so the tied head; with a compact vocabulary every row but ``<unk>``,
+  which has no statistics of its own and trains in every arm alike), bf16
+  autocast on CUDA.
 * Evaluation every ``eval_every`` steps, by :func:`evaluate`, the one definition
   of validation perplexity that ``ctstore eval`` and the reports also use:
   consecutive non-overlapping windows of ``block_size`` predicted tokens over
@@ -284,8 +286,12 @@ def _train_into(ws, path, model_artifact, tokens, p: SftParams, device, stop_at)
                        ws.scratch_dir("tokens", f"{tokens.fingerprint}-val{p.val_fraction}"))
     train, val = split.arrays["train"], split.arrays["val"]
     T = min(T, len(train) - 2, len(val) - 2)
+    frozen_rows = None
     if p.freeze_embeddings:
-        model.transformer.wte.weight.requires_grad_(False)
+        if vocab_map is not None:  # compact vocabulary: the <unk> row trains in every arm, frozen or not
+            frozen_rows = model.transformer.wte.weight.detach()[:-1].clone()
+        else:
+            model.transformer.wte.weight.requires_grad_(False)
     frozen = [name for name, q in model.named_parameters() if any(name.startswith(f) for f in p.freeze)]
     if p.freeze and not frozen:
         raise CtstoreError(f"sft: --freeze {list(p.freeze)} matches no parameter of the model")
@@ -326,6 +332,9 @@ def _train_into(ws, path, model_artifact, tokens, p: SftParams, device, stop_at)
             if p.grad_clip:
                 torch.nn.utils.clip_grad_norm_(model.parameters(), p.grad_clip)
             optimizer.step()
+            if frozen_rows is not None:
+                with torch.no_grad():
+                    model.transformer.wte.weight[:-1].copy_(frozen_rows)
             step += 1
             now = time.perf_counter()
             meta["elapsed"] += now - t_last
@@ -361,7 +370,8 @@ def _train_into(ws, path, model_artifact, tokens, p: SftParams, device, stop_at)
             "final_val_ppl_known": final["ppl_known"], "val_type_coverage": final["type_coverage"],
             "model_vocab": model.config.vocab_size, "eval_block": final["block"], "eval_tokens": final["tokens"],
             "tie_head": model.config.tie_head, "embed_scale": raw.get("embed_scale"),
-            "recipe": raw.get("recipe"), "train_seconds": round(meta["elapsed"], 3),
+            "recipe": raw.get("recipe"), "frozen_embedding_rows": None if not p.freeze_embeddings else
+            ("all but <unk>" if frozen_rows is not None else "all"), "train_seconds": round(meta["elapsed"], 3),
             "flops": flops_per_token * tokens_per_step * step, "stopped": meta["stopped"], "device": device,
             "init": raw.get("init")}
 

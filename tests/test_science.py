@@ -307,3 +307,32 @@ def test_unigram_prior_fits_log_frequencies_through_the_final_layernorm_bias():
     plain, _, _ = build_seeded_model(_svd_basis_embeddings(), rank, SeedParams(config="tiny", init="embeddings",
                                                                                  vocab=300), V)
     assert torch.count_nonzero(plain.transformer.ln_f.bias) == 0
+
+
+def test_frozen_embedding_keeps_statistical_rows_and_trains_the_unk_row_like_every_arm(ws):
+    from conftest import write_tokens
+
+    from ctstore.sft import SftParams, train_model
+    from ctstore.workspace import build_artifact, fingerprint
+
+    rng = np.random.default_rng(2)
+    tokens = write_tokens(ws, [list(rng.integers(0, 60, 150)) for _ in range(30)], n_vocab=60,
+                          row_group_tokens=512, shard_tokens=4096)
+    vocab_map = np.minimum(np.arange(60), 40)  # ids >= 40 are <unk> (model id 40)
+
+    def build(path):
+        torch.manual_seed(0)
+        save_model(PhotonicGPT(get_config("tiny", vocab_size=41, block_size=16)), path, vocab_map,
+                   {"tokenizer": "test", "init": "spectral"})
+        return {"format_version": 1, "params": {}, "inputs": {}, "tokenizer": "test", "init": "spectral"}
+
+    model = build_artifact(ws, "model", fingerprint("model", 1, {"unk-test": 1}, {}), build)[0]
+    run = train_model(model, tokens, ws, params=SftParams(steps=3, eval_every=3, batch_size=4, block_size=12,
+                                                          warmup=1, freeze_embeddings=True))
+    before, _, _ = load_model(model.path)
+    after, _, _ = load_model(f"{run.path}/model")
+    w0, w1 = before.transformer.wte.weight, after.transformer.wte.weight
+    assert torch.equal(w0[:40], w1[:40])
+    assert not torch.equal(w0[40], w1[40])
+    assert not torch.equal(before.transformer.h[0].mlp.c_fc.weight, after.transformer.h[0].mlp.c_fc.weight)
+    assert run.manifest["frozen_embedding_rows"] == "all but <unk>"
