@@ -168,3 +168,35 @@ def test_paper_pipelines_run_tiny_and_report_every_claim(session_ws, name, extra
     assert "## Claims beside measurements" in report and "### What each row measures" in report
     measured_by_seed = [r for r in rows.values() if r["interval"] == "95% t" and r["verdict"] != "by construction"]
     assert measured_by_seed and all(len(r["values"]) == 2 for r in measured_by_seed if r["values"])
+
+
+def test_ct_vs_random_optional_columns_from_manifests_or_summary(tmp_path):
+    from ctstore.experiments.ct_vs_random import _extra_columns
+
+    runs = synthetic_runs(tmp_path, [0, 1])
+    assert _extra_columns(runs, {}) == {}  # older runs: no column
+    for i, r in enumerate(runs["k0"]):
+        r.manifest.update(unk_rate=0.1 + 0.1 * i, recipe="rotated")
+    extra = _extra_columns(runs, {"random": {"coverage": 0.9}})
+    assert extra == {"recipe": {"k0": "rotated"}, "unk_rate": {"k0": pytest.approx(0.15)}, "coverage": {"random": 0.9}}
+
+
+@pytest.mark.slow
+def test_paper56_fits_identical_matrices_once(monkeypatch):
+    import ctstore.experiments.paper56_recursive as p56
+    import torch
+
+    from ctstore.model import PhotonicGPT, get_config
+
+    calls = []
+    real = p56.fit_harmonic
+    monkeypatch.setattr(p56, "fit_harmonic", lambda w, **kw: calls.append(w.shape) or real(w, **kw))
+    model = PhotonicGPT(get_config("tiny", vocab_size=40, n_embd=16))
+    h = model.transformer.h[0].attn.c_attn.weight
+    with torch.no_grad():
+        h[16:32] = h[:16]  # K block = Q block
+    memo = {}
+    first = p56.fit_matrices(model, 32, K=2, K2=2, ridge=1e-5, memo=memo)
+    assert len(calls) == 8 and first["L0 K"] == first["L0 Q"]
+    again = p56.fit_matrices(model, 32, K=2, K2=2, ridge=1e-5, memo=memo)
+    assert len(calls) == 8 and again == first

@@ -115,12 +115,12 @@ def summarize(runs: dict[str, list]) -> dict:
 
 def _write_report(path: str, config: dict, runs: dict, embeddings: dict) -> dict:
     summary = summarize(runs)
-    extra = [k for k in ("recipe", "unk_rate", "coverage") if any(k in s for s in summary.values())]
+    extra = _extra_columns(runs, summary)
     header = ["arm", "seeds", "val ppl before SFT", "final val ppl", "± std", "gap to (e)", "wall s", "FLOPs",
               "steps", "steps to (a) final", *extra]
     rows = [[arm, s.get("seeds"), s.get("ppl_before_sft"), s.get("ppl_mean"), s.get("ppl_std"), s.get("gap_to_long"),
              s.get("seconds"), f"{s['flops']:.3g}" if "flops" in s else None, s.get("steps"),
-             s.get("steps_to_random_final"), *[s.get(k) for k in extra]] for arm, s in summary.items()]
+             s.get("steps_to_random_final"), *[extra[k].get(arm) for k in extra]] for arm, s in summary.items()]
     curves = {}
     for arm, rs in runs.items():
         steps, _ = _curve(rs[0])
@@ -205,3 +205,26 @@ def _claims_section(runs: dict) -> tuple[str, list]:
     from .common import claims_section
 
     return claims_section("ct_vs_random", claim_measurements(runs))
+
+
+def _extra_columns(runs: dict, summary: dict) -> dict:
+    """``{field: {arm: value}}`` for the optional per-arm fields (seeding recipe, <unk> rate, coverage).
+
+    Taken from the summary when it has them, else from the runs' manifests (mean over seeds for numbers);
+    a field no arm has is left out, so older runs still report.
+    """
+    out = {}
+    for key in ("recipe", "unk_rate", "coverage"):
+        column = {}
+        for arm, rs in runs.items():
+            if key in summary.get(arm, {}):
+                column[arm] = summary[arm][key]
+                continue
+            found = [r.manifest[key] for r in rs if key in r.manifest]
+            if found:
+                numeric = all(isinstance(v, (int, float)) for v in found)
+                column[arm] = float(np.mean(found)) if numeric else found[0]
+        if column:
+            out[key] = column
+    return out
+

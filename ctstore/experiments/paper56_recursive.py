@@ -15,6 +15,7 @@ over seeds.
 
 from __future__ import annotations
 
+import hashlib
 import os
 
 import numpy as np
@@ -53,14 +54,23 @@ def centre_spacing_r(centre: np.ndarray) -> float:
     return float(np.corrcoef(np.arange(mean_sorted.size), mean_sorted)[0, 1])
 
 
-def fit_matrices(model, n_active: int, K: int, K2: int, ridge: float) -> dict:
-    """L1 and L2 fits of the nine matrices: ``{name: {l1_r2, l1_mse, compression, l2_full_r2, centre_r}}``."""
+def fit_matrices(model, n_active: int, K: int, K2: int, ridge: float, memo: dict | None = None) -> dict:
+    """L1 and L2 fits of the nine matrices: ``{name: {l1_r2, l1_mse, compression, l2_full_r2, centre_r}}``.
+
+    ``memo`` (content hash of the matrix → result) skips refitting identical matrices, e.g. seeded
+    weights that do not depend on the seed, or Q/K/V blocks that coincide.
+    """
     out = {}
+    memo = {} if memo is None else memo
     for name, w in nine_matrices(model, n_active).items():
-        l1 = fit_harmonic(w, K=K, ridge=ridge)
-        l2 = fit_l2(w, l1, K2=K2)
-        out[name] = {"shape": list(w.shape), "l1_r2": l1.r2, "l1_mse": l1.mse, "compression": l1.compression_ratio,
-                     "l2_full_r2": l2.full_r2, "centre_r": centre_spacing_r(l1.centre)}
+        key = (hashlib.sha256(np.ascontiguousarray(w).tobytes()).hexdigest(), w.shape, K, K2, ridge)
+        if key not in memo:
+            l1 = fit_harmonic(w, K=K, ridge=ridge)
+            l2 = fit_l2(w, l1, K2=K2)
+            memo[key] = {"shape": list(w.shape), "l1_r2": l1.r2, "l1_mse": l1.mse,
+                         "compression": l1.compression_ratio, "l2_full_r2": l2.full_r2,
+                         "centre_r": centre_spacing_r(l1.centre)}
+        out[name] = dict(memo[key])
     return out
 
 
@@ -90,13 +100,13 @@ def run(config: dict, ctx):
     inputs = {"runs": [arts[s][2].fingerprint for s in seeds], "models": [arts[s][1].fingerprint for s in seeds]}
 
     def write(path: str) -> dict:
-        per_seed = {}
+        per_seed, memo = {}, {}
         for seed, (emb, model_art, run_art) in arts.items():
             seeded, _, _ = load_model(model_art.path)
             trained, _, _ = load_model(os.path.join(run_art.path, "model"))
             n_active = min(int(config.get("model", {}).get("vocab") or 4096), trained.config.vocab_size - 1)
-            per_seed[seed] = {"seeded": fit_matrices(seeded, n_active, K, K2, ridge),
-                              "trained": fit_matrices(trained, n_active, K, K2, ridge),
+            per_seed[seed] = {"seeded": fit_matrices(seeded, n_active, K, K2, ridge, memo),
+                              "trained": fit_matrices(trained, n_active, K, K2, ridge, memo),
                               "drift": weight_drift(seeded.state_dict(), trained.state_dict()),
                               "n_layer": trained.config.n_layer}
             per_seed[seed]["drift_summary"] = drift_summary(per_seed[seed]["drift"], trained.config.n_layer)
