@@ -1,11 +1,11 @@
-"""Pieces shared by the paper experiments: corpus preparation, metrics, claim tables."""
+"""Pieces shared by the paper experiments: corpus preparation, metrics, the claims section."""
 
 from __future__ import annotations
 
 import json
 import os
 
-from ..report import markdown_table
+from ..claims import Measurement, claims_for, claims_table, missing, readings_list
 
 
 def prepare(config: dict, ctx):
@@ -14,19 +14,37 @@ def prepare(config: dict, ctx):
     return tokens, counts
 
 
-def eval_curve(run) -> tuple[list, list]:
+def eval_curve(run, key: str = "val_loss") -> tuple[list, list]:
+    """``(steps, values)`` of a run's evaluations (``val_loss`` or ``val_ppl``), step 0 included."""
     with open(os.path.join(run.path, "metrics.jsonl")) as f:
         rows = [json.loads(x) for x in f]
-    evals = [r for r in rows if "val_loss" in r]
-    return [r["step"] for r in evals], [r["val_loss"] for r in evals]
+    evals = [r for r in rows if key in r]
+    return [r["step"] for r in evals], [r[key] for r in evals]
 
 
-def verdict(ok: bool | None) -> str:
-    return "n/a" if ok is None else ("supported" if ok else "not supported")
+def seeds_of(config: dict, default=(0,)) -> list[int]:
+    """``[experiment] seeds`` (model, SFT and randomized-SVD seeds), default ``[0]``."""
+    return [int(s) for s in config.get("experiment", {}).get("seeds", list(default))]
 
 
-def claims_section(claims: list[list]) -> str:
-    return "## Claims beside measurements\n\n" + markdown_table(["source", "claim", "measured", "verdict"], claims)
+def claims_section(pipeline: str, measured: list[Measurement]) -> tuple[str, list[dict]]:
+    """The report's claims section for ``pipeline``, in registry order, and its rows for results.json.
+
+    Every registry claim of the pipeline gets a row: one the run did not measure is printed as
+    ``inconclusive`` with the reason, so a report can never drop a claim silently.
+    """
+    by_id = {m.claim.id: m for m in measured}
+    unknown = set(by_id) - {c.id for c in claims_for(pipeline)}
+    if unknown:
+        raise ValueError(f"{pipeline}: measured claims not in the registry for it: {sorted(unknown)}")
+    rows = [by_id.get(c.id) or missing(c, "not measured in this run") for c in claims_for(pipeline)]
+    text = ("## Claims beside measurements\n\n"
+            "Claims as the papers state them (registry: `ctstore/claims.toml`). *measured*: the mean with its "
+            "95% t interval over seeds (per-seed paired differences where arms are compared), or the exact value "
+            "where no seed enters. A verdict is `inconclusive` when the interval touches the threshold or fewer "
+            "than two seeds ran; `by construction` rows hold by definition and are not evidence.\n\n"
+            + claims_table(rows) + "\n\n### What each row measures\n\n" + readings_list(rows))
+    return text, [m.to_dict() for m in rows]
 
 
 def write_report(path: str, title: str, intro: str, sections: list[str]) -> None:

@@ -73,11 +73,6 @@ ARMS = {
     "svd_frozen_untied": dict(k0="svd", init="spectral", freeze=True, embed_scale="unscaled", tie_head=False),
     "crystallize": dict(k0=None, init="crystallize"),
 }
-CLAIMS = [
-    ("Paper 113 §8", "CT-seeded models reach lower perplexity than random init after the same SFT steps",
-     "k0", "random"),
-    ("Paper 51", "CT seeding closes most of the gap to a longer SGD run", "k0", "random_long"),
-]
 MAX_EVAL_EVERY = 10  # evaluation interval the step-to-target figure needs
 
 
@@ -231,10 +226,12 @@ def _mean(values) -> float | None:
 
 def _write_report(path: str, config: dict, runs: dict, embeddings: dict) -> dict:
     summary = summarize(runs)
-    header = ["arm", "val ppl before SFT", "final val ppl", "± std", "gap to (e)", "wall s", "FLOPs", "steps",
-              "steps to (a) final"]
-    rows = [[arm, s["ppl_before_sft"], s["ppl_mean"], s["ppl_std"], s.get("gap_to_long"), s["seconds"], f"{s['flops']:.3g}", s["steps"],
-             s.get("steps_to_random_final")] for arm, s in summary.items()]
+    extra = _extra_columns(runs, summary)
+    header = ["arm", "seeds", "val ppl before SFT", "final val ppl", "± std", "gap to (e)", "wall s", "FLOPs",
+              "steps", "steps to (a) final", *extra]
+    rows = [[arm, s.get("seeds"), s.get("ppl_before_sft"), s.get("ppl_mean"), s.get("ppl_std"), s.get("gap_to_long"),
+             s.get("seconds"), f"{s['flops']:.3g}" if "flops" in s else None, s.get("steps"),
+             s.get("steps_to_random_final"), *[extra[k].get(arm) for k in extra]] for arm, s in summary.items()]
     curves = {}
     for arm, rs in runs.items():
         steps, _ = _curve(rs[0])
@@ -242,20 +239,15 @@ def _write_report(path: str, config: dict, runs: dict, embeddings: dict) -> dict
         curves[arm] = (steps, list(mean))
     plot_curves(os.path.join(path, "loss_curves.png"), curves, "SFT step", "validation perplexity",
                 "CT seeding vs random initialisation", logy=True)
-    claims = []
-    for source, text, arm, baseline in CLAIMS:
-        if arm in summary and baseline in summary:
-            a, b = summary[arm]["ppl_mean"], summary[baseline]["ppl_mean"]
-            verdict = "supported" if a < b else "not supported"
-            claims.append([source, text, f"{arm} {a:.4g} vs {baseline} {b:.4g}", verdict])
+    claims_text, claims = _claims_section(runs)
     ops = [[k, e.fingerprint, e.manifest.get("operator_note")] for k, e in embeddings.items()]
+    seeds = config.get("experiment", {}).get("seeds", [0])
     text = "\n\n".join([
         "# CT vs random initialisation",
         f"Model `{config.get('model', {}).get('config', 'tiny')}`, {config.get('sft', {}).get('steps', 200)} SFT "
-        f"steps, seeds {config.get('experiment', {}).get('seeds', [0])}. Perplexity is on held-out documents.",
+        f"steps, seeds {seeds}. Perplexity is on held-out documents.",
         markdown_table(header, rows),
-        "## Claims beside measurements",
-        markdown_table(["source", "claim", "measured", "verdict"], claims) if claims else "(arms for claims not run)",
+        claims_text,
         "## Embedding operators",
         markdown_table(["kernel", "artifact", "what it is"], ops),
         "![validation perplexity](loss_curves.png)",
@@ -263,3 +255,87 @@ def _write_report(path: str, config: dict, runs: dict, embeddings: dict) -> dict
     with open(os.path.join(path, "report.md"), "w") as f:
         f.write(text + "\n")
     return {"summary": summary, "claims": claims}
+
+
+# ---------------------------------------------------------------------------------------
+# Claims (registry: ctstore/claims.toml), paired per seed
+
+
+def _by_seed(runs: dict, arm: str) -> dict:
+    """``{seed: run}`` of an arm; the seed is the SFT seed stored in each run's manifest."""
+    return {r.manifest.get("params", {}).get("seed", i): r for i, r in enumerate(runs.get(arm, []))}
+
+
+def _paired_values(runs: dict, arm: str, baseline: str, value) -> tuple[list, list]:
+    """``value(arm_run, baseline_run)`` for every seed both arms ran, and those seeds."""
+    a, b = _by_seed(runs, arm), _by_seed(runs, baseline)
+    seeds = sorted(set(a) & set(b))
+    return [value(a[s], b[s]) for s in seeds], seeds
+
+
+def _first_step_at_or_below(run, target: float):
+    steps, ppl = _curve(run)
+    return next((s for s, p in zip(steps, ppl) if p <= target), None)
+
+
+def claim_measurements(runs: dict) -> list:
+    """The registry's ct_vs_random claims measured from ``runs`` (``{arm: [run per seed]}``)."""
+    from ..claims import missing, paired
+
+    final = lambda r: r.manifest["final_val_ppl"]  # noqa: E731
+
+    def steps_ratio(a, b):
+        reached = _first_step_at_or_below(a, final(b))
+        return b.manifest["steps"] / reached if reached else None
+
+    tests = [  # claim, arm, baseline, per-seed value(arm run, baseline run), note
+        ("p113.head_start", "k0", "random", lambda a, b: final(a) - final(b), ""),
+        ("p113.gap_to_sgd", "k0", "random_long", lambda a, b: final(a) / final(b) - 1, ""),
+        ("p51.crystallized_within_15", "crystallize", "random_long", lambda a, b: _curve(a)[1][0] / final(b) - 1,
+         "crystallize evaluated before SFT"),
+        ("p113.steps_saved", "k0", "random", steps_ratio, ""),
+    ]
+    out = []
+    for claim_id, arm, baseline, value, note in tests:
+        if arm not in runs or baseline not in runs:
+            out.append(missing(claim_id, f"needs arms {arm} and {baseline}"))
+            continue
+        values, seeds = _paired_values(runs, arm, baseline, value)
+        if not values:
+            out.append(missing(claim_id, f"no seed ran both {arm} and {baseline}"))
+            continue
+        if None in values:
+            note = f"{note}; " if note else ""
+            note += f"{arm} never reached {baseline}'s final ppl in seed(s) " + \
+                ", ".join(str(s) for s, v in zip(seeds, values) if v is None)
+        out.append(paired(claim_id, values, note=f"{arm} vs {baseline}, seeds {seeds}" + (f"; {note}" if note else "")))
+    return out
+
+
+def _claims_section(runs: dict) -> tuple[str, list]:
+    from .common import claims_section
+
+    return claims_section("ct_vs_random", claim_measurements(runs))
+
+
+def _extra_columns(runs: dict, summary: dict) -> dict:
+    """``{field: {arm: value}}`` for the optional per-arm fields (seeding recipe, <unk> rate, coverage).
+
+    Taken from the summary when it has them, else from the runs' manifests (mean over seeds for numbers);
+    a field no arm has is left out, so older runs still report.
+    """
+    out = {}
+    for key in ("recipe", "unk_rate", "coverage"):
+        column = {}
+        for arm, rs in runs.items():
+            if key in summary.get(arm, {}):
+                column[arm] = summary[arm][key]
+                continue
+            found = [r.manifest[key] for r in rs if key in r.manifest]
+            if found:
+                numeric = all(isinstance(v, (int, float)) for v in found)
+                column[arm] = float(np.mean(found)) if numeric else found[0]
+        if column:
+            out[key] = column
+    return out
+

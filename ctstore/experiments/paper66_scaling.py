@@ -2,10 +2,16 @@
 
 * L1 fit R² of trained weights (first-layer Q and c_fc) for each width
   d ∈ ``widths`` and K ∈ {4, 8, d/16}, with compression ratios;
-* participation ratio of the transition matrix (row-normalised lag-1 counts on
-  the top-V tokens) for V ∈ ``vocab_sizes``;
-* amplitude PR: participation ratio of the fitted |A| across rows and Gaussians;
+* participation ratio of the antisymmetric part of the transition matrix M
+  (row-normalised lag-1 counts on the top-V tokens; Paper 66's "asymmetric PR",
+  our reading) and of its symmetric part, for V ∈ ``vocab_sizes``;
+* amplitude PR: the dimensionality (PR of the covariance eigenvalues) of the
+  rows' K=8 amplitude vectors;
 * weight norms by depth of the widest trained model.
+
+Every seed (``[experiment] seeds``: randomized SVD, model and SFT) trains one
+model per width; claims get 95% intervals over seeds. The transition-matrix PR
+depends on the corpus only.
 """
 
 from __future__ import annotations
@@ -18,85 +24,129 @@ import scipy.sparse as sp
 from ..analysis.harmonic import fit_harmonic
 from ..analysis.spectral import participation_ratio
 from ..analysis.weights import layer_norms
+from ..claims import construction, exact, paired
 from ..countstore import CountStore
 from ..model import load_model
 from ..report import markdown_table, plot_curves, publish_report
-from .common import claims_section, prepare, verdict, write_report
+from .common import claims_section, prepare, seeds_of, write_report
 
 
-def transition_pr(store: CountStore, V: int) -> float:
+def transition_matrix(store: CountStore, V: int) -> np.ndarray:
     top = store.rank[:V].astype(np.int64)
     m = store.matrix(1)[top][:, top].astype(np.float64)
     rows = np.asarray(m.sum(axis=1)).ravel()
-    m = sp.diags(1 / np.where(rows > 0, rows, 1)) @ m
-    s = np.linalg.svd(m.toarray(), compute_uv=False)
-    return participation_ratio(s ** 2)
+    return (sp.diags(1 / np.where(rows > 0, rows, 1)) @ m).toarray()
+
+
+def transition_prs(store: CountStore, V: int) -> dict:
+    """PR of the antisymmetric part (M − Mᵀ)/2 and of the symmetric part of the top-V transition matrix M.
+
+    PR = (Σσ²)²/Σσ⁴ over singular values σ. The antisymmetric part's eigenvalues come in ±iω pairs, so its PR
+    is 2 when one rotation plane dominates: our reading of Paper 66's "asymmetric PR" 2.00 (the "2D
+    asymmetry floor") beside a "symmetric PR" of 1.01. Both parts are symmetric in the sense that σ² are
+    the eigenvalues of a symmetric matrix (AᵀA, S²), so ``eigvalsh`` does it without an SVD.
+    """
+    m = transition_matrix(store, V)
+    a, sym = (m - m.T) / 2, (m + m.T) / 2
+    return {"antisymmetric": participation_ratio(np.clip(np.linalg.eigvalsh(a.T @ a), 0, None)),
+            "symmetric": participation_ratio(np.linalg.eigvalsh(sym) ** 2)}
+
+
+def amplitude_pr(amplitude: np.ndarray) -> float:
+    """PR of the covariance eigenvalues of the rows' amplitude vectors (rows × K): their dimensionality."""
+    a = np.asarray(amplitude, np.float64)
+    return participation_ratio(np.linalg.eigvalsh(np.cov(a, rowvar=False)))
+
+
+def slope_per_doubling(widths, values) -> float:
+    return float(np.polyfit(np.log2(widths), values, 1)[0]) if len(widths) > 1 else float("nan")
+
+
+def layer_totals(state: dict) -> list[float]:
+    """Frobenius norm of each layer's matrices taken together, by depth."""
+    return [float(np.sqrt(sum(v ** 2 for v in kinds.values()))) for kinds in layer_norms(state).values()]
 
 
 def run(config: dict, ctx):
     exp = config.get("experiment", {})
-    widths = exp.get("widths", [64, 128, 256])
-    vocab_sizes = exp.get("vocab_sizes", [256, 512, 1024, 2048])
+    widths = [int(d) for d in exp.get("widths", [64, 128, 256])]
+    vocab_sizes = [int(v) for v in exp.get("vocab_sizes", [256, 512, 1024, 2048])]
+    seeds = seeds_of(config)
     tokens, counts = prepare(config, ctx)
     model_base = config.get("model", {})
     runs = {}
-    for d in widths:
-        emb = ctx.embeddings(counts, {**config.get("k0", {}), "dim": d, "kernel": exp.get("kernel", "none")})
-        model = ctx.model(emb, {**model_base, "width": d, "init": "spectral", "seed": 0})
-        runs[d] = ctx.run(model, tokens, {**config.get("sft", {}), "seed": 0})
-    inputs = {"counts": counts.fingerprint, "runs": [runs[d].fingerprint for d in widths]}
+    for seed in seeds:
+        for d in widths:
+            emb = ctx.embeddings(counts, {**config.get("k0", {}), "dim": d, "kernel": exp.get("kernel", "none"),
+                                          "seed": seed})
+            model = ctx.model(emb, {**model_base, "width": d, "init": "spectral", "seed": seed})
+            runs[(seed, d)] = ctx.run(model, tokens, {**config.get("sft", {}), "seed": seed})
+    inputs = {"counts": counts.fingerprint, "runs": [runs[(s, d)].fingerprint for s in seeds for d in widths]}
 
     def write(path: str) -> dict:
-        rows, r2 = [], {}
-        amp_pr = {}
-        for d in widths:
-            trained, _, _ = load_model(os.path.join(runs[d].path, "model"))
-            q = trained.transformer.h[0].attn.c_attn.weight.detach().double().numpy()[:d]
-            fc = trained.transformer.h[0].mlp.c_fc.weight.detach().double().numpy()
-            for K in sorted({4, 8, max(1, d // 16)}):
-                fq, ffc = fit_harmonic(q, K=K), fit_harmonic(fc, K=K)
-                r2[(d, K)] = (fq.r2, ffc.r2)
-                rows.append([d, K, fq.r2, ffc.r2, fq.compression_ratio])
-                if K == 4:
-                    amp_pr[d] = participation_ratio(np.abs(fq.amplitude).ravel())
+        r2, comp, amp_pr, norms = {}, {}, {}, {}
+        for seed in seeds:
+            for d in widths:
+                trained, _, _ = load_model(os.path.join(runs[(seed, d)].path, "model"))
+                q = trained.transformer.h[0].attn.c_attn.weight.detach().double().numpy()[:d]
+                fc = trained.transformer.h[0].mlp.c_fc.weight.detach().double().numpy()
+                for K in sorted({4, 8, max(1, d // 16)}):
+                    fq, ffc = fit_harmonic(q, K=K), fit_harmonic(fc, K=K)
+                    r2[(seed, d, K)] = (fq.r2, ffc.r2)
+                    comp[(d, K)] = fq.compression_ratio
+                    if K == 8:
+                        amp_pr[(seed, d)] = (amplitude_pr(fq.amplitude), amplitude_pr(ffc.amplitude))
+            widest, _, _ = load_model(os.path.join(runs[(seed, widths[-1])].path, "model"))
+            norms[seed] = layer_totals(widest.state_dict())
+        mean = lambda xs: float(np.mean(xs))  # noqa: E731
+        rows = [[d, K, mean([r2[(s, d, K)][0] for s in seeds]), mean([r2[(s, d, K)][1] for s in seeds]), comp[(d, K)]]
+                for d in widths for K in sorted({4, 8, max(1, d // 16)})]
         store = CountStore.from_artifact(counts)
-        prs = [[V, transition_pr(store, V)] for V in vocab_sizes]
-        widest, _, _ = load_model(os.path.join(runs[widths[-1]].path, "model"))
-        norms = layer_norms(widest.state_dict())
-        norm_rows = [[l, *[round(v, 3) for v in kinds.values()]] for l, kinds in norms.items()]
+        pr_by_v = {V: transition_prs(store, V) for V in vocab_sizes}
+        prs = [[V, p["antisymmetric"], p["symmetric"]] for V, p in pr_by_v.items()]
+        pr_values = np.array([p[1] for p in prs])
+        exponent = float(np.polyfit(np.log(vocab_sizes), np.log(pr_values), 1)[0]) if len(prs) > 1 else float("nan")
         plot_curves(os.path.join(path, "r2_vs_width.png"),
-                    {f"K={K}" if K in (4, 8) else "K=d/16": ([d for d in widths if (d, K) in r2],
-                                                             [r2[(d, K)][0] for d in widths if (d, K) in r2])
-                     for K in (4, 8)} | {"K=d/16": (widths, [r2[(d, max(1, d // 16))][0] for d in widths])},
+                    {label: (widths, [mean([r2[(s, d, k(d))][0] for s in seeds]) for d in widths])
+                     for label, k in (("K=4", lambda d: 4), ("K=8", lambda d: 8),
+                                      ("K=d/16", lambda d: max(1, d // 16)))},
                     "width d", "L1 R² (layer-0 Q)", "Harmonic fit quality vs width")
-        plot_curves(os.path.join(path, "pr_vs_vocab.png"), {"transition matrix": ([p[0] for p in prs],
-                                                                                  [p[1] for p in prs])},
+        plot_curves(os.path.join(path, "pr_vs_vocab.png"),
+                    {"antisymmetric part": (vocab_sizes, list(pr_values)),
+                     "symmetric part": (vocab_sizes, [p[2] for p in prs])},
                     "vocabulary size V", "participation ratio", "PR of the lag-1 transition matrix")
-        k4 = [r2[(d, 4)][0] for d in widths]
-        trend = float(np.polyfit(np.log(widths), k4, 1)[0]) if len(widths) > 1 else 0.0
-        pr_growth = prs[-1][1] / prs[0][1] if prs[0][1] else float("nan")
-        claims = [
-            ["Paper 66", "fixed-K fits lose accuracy as width grows (R² slope in log d < 0)", f"slope {trend:+.3f}",
-             verdict(trend < 0)],
-            ["Paper 66", "K = d/16 keeps R² level across widths",
-             f"{min(r2[(d, max(1, d // 16))][0] for d in widths):.3f}..{max(r2[(d, max(1, d // 16))][0] for d in widths):.3f}",
-             verdict(max(r2[(d, max(1, d // 16))][0] for d in widths) - min(r2[(d, max(1, d // 16))][0] for d in widths) < 0.1)],
-            ["Paper 113", "transition-matrix PR grows with vocabulary size", f"×{pr_growth:.2f} over the range",
-             verdict(pr_growth > 1)],
+        measured = [
+            paired("p66.r2_falls_with_width", [slope_per_doubling(widths, [r2[(s, d, 4)][0] for d in widths])
+                                               for s in seeds]),
+            paired("p66.k_scales_with_d", [slope_per_doubling(widths, [r2[(s, d, max(1, d // 16))][0] for d in widths])
+                                           for s in seeds], note=f"K = {[max(1, d // 16) for d in widths]}"),
+            exact("p66.pr_two", float(pr_values.mean()), float(pr_values.min()), float(pr_values.max()),
+                  interval=f"range over V = {vocab_sizes}"),
+            exact("p66.pr_exponent", exponent, note=f"V = {vocab_sizes}"),
+            paired("p66.amplitude_pr", [mean([v for (s2, d), pair in amp_pr.items() if s2 == s for v in pair])
+                                        for s in seeds]),
+            paired("p66.norms_fall_with_depth", [(norms[s][-1] - norms[s][0]) / norms[s][0] for s in seeds],
+                   note=f"{len(norms[seeds[0]])} layers, d = {widths[-1]}"),
+            construction("p66.compression_grows", ", ".join(f"{comp[(d, 4)]:.1f}× at d={d}" for d in widths)),
         ]
+        claims_text, claims = claims_section("paper66_scaling", measured)
+        norm_rows = [[l, mean([norms[s][l] for s in seeds])] for l in range(len(norms[seeds[0]]))]
+        amp_rows = [[d, mean([amp_pr[(s, d)][0] for s in seeds]), mean([amp_pr[(s, d)][1] for s in seeds])]
+                    for d in widths]
         write_report(path, "Papers 66/113: scaling",
                      f"Widths {widths} (model `{model_base.get('config', 'tiny')}` with n_embd = d), same SFT "
-                     f"budget; vocabulary sizes {vocab_sizes}.",
+                     f"budget, seeds {seeds}; vocabulary sizes {vocab_sizes}. Means over seeds.",
                      [markdown_table(["d", "K", "L1 R² Q", "L1 R² c_fc", "compression"], rows),
                       "![R² vs width](r2_vs_width.png)",
-                      "## PR of the transition matrix\n\n" + markdown_table(["V", "PR"], prs)
+                      "## PR of the transition matrix\n\n" + markdown_table(["V", "asymmetric PR ((M − Mᵀ)/2)", "symmetric PR ((M + Mᵀ)/2)"], prs)
                       + "\n\n![PR vs V](pr_vs_vocab.png)",
-                      "## Amplitude PR (K=4, layer-0 Q)\n\n" + markdown_table(["d", "PR"],
-                                                                               [[d, v] for d, v in amp_pr.items()]),
-                      "## Weight norms by depth (widest model)\n\n"
-                      + markdown_table(["layer", *next(iter(norms.values())).keys()], norm_rows),
-                      claims_section(claims)])
-        return {"summary": {"r2_slope_k4": trend, "pr_growth": pr_growth},
-                "r2": {f"{d}-{K}": v for (d, K), v in r2.items()}, "pr": prs, "claims": claims}
+                      "## Amplitude PR (K=8, layer 0)\n\n" + markdown_table(["d", "Q", "c_fc"], amp_rows),
+                      "## Weight norm by depth (widest model, all of a layer's matrices)\n\n"
+                      + markdown_table(["layer", "Frobenius norm"], norm_rows),
+                      claims_text])
+        return {"summary": {"seeds": seeds, "pr_exponent": exponent, **{m["id"]: m["value"] for m in claims}},
+                "r2": {f"{s}-{d}-{K}": v for (s, d, K), v in r2.items()}, "pr": prs,
+                "amplitude_pr": {f"{s}-{d}": v for (s, d), v in amp_pr.items()},
+                "norms": {str(s): v for s, v in norms.items()}, "claims": claims}
 
-    return publish_report(ctx.ws, "paper66_scaling", config, inputs, write, force=ctx.force)
+    return publish_report(ctx.ws, "paper66_scaling", config, inputs, write, force=ctx.force, version=2)
