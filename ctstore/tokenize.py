@@ -6,7 +6,8 @@ optional ``.gz .bz2 .xz .zst`` compression. Documents:
 * ``.txt`` (and any other suffix): ``split="paragraph"`` (default; blank-line
   separated), ``"line"`` or ``"file"``;
 * ``.jsonl``: one JSON object per line, the string in ``field`` (default ``text``);
-* ``.parquet``: the string column ``column`` (default ``text``).
+* ``.parquet``: the string column ``column`` (default ``text``);
+* a Hugging Face datasets directory (``save_to_disk`` or Parquet): see :mod:`ctstore.hfdata`.
 
 Invalid UTF-8 is decoded with U+FFFD and the replaced bytes are counted in the
 manifest; ``strict=True`` makes it an error. Special-token text such as
@@ -38,6 +39,7 @@ import numpy as np
 
 from ._util import progress, CtstoreError, log, save_npy, stopwatch
 from .encoding import DEFAULT_ENCODING, load_encoding
+from .hfdata import hf_dataset_files, read_arrow
 from .tokens import DEFAULT_SHARD_TOKENS, FORMAT_VERSION, ShardWriter
 from .workspace import Workspace, build_artifact, fingerprint
 
@@ -67,7 +69,9 @@ def expand_inputs(inputs: list[str]) -> list[str]:
     """Files named by paths, directories and glob patterns, sorted, without duplicates."""
     files: list[str] = []
     for item in inputs:
-        if os.path.isdir(item):
+        if os.path.isdir(item) and (hf_files := hf_dataset_files(item)) is not None:
+            files.extend(hf_files)  # a Hugging Face datasets directory (ctstore.hfdata)
+        elif os.path.isdir(item):
             found = sorted(
                 os.path.join(root, name)
                 for root, _, names in os.walk(item)
@@ -109,6 +113,8 @@ def _format_of(path: str) -> str:
         return "jsonl"
     if base.endswith(".parquet"):
         return "parquet"
+    if base.endswith(".arrow"):
+        return "arrow"
     return "text"
 
 
@@ -240,6 +246,8 @@ def iter_documents(path: str, params: TokenizeParams, decoder: _Decoder):
         return _read_jsonl(path, params.field, decoder)
     if fmt == "parquet":
         return _read_parquet(path, params.column)
+    if fmt == "arrow":
+        return read_arrow(path, params.column)
     if params.split == "paragraph":
         return _read_paragraphs(path, decoder)
     return _read_text(path, params.split, decoder)
