@@ -121,9 +121,86 @@ def load_npy(fs, path: str):
         return np.load(io.BytesIO(f.read()), allow_pickle=False)
 
 
+PROGRESS_LINE_SECONDS = 15.0  # at most one progress line this often when stderr is not a terminal
+
+
+def stderr_is_terminal() -> bool:
+    try:
+        return sys.stderr.isatty()
+    except (AttributeError, ValueError):  # replaced or closed stderr
+        return False
+
+
 def progress(**kwargs):
-    """A tqdm bar on stderr that redraws at most twice a second (quiet in logs and CI)."""
+    """Progress on stderr: a tqdm bar on a terminal, sparse log lines elsewhere.
+
+    On a terminal the bar redraws at most twice a second. When stderr is a file,
+    a pipe or CI (``nohup``, ``2> log``), redrawing a bar writes every update as a
+    new ``\r`` line; then :class:`LineProgress` prints at most one line every
+    ``PROGRESS_LINE_SECONDS`` and one line when the phase ends.
+    ``CTSTORE_NO_PROGRESS=1`` or ``-q`` turn both off.
+    """
+    kwargs.setdefault("disable", progress_disabled())
+    if not stderr_is_terminal():
+        return LineProgress(**kwargs)
     from tqdm import tqdm
 
-    kwargs.setdefault("disable", progress_disabled())
     return tqdm(file=sys.stderr, dynamic_ncols=True, mininterval=0.5, **kwargs)
+
+
+class LineProgress:
+    """The part of tqdm's interface ctstore uses, printing plain lines at a bounded rate."""
+
+    def __init__(self, total=None, desc: str = "", unit: str = "it", unit_scale: bool = False,
+                 initial: int = 0, disable: bool = False, interval: float | None = None, **_ignored):
+        self.total, self.desc, self.unit, self.unit_scale = total, desc or "progress", unit, unit_scale
+        self.n, self.initial, self.disable = initial, initial, disable
+        self.interval = PROGRESS_LINE_SECONDS if interval is None else interval
+        self.postfix = ""
+        self.start = self._last = time.monotonic()
+        self.lines = 0
+        self.closed = False
+
+    @property
+    def format_dict(self) -> dict:
+        return {"n": self.n, "total": self.total, "elapsed": time.monotonic() - self.start}
+
+    def _amount(self, x) -> str:
+        if self.unit_scale:
+            from tqdm import tqdm
+
+            return tqdm.format_sizeof(x)
+        return str(x)
+
+    def _line(self, done: bool = False) -> str:
+        elapsed = time.monotonic() - self.start
+        of = f"/{self._amount(self.total)}" if self.total else ""
+        pct = f" ({100 * self.n / self.total:.0f}%)" if self.total else ""
+        rate = (self.n - self.initial) / elapsed if elapsed > 0 else 0.0
+        parts = [f"{self.desc}: {'done ' if done else ''}{self._amount(self.n)}{of} {self.unit}{pct}",
+                 f"{elapsed:.1f} s", f"{self._amount(round(rate, 1))} {self.unit}/s"]
+        return ", ".join(parts + ([self.postfix] if self.postfix else []))
+
+    def update(self, n: int = 1) -> None:
+        self.n += n
+        now = time.monotonic()
+        if not self.disable and now - self._last >= self.interval and (self.total is None or self.n < self.total):
+            self._last = now
+            self.lines += 1
+            log(self._line())
+
+    def set_postfix_str(self, s: str = "", refresh: bool = True) -> None:
+        self.postfix = s
+
+    def close(self) -> None:
+        if self.closed:
+            return
+        self.closed = True
+        if not self.disable and self.n > self.initial:
+            log(self._line(done=True))
+
+    def __enter__(self) -> "LineProgress":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()

@@ -128,16 +128,20 @@ def _run(args) -> int:
                                         scheduler=args.scheduler, force=args.force))
     elif cmd == "ls":
         arts = ws.list(args.kind)
+        if args.kind:  # one kind: oldest first, newest last (next to the prompt)
+            arts.sort(key=lambda a: a.manifest.get("created", 0))
         if args.json:
             print(json.dumps([a.manifest for a in arts], sort_keys=True))
         for a in arts:
             inputs = ", ".join(f"{k}={v}" for k, v in a.manifest.get("inputs", {}).items()) or "-"
             size = _du(ws, a.path)
-            print(f"{a.kind:<11} {a.fingerprint}  {format_bytes(size):>10}  {_what(a):<28} from {inputs}",
-                  file=sys.stderr if args.json else sys.stdout)
+            print(f"{a.kind:<11} {a.fingerprint}  {_when(a)}  {format_bytes(size):>10}  {_what(a):<28} "
+                  f"from {inputs}", file=sys.stderr if args.json else sys.stdout)
     elif cmd == "show":
         art = ws.get(args.ref)
         print(json.dumps(art.manifest, indent=None if args.json else 2, sort_keys=True))
+        for label, path in _run_paths(art):
+            print(f"{label}: {path}", file=sys.stderr)
     elif cmd == "verify":
         from .integrity import verify_artifact
 
@@ -177,7 +181,43 @@ def _what(artifact) -> str:
         return f"{m.get('operator')} d={m.get('dim')} V_eff={m.get('v_eff')}"
     if artifact.kind == "model":
         return f"{m.get('init')}"
-    return (m.get("params", {}).get("experiment") or f"sft {m.get('init')} {m.get('steps')} steps")
+    experiment = m.get("params", {}).get("experiment")
+    if experiment:
+        return f"{experiment}: {_verdict_counts(artifact)}"
+    ppl = m.get("final_val_ppl")
+    return f"ppl {ppl:.2f}, sft {m.get('init')} {m.get('steps')} steps" if ppl is not None else \
+        f"sft {m.get('init')} {m.get('steps')} steps"
+
+
+def _when(artifact) -> str:
+    import time
+
+    created = artifact.manifest.get("created")
+    return time.strftime("%Y-%m-%d %H:%M", time.localtime(created)) if created else "-" * 16
+
+
+def _verdict_counts(artifact) -> str:
+    """'2 supported, 1 not supported' from the claims table in an experiment's results.json."""
+    try:
+        with artifact.workspace.fs.open(artifact.child("results.json"), "r") as f:
+            claims = json.load(f).get("claims", [])
+    except (OSError, ValueError, AttributeError):
+        return "no results.json"
+    counts: dict[str, int] = {}
+    for row in claims:
+        if isinstance(row, list) and row and isinstance(row[-1], str):
+            counts[row[-1]] = counts.get(row[-1], 0) + 1
+    return ", ".join(f"{n} {v}" for v, n in sorted(counts.items(), key=lambda kv: -kv[1])) or "no claims"
+
+
+def _run_paths(artifact) -> list[tuple[str, str]]:
+    """Where to look inside a run: its report (experiments) or its trained model (sft)."""
+    if artifact.kind != "run":
+        return []
+    m = artifact.manifest
+    if m.get("report"):
+        return [("report", artifact.child(m["report"]))]
+    return [("model", artifact.child("model")), ("metrics", artifact.child("metrics.jsonl"))]
 
 
 def _du(ws, path: str) -> int:

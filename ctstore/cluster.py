@@ -89,6 +89,7 @@ class Runner:
         self.dashboard = dashboard
         self.client = None
         self.cluster = None
+        self._before: tuple[set, bool] = (set(), True)
 
     @property
     def dashboard_link(self) -> str | None:
@@ -102,6 +103,7 @@ class Runner:
         for name in ("distributed", "bokeh", "tornado"):
             logging.getLogger(name).setLevel(logging.ERROR)
         if self.scheduler == "local":
+            self._before = _process_state()
             try:
                 import bokeh  # noqa: F401
             except ImportError:
@@ -126,6 +128,7 @@ class Runner:
             self.client.close()
         if self.cluster is not None:
             self.cluster.close()
+            _reap_worker_processes(self._before)
         self.client = self.cluster = None
 
     def share(self, obj):
@@ -184,3 +187,43 @@ class Runner:
                     f.cancel()
         finally:
             bar.close()
+
+
+def _tracker():
+    from multiprocessing import resource_tracker
+
+    return getattr(resource_tracker, "_resource_tracker", None)
+
+
+def _process_state() -> tuple[set, bool]:
+    """Child processes and whether the resource tracker runs, before a LocalCluster starts."""
+    import multiprocessing
+
+    return {p.pid for p in multiprocessing.active_children()}, getattr(_tracker(), "_fd", None) is not None
+
+
+def _reap_worker_processes(before: tuple[set, bool], timeout: float = 5.0) -> None:
+    """Wait for this process's children to exit once the LocalCluster is closed.
+
+    The workers are spawned through ``multiprocessing``, which also starts a
+    resource-tracker process. The tracker only exits when its parent does, so it
+    used to outlive ``ctstore count`` by a second or two (a zombie until init
+    reaped it). Stopping it here, after the workers are gone, and waiting for any
+    worker still shutting down leaves no child behind when the command returns.
+    """
+    import multiprocessing
+
+    children_before, tracker_was_running = before
+    for child in multiprocessing.active_children():  # joins finished ones; ours get a deadline
+        if child.pid in children_before:
+            continue  # not started by this cluster: not ours to wait for
+        child.join(timeout)
+        if child.is_alive():
+            child.kill()
+            child.join(timeout)
+    stop = getattr(_tracker(), "_stop", None)  # CPython >= 3.8; private, so guarded
+    if stop is not None and not tracker_was_running:
+        try:
+            stop()
+        except (OSError, ChildProcessError, RuntimeError):
+            pass

@@ -1,4 +1,4 @@
-"""Registry of the stages after ``count`` (k0, seed, sft, eval, run) for the CLI.
+"""Registry of the stages after ``count`` (k0, seed, sft, eval, run, export, generate) for the CLI.
 
 Each stage module exposes ``add_parser(sub, common)`` and ``run_cli(args, ws)``;
 this module only lists them, so ``cli.py`` stays a thin dispatcher.
@@ -15,6 +15,8 @@ STAGES: dict[str, str] = {
     "eval": "ctstore.sft",
     "run": "ctstore.pipeline",
     "crystallize": "ctstore.crystallize",
+    "export": "ctstore.export",
+    "generate": "ctstore.generate",
 }
 
 

@@ -6,7 +6,8 @@ optional ``.gz .bz2 .xz .zst`` compression. Documents:
 * ``.txt`` (and any other suffix): ``split="paragraph"`` (default; blank-line
   separated), ``"line"`` or ``"file"``;
 * ``.jsonl``: one JSON object per line, the string in ``field`` (default ``text``);
-* ``.parquet``: the string column ``column`` (default ``text``).
+* ``.parquet``: the string column ``column`` (default ``text``);
+* a Hugging Face datasets directory (``save_to_disk`` or Parquet): see :mod:`ctstore.hfdata`.
 
 Invalid UTF-8 is decoded with U+FFFD and the replaced bytes are counted in the
 manifest; ``strict=True`` makes it an error. Special-token text such as
@@ -59,6 +60,7 @@ import numpy as np
 
 from ._util import progress, CtstoreError, format_bytes, log, parse_memory, save_npy, stopwatch
 from .encoding import DEFAULT_ENCODING, load_encoding
+from .hfdata import hf_dataset_files, read_arrow
 from .tokens import DEFAULT_SHARD_TOKENS, FORMAT_VERSION, ShardWriter
 from .workspace import Workspace, build_artifact, fingerprint
 
@@ -114,7 +116,9 @@ def expand_inputs(inputs: list[str]) -> list[str]:
 
     for item in inputs:
         st = _stat_or_none(item)
-        if st is not None and stat.S_ISDIR(st.st_mode):
+        if st is not None and stat.S_ISDIR(st.st_mode) and (hf_files := hf_dataset_files(item)) is not None:
+            add([(p, os.stat(p)) for p in hf_files])  # a Hugging Face datasets directory (ctstore.hfdata)
+        elif st is not None and stat.S_ISDIR(st.st_mode):
             found = sorted(_walk_files(item))
             if not found:
                 raise CtstoreError(f"{item}: directory contains no files")
@@ -309,6 +313,8 @@ def _format_of(path: str) -> str:
         return "jsonl"
     if base.endswith(".parquet"):
         return "parquet"
+    if base.endswith(".arrow"):
+        return "arrow"
     return "text"
 
 
@@ -641,6 +647,8 @@ def iter_documents(path: str, params: TokenizeParams, decoder: _Decoder, source=
         return _read_jsonl(path, params.field, decoder, source)
     if fmt == "parquet":
         return _read_parquet(path, params.column, decoder)
+    if fmt == "arrow":
+        return read_arrow(path, params.column)
     return _read_text(path, params.split, decoder, source)
 
 

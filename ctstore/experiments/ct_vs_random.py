@@ -251,6 +251,7 @@ def _write_report(path: str, config: dict, runs: dict, embeddings: dict) -> dict
         "## Embedding operators",
         markdown_table(["kernel", "artifact", "what it is"], ops),
         "![validation perplexity](loss_curves.png)",
+        samples_section(runs),
     ])
     with open(os.path.join(path, "report.md"), "w") as f:
         f.write(text + "\n")
@@ -339,3 +340,21 @@ def _extra_columns(runs: dict, summary: dict) -> dict:
             out[key] = column
     return out
 
+
+SAMPLE_PROMPTS = ("First Citizen:\n", "The")
+
+
+def samples_section(runs: dict, prompts=SAMPLE_PROMPTS, max_new_tokens: int = 30) -> str:
+    """Markdown with a few sampled continuations per arm (the first seed's model after SFT)."""
+    from ..generate import SampleParams, generate_text, load_generator
+
+    params = SampleParams(max_new_tokens=max_new_tokens, temperature=0.8, top_k=40, seed=0)
+    parts = ["## Samples after SFT",
+             f"Continuations of fixed prompts by each arm's first run (temperature {params.temperature}, "
+             f"top-k {params.top_k}, seed {params.seed}, {max_new_tokens} tokens; `⟨unk⟩` is a token outside "
+             f"the compact vocabulary). Reproduce with `ctstore generate RUN --prompt TEXT`."]
+    for arm, rs in runs.items():
+        model, vocab_map, enc = load_generator(os.path.join(rs[0].path, "model"))
+        texts = [generate_text(model, vocab_map, enc, p, params)["text"].replace("```", "'''") for p in prompts]
+        parts.append(f"**{arm}** (`{rs[0].fingerprint[:12]}`)\n\n```text\n" + "\n---\n".join(texts) + "\n```")
+    return "\n\n".join(parts)

@@ -1,0 +1,221 @@
+"""``ctstore export``: a PhotonicGPT model (or a run's model) → a Hugging Face ``transformers`` directory.
+
+PhotonicGPT is a pre-LayerNorm decoder with rotary position embeddings, an exact
+(erf) GELU MLP of width 4d, a fused ``c_attn`` and, by default, an output head
+tied to the token embedding. ``transformers`` already has that architecture:
+GPT-NeoX with ``use_parallel_residual=False`` (sequential residual, one
+LayerNorm before attention and one before the MLP), ``partial_rotary_factor``
+(``rotary_pct``) 1.0, ``hidden_act="gelu"`` (exact), LayerNorm eps 1e-5 (torch's
+default, which PhotonicGPT uses) and ``tie_word_embeddings``. So the export
+writes a GPT-NeoX ``config.json`` and ``model.safetensors`` that
+``AutoModelForCausalLM.from_pretrained(OUT_DIR)`` loads without custom code.
+
+Two layouts differ and are matched by permuting weights, never by changing the
+model:
+
+* fused QKV: PhotonicGPT's ``c_attn`` output is ``[q heads | k heads | v heads]``;
+  GPT-NeoX views it per head as ``[q_h | k_h | v_h]``. Rows are regrouped per head.
+* rotary convention: PhotonicGPT rotates interleaved pairs ``(2i, 2i+1)`` of a
+  head; GPT-NeoX rotates the halves ``(i, i + h/2)`` (``rotate_half``), with the
+  same frequency ``base^(-2i/h)`` for pair ``i``. Applying one permutation
+  ``[0, 2, 4, ..., 1, 3, 5, ...]`` to the rows of ``q`` and ``k`` inside each head
+  turns one convention into the other; attention scores are dot products
+  ``q·k`` over the head, unchanged by permuting both alike. ``v`` is not permuted.
+
+GPT-NeoX always has biases in its MLP and LayerNorms; a model built with
+``bias=False`` gets zero biases there (``attention_bias`` follows the model).
+An untied output head (a ``lm_head.weight`` not shared with the embedding) is
+exported as ``lm_head.weight`` with ``tie_word_embeddings=false``.
+
+The tokenizer is tiktoken's, which ``transformers`` cannot load as a tokenizer
+class; ``ctstore_tokenizer.json`` names the encoding and, for a compact
+vocabulary, lists the tokenizer id of every model id (the last model id is the
+unknown token). The README's "Use with Hugging Face" shows the few lines needed.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+
+import numpy as np
+import torch
+
+from ._util import CtstoreError, log
+from .model import PhotonicGPT, load_model
+
+__all__ = ["neox_config", "neox_state_dict", "tokenizer_info", "export_hf", "write_hf", "resolve_model_dir"]
+
+TOKENIZER_FILE = "ctstore_tokenizer.json"
+
+
+def is_tied(model: PhotonicGPT) -> bool:
+    """True when the output head shares its storage with the token embedding."""
+    return model.lm_head.weight.data_ptr() == model.transformer.wte.weight.data_ptr()
+
+
+def rotary_permutation(head_dim: int) -> torch.Tensor:
+    """Row order that turns interleaved rotary pairs (2i, 2i+1) into halves (i, i + head_dim/2)."""
+    return torch.cat([torch.arange(0, head_dim, 2), torch.arange(1, head_dim, 2)])
+
+
+def qkv_row_order(n_embd: int, n_head: int) -> torch.Tensor:
+    """Rows of PhotonicGPT's ``c_attn`` in the order GPT-NeoX's ``query_key_value`` expects."""
+    hd = n_embd // n_head
+    rot = rotary_permutation(hd)
+    rows = []
+    for h in range(n_head):
+        rows += [0 * n_embd + h * hd + rot, 1 * n_embd + h * hd + rot, 2 * n_embd + h * hd + torch.arange(hd)]
+    return torch.cat(rows)
+
+
+def neox_config(model: PhotonicGPT) -> dict:
+    """A ``GPTNeoXConfig`` dict equivalent to the model's :class:`GPTConfig`."""
+    c = model.config
+    rope = {"rope_type": "default", "rope_theta": float(c.rope_base), "partial_rotary_factor": 1.0}
+    return {
+        "architectures": ["GPTNeoXForCausalLM"],
+        "model_type": "gpt_neox",
+        "vocab_size": c.vocab_size,
+        "hidden_size": c.n_embd,
+        "num_hidden_layers": c.n_layer,
+        "num_attention_heads": c.n_head,
+        "intermediate_size": 4 * c.n_embd,
+        "hidden_act": "gelu",  # exact erf GELU, as F.gelu
+        "max_position_embeddings": c.block_size,
+        "layer_norm_eps": 1e-5,  # nn.LayerNorm's default
+        "use_parallel_residual": False,
+        "attention_bias": bool(c.bias),
+        "attention_dropout": 0.0,
+        "hidden_dropout": 0.0,
+        "initializer_range": 0.02,
+        "tie_word_embeddings": is_tied(model),
+        "rope_parameters": rope,  # transformers >= 5
+        "rotary_pct": 1.0,  # transformers 4.x names of the same settings
+        "rotary_emb_base": float(c.rope_base),
+        "use_cache": True,
+        "bos_token_id": None,
+        "eos_token_id": None,
+        "pad_token_id": None,
+        "dtype": "float32",
+    }
+
+
+def neox_state_dict(model: PhotonicGPT) -> dict[str, torch.Tensor]:
+    """GPT-NeoX tensors (float32, contiguous) holding exactly the model's weights."""
+    c = model.config
+    sd = {k: v.detach().float().cpu() for k, v in model.state_dict().items()}
+    order = qkv_row_order(c.n_embd, c.n_head)
+
+    def bias_or_zeros(key: str, n: int) -> torch.Tensor:
+        return sd[key] if key in sd else torch.zeros(n)
+
+    out = {"gpt_neox.embed_in.weight": sd["transformer.wte.weight"]}
+    for i in range(c.n_layer):
+        src, dst = f"transformer.h.{i}.", f"gpt_neox.layers.{i}."
+        for a, b in (("ln_1", "input_layernorm"), ("ln_2", "post_attention_layernorm")):
+            out[dst + b + ".weight"] = sd[src + a + ".weight"]
+            out[dst + b + ".bias"] = bias_or_zeros(src + a + ".bias", c.n_embd)
+        out[dst + "attention.query_key_value.weight"] = sd[src + "attn.c_attn.weight"][order]
+        out[dst + "attention.dense.weight"] = sd[src + "attn.c_proj.weight"]
+        if c.bias:
+            out[dst + "attention.query_key_value.bias"] = sd[src + "attn.c_attn.bias"][order]
+            out[dst + "attention.dense.bias"] = sd[src + "attn.c_proj.bias"]
+        out[dst + "mlp.dense_h_to_4h.weight"] = sd[src + "mlp.c_fc.weight"]
+        out[dst + "mlp.dense_h_to_4h.bias"] = bias_or_zeros(src + "mlp.c_fc.bias", 4 * c.n_embd)
+        out[dst + "mlp.dense_4h_to_h.weight"] = sd[src + "mlp.c_proj.weight"]
+        out[dst + "mlp.dense_4h_to_h.bias"] = bias_or_zeros(src + "mlp.c_proj.bias", c.n_embd)
+    out["gpt_neox.final_layer_norm.weight"] = sd["transformer.ln_f.weight"]
+    out["gpt_neox.final_layer_norm.bias"] = bias_or_zeros("transformer.ln_f.bias", c.n_embd)
+    if not is_tied(model):
+        out["lm_head.weight"] = sd["lm_head.weight"]
+    return {k: v.contiguous().clone() for k, v in out.items()}
+
+
+def tokenizer_info(raw_config: dict, vocab_map: np.ndarray | None, vocab_size: int) -> dict:
+    """What a user needs to turn text into model ids: encoding name and compact vocabulary."""
+    info = {"tokenizer": "tiktoken", "encoding": raw_config.get("tokenizer"),
+            "tokenizer_vocab": raw_config.get("tokenizer_vocab"), "model_vocab": vocab_size,
+            "compact": vocab_map is not None}
+    if vocab_map is not None:
+        from .generate import inverse_vocab
+
+        unk = vocab_size - 1
+        model_to_tokenizer = inverse_vocab(vocab_map, vocab_size)[:unk]
+        info.update(unk_id=int(unk), unk_text="⟨unk⟩", tokenizer_vocab=int(len(vocab_map)),
+                    model_to_tokenizer=[int(x) for x in model_to_tokenizer],
+                    usage="model id of tokenizer id t: index of t in model_to_tokenizer, else unk_id")
+    return info
+
+
+def resolve_model_dir(ref: str, ws) -> str:
+    """A model directory from an artifact reference (model or run) or a directory path."""
+    if os.path.isdir(ref) and os.path.isfile(os.path.join(ref, "model.safetensors")):
+        return ref
+    from .sft import model_dir
+
+    return model_dir(ws.get(ref))
+
+
+def export_hf(model_directory: str, out_dir: str, force: bool = False) -> dict:
+    """Export the model saved in ``model_directory`` (see :func:`write_hf`)."""
+    if os.path.exists(os.path.abspath(out_dir.rstrip("/"))) and not force:
+        raise CtstoreError(f"{out_dir}: already exists (use --force to replace it)")
+    model, vocab_map, raw = load_model(model_directory)
+    return write_hf(model, vocab_map, raw, out_dir, force=force)
+
+
+def write_hf(model: PhotonicGPT, vocab_map: np.ndarray | None, raw_config: dict, out_dir: str,
+             force: bool = False) -> dict:
+    """Write ``out_dir`` (config.json, model.safetensors, ctstore_tokenizer.json) atomically.
+
+    The files are written into ``<out_dir>.partial-<pid>`` and renamed into place,
+    so ``out_dir`` either does not exist or is complete. An existing ``out_dir`` is
+    replaced only with ``force``.
+    """
+    from safetensors.torch import save_file
+
+    out_dir = os.path.abspath(out_dir.rstrip("/"))
+    if os.path.exists(out_dir) and not force:
+        raise CtstoreError(f"{out_dir}: already exists (use --force to replace it)")
+    tmp = f"{out_dir}.partial-{os.getpid()}"
+    shutil.rmtree(tmp, ignore_errors=True)
+    os.makedirs(tmp)
+    try:
+        save_file(neox_state_dict(model), os.path.join(tmp, "model.safetensors"), metadata={"format": "pt"})
+        config = neox_config(model)
+        with open(os.path.join(tmp, "config.json"), "w") as f:
+            json.dump(config, f, indent=2)
+        with open(os.path.join(tmp, TOKENIZER_FILE), "w", encoding="utf-8") as f:
+            json.dump(tokenizer_info(raw_config, vocab_map, model.config.vocab_size), f, ensure_ascii=False)
+        old = None
+        if os.path.exists(out_dir):
+            old = f"{out_dir}.old-{os.getpid()}"
+            os.replace(out_dir, old)
+        os.replace(tmp, out_dir)
+        if old:
+            shutil.rmtree(old, ignore_errors=True)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    log(f"export: GPT-NeoX ({config['num_hidden_layers']}L/{config['num_attention_heads']}H/"
+        f"{config['hidden_size']}D, vocab {config['vocab_size']}, "
+        f"{'tied' if config['tie_word_embeddings'] else 'untied'} head) at {out_dir}")
+    return {"out_dir": out_dir, "format": "hf", "architecture": "GPTNeoXForCausalLM", "config": config}
+
+
+def add_parser(sub, common) -> None:
+    s = sub.add_parser("export", help="model or run -> a directory transformers loads (GPT-NeoX)")
+    s.add_argument("model", help="model or run artifact fingerprint (or a model directory)")
+    s.add_argument("out_dir", help="directory to create")
+    s.add_argument("--format", default="hf", choices=["hf"], help="hf: transformers GPT-NeoX (default)")
+    s.add_argument("--force", action="store_true", help="replace an existing OUT_DIR")
+    common(s, compute=False)
+
+
+def run_cli(args, ws):
+    result = export_hf(resolve_model_dir(args.model, ws), args.out_dir, force=args.force)
+    if args.json:
+        print(json.dumps(result, sort_keys=True))
+    return None

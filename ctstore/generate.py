@@ -1,0 +1,166 @@
+"""``ctstore generate``: sample text from a model or a run's model.
+
+The prompt goes through the model's own tokenizer (the tiktoken encoding named
+in its config) and compact vocabulary (tokenizer id → model id; ids outside the
+kept ``V_model`` tokens become the unknown token). Sampled model ids are mapped
+back to tokenizer ids and decoded; the unknown token is shown as ``⟨unk⟩`` so a
+reader sees where the compact vocabulary lost a word instead of silent gaps.
+
+Sampling is the usual autoregressive loop over the last ``block_size`` tokens:
+logits of the last position divided by ``temperature``, restricted to the
+``top_k`` largest, softmax, one draw from a seeded ``torch.Generator``.
+``temperature=0`` (or ``top_k=1``) is greedy decoding. The same seed, model and
+prompt give the same text on the same machine.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+
+from ._util import CtstoreError
+from .model import PhotonicGPT, load_model
+
+__all__ = ["SampleParams", "inverse_vocab", "encode_prompt", "decode_ids", "sample_ids", "generate_text",
+           "UNK_TEXT"]
+
+UNK_TEXT = "⟨unk⟩"
+
+
+@dataclass(frozen=True)
+class SampleParams:
+    max_new_tokens: int = 50
+    temperature: float = 0.8
+    top_k: int | None = 40
+    seed: int = 0
+
+    def __post_init__(self):
+        if self.max_new_tokens < 1:
+            raise CtstoreError(f"--max-new-tokens must be positive, not {self.max_new_tokens}")
+        if not self.temperature >= 0:
+            raise CtstoreError(f"--temperature must be >= 0, not {self.temperature}")
+        if self.top_k is not None and self.top_k < 1:
+            raise CtstoreError(f"--top-k must be >= 1, not {self.top_k}")
+
+    @property
+    def greedy(self) -> bool:
+        return self.temperature == 0 or self.top_k == 1
+
+
+def inverse_vocab(vocab_map: np.ndarray, vocab_size: int) -> np.ndarray:
+    """Tokenizer id of each model id of a compact vocabulary (-1 for the unknown token, the last id)."""
+    inverse = np.full(vocab_size, -1, np.int64)
+    kept = np.flatnonzero(vocab_map != vocab_size - 1)
+    inverse[vocab_map[kept]] = kept
+    return inverse
+
+
+def encode_prompt(enc, text: str, vocab_map: np.ndarray | None) -> list[int]:
+    """Model ids of ``text`` (tokens outside a compact vocabulary become the unknown id)."""
+    ids = np.asarray(enc.encode_ordinary(text), dtype=np.int64)
+    if vocab_map is not None:
+        ids = vocab_map[ids]
+    return ids.tolist()
+
+
+def decode_ids(enc, ids: list[int], vocab_map: np.ndarray | None, vocab_size: int) -> str:
+    """Text of model ids; the compact vocabulary's unknown token is rendered as ``⟨unk⟩``."""
+    if vocab_map is None:
+        return enc.decode([int(i) for i in ids])
+    inverse = inverse_vocab(vocab_map, vocab_size)
+    parts, run = [], []
+    for i in ids:
+        t = int(inverse[int(i)])
+        if t < 0:
+            parts += [enc.decode(run), UNK_TEXT]
+            run = []
+        else:
+            run.append(t)
+    parts.append(enc.decode(run))
+    return "".join(parts)
+
+
+@torch.no_grad()
+def sample_ids(model: PhotonicGPT, prompt_ids: list[int], params: SampleParams) -> list[int]:
+    """Append ``params.max_new_tokens`` sampled model ids to ``prompt_ids``; returns the new ids."""
+    if not prompt_ids:
+        raise CtstoreError("--prompt: empty after tokenization; give at least one character")
+    model.eval()
+    device = next(model.parameters()).device
+    gen = torch.Generator(device="cpu").manual_seed(params.seed)
+    ids = torch.tensor([prompt_ids], dtype=torch.long, device=device)
+    block = model.config.block_size
+    new: list[int] = []
+    for _ in range(params.max_new_tokens):
+        logits = model(ids[:, -block:])[0][0, -1].float().cpu()
+        if params.greedy:
+            nxt = int(torch.argmax(logits))
+        else:
+            logits = logits / params.temperature
+            if params.top_k is not None and params.top_k < logits.numel():
+                kth = torch.topk(logits, params.top_k).values[-1]
+                logits = logits.masked_fill(logits < kth, float("-inf"))
+            nxt = int(torch.multinomial(torch.softmax(logits, dim=-1), 1, generator=gen))
+        new.append(nxt)
+        ids = torch.cat([ids, torch.tensor([[nxt]], device=device)], dim=1)
+    return new
+
+
+def load_generator(model_directory: str, encoding: str | None = None):
+    """``(model, vocab_map, enc)`` for a model directory; ``encoding`` overrides the config's tokenizer."""
+    from .encoding import load_encoding
+
+    model, vocab_map, raw = load_model(model_directory)
+    name = encoding or raw.get("tokenizer")
+    if not name:
+        raise CtstoreError(f"{model_directory}: the model names no tokenizer (pass --encoding)")
+    enc, _ = load_encoding(name)
+    tokenizer_vocab = raw.get("tokenizer_vocab") or (len(vocab_map) if vocab_map is not None else None)
+    if tokenizer_vocab is not None and enc.n_vocab != tokenizer_vocab:
+        raise CtstoreError(f"encoding {name!r} has {enc.n_vocab} tokens but the model was built for "
+                           f"{tokenizer_vocab}")
+    return model, vocab_map, enc
+
+
+def generate_text(model: PhotonicGPT, vocab_map, enc, prompt: str, params: SampleParams) -> dict:
+    """One sample: ``{"prompt", "completion", "text", "ids"}`` (``ids`` are the new model ids)."""
+    prompt_ids = encode_prompt(enc, prompt, vocab_map)
+    new = sample_ids(model, prompt_ids, params)
+    completion = decode_ids(enc, new, vocab_map, model.config.vocab_size)
+    return {"prompt": prompt, "completion": completion, "text": prompt + completion, "ids": new}
+
+
+def add_parser(sub, common) -> None:
+    s = sub.add_parser("generate", help="sample text from a model or run")
+    s.add_argument("model", help="model or run artifact fingerprint (or a model directory)")
+    s.add_argument("--prompt", required=True, help="text to continue")
+    s.add_argument("--max-new-tokens", type=int, default=50)
+    s.add_argument("--temperature", type=float, default=0.8, help="0 = greedy (default 0.8)")
+    s.add_argument("--top-k", type=int, default=40, help="sample among the k most likely tokens (default 40)")
+    s.add_argument("--seed", type=int, default=0)
+    s.add_argument("--num-samples", "-n", type=int, default=1, help="samples with seeds seed, seed+1, ...")
+    s.add_argument("--encoding", default=None, help="tiktoken encoding (default: the model's)")
+    common(s, compute=False)
+
+
+def run_cli(args, ws):
+    from .export import resolve_model_dir
+
+    if args.num_samples < 1:
+        raise CtstoreError(f"--num-samples must be positive, not {args.num_samples}")
+    directory = resolve_model_dir(args.model, ws)
+    model, vocab_map, enc = load_generator(directory, args.encoding)
+    samples = []
+    for i in range(args.num_samples):
+        params = SampleParams(args.max_new_tokens, args.temperature, args.top_k, args.seed + i)
+        samples.append({**generate_text(model, vocab_map, enc, args.prompt, params), "seed": params.seed})
+    if args.json:
+        print(json.dumps({"model": args.model, "samples": samples}, ensure_ascii=False))
+    else:
+        print("\n---\n".join(s["text"] for s in samples))
+        sys.stdout.flush()
+    return None
