@@ -127,6 +127,9 @@ def _batch(data: np.ndarray, T: int, B: int, gen: torch.Generator, vocab_map):
     return chunk[:, :-1], chunk[:, 1:]
 
 
+EVAL_BATCH_TOKENS = 8192  # evaluation batches hold at least this many tokens
+
+
 def validation_windows(n_tokens: int, T: int, max_tokens: int | None = None) -> list[tuple[int, int]]:
     """``(start, n)`` of the evaluation windows: inputs ``data[start:start+n]``, targets shifted by one.
 
@@ -160,6 +163,7 @@ def evaluate(model: PhotonicGPT, data: np.ndarray, vocab_map, T: int, max_tokens
     unk = model.config.vocab_size - 1 if vocab_map is not None else None
     total, known_total, n_tok, n_unk = 0.0, 0.0, 0, 0
     full = [w for w in windows if w[1] == T]
+    batch_size = max(batch_size, EVAL_BATCH_TOKENS // T)  # batching changes speed, not the result
     batches = [full[i: i + batch_size] for i in range(0, len(full), batch_size)]
     batches += [[w] for w in windows if w[1] != T]
     for batch in batches:

@@ -49,7 +49,7 @@ def check_claim_rows(name: str, report: str, results: dict) -> dict:
 def test_ct_vs_random_tiny_run_writes_report_with_claims(session_ws):
     overrides = ["sft.steps=6", "sft.eval_every=3", "sft.batch_size=4", "sft.block_size=16",
                  'experiment.arms=["random", "k0", "svd", "random_long", "svd_embeddings", "k0_frozen", "crystallize"]',
-                 "experiment.seeds=[0, 1]", "k0.v_eff=1024", "model.vocab=1024", "k0.power_iters=2"]
+                 "experiment.seeds=[0, 1]", "sft.eval_tokens=512", "k0.v_eff=1024", "model.vocab=1024", "k0.power_iters=2"]
     run = run_pipeline(str(PIPELINES / "ct_vs_random.toml"), session_ws, overrides=overrides, scheduler="sync")
     report = open(os.path.join(run.path, "report.md")).read()
     for arm in ("random", "k0", "svd", "random_long", "svd_embeddings", "k0_frozen", "crystallize"):
