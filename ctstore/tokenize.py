@@ -615,12 +615,15 @@ def _read_parquet(path: str, column: str, decoder: _Decoder | None = None):
     if column not in names:
         raise CtstoreError(f"{path}: no column {column!r} (columns: {', '.join(map(str, names))}; use --column)")
     kind = pf.schema_arrow.field(column).type
-    if not (pa.types.is_string(kind) or pa.types.is_large_string(kind)):
+    value_kind = kind.value_type if pa.types.is_dictionary(kind) else kind  # dictionary-encoded strings are strings
+    if not (pa.types.is_string(value_kind) or pa.types.is_large_string(value_kind)):
         raise CtstoreError(f"{path}: column {column!r} has type {kind}, not string")
     row = 0
     try:
         for batch in pf.iter_batches(columns=[column], batch_size=8192):
             cells = batch.column(0)
+            if pa.types.is_dictionary(cells.type):
+                cells = cells.dictionary_decode()
             try:
                 values = cells.to_pylist()
             except UnicodeDecodeError:  # invalid UTF-8 in a string column: decode like text files do

@@ -360,6 +360,19 @@ def test_invalid_utf8_in_parquet_strings_is_replaced_or_refused(tmp_path):
     assert rc == 2 and err.count("\n") == 1 and "u.parquet: invalid UTF-8 in column 'text', row 1" in err, err
 
 
+def test_dictionary_encoded_and_large_string_parquet_columns(tmp_path):
+    texts = ["alpha beta", "gamma", "alpha beta", None, "delta"]
+    f = tmp_path / "d.parquet"
+    pq.write_table(pa.table({"text": pa.array(texts).dictionary_encode(),
+                             "other": pa.array(texts, pa.large_string())}), f)
+    ws = str(tmp_path / "ws")
+    expected = [ENC.encode_ordinary(t) for t in texts if t]
+    for column in ("text", "other"):
+        rc, err, manifest = tokenize_cli(ws, str(f), "--column", column)
+        assert rc == 0, err
+        assert all_docs(manifest, ws) == expected
+
+
 def tiktoken_file(path, ranks) -> None:
     path.write_bytes(b"".join(base64.b64encode(k) + b" " + str(v).encode() + b"\n" for k, v in ranks))
 
