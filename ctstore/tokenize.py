@@ -70,7 +70,7 @@ COMPRESSION = {".gz": gzip.GzipFile, ".bz2": bz2.BZ2File, ".xz": lzma.LZMAFile}
 TEXT_BATCH_BYTES = 256 << 10
 READ_BLOCK = 8 << 20  # bytes read (after decompression) per step
 PIECE_CHARS = 256 << 10  # long documents are encoded in pieces of about this many characters
-MAX_PIECE_CHARS = 4 << 20  # a run this long without a safe cut point is cut by force
+MAX_PIECE_CHARS = 1 << 20  # a run this long without a safe cut point is cut by force (tiktoken is superlinear in it)
 BYTES_PER_OPEN_TOKEN = 40  # peak bytes per token of a document being written (pieces, concatenation, Arrow's writer)
 DEFAULT_MAX_DOC_TOKENS = 8 << 20
 
@@ -548,7 +548,8 @@ def _read_paragraphs(path: str, decoder: _Decoder, source=None):
         if line_open:
             out.append(text)
             size += len(text)
-        elif text.strip():
+        elif text.strip() or (not ends and sum(map(len, blank_so_far)) > MAX_PIECE_CHARS):
+            # (a line of more whitespace than MAX_PIECE_CHARS is taken as non-blank: memory stays bounded)
             if in_para:
                 out.append("\n")
             out.extend(blank_so_far)
@@ -620,12 +621,15 @@ def _read_parquet(path: str, column: str, decoder: _Decoder | None = None):
     if column not in names:
         raise CtstoreError(f"{path}: no column {column!r} (columns: {', '.join(map(str, names))}; use --column)")
     kind = pf.schema_arrow.field(column).type
-    if not (pa.types.is_string(kind) or pa.types.is_large_string(kind)):
+    value_kind = kind.value_type if pa.types.is_dictionary(kind) else kind  # dictionary-encoded strings are strings
+    if not (pa.types.is_string(value_kind) or pa.types.is_large_string(value_kind)):
         raise CtstoreError(f"{path}: column {column!r} has type {kind}, not string")
     row = 0
     try:
         for batch in pf.iter_batches(columns=[column], batch_size=8192):
             cells = batch.column(0)
+            if pa.types.is_dictionary(cells.type):
+                cells = cells.dictionary_decode()
             try:
                 values = cells.to_pylist()
             except UnicodeDecodeError:  # invalid UTF-8 in a string column: decode like text files do
@@ -672,33 +676,47 @@ def _checked_documents(path: str, params: TokenizeParams, decoder: _Decoder, exp
                              f"{expected['bytes']} bytes hashed for the fingerprint")
 
 
-_SAFE_CUT = re.compile(r"(?<=\S)(?= )|(?<=\n)(?=\S)")
+_SAFE_CUT = re.compile(r"(?<=\S)(?= )|(?<=\n)(?=\S)")  # both rules: patterns with \s*[\r\n] (cl100k, o200k)
+_SAFE_CUT_SPACE = re.compile(r"(?<=\S)(?= )")  # rule (a) only: GPT-2 style patterns (r50k, p50k)
+_NO_CUT = re.compile(r"(?!)")  # an unknown pattern: no safe points, only forced cuts
 
 
-def _safe_cut(text: str, lo: int, hi: int, last: bool = True) -> int | None:
-    """A position ``lo <= p <= hi`` where ``text`` can be cut without changing its tokens, or None.
+def safe_cut_rule(pat_str: str) -> re.Pattern:
+    """The cut points that are safe for a tiktoken pre-tokenisation pattern (see :func:`_safe_cut`)."""
+    if r"\s*[\r\n]" in pat_str:
+        return _SAFE_CUT
+    if r"\s+(?!\S)" in pat_str:
+        return _SAFE_CUT_SPACE
+    return _NO_CUT
+
+
+def _safe_cut(text: str, lo: int, hi: int, last: bool = True, rule: re.Pattern = _SAFE_CUT) -> int | None:
+    r"""A position ``lo <= p <= hi`` where ``text`` can be cut without changing its tokens, or None.
 
     Safe are (a) before a space that follows a non-space and (b) after a newline
-    that precedes a non-space (``\\S`` in Python's sense, a superset of the
-    Unicode White_Space that tiktoken's ``\\s`` means). At such a point no
-    alternative of the cl100k pre-tokenisation pattern (nor of o200k/p50k/r50k)
-    matches across, and the ``$`` / ``(?!\\S)`` look-aheads give the same
-    matches on either side, so ``encode(a + b) == encode(a) + encode(b)``.
+    that precedes a non-space (``\S`` in Python's sense, a superset of the
+    Unicode White_Space that tiktoken's ``\s`` means). At such a point no
+    alternative of the cl100k pre-tokenisation pattern matches across, and the
+    ``$`` / ``(?!\S)`` look-aheads give the same matches on either side, so
+    ``encode(a + b) == encode(a) + encode(b)``. Rule (b) relies on the
+    ``\s*[\r\n]`` alternative of cl100k/o200k; GPT-2 style patterns (r50k, p50k)
+    split ``"  \n"`` differently at the end of a text, so they get rule (a) only.
     """
     if not last:
-        m = _SAFE_CUT.search(text, lo, hi + 1)
+        m = rule.search(text, lo, hi + 1)
         return m.start() if m else None
     for width in (64, 4096, hi - lo):
         start = max(lo, hi - width)
         found = None
-        for m in _SAFE_CUT.finditer(text, start, hi + 1):
+        for m in rule.finditer(text, start, hi + 1):
             found = m.start()
         if found is not None or start == lo:
             return found
     return None
 
 
-def _cut_points(text: str, final: bool, piece: int, longest: int) -> tuple[list[int], int]:
+def _cut_points(text: str, final: bool, piece: int, longest: int, rule: re.Pattern = _SAFE_CUT
+                ) -> tuple[list[int], int]:
     """Where to cut ``text`` into pieces of about ``piece`` characters; returns ``(cuts, forced)``.
 
     Unless ``final``, the text continues and the tail after the last cut is kept
@@ -710,9 +728,9 @@ def _cut_points(text: str, final: bool, piece: int, longest: int) -> tuple[list[
         remaining = n - start
         if remaining <= piece or (not final and remaining < longest):
             break
-        cut = _safe_cut(text, start + 1, start + piece)
+        cut = _safe_cut(text, start + 1, start + piece, rule=rule)
         if cut is None:
-            cut = _safe_cut(text, start + piece + 1, min(n - 1, start + longest), last=False)
+            cut = _safe_cut(text, start + piece + 1, min(n - 1, start + longest), last=False, rule=rule)
         if cut is None:
             if remaining <= longest:
                 break  # final and short enough: one piece
@@ -722,7 +740,8 @@ def _cut_points(text: str, final: bool, piece: int, longest: int) -> tuple[list[
     return cuts, forced
 
 
-def _pieces(items, stats: dict, piece: int = PIECE_CHARS, longest: int = MAX_PIECE_CHARS):
+def _pieces(items, stats: dict, piece: int = PIECE_CHARS, longest: int = MAX_PIECE_CHARS,
+            rule: re.Pattern = _SAFE_CUT):
     """Turn a reader's items into ``(text, ends_document)`` pieces of bounded size (see :func:`_safe_cut`)."""
     buf: list[str] = []
     buf_len = 0
@@ -740,7 +759,7 @@ def _pieces(items, stats: dict, piece: int = PIECE_CHARS, longest: int = MAX_PIE
             continue
         text = buf[0] if len(buf) == 1 else "".join(buf)
         buf = []
-        cuts, forced = _cut_points(text, final, piece, longest)
+        cuts, forced = _cut_points(text, final, piece, longest, rule)
         stats["forced_splits"] = stats.get("forced_splits", 0) + forced
         start = 0
         for cut in cuts:
@@ -758,7 +777,7 @@ def _pieces(items, stats: dict, piece: int = PIECE_CHARS, longest: int = MAX_PIE
 
 
 def _batches(files: list[str], params: TokenizeParams, stats: dict, sources: list[dict] | None = None,
-             opened: dict | None = None):
+             opened: dict | None = None, rule: re.Pattern = _SAFE_CUT):
     """Yield ``(texts, ends, nchars, path)``: pieces of documents, about TEXT_BATCH_BYTES characters per batch.
 
     ``ends[i]`` says whether ``texts[i]`` ends its document.
@@ -770,7 +789,7 @@ def _batches(files: list[str], params: TokenizeParams, stats: dict, sources: lis
             docs = iter_documents(path, params, decoder)
         else:
             docs = _checked_documents(path, params, decoder, sources[i], (opened or {}).get(path))
-        for text, last in _pieces(docs, stats):
+        for text, last in _pieces(docs, stats, rule=rule):
             batch.append(text)
             ends.append(last)
             size += len(text)
@@ -879,7 +898,8 @@ def _tokenize_into(ws, path, files, params, enc, identity, param_dict, sources, 
                 bar.update(nchars)
                 bar.set_postfix_str(f"{n_tokens / max(bar.format_dict['elapsed'], 1e-9) / 1e6:.2f}M tok/s")
 
-            for texts, ends, nchars, source in _batches(files, params, stats, sources, opened):
+            rule = safe_cut_rule(enc._pat_str)
+            for texts, ends, nchars, source in _batches(files, params, stats, sources, opened, rule):
                 pending.append((pool.submit(_encode_batch, enc._core_bpe, texts, ends), nchars, source))
                 n_chars += nchars
                 while len(pending) > 2 * threads:

@@ -191,14 +191,40 @@ def test_fifo_in_directory_is_skipped_and_named_fifo_refused(tmp_path):
 # -- long documents: streamed in pieces, tokens unchanged -----------------------------------------------------
 
 
-def encode_pieces(text: str, piece: int, longest: int) -> tuple[list[int], int, int]:
+def encode_pieces(text: str, piece: int, longest: int, enc=ENC) -> tuple[list[int], int, int]:
     stats: dict = {}
     items = [tk._Part(text[i:i + 37]) for i in range(0, len(text), 37)] + [""]  # arrives in arbitrary parts
-    pieces = list(tk._pieces(items, stats, piece=piece, longest=longest))
+    pieces = list(tk._pieces(items, stats, piece=piece, longest=longest, rule=tk.safe_cut_rule(enc._pat_str)))
     assert all(not last for _, last in pieces[:-1]) and pieces[-1][1]
     assert "".join(t for t, _ in pieces) == text
-    tokens = [t for text_, _ in pieces for t in ENC.encode_ordinary(text_)]
+    tokens = [t for text_, _ in pieces for t in enc.encode_ordinary(text_)]
     return tokens, len(pieces), stats.get("forced_splits", 0)
+
+
+# the public pre-tokenisation patterns of tiktoken's other encoding families, paired with cl100k's ranks
+# (their own ranks need a download): cut points must be safe for each pattern
+R50K_PATTERN = r"""'(?:[sdmt]|ll|ve|re)| ?\p{L}++| ?\p{N}++| ?[^\s\p{L}\p{N}]++|\s++$|\s+(?!\S)|\s"""
+O200K_PATTERN = "|".join([
+    r"""[^\r\n\p{L}\p{N}]?[\p{Lu}\p{Lt}\p{Lm}\p{Lo}\p{M}]*[\p{Ll}\p{Lm}\p{Lo}\p{M}]+(?i:'s|'t|'re|'ve|'m|'ll|'d)?""",
+    r"""[^\r\n\p{L}\p{N}]?[\p{Lu}\p{Lt}\p{Lm}\p{Lo}\p{M}]+[\p{Ll}\p{Lm}\p{Lo}\p{M}]*(?i:'s|'t|'re|'ve|'m|'ll|'d)?""",
+    r"""\p{N}{1,3}""", r""" ?[^\s\p{L}\p{N}]+[\r\n/]*""", r"""\s*[\r\n]+""", r"""\s+(?!\S)""", r"""\s+"""])
+_ENCODINGS: dict = {}
+
+
+def encoding_with(pattern: str):
+    if pattern not in _ENCODINGS:
+        _ENCODINGS[pattern] = tiktoken.Encoding("test", pat_str=pattern, mergeable_ranks=ENC._mergeable_ranks,
+                                                special_tokens={})
+    return _ENCODINGS[pattern]
+
+
+def test_newline_cuts_are_only_used_where_the_pattern_makes_them_safe():
+    r50k = encoding_with(R50K_PATTERN)
+    text, cut = "word  \nnext", 7  # after the newline, before a non-space
+    assert ENC.encode_ordinary(text) == ENC.encode_ordinary(text[:cut]) + ENC.encode_ordinary(text[cut:])
+    assert r50k.encode_ordinary(text) != r50k.encode_ordinary(text[:cut]) + r50k.encode_ordinary(text[cut:])
+    assert tk.safe_cut_rule(R50K_PATTERN).search(text).start() == 4  # only the cut before the space
+    assert tk.safe_cut_rule(ENC._pat_str).pattern == tk.safe_cut_rule(O200K_PATTERN).pattern
 
 
 def test_long_real_document_in_small_pieces_has_the_tokens_of_the_whole():
@@ -214,11 +240,13 @@ ALPHABET = st.sampled_from(list("ab Z9'\n\r\t!.,-") + ["'s", "'ll", " \n", "\u00
 
 
 @settings(max_examples=150, deadline=None)
-@given(st.lists(ALPHABET, min_size=1, max_size=400).map("".join), st.integers(2, 40))
-def test_safe_cuts_never_change_tokens(text, piece):
-    tokens, _, forced = encode_pieces(text, piece=piece, longest=len(text) + 1)
+@given(st.lists(ALPHABET, min_size=1, max_size=400).map("".join), st.integers(2, 40),
+       st.sampled_from(["cl100k", "r50k", "o200k"]))
+def test_safe_cuts_never_change_tokens(text, piece, family):
+    enc = {"cl100k": ENC, "r50k": encoding_with(R50K_PATTERN), "o200k": encoding_with(O200K_PATTERN)}[family]
+    tokens, _, forced = encode_pieces(text, piece=piece, longest=len(text) + 1, enc=enc)
     assert forced == 0
-    assert tokens == ENC.encode_ordinary(text)
+    assert tokens == enc.encode_ordinary(text)
 
 
 def test_a_run_without_safe_points_is_cut_by_force_and_counted():
@@ -330,6 +358,19 @@ def test_invalid_utf8_in_parquet_strings_is_replaced_or_refused(tmp_path):
     assert all_docs(manifest, ws) == [ENC.encode_ordinary(t) for t in ["good text", "caf\ufffd \ufffd\ufffd end"]]
     rc, err, _ = tokenize_cli(ws, str(f), "--strict", "--force")
     assert rc == 2 and err.count("\n") == 1 and "u.parquet: invalid UTF-8 in column 'text', row 1" in err, err
+
+
+def test_dictionary_encoded_and_large_string_parquet_columns(tmp_path):
+    texts = ["alpha beta", "gamma", "alpha beta", None, "delta"]
+    f = tmp_path / "d.parquet"
+    pq.write_table(pa.table({"text": pa.array(texts).dictionary_encode(),
+                             "other": pa.array(texts, pa.large_string())}), f)
+    ws = str(tmp_path / "ws")
+    expected = [ENC.encode_ordinary(t) for t in texts if t]
+    for column in ("text", "other"):
+        rc, err, manifest = tokenize_cli(ws, str(f), "--column", column)
+        assert rc == 0, err
+        assert all_docs(manifest, ws) == expected
 
 
 def tiktoken_file(path, ranks) -> None:
