@@ -161,6 +161,7 @@ def evaluate(model: PhotonicGPT, data: np.ndarray, vocab_map, T: int, max_tokens
     if not windows:
         raise CtstoreError(f"evaluation needs at least 2 validation tokens, the split has {len(data)}")
     unk = model.config.vocab_size - 1 if vocab_map is not None else None
+    batch_size = max(1, min(batch_size, (1 << 25) // (T * model.config.vocab_size)))  # logits <= 128 MiB
     total, known_total, n_tok, n_unk = 0.0, 0.0, 0, 0
     full = [w for w in windows if w[1] == T]
     batch_size = max(batch_size, EVAL_BATCH_TOKENS // T)  # batching changes speed, not the result
