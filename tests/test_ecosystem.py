@@ -51,6 +51,26 @@ def test_line_progress_prints_at_a_bounded_rate(monkeypatch, capsys):
     assert lines[0].startswith("sft: 15") and "(15%)" in lines[0]
 
 
+def test_line_progress_stays_short_for_a_long_phase(monkeypatch, capsys):
+    clock = [0.0]
+    monkeypatch.setattr(_util.time, "monotonic", lambda: clock[0])
+    monkeypatch.setattr(_util, "_QUIET", False)
+    bar = _util.LineProgress(total=None, desc="count", unit="task", interval=15.0)
+    stamps = []
+    for _ in range(36_000):  # 10 simulated hours, one update a second
+        clock[0] += 1.0
+        before = bar.lines
+        bar.update()
+        if bar.lines > before:
+            stamps.append(clock[0])
+    gaps = np.diff([0.0] + stamps)
+    assert gaps.min() >= 15 and gaps.max() <= 600 + 1  # never more often than 15 s, never silent > 10 min
+    # 10 lines in the first 150 s, about 10 ln(6000/150) = 37 until the gap reaches 10 min, then 50 more;
+    # a fixed 15 s interval would print 2,400 lines
+    assert 90 <= len(stamps) <= 100
+    assert all(g >= t / 10 - 1 for g, t in zip(gaps[1:], stamps[:-1]))  # the gap follows elapsed / 10
+
+
 # ---------------------------------------------------------------------------------------
 # Hugging Face datasets in and out
 

@@ -19,6 +19,16 @@ from ctstore.sft import SftParams, train_model
 TOL = 1e-4  # float32 max abs difference of logits
 
 
+@pytest.fixture(scope="module", autouse=True)
+def one_torch_thread():
+    """Token-by-token forward passes of a tiny model are latency-bound: one thread is fastest, and
+    on a busy 2-core machine two spinning threads made each step ~30x slower."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
 @pytest.fixture(scope="module")
 def compact_model(session_ws, sample_counts):
     """The tiny model with a compact vocabulary of 2,000 tokens + <unk> (as in test_torch)."""
