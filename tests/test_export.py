@@ -66,7 +66,8 @@ def test_exported_model_gives_ctstore_logits(session_ws, compact_model, trained_
     assert sorted(os.listdir(tmp_path)) == ["hf"]  # no partial directory left beside it
     directory = art.path if which == "model" else os.path.join(art.path, "model")
     model, vocab_map, raw = load_model(directory)
-    ids = torch.randint(0, model.config.vocab_size, (4, model.config.block_size), generator=torch.Generator().manual_seed(1))
+    ids = torch.randint(0, model.config.vocab_size, (4, model.config.block_size),
+                        generator=torch.Generator().manual_seed(1))
     ids[0, :5] = model.config.vocab_size - 1  # the unknown token too
     diff = (hf_logits(str(out), ids) - ctstore_logits(model, ids)).abs().max().item()
     assert diff <= TOL, diff
