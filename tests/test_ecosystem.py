@@ -227,7 +227,7 @@ def test_quickstart_stderr_off_a_terminal_is_small_and_report_has_samples(tmp_pa
     with open(err_path, "w") as err:
         proc = subprocess.run([sys.executable, "-m", "ctstore.cli", "run", str(ROOT / "pipelines" / "quickstart.toml"),
                                "-w", str(tmp_path / "ws")], stdout=subprocess.DEVNULL, stderr=err, env=env,
-                              timeout=1200)
+                              timeout=1800)
     seconds = time.perf_counter() - start
     text = err_path.read_text(encoding="utf-8")
     assert proc.returncode == 0, text[-3000:]
