@@ -140,7 +140,7 @@ def progress(**kwargs):
     new ``\r`` line; then :class:`LineProgress` prints at most one line every
     ``PROGRESS_LINE_SECONDS`` (the gap grows to a tenth of the elapsed time, up to
     ``PROGRESS_LINE_MAX_SECONDS``, so a slow or long phase stays a few dozen lines)
-    and one line when the phase ends.
+    and, for a phase that lasted that long, one line when it ends.
     ``CTSTORE_NO_PROGRESS=1`` or ``-q`` turn both off.
     """
     kwargs.setdefault("disable", progress_disabled())
@@ -200,7 +200,9 @@ class LineProgress:
         if self.closed:
             return
         self.closed = True
-        if not self.disable and self.n > self.initial:
+        # a phase shorter than one interval is covered by the stage's own log line
+        long = self.lines > 0 or time.monotonic() - self.start >= self.interval
+        if not self.disable and self.n > self.initial and long:
             log(self._line(done=True))
 
     def __enter__(self) -> "LineProgress":

@@ -49,6 +49,12 @@ def test_line_progress_prints_at_a_bounded_rate(monkeypatch, capsys):
     assert len(lines) == 100 // 15 + 1  # one line per full 15 s, then one when the phase ends
     assert lines[-1].startswith("sft: done 10000/10000 step (100%), 100.0 s") and lines[-1].endswith("loss 3.000")
     assert lines[0].startswith("sft: 15") and "(15%)" in lines[0]
+    short = _util.LineProgress(total=5, desc="rsvd", interval=15.0)
+    for _ in range(5):
+        clock[0] += 1.0
+        short.update()
+    short.close()
+    assert capsys.readouterr().err == ""  # a 5 s phase: the stage's own log line is enough
 
 
 def test_line_progress_stays_short_for_a_long_phase(monkeypatch, capsys):
