@@ -122,6 +122,7 @@ def load_npy(fs, path: str):
 
 
 PROGRESS_LINE_SECONDS = 15.0  # at most one progress line this often when stderr is not a terminal
+PROGRESS_LINE_MAX_SECONDS = 600.0  # ... and at least this often once the gap has grown
 
 
 def stderr_is_terminal() -> bool:
@@ -137,7 +138,9 @@ def progress(**kwargs):
     On a terminal the bar redraws at most twice a second. When stderr is a file,
     a pipe or CI (``nohup``, ``2> log``), redrawing a bar writes every update as a
     new ``\r`` line; then :class:`LineProgress` prints at most one line every
-    ``PROGRESS_LINE_SECONDS`` and one line when the phase ends.
+    ``PROGRESS_LINE_SECONDS`` (the gap grows to a tenth of the elapsed time, up to
+    ``PROGRESS_LINE_MAX_SECONDS``, so a slow or long phase stays a few dozen lines)
+    and, for a phase that lasted that long, one line when it ends.
     ``CTSTORE_NO_PROGRESS=1`` or ``-q`` turn both off.
     """
     kwargs.setdefault("disable", progress_disabled())
@@ -184,7 +187,8 @@ class LineProgress:
     def update(self, n: int = 1) -> None:
         self.n += n
         now = time.monotonic()
-        if not self.disable and now - self._last >= self.interval and (self.total is None or self.n < self.total):
+        gap = max(self.interval, min((now - self.start) / 10, PROGRESS_LINE_MAX_SECONDS))
+        if not self.disable and now - self._last >= gap and (self.total is None or self.n < self.total):
             self._last = now
             self.lines += 1
             log(self._line())
@@ -196,7 +200,9 @@ class LineProgress:
         if self.closed:
             return
         self.closed = True
-        if not self.disable and self.n > self.initial:
+        # a phase shorter than one interval is covered by the stage's own log line
+        long = self.lines > 0 or time.monotonic() - self.start >= self.interval
+        if not self.disable and self.n > self.initial and long:
             log(self._line(done=True))
 
     def __enter__(self) -> "LineProgress":

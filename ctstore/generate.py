@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import json
 import sys
+from contextlib import contextmanager
 from dataclasses import dataclass
 
 import numpy as np
@@ -84,13 +85,40 @@ def decode_ids(enc, ids: list[int], vocab_map: np.ndarray | None, vocab_size: in
     return "".join(parts)
 
 
-@torch.no_grad()
+SINGLE_THREAD_PARAMS = 20_000_000  # below this, a CPU forward pass of one token is latency-bound
+
+
+@contextmanager
+def _threads_for(model: PhotonicGPT, device: torch.device):
+    """One intra-op thread for small models on CPU, restored afterwards.
+
+    Sampling runs one short forward pass per token; for the tiny and small configs
+    the work per pass is far below what extra threads can share, and they only add
+    synchronisation. On a busy 2-core machine the quickstart report's samples took
+    155 s with torch's default 2 threads and 6.6 s with one.
+    """
+    if device.type != "cpu" or model.num_params() >= SINGLE_THREAD_PARAMS:
+        yield
+        return
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)
+
+
 def sample_ids(model: PhotonicGPT, prompt_ids: list[int], params: SampleParams) -> list[int]:
     """Append ``params.max_new_tokens`` sampled model ids to ``prompt_ids``; returns the new ids."""
     if not prompt_ids:
         raise CtstoreError("--prompt: empty after tokenization; give at least one character")
-    model.eval()
     device = next(model.parameters()).device
+    with _threads_for(model, device), torch.no_grad():
+        return _sample_loop(model, prompt_ids, params, device)
+
+
+def _sample_loop(model: PhotonicGPT, prompt_ids: list[int], params: SampleParams, device) -> list[int]:
+    model.eval()
     gen = torch.Generator(device="cpu").manual_seed(params.seed)
     ids = torch.tensor([prompt_ids], dtype=torch.long, device=device)
     block = model.config.block_size

@@ -49,6 +49,32 @@ def test_line_progress_prints_at_a_bounded_rate(monkeypatch, capsys):
     assert len(lines) == 100 // 15 + 1  # one line per full 15 s, then one when the phase ends
     assert lines[-1].startswith("sft: done 10000/10000 step (100%), 100.0 s") and lines[-1].endswith("loss 3.000")
     assert lines[0].startswith("sft: 15") and "(15%)" in lines[0]
+    short = _util.LineProgress(total=5, desc="rsvd", interval=15.0)
+    for _ in range(5):
+        clock[0] += 1.0
+        short.update()
+    short.close()
+    assert capsys.readouterr().err == ""  # a 5 s phase: the stage's own log line is enough
+
+
+def test_line_progress_stays_short_for_a_long_phase(monkeypatch, capsys):
+    clock = [0.0]
+    monkeypatch.setattr(_util.time, "monotonic", lambda: clock[0])
+    monkeypatch.setattr(_util, "_QUIET", False)
+    bar = _util.LineProgress(total=None, desc="count", unit="task", interval=15.0)
+    stamps = []
+    for _ in range(36_000):  # 10 simulated hours, one update a second
+        clock[0] += 1.0
+        before = bar.lines
+        bar.update()
+        if bar.lines > before:
+            stamps.append(clock[0])
+    gaps = np.diff([0.0] + stamps)
+    assert gaps.min() >= 15 and gaps.max() <= 600 + 1  # never more often than 15 s, never silent > 10 min
+    # 10 lines in the first 150 s, about 10 ln(6000/150) = 37 until the gap reaches 10 min, then 50 more;
+    # a fixed 15 s interval would print 2,400 lines
+    assert 90 <= len(stamps) <= 100
+    assert all(g >= min(t / 10, 600) - 1 for g, t in zip(gaps[1:], stamps[:-1]))  # gap ~ elapsed / 10
 
 
 # ---------------------------------------------------------------------------------------
@@ -207,7 +233,7 @@ def test_quickstart_stderr_off_a_terminal_is_small_and_report_has_samples(tmp_pa
     with open(err_path, "w") as err:
         proc = subprocess.run([sys.executable, "-m", "ctstore.cli", "run", str(ROOT / "pipelines" / "quickstart.toml"),
                                "-w", str(tmp_path / "ws")], stdout=subprocess.DEVNULL, stderr=err, env=env,
-                              timeout=1200)
+                              timeout=1800)
     seconds = time.perf_counter() - start
     text = err_path.read_text(encoding="utf-8")
     assert proc.returncode == 0, text[-3000:]

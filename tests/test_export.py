@@ -19,6 +19,16 @@ from ctstore.sft import SftParams, train_model
 TOL = 1e-4  # float32 max abs difference of logits
 
 
+@pytest.fixture(scope="module", autouse=True)
+def one_torch_thread():
+    """Token-by-token forward passes of a tiny model are latency-bound: one thread is fastest, and
+    on a busy 2-core machine two spinning threads made each step ~30x slower."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
 @pytest.fixture(scope="module")
 def compact_model(session_ws, sample_counts):
     """The tiny model with a compact vocabulary of 2,000 tokens + <unk> (as in test_torch)."""
@@ -56,7 +66,8 @@ def test_exported_model_gives_ctstore_logits(session_ws, compact_model, trained_
     assert sorted(os.listdir(tmp_path)) == ["hf"]  # no partial directory left beside it
     directory = art.path if which == "model" else os.path.join(art.path, "model")
     model, vocab_map, raw = load_model(directory)
-    ids = torch.randint(0, model.config.vocab_size, (4, model.config.block_size), generator=torch.Generator().manual_seed(1))
+    ids = torch.randint(0, model.config.vocab_size, (4, model.config.block_size),
+                        generator=torch.Generator().manual_seed(1))
     ids[0, :5] = model.config.vocab_size - 1  # the unknown token too
     diff = (hf_logits(str(out), ids) - ctstore_logits(model, ids)).abs().max().item()
     assert diff <= TOL, diff

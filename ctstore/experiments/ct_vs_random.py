@@ -348,13 +348,15 @@ def samples_section(runs: dict, prompts=SAMPLE_PROMPTS, max_new_tokens: int = 30
     """Markdown with a few sampled continuations per arm (the first seed's model after SFT)."""
     from ..generate import SampleParams, generate_text, load_generator
 
-    params = SampleParams(max_new_tokens=max_new_tokens, temperature=0.8, top_k=40, seed=0)
+    params = [SampleParams(max_new_tokens=max_new_tokens, temperature=0.8, top_k=40, seed=i)
+              for i in range(len(prompts))]
     parts = ["## Samples after SFT",
-             f"Continuations of fixed prompts by each arm's first run (temperature {params.temperature}, "
-             f"top-k {params.top_k}, seed {params.seed}, {max_new_tokens} tokens; `⟨unk⟩` is a token outside "
-             f"the compact vocabulary). Reproduce with `ctstore generate RUN --prompt TEXT`."]
+             f"Continuations of fixed prompts by each arm's first run (temperature 0.8, top-k 40, seed = the prompt's "
+             f"index from 0, {max_new_tokens} tokens; `⟨unk⟩` is a token outside the compact vocabulary). "
+             f"Reproduce with `ctstore generate RUN --prompt TEXT --seed N`."]
     for arm, rs in runs.items():
         model, vocab_map, enc = load_generator(os.path.join(rs[0].path, "model"))
-        texts = [generate_text(model, vocab_map, enc, p, params)["text"].replace("```", "'''") for p in prompts]
+        texts = [generate_text(model, vocab_map, enc, p, q)["text"].replace("```", "'''")
+                 for p, q in zip(prompts, params)]
         parts.append(f"**{arm}** (`{rs[0].fingerprint[:12]}`)\n\n```text\n" + "\n---\n".join(texts) + "\n```")
     return "\n\n".join(parts)
