@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import sys
 import time
 from contextlib import contextmanager
@@ -23,6 +24,8 @@ __all__ = [
     "parse_memory",
     "stopwatch",
     "canonical_json",
+    "one_line",
+    "write_error",
 ]
 
 
@@ -32,6 +35,41 @@ class CtstoreError(Exception):
     The CLI prints ``ctstore: error: <message>`` on one line and exits with
     status 2; the message must name the input and the problem.
     """
+
+
+def one_line(text: object, limit: int = 300) -> str:
+    """``text`` made safe for a one-line message: control characters (newlines in file names) escaped."""
+    s = str(text)
+    if any(c < " " or c == "\x7f" for c in s):
+        s = s.encode("unicode_escape", errors="backslashreplace").decode("ascii", errors="replace")
+    return s if len(s) <= limit else s[: limit - 3] + "..."
+
+
+def _reason(exc: BaseException) -> str:
+    """The OS reason of a failed write: ``strerror`` of an OSError, else the message inside a
+    SafetensorError (``... message: "No space left on device" ...``), else its first line."""
+    if isinstance(exc, OSError) and exc.strerror:
+        return exc.strerror
+    text = str(exc)
+    if 'message: "' in text:
+        return text.split('message: "', 1)[1].split('"', 1)[0]
+    return text.strip().splitlines()[0] if text.strip() else type(exc).__name__
+
+
+def write_error(path: str, what: str, exc: BaseException) -> "CtstoreError":
+    """One-line error for a failed write, with the free space left there (a full disk is the usual cause).
+
+    ``ctstore: error: <path>: cannot write <what> (<reason>; <N> free on that disk)``
+    """
+    room = ""
+    probe = path.rstrip("/")
+    while probe and not os.path.isdir(probe):
+        probe = os.path.dirname(probe)
+    try:
+        room = f"; {format_bytes(shutil.disk_usage(probe or '.').free)} free on that disk"
+    except OSError:
+        pass
+    return CtstoreError(f"{one_line(path)}: cannot write {what} ({one_line(_reason(exc))}{room})")
 
 
 _QUIET = False

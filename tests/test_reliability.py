@@ -290,3 +290,107 @@ def test_ctrl_c_stops_the_cluster_and_publishes_nothing(tmp_path):
     rerun = json.loads(cli("count", tokens["fingerprint"], "-w", ws, "--lags", "10", "--memory", "2GB",
                            "--json").stdout)
     assert rerun["tokens"] == 8_000_000
+
+
+# ---------------------------------------------------------------------------------------
+# issue 10: torn SFT checkpoints
+
+
+def _tiny_run_inputs(ws):
+    """A random tiny model artifact and a matching tokens artifact, built without count/k0."""
+    import torch
+
+    from conftest import write_tokens
+    from ctstore.model import PhotonicGPT, get_config, save_model
+    from ctstore.workspace import fingerprint
+
+    rng = np.random.default_rng(0)
+    tokens = write_tokens(ws, [list(rng.integers(0, 100, 40)) for _ in range(120)], n_vocab=100,
+                          row_group_tokens=4096, shard_tokens=1 << 20)
+    torch.manual_seed(0)
+    model = PhotonicGPT(get_config("tiny", vocab_size=100))
+    fp = fingerprint("model", 1, {"test": "tiny-random"}, {})
+    path = ws.prepare("model", fp)
+    save_model(model, path, None, {"tokenizer": "test", "init": "random"})
+    return ws.publish("model", fp, {"params": {}, "inputs": {}, "tokenizer": "test", "init": "random"}), tokens
+
+
+def _weights(run):
+    from ctstore.model import load_model
+
+    return load_model(f"{run.path}/model")[0].state_dict()
+
+
+def test_sft_killed_at_any_checkpoint_rename_resumes_to_the_uninterrupted_model(tmp_path, monkeypatch):
+    """A kill right after each rename of the checkpoint files (old layout: between its two renames)."""
+    import torch
+
+    from ctstore.sft import SftParams, train_model
+
+    params = SftParams(steps=6, eval_every=2, eval_batches=1, batch_size=4, block_size=16, seed=5, warmup=2)
+    straight_ws = Workspace(str(tmp_path / "straight"))
+    straight = _weights(train_model(*_tiny_run_inputs(straight_ws), straight_ws, params=params))
+    real_replace = os.replace
+    for kill_after in (3, 1, 2):  # 3: old layout, after the first rename of the second checkpoint
+        ws = Workspace(str(tmp_path / f"killed{kill_after}"))
+        model, tokens = _tiny_run_inputs(ws)
+        renames = []
+
+        def replace(src, dst, *, _n=kill_after, _seen=renames):
+            real_replace(src, dst)
+            if os.path.basename(str(dst)).startswith("checkpoint"):
+                _seen.append(dst)
+                if len(_seen) == _n:
+                    raise KeyboardInterrupt  # as SIGKILL: nothing after this rename runs
+
+        monkeypatch.setattr(os, "replace", replace)
+        with pytest.raises(KeyboardInterrupt):
+            train_model(model, tokens, ws, params=params)
+        monkeypatch.setattr(os, "replace", real_replace)
+        assert ws.list("run") == []
+        resumed = train_model(model, tokens, ws, params=params)
+        assert resumed.manifest["steps"] == 6
+        got = _weights(resumed)
+        for name, value in straight.items():
+            assert torch.equal(value, got[name]), (kill_after, name)
+        metrics = [json.loads(x)["step"] for x in open(f"{resumed.path}/metrics.jsonl")]
+        assert metrics == sorted(set(metrics)) and metrics[0] == 0 and metrics[-1] == 6, metrics
+        assert verify_artifact(resumed) == []
+
+
+def test_stale_legacy_checkpoint_json_beside_newer_weights_is_not_trusted(tmp_path):
+    """The old two-file layout torn by a kill: step-2 tensors beside a step-1 checkpoint.json."""
+    import torch
+    from safetensors.torch import load_file, save_file
+
+    from ctstore.sft import SftParams, train_model
+
+    from safetensors import safe_open
+
+    params = SftParams(steps=4, eval_every=2, eval_batches=1, batch_size=4, block_size=16, seed=1, warmup=2)
+    straight_ws = Workspace(str(tmp_path / "straight"))
+    straight = _weights(train_model(*_tiny_run_inputs(straight_ws), straight_ws, params=params))
+    ws = Workspace(str(tmp_path / "torn"))
+    model, tokens = _tiny_run_inputs(ws)
+    with pytest.raises(KeyboardInterrupt):
+        train_model(model, tokens, ws, params=params, _stop_at=2)
+    [run_fp] = os.listdir(f"{ws.root}/run")
+    run_dir = ws.artifact_path("run", run_fp)
+    ck = os.path.join(run_dir, "checkpoint.safetensors")
+    tensors = load_file(ck)
+    assert {int(v) for k, v in tensors.items() if k.endswith(".step")} == {2}
+    with safe_open(ck, framework="pt") as f:
+        header = f.metadata() or {}
+    if "ctstore.sft_state" in header:
+        state = json.loads(header["ctstore.sft_state"])
+    else:  # written in the old layout already (the code before issue 10)
+        state = json.load(open(os.path.join(run_dir, "checkpoint.json")))
+    # rewrite in the old layout: tensors of step 2, no state in the header, a checkpoint.json that
+    # says step 1 (what a kill between the old layout's two renames left behind)
+    save_file(tensors, ck)
+    with open(os.path.join(run_dir, "checkpoint.json"), "w") as f:
+        json.dump({**state, "step": 1}, f)
+    resumed = train_model(model, tokens, ws, params=params)
+    got = _weights(resumed)
+    for name, value in straight.items():
+        assert torch.equal(value, got[name]), name
