@@ -75,13 +75,19 @@ def _in_validation(doc_ids: np.ndarray, fraction: float) -> np.ndarray:
 class TokenSplit:
     """Flat memory-mapped train/validation token arrays of a tokens artifact."""
 
-    def __init__(self, tokens, fraction: float, cache_dir: str):
+    def __init__(self, tokens, fraction: float, cache_dir: str, lock=None):
+        """``lock``: held while the cache is built and opened (``Workspace.scratch_lock``), so that
+        ``ctstore gc`` and a second job building the same cache leave it alone."""
+        from contextlib import nullcontext
+
         self.tokens = tokens
         os.makedirs(cache_dir, exist_ok=True)
         self.paths = {s: os.path.join(cache_dir, f"{s}.u32") for s in ("train", "val")}
-        if not all(os.path.exists(p) for p in self.paths.values()):
-            self._build(fraction)
-        self.arrays = {s: np.memmap(p, dtype=np.uint32, mode="r") for s, p in self.paths.items()}
+        with lock or nullcontext():
+            os.makedirs(cache_dir, exist_ok=True)
+            if not all(os.path.exists(p) for p in self.paths.values()):
+                self._build(fraction)
+            self.arrays = {s: np.memmap(p, dtype=np.uint32, mode="r") for s, p in self.paths.items()}
         for split, arr in self.arrays.items():
             if arr.size < 2:
                 raise CtstoreError(f"{tokens}: the {split} split has {arr.size} tokens; need more documents")
@@ -89,6 +95,8 @@ class TokenSplit:
     def _build(self, fraction: float) -> None:
         import fsspec
         import pyarrow.parquet as pq
+
+        from ._util import write_error
 
         tmp = {s: p + ".partial" for s, p in self.paths.items()}
         files = {s: open(p, "wb") for s, p in tmp.items()}
@@ -105,9 +113,18 @@ class TokenSplit:
                 values = values[offsets[0]:offsets[-1]]
                 files["val"].write(values[per_token].tobytes())
                 files["train"].write(values[~per_token].tobytes())
-        finally:
             for f in files.values():
                 f.close()
+        except OSError as exc:
+            for s, p in tmp.items():
+                _close_quietly(files[s])
+                _remove_quietly(p)
+            if exc.filename is None:  # a write into the cache, not a read of the tokens artifact
+                raise write_error(os.path.dirname(tmp["train"]), "SFT token cache", exc) from None
+            raise
+        finally:
+            for f in files.values():
+                _close_quietly(f)
         for s in tmp:
             os.replace(tmp[s], self.paths[s])
 
@@ -189,6 +206,13 @@ def _save_checkpoint(path: str, model, optimizer, gen: torch.Generator, state: d
         raise write_error(tmp, "SFT checkpoint", exc) from None
     os.replace(tmp, final)
     _remove_quietly(os.path.join(path, LEGACY_STATE))
+
+
+def _close_quietly(f) -> None:
+    try:
+        f.close()
+    except OSError:  # flushing onto a full disk: the file is being discarded anyway
+        pass
 
 
 def _remove_quietly(path: str) -> None:
@@ -304,7 +328,8 @@ def _train_into(ws, path, model_artifact, tokens, p: SftParams, device, stop_at)
     model, vocab_map, raw = load_model(model_artifact.path, device)
     T = min(p.block_size or model.config.block_size, model.config.block_size)
     split = TokenSplit(tokens, p.val_fraction,
-                       ws.scratch_dir("tokens", f"{tokens.fingerprint}-val{p.val_fraction}"))
+                       ws.scratch_dir("tokens", f"{tokens.fingerprint}-val{p.val_fraction}"),
+                       lock=ws.scratch_lock(f"tokens-{tokens.fingerprint}-val{p.val_fraction}"))
     train, val = split.arrays["train"], split.arrays["val"]
     T = min(T, len(train) - 2, len(val) - 2)
     if p.freeze_embeddings:
@@ -470,7 +495,8 @@ def run_cli(args, ws):
             raise CtstoreError(f"{tokens}: tokenized with {tokens.manifest.get('tokenizer')!r} but the model "
                                f"expects {raw.get('tokenizer')!r}")
         split = TokenSplit(tokens, args.val_fraction,
-                           ws.scratch_dir("tokens", f"{tokens.fingerprint}-val{args.val_fraction}"))
+                           ws.scratch_dir("tokens", f"{tokens.fingerprint}-val{args.val_fraction}"),
+                           lock=ws.scratch_lock(f"tokens-{tokens.fingerprint}-val{args.val_fraction}"))
         result = evaluate(model, split.arrays[args.split], vocab_map, model.config.block_size, args.batches)
         print(json.dumps({"model": art.fingerprint, "tokens": tokens.fingerprint, "split": args.split, **result}))
         return None

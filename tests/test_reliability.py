@@ -394,3 +394,61 @@ def test_stale_legacy_checkpoint_json_beside_newer_weights_is_not_trusted(tmp_pa
     got = _weights(resumed)
     for name, value in straight.items():
         assert torch.equal(value, got[name]), name
+
+
+# ---------------------------------------------------------------------------------------
+# issue 10: a missing Zarr chunk must not read as zeros
+
+
+def test_missing_count_chunk_fails_k0_with_one_line_and_publishes_nothing(ws, small_counts):
+    store = CountStore.from_artifact(small_counts)
+    chunk_len = store.group["lag_3/indices"].chunks[0]
+    reference, other_lag = store.matrix(3), store.matrix(2)
+    listed = sorted(k for k in small_counts.manifest["files"] if k.startswith("counts.zarr/lag_3/indices/c/"))
+    assert listed, "the manifest lists the chunks of lag_3/indices"
+    victim = listed[-1]  # lag_3/indices/c/1 on a store of more than one chunk, else c/0
+    index = int(victim.rsplit("/", 1)[1])
+    os.remove(os.path.join(small_counts.path, victim))
+    # the naive reading (what zarr does by itself) silently differs from the stored matrix
+    import zarr
+
+    raw = zarr.open_array(os.path.join(small_counts.path, "counts.zarr", "lag_3", "indices"), mode="r")[:]
+    assert (raw[index * chunk_len:] == 0).all() and not np.array_equal(raw, reference.indices)
+    with pytest.raises(CtstoreError, match=rf"array lag_3/indices, chunk {index} is missing"):
+        CountStore.from_artifact(small_counts).matrix(3)
+    with pytest.raises(CtstoreError, match=rf"chunk {index} is missing"):  # a task's store, from its URL only
+        CountStore(store.url).row_block(3, 0, store.n_vocab)
+    assert (CountStore.from_artifact(small_counts).matrix(2) != other_lag).nnz == 0, "other lags still read"
+    proc = cli("k0", small_counts.fingerprint, "-w", ws.root, "--dim", "8", "--v-eff", "256", "--scheduler", "sync",
+               "-q", check=False)
+    assert proc.returncode == 2 and proc.stderr.startswith("ctstore: error:"), proc.stderr
+    assert proc.stderr.count("\n") == 1 and f"lag_3/indices, chunk {index} is missing" in proc.stderr
+    assert ws.list("embeddings") == [] and not os.listdir(f"{ws.root}/embeddings")
+    problems = verify_artifact(small_counts)
+    assert problems == [f"{small_counts}: array counts.zarr/lag_3/indices, chunk {index} is missing"]
+    assert cli("verify", small_counts.fingerprint, "-w", ws.root, check=False).returncode == 1
+
+
+def test_chunk_absent_by_design_still_reads_as_fill_value(ws):
+    """Arrays are written without all-zero chunks: absence of an unlisted chunk is not damage."""
+    from conftest import write_tokens
+
+    # tokens 0..9 and 2_000_000.. only: the unigram chunk covering ids 2^20..2^21-1 is all zero, never written
+    docs = [[1, 2, 3, 2_100_000, 5] * 4, [7, 8, 2_100_001, 9] * 3]
+    tokens = write_tokens(ws, docs, n_vocab=2_200_000)
+    counts = count_cooccurrences(tokens, ws, params=CountParams(lags=1), scheduler="sync")
+    assert "counts.zarr/unigram/c/1" not in counts.manifest["files"]
+    assert not os.path.exists(os.path.join(counts.path, "counts.zarr", "unigram", "c", "1"))
+    unigram = CountStore.from_artifact(counts).unigram
+    expected = np.bincount(np.concatenate(docs), minlength=2_200_000)
+    assert np.array_equal(unigram, expected)
+
+
+def test_missing_embeddings_chunk_fails_seed_with_one_line(ws, small_counts):
+    emb = json.loads(cli("k0", small_counts.fingerprint, "-w", ws.root, "--dim", "64", "--v-eff", "512",
+                         "--scheduler", "sync", "--json", "-q").stdout)
+    os.remove(os.path.join(emb["path"], "embeddings.zarr", "E", "c", "0", "0"))
+    proc = cli("seed", emb["fingerprint"], "-w", ws.root, "--config", "tiny", "-q", check=False)
+    assert proc.returncode == 2 and proc.stderr.count("\n") == 1, proc.stderr
+    assert "array E, chunk 0,0 is missing" in proc.stderr
+    assert ws.list("model") == []
