@@ -55,7 +55,14 @@ def _reason(exc: BaseException) -> str:
     text = str(exc)
     if 'message: "' in text:
         return text.split('message: "', 1)[1].split('"', 1)[0]
+    code = text.rsplit("(os error ", 1)[-1].rstrip(")") if "(os error " in text else ""
+    if code.isdigit():  # safetensors: "... I/O error: No space left on device (os error 28)"
+        return os.strerror(int(code))
     return text.strip().splitlines()[0] if text.strip() else type(exc).__name__
+
+
+class WriteError(CtstoreError):
+    """A write failed (usually a full disk): the failed build removes everything it wrote."""
 
 
 def write_error(path: str, what: str, exc: BaseException) -> "CtstoreError":
@@ -71,7 +78,7 @@ def write_error(path: str, what: str, exc: BaseException) -> "CtstoreError":
         room = f"; {format_bytes(shutil.disk_usage(probe or '.').free)} free on that disk"
     except OSError:
         pass
-    return CtstoreError(f"{one_line(path)}: cannot write {what} ({one_line(_reason(exc))}{room})")
+    return WriteError(f"{one_line(path)}: cannot write {what} ({one_line(_reason(exc))}{room})")
 
 
 _QUIET = False

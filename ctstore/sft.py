@@ -120,7 +120,12 @@ class TokenSplit:
                 _close_quietly(files[s])
                 _remove_quietly(p)
             if exc.filename is None:  # a write into the cache, not a read of the tokens artifact
-                raise write_error(os.path.dirname(tmp["train"]), "SFT token cache", exc) from None
+                cache_dir = os.path.dirname(tmp["train"])
+                try:
+                    os.rmdir(cache_dir)
+                except OSError:
+                    pass
+                raise write_error(cache_dir, "SFT token cache", exc) from None
             raise
         finally:
             for f in files.values():

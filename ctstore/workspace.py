@@ -29,7 +29,7 @@ from dataclasses import dataclass, field
 import fsspec
 
 from . import __version__
-from ._util import CtstoreError, canonical_json, one_line
+from ._util import CtstoreError, WriteError, canonical_json, one_line
 
 __all__ = ["Artifact", "Workspace", "fingerprint", "KINDS"]
 
@@ -381,8 +381,17 @@ class ArtifactLock:
                     raise CtstoreError(f"{self.path}: still locked after {self.timeout:.0f} s") from None
                 time.sleep(0.2)
                 continue
-            with os.fdopen(fd, "w") as f:
-                f.write(f"{socket.gethostname()} {os.getpid()}\n")
+            try:
+                with os.fdopen(fd, "w") as f:
+                    f.write(f"{socket.gethostname()} {os.getpid()}\n")
+            except OSError as exc:  # a full disk: no room even for the lock's one line
+                try:
+                    os.remove(self.path)
+                except FileNotFoundError:
+                    pass
+                from ._util import write_error
+
+                raise write_error(self.path, "lock file", exc) from None
             self.held = True
             return self
 
@@ -409,7 +418,8 @@ def build_artifact(ws: Workspace, kind: str, fp: str, build, *, force: bool = Fa
     build refused before writing anything (a plan that does not fit
     ``--memory``) leaves no directory at all. A write that fails for lack of
     room becomes the one-line error ``<path>: cannot write … (<N> free on that
-    disk)``.
+    disk)`` and removes the partial output even of a resumable stage (it is
+    what fills the disk).
     """
     from ._util import log
 
@@ -432,8 +442,9 @@ def build_artifact(ws: Workspace, kind: str, fp: str, build, *, force: bool = Fa
             body["files"] = hash_files(ws.fs, path)
             return ws.publish(kind, fp, body), False
         except BaseException as exc:
-            _discard_partial(ws, kind, fp, keep_partial)
             error = _room_error(exc, path, kind)
+            # out of room: even a resumable stage removes what it wrote (it is what fills the disk)
+            _discard_partial(ws, kind, fp, keep_partial and error is None and not isinstance(exc, WriteError))
             if error is not None:
                 raise error from None
             raise

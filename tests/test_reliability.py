@@ -452,3 +452,105 @@ def test_missing_embeddings_chunk_fails_seed_with_one_line(ws, small_counts):
     assert proc.returncode == 2 and proc.stderr.count("\n") == 1, proc.stderr
     assert "array E, chunk 0,0 is missing" in proc.stderr
     assert ws.list("model") == []
+
+
+# ---------------------------------------------------------------------------------------
+# issue 10: gc and the scratch of running jobs; full disks during seed and sft
+
+
+def test_gc_during_sft_token_cache_build_leaves_it_alone(tmp_path, monkeypatch):
+    from ctstore import sft as sft_module
+    from ctstore.sft import SftParams, train_model
+
+    ws = Workspace(str(tmp_path / "ws"))
+    model, tokens = _tiny_run_inputs(ws)
+    real = sft_module._in_validation
+    removed = []
+
+    def in_validation_then_gc(doc_ids, fraction):  # called while the cache files are being written
+        removed.extend(Workspace(ws.root).gc())
+        return real(doc_ids, fraction)
+
+    monkeypatch.setattr(sft_module, "_in_validation", in_validation_then_gc)
+    run = train_model(model, tokens, ws, params=SftParams(steps=2, eval_every=2, eval_batches=1, batch_size=2,
+                                                          block_size=8))
+    assert removed == [], removed
+    assert run.manifest["steps"] == 2
+    cache = os.path.join(ws.root, "tmp", f"tokens-{tokens.fingerprint}-val0.1")
+    train = np.fromfile(os.path.join(cache, "train.u32"), dtype=np.uint32)
+    val = np.fromfile(os.path.join(cache, "val.u32"), dtype=np.uint32)
+    assert train.size + val.size == tokens.manifest["tokens"] and val.size > 0
+    assert any(p.endswith(f"tokens-{tokens.fingerprint}-val0.1") for p in Workspace(ws.root).gc()), \
+        "once no job holds it, the cache is ordinary scratch again"
+
+
+def _fill(disk, leave: int = 0):
+    """Fill ``disk`` with a ballast file, leaving about ``leave`` bytes."""
+    ballast = disk / "ballast"
+    with open(ballast, "wb") as f:
+        try:
+            while True:
+                free = os.statvfs(disk).f_bavail * os.statvfs(disk).f_frsize
+                if free <= leave:
+                    break
+                f.write(b"\0" * max(4096, min(1 << 20, free - leave)))
+                f.flush()
+        except OSError:
+            pass
+    return ballast
+
+
+def _leftovers(ws_root: str, kind: str) -> list[str]:
+    out = []
+    for sub in (kind, "tmp"):
+        d = os.path.join(ws_root, sub)
+        if os.path.isdir(d):
+            out += [os.path.join(d, x) for x in os.listdir(d)]
+    return out
+
+
+def test_disk_full_during_seed_and_sft_fails_in_one_line_and_leaves_nothing(tiny_disk, capsys):
+    from ctstore.cli import main
+    from ctstore.k0 import K0Params, embed_counts
+    from conftest import write_tokens
+
+    subprocess.run(["mount", "-o", "remount,size=16M", str(tiny_disk)], check=True)
+    ws = Workspace(str(tiny_disk / "ws"))
+    rng = np.random.default_rng(1)
+    tokens = write_tokens(ws, [list(rng.integers(0, 100, 40)) for _ in range(60)], n_vocab=100,
+                          row_group_tokens=4096, shard_tokens=1 << 20)
+    counts = count_cooccurrences(tokens, ws, params=CountParams(lags=2), scheduler="sync")
+    emb = embed_counts(counts, ws, params=K0Params(dim=64, v_eff=100), scheduler="sync")
+    ballast = _fill(tiny_disk, leave=64 << 10)  # a tiny model needs ~0.5 MB
+    for argv, kind in ((["seed", emb.fingerprint, "--config", "tiny"], "model"),):
+        capsys.readouterr()
+        rc = main([*argv, "-w", ws.root, "-q"])
+        err = capsys.readouterr().err
+        assert rc == 2 and err.startswith("ctstore: error:") and err.count("\n") == 1, err
+        assert "cannot write" in err and "free on that disk" in err and str(tiny_disk) in err, err
+        assert ws.list(kind) == [] and _leftovers(ws.root, kind) == [], _leftovers(ws.root, kind)
+    ballast.unlink()
+    model = json.loads(_main_json(capsys, ["seed", emb.fingerprint, "--config", "tiny", "-w", ws.root]))
+    # sft: room for the two locks only (not the token cache), then for the cache but not the checkpoint
+    for leave, what in ((8 << 10, "SFT token cache"), (48 << 10, "SFT checkpoint")):
+        ballast = _fill(tiny_disk, leave=leave)
+        capsys.readouterr()
+        rc = main(["sft", model["fingerprint"], "--tokens", tokens.fingerprint, "--steps", "2", "--eval-every",
+                   "1", "--eval-batches", "1", "--batch-size", "2", "--block-size", "8", "-w", ws.root, "-q"])
+        err = capsys.readouterr().err
+        assert rc == 2 and err.count("\n") == 1 and f"cannot write {what}" in err, err
+        assert "free on that disk" in err and str(tiny_disk) in err, err
+        assert ws.list("run") == [] and [p for p in _leftovers(ws.root, "run") if "/tokens-" not in p] == []
+        ballast.unlink()
+    run = json.loads(_main_json(capsys, ["sft", model["fingerprint"], "--tokens", tokens.fingerprint, "--steps", "2",
+                                         "--eval-every", "1", "--eval-batches", "1", "--batch-size", "2",
+                                         "--block-size", "8", "-w", ws.root]))
+    assert run["steps"] == 2 and verify_artifact(ws.get(run["fingerprint"])) == []
+
+
+def _main_json(capsys, argv):
+    from ctstore.cli import main
+
+    capsys.readouterr()
+    assert main([*argv, "--json", "-q"]) == 0
+    return capsys.readouterr().out
