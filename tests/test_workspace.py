@@ -190,3 +190,60 @@ def test_build_over_an_unreadable_manifest_rebuilds_it(ws):
         f.write("null")
     rebuilt = count_cooccurrences(tokens, ws, params=CountParams(lags=1), scheduler="sync")
     assert rebuilt.manifest["nnz"] == counts.manifest["nnz"] and ws.find("counts", counts.fingerprint) is not None
+
+
+# ---------------------------------------------------------------------------------------
+# issue 10: numeric flags are checked when parsed; every error is one line
+
+
+BAD_FLAGS = [
+    (["count", "x", "--lags", "0"], "--lags"), (["count", "x", "--lags", "ten"], "--lags"),
+    (["count", "x", "--memory", "lots"], "--memory"), (["count", "x", "--memory", "0"], "--memory"),
+    (["count", "x", "--memory", "nan"], "--memory"),
+    (["k0", "x", "--lags", "0"], "--lags"), (["k0", "x", "--dim", "nan"], "--dim"), (["k0", "x", "-d", "0"], "--dim"),
+    (["k0", "x", "--lag-from", "-1"], "--lag-from"), (["k0", "x", "--v-eff", "1"], "--v-eff"),
+    (["k0", "x", "--v-eff", "nan"], "--v-eff"), (["k0", "x", "--ppmi-alpha", "nan"], "--ppmi-alpha"),
+    (["k0", "x", "--power-iters", "-1"], "--power-iters"), (["k0", "x", "--oversample", "1.5"], "--oversample"),
+    (["k0", "x", "--weighting", "1,nan"], "--weighting"), (["k0", "x", "--seed", "-1"], "--seed"),
+    (["synth", "--tokens", "0"], "--tokens"), (["synth", "--tokens", "inf"], "--tokens"),
+    (["synth", "--vocab", "1"], "--vocab"), (["synth", "--zipf", "nan"], "--zipf"),
+    (["synth", "--local", "1.5"], "--local"), (["synth", "--doc-tokens", "-5"], "--doc-tokens"),
+    (["tokenize", "a.txt", "--shard-tokens", "0"], "--shard-tokens"), (["tokenize", "a.txt", "--threads", "0"], "--threads"),
+    (["seed", "e", "--vocab", "0"], "--vocab"),
+    (["sft", "m", "--tokens", "t", "--steps", "0"], "--steps"), (["sft", "m", "--tokens", "t", "--lr", "nan"], "--lr"),
+    (["sft", "m", "--tokens", "t", "--lr", "0"], "--lr"), (["sft", "m", "--tokens", "t", "--batch-size", "-2"], "--batch-size"),
+    (["sft", "m", "--tokens", "t", "--val-fraction", "1"], "--val-fraction"),
+    (["sft", "m", "--tokens", "t", "--target-ppl", "nan"], "--target-ppl"),
+    (["sft", "m", "--tokens", "t", "--block-size", "1"], "--block-size"),
+    (["eval", "m", "--tokens", "t", "--batches", "0"], "--batches"),
+    (["crystallize", "c", "--K", "0"], "--K"),
+]
+
+
+@pytest.mark.parametrize("argv,flag", BAD_FLAGS, ids=[" ".join(a) for a, _ in BAD_FLAGS])
+def test_numeric_flags_are_checked_at_parse_time_in_one_line(tmp_path, capsys, argv, flag):
+    from ctstore.cli import main
+
+    capsys.readouterr()
+    with pytest.raises(SystemExit) as stop:
+        main([*argv, "-w", str(tmp_path / "ws")])
+    err = capsys.readouterr().err
+    assert stop.value.code == 2
+    assert err.startswith(f"ctstore: error: {flag}: ") and err.count("\n") == 1, err
+    assert not os.path.exists(tmp_path / "ws"), "refused before the workspace is touched"
+
+
+def test_os_errors_keep_input_colon_problem_on_one_line(tmp_path, capsys, monkeypatch):
+    from ctstore.cli import main
+
+    def fail(self, kind=None):
+        raise FileNotFoundError(2, "No such file or directory", str(tmp_path / "we\nird"))
+
+    monkeypatch.setattr(Workspace, "list", fail)
+    capsys.readouterr()
+    assert main(["ls", "-w", str(tmp_path / "ws")]) == 2
+    assert capsys.readouterr().err == f"ctstore: error: {tmp_path}/we\\nird: No such file or directory\n"
+    monkeypatch.undo()
+    assert main(["tokenize", str(tmp_path / "no\nsuch.txt"), "-w", str(tmp_path / "ws2"), "-q"]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "no\\nsuch.txt" in err, err
