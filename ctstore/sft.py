@@ -76,14 +76,12 @@ class TokenSplit:
     """Flat memory-mapped train/validation token arrays of a tokens artifact."""
 
     def __init__(self, tokens, fraction: float, cache_dir: str, lock=None):
-        """``lock``: held while the cache is built and opened (``Workspace.scratch_lock``), so that
-        ``ctstore gc`` and a second job building the same cache leave it alone."""
-        from contextlib import nullcontext
-
+        """The cache is built and opened under ``lock`` (default: the workspace's scratch lock of
+        ``<workspace>/tmp/<name>``), so ``ctstore gc`` and a second job building it leave it alone."""
         self.tokens = tokens
         os.makedirs(cache_dir, exist_ok=True)
         self.paths = {s: os.path.join(cache_dir, f"{s}.u32") for s in ("train", "val")}
-        with lock or nullcontext():
+        with lock or _scratch_lock(cache_dir):
             os.makedirs(cache_dir, exist_ok=True)
             if not all(os.path.exists(p) for p in self.paths.values()):
                 self._build(fraction)
@@ -132,6 +130,16 @@ class TokenSplit:
                 _close_quietly(f)
         for s in tmp:
             os.replace(tmp[s], self.paths[s])
+
+
+def _scratch_lock(cache_dir: str):
+    """The workspace's lock on a scratch directory ``<workspace>/tmp/<name>`` (no lock elsewhere)."""
+    from contextlib import nullcontext
+
+    parent = os.path.dirname(os.path.abspath(cache_dir))
+    if os.path.basename(parent) != "tmp":
+        return nullcontext()
+    return Workspace(os.path.dirname(parent)).scratch_lock(os.path.basename(os.path.abspath(cache_dir)))
 
 
 def _batch(data: np.ndarray, T: int, B: int, gen: torch.Generator, vocab_map):
@@ -333,8 +341,7 @@ def _train_into(ws, path, model_artifact, tokens, p: SftParams, device, stop_at)
     model, vocab_map, raw = load_model(model_artifact.path, device)
     T = min(p.block_size or model.config.block_size, model.config.block_size)
     split = TokenSplit(tokens, p.val_fraction,
-                       ws.scratch_dir("tokens", f"{tokens.fingerprint}-val{p.val_fraction}"),
-                       lock=ws.scratch_lock(f"tokens-{tokens.fingerprint}-val{p.val_fraction}"))
+                       ws.scratch_dir("tokens", f"{tokens.fingerprint}-val{p.val_fraction}"))
     train, val = split.arrays["train"], split.arrays["val"]
     T = min(T, len(train) - 2, len(val) - 2)
     if p.freeze_embeddings:
@@ -500,8 +507,7 @@ def run_cli(args, ws):
             raise CtstoreError(f"{tokens}: tokenized with {tokens.manifest.get('tokenizer')!r} but the model "
                                f"expects {raw.get('tokenizer')!r}")
         split = TokenSplit(tokens, args.val_fraction,
-                           ws.scratch_dir("tokens", f"{tokens.fingerprint}-val{args.val_fraction}"),
-                           lock=ws.scratch_lock(f"tokens-{tokens.fingerprint}-val{args.val_fraction}"))
+                           ws.scratch_dir("tokens", f"{tokens.fingerprint}-val{args.val_fraction}"))
         result = evaluate(model, split.arrays[args.split], vocab_map, model.config.block_size, args.batches)
         print(json.dumps({"model": art.fingerprint, "tokens": tokens.fingerprint, "split": args.split, **result}))
         return None
