@@ -307,7 +307,7 @@ def _embed_into(ws, path, fp, counts, store, params: K0Params, plan: K0Plan, par
             spec, _stats = build_operator(
                 store, runner, os.path.join(scratch, "op"), lags=lags, weights=weights,
                 symmetric=params.symmetric, active=active, transform=params.transform, ppmi_alpha=params.ppmi_alpha)
-        groups = round_robin(spec.blocks, 2 * runner.plan.n_workers)
+        groups = round_robin(spec.blocks)  # fixed grouping: the same sums on every scheduler
         with stopwatch(timings, "embed_s"):
             if params.hierarchical:
                 rows, spectrum, extra = _hierarchical(runner, spec, groups, inv_rank, n, params.dim)

@@ -554,3 +554,45 @@ def _main_json(capsys, argv):
     capsys.readouterr()
     assert main([*argv, "--json", "-q"]) == 0
     return capsys.readouterr().out
+
+
+# ---------------------------------------------------------------------------------------
+# issue 10: k0 gives the same bits on every scheduler
+
+
+@pytest.mark.slow
+def test_k0_is_bit_identical_in_process_and_on_a_local_cluster(ws, small_counts, monkeypatch):
+    """Many operator blocks (so sums have many terms to reorder); sync vs a 2-worker LocalCluster."""
+    from ctstore import operator as operator_module
+    from ctstore.k0 import K0Params, embed_counts, load_embeddings
+
+    real = operator_module.plan_row_blocks_by_nnz
+    monkeypatch.setattr(operator_module, "plan_row_blocks_by_nnz", lambda row_nnz: real(row_nnz, target=1500))
+    cases = [K0Params(dim=8, v_eff=1024),  # circulant exact: diagonal sums folded over tasks
+             # randomized SVD of PPMI: operator column sums, then Aᵀ·Q partial sums folded over tasks
+             K0Params(dim=8, v_eff=1024, kernel="ppmi", power_iters=1, weighting="inverse-distance")]
+    for params in cases:
+        sync = embed_counts(small_counts, ws, params=params, scheduler="sync")
+        e_sync, s_sync, _, _ = load_embeddings(sync)
+        local = embed_counts(small_counts, ws, params=params, scheduler="local", memory="2GB", force=True)
+        e_local, s_local, _, _ = load_embeddings(local)
+        assert local.fingerprint == sync.fingerprint
+        assert np.abs(e_sync).max() > 0 and np.isfinite(e_sync).all()
+        assert np.array_equal(s_sync, s_local), (params, s_sync - s_local)
+        assert np.array_equal(e_sync, e_local), (params, np.abs(e_sync - e_local).max())
+
+
+@pytest.mark.slow
+def test_map_reduce_folds_in_item_order_whatever_order_tasks_finish():
+    from ctstore.cluster import Runner
+
+    with Runner("2GB", "local", n_workers=2, dashboard="127.0.0.1:0") as runner:
+        runner.plan = type(runner.plan)(runner.plan.memory, 1, runner.plan.worker_memory, runner.plan.task_memory)
+        order = runner.map_reduce(_sleep_then_return, [(i, 0.3 if i % 3 == 0 else 0.0) for i in range(12)],
+                                  lambda acc, x: (acc or []) + [x], desc="t")
+    assert order == list(range(12))
+
+
+def _sleep_then_return(i, seconds):
+    time.sleep(seconds)
+    return i
