@@ -81,6 +81,9 @@ def chunk_error(url: str, array: str, start: int, stop: int, chunk: int, exc: Ex
     return CtstoreError(f"{url}: array {array}, {where} cannot be read ({reason}); run ctstore verify")
 
 
+_LISTED_CACHE: dict = {}
+
+
 class ChunkIndex:
     """The chunk files a manifest lists for one Zarr store, and a check that they are still there.
 
@@ -123,15 +126,21 @@ class ChunkIndex:
             import json
 
             fs, root = self.fs_root
+            path = root.rsplit("/", 1)[0] + "/" + MANIFEST
             try:
-                with fs.open(root.rsplit("/", 1)[0] + "/" + MANIFEST, "rb") as f:
-                    manifest = json.load(f)
+                info = fs.info(path)
+                key = (self.url, info.get("size"), str(info.get("mtime") or info.get("LastModified") or ""))
+                if key not in _LISTED_CACHE:  # a Dask worker reads one manifest once, not once per task
+                    with fs.open(path, "rb") as f:
+                        manifest = json.load(f)
+                    listed = (ChunkIndex.from_manifest(self.url, manifest, self.storage_options)._listed
+                              if isinstance(manifest, dict) else frozenset())
+                    if len(_LISTED_CACHE) > 64:
+                        _LISTED_CACHE.clear()
+                    _LISTED_CACHE[key] = listed
+                self._listed = _LISTED_CACHE[key]
             except (OSError, ValueError):
-                manifest = None
-            if not isinstance(manifest, dict):
                 self._listed = frozenset()
-            else:
-                self._listed = ChunkIndex.from_manifest(self.url, manifest, self.storage_options)._listed
         return self._listed
 
     def _present_in(self, array: str) -> set[str]:
@@ -194,10 +203,16 @@ def verify_lineage(artifact) -> tuple[list[str], list[str]]:
         seen.add(str(art))
         checked.append(str(art))
         problems += [f"input {p}" if is_input else p for p in verify_artifact(art)]
-        for fp in _input_fingerprints(art.manifest.get("inputs", {})):
+        inputs = art.manifest.get("inputs", {})
+        for fp in _input_fingerprints(inputs if isinstance(inputs, dict) else {}):
             for kind in KINDS:
-                found = ws.find(kind, fp) if len(fp) == len(art.fingerprint) else None
-                if found is not None:
-                    todo.append((found, True))
+                if len(fp) != len(art.fingerprint):
+                    break
+                manifest, problem = ws._read_manifest(kind, fp)
+                if problem is not None:
+                    problems.append(f"input {problem}")
+                    break
+                if manifest is not None:
+                    todo.append((type(art)(ws, kind, fp, manifest), True))
                     break
     return problems, checked

@@ -168,11 +168,15 @@ class Workspace:
         ref = ref.rstrip("/")
         if os.path.isdir(ref) and os.path.exists(os.path.join(ref, MANIFEST)):
             ref_abs = os.path.abspath(ref)
+            try:
+                with open(os.path.join(ref_abs, MANIFEST), "rb") as f:
+                    manifest = json.loads(f.read().decode("utf-8"))
+            except (ValueError, UnicodeDecodeError, OSError) as exc:
+                raise CtstoreError(f"{one_line(ref)}: manifest is unreadable ({one_line(exc)})") from None
+            if not isinstance(manifest, dict) or not {"kind", "fingerprint"} <= manifest.keys():
+                raise CtstoreError(f"{one_line(ref)}: manifest is not an artifact manifest")
             ws = Workspace(os.path.dirname(os.path.dirname(ref_abs)))
-            art = ws.find(os.path.basename(os.path.dirname(ref_abs)), os.path.basename(ref_abs))
-            if art is None:
-                raise CtstoreError(f"{one_line(ref)}: not a complete artifact")
-            return ws._checked(art, kind, ref)
+            return ws._checked(Artifact(ws, manifest["kind"], manifest["fingerprint"], manifest), kind, ref)
         if "/" in ref:
             kind_part, fp = ref.rsplit("/", 1)
             kind = kind or kind_part.rsplit("/", 1)[-1]

@@ -444,13 +444,22 @@ def test_chunk_absent_by_design_still_reads_as_fill_value(ws):
     assert np.array_equal(unigram, expected)
 
 
-def test_missing_embeddings_chunk_fails_seed_with_one_line(ws, small_counts):
-    emb = json.loads(cli("k0", small_counts.fingerprint, "-w", ws.root, "--dim", "64", "--v-eff", "512",
-                         "--scheduler", "sync", "--json", "-q").stdout)
+def test_missing_embeddings_chunk_fails_seed_with_one_line(ws, small_counts, capsys):
+    from ctstore.cli import main
+
+    emb = json.loads(_main_json(capsys, ["k0", small_counts.fingerprint, "-w", ws.root, "--dim", "64", "--v-eff",
+                                         "512", "--scheduler", "sync"]))
+    # a damaged input: verify of the embeddings names it (they were computed from it); --shallow does not look
+    os.remove(os.path.join(small_counts.path, "counts.zarr", "lag_1", "indices", "c", "0"))
+    assert main(["verify", emb["fingerprint"], "-w", ws.root, "-q"]) == 1
+    err = capsys.readouterr().err
+    assert f"input {small_counts}: array counts.zarr/lag_1/indices, chunk 0 is missing" in err, err
+    assert main(["verify", emb["fingerprint"], "-w", ws.root, "--shallow", "-q"]) == 0
     os.remove(os.path.join(emb["path"], "embeddings.zarr", "E", "c", "0", "0"))
-    proc = cli("seed", emb["fingerprint"], "-w", ws.root, "--config", "tiny", "-q", check=False)
-    assert proc.returncode == 2 and proc.stderr.count("\n") == 1, proc.stderr
-    assert "array E, chunk 0,0 is missing" in proc.stderr
+    capsys.readouterr()
+    assert main(["seed", emb["fingerprint"], "-w", ws.root, "--config", "tiny", "-q"]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "array E, chunk 0,0 is missing" in err, err
     assert ws.list("model") == []
 
 
