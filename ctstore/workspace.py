@@ -147,7 +147,8 @@ class Workspace:
         except PermissionError:
             return None, f"{one_line(path)}: manifest cannot be read (permission denied)"
         if not isinstance(manifest, dict):
-            return None, f"{one_line(path)}: manifest is {type(manifest).__name__}, not a JSON object"
+            what = {type(None): "null", str: "a string", list: "a list", bool: "a boolean"}.get(type(manifest), "a number")
+            return None, f"{one_line(path)}: manifest is {what}, not a JSON object"
         if manifest.get("kind", kind) != kind or manifest.get("fingerprint", fp) != fp:
             return None, (f"{one_line(path)}: manifest describes {manifest.get('kind')}/"
                           f"{manifest.get('fingerprint')}, not {kind}/{fp}")
@@ -185,8 +186,9 @@ class Workspace:
         matches = [a for a in self.list() if a.fingerprint.startswith(fp)]
         if not matches:
             broken = [p for k, f, p in self.unreadable() if f.startswith(fp) and (kind is None or k == kind)]
-            if len(broken) == 1:
-                raise CtstoreError(f"{broken[0]}; `ctstore gc --unreadable` removes it")
+            if broken:
+                more = f" (and {len(broken) - 1} more matching {one_line(fp)})" if len(broken) > 1 else ""
+                raise CtstoreError(f"{broken[0]}{more}; `ctstore gc --unreadable` removes it")
             raise CtstoreError(f"{one_line(ref)}: no complete {kind or 'artifact'} with this fingerprint in "
                                f"{one_line(self.url)}")
         if len(matches) > 1:
