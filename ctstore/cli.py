@@ -243,7 +243,8 @@ def _run(args) -> int:
         log(f"gc: {len(removed)} incomplete item(s)")
         kept = [] if args.unreadable else ws.unreadable()
         if kept:
-            log(f"gc: kept {len(kept)} artifact(s) with an unreadable manifest ({', '.join(f'{k}/{f}' for k, f, _ in kept)}); "
+            names = ", ".join(f"{k}/{f}" for k, f, _ in kept)
+            log(f"gc: kept {len(kept)} artifact(s) with an unreadable manifest ({names}); "
                 "`ctstore gc --unreadable` removes them")
     else:
         from . import stages

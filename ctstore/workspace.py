@@ -147,7 +147,8 @@ class Workspace:
         except PermissionError:
             return None, f"{one_line(path)}: manifest cannot be read (permission denied)"
         if not isinstance(manifest, dict):
-            what = {type(None): "null", str: "a string", list: "a list", bool: "a boolean"}.get(type(manifest), "a number")
+            what = {type(None): "null", str: "a string", list: "a list", bool: "a boolean"}.get(
+                type(manifest), "a number")
             return None, f"{one_line(path)}: manifest is {what}, not a JSON object"
         if manifest.get("kind", kind) != kind or manifest.get("fingerprint", fp) != fp:
             return None, (f"{one_line(path)}: manifest describes {manifest.get('kind')}/"

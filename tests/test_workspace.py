@@ -130,7 +130,8 @@ def test_plan_time_refusal_leaves_no_directory(ws, capsys):
 
     tokens = write_tokens(ws, [[1, 2, 3, 4, 5, 6] * 5] * 4, n_vocab=50)
     before = sorted(os.listdir(ws.root))
-    rc, _, err = _cli(capsys, "count", tokens.fingerprint, "-w", ws.root, "--memory", "1KB", "--scheduler", "sync", "-q")
+    rc, _, err = _cli(capsys, "count", tokens.fingerprint, "-w", ws.root, "--memory", "1KB", "--scheduler", "sync",
+                      "-q")
     assert rc == 2 and err.startswith("ctstore: error:") and err.count("\n") == 1 and "too small" in err, err
     assert not os.path.exists(f"{ws.root}/counts") or not os.listdir(f"{ws.root}/counts")
     assert not os.path.exists(f"{ws.root}/tmp") or not os.listdir(f"{ws.root}/tmp")
@@ -208,10 +209,12 @@ BAD_FLAGS = [
     (["synth", "--tokens", "0"], "--tokens"), (["synth", "--tokens", "inf"], "--tokens"),
     (["synth", "--vocab", "1"], "--vocab"), (["synth", "--zipf", "nan"], "--zipf"),
     (["synth", "--local", "1.5"], "--local"), (["synth", "--doc-tokens", "-5"], "--doc-tokens"),
-    (["tokenize", "a.txt", "--shard-tokens", "0"], "--shard-tokens"), (["tokenize", "a.txt", "--threads", "0"], "--threads"),
+    (["tokenize", "a.txt", "--shard-tokens", "0"], "--shard-tokens"),
+    (["tokenize", "a.txt", "--threads", "0"], "--threads"),
     (["seed", "e", "--vocab", "0"], "--vocab"),
     (["sft", "m", "--tokens", "t", "--steps", "0"], "--steps"), (["sft", "m", "--tokens", "t", "--lr", "nan"], "--lr"),
-    (["sft", "m", "--tokens", "t", "--lr", "0"], "--lr"), (["sft", "m", "--tokens", "t", "--batch-size", "-2"], "--batch-size"),
+    (["sft", "m", "--tokens", "t", "--lr", "0"], "--lr"),
+    (["sft", "m", "--tokens", "t", "--batch-size", "-2"], "--batch-size"),
     (["sft", "m", "--tokens", "t", "--val-fraction", "1"], "--val-fraction"),
     (["sft", "m", "--tokens", "t", "--target-ppl", "nan"], "--target-ppl"),
     (["sft", "m", "--tokens", "t", "--block-size", "1"], "--block-size"),
