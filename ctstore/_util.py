@@ -39,7 +39,7 @@ class CtstoreError(Exception):
     """
 
 
-def one_line(text: object, limit: int = 300) -> str:
+def one_line(text: object, limit: int = 1000) -> str:
     """``text`` made safe for a one-line message: control characters (newlines in file names) escaped."""
     s = str(text)
     if any(c < " " or c == "\x7f" for c in s):
@@ -161,7 +161,7 @@ def number_flag(kind: type, low: float | None = None, high: float | None = None,
             value = kind(text.replace("_", "")) if kind is int else float(text)
         except (TypeError, ValueError):
             raise argparse.ArgumentTypeError(f"must be {describe()}, not {one_line(repr(text))}") from None
-        bad = not math.isfinite(value)
+        bad = kind is float and not math.isfinite(value)
         if low is not None:
             bad |= value <= low if low_open else value < low
         if high is not None:
