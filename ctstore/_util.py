@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import sys
 import time
 from contextlib import contextmanager
@@ -23,6 +24,10 @@ __all__ = [
     "parse_memory",
     "stopwatch",
     "canonical_json",
+    "one_line",
+    "write_error",
+    "number_flag",
+    "text_flag",
 ]
 
 
@@ -32,6 +37,48 @@ class CtstoreError(Exception):
     The CLI prints ``ctstore: error: <message>`` on one line and exits with
     status 2; the message must name the input and the problem.
     """
+
+
+def one_line(text: object, limit: int = 1000) -> str:
+    """``text`` made safe for a one-line message: control characters (newlines in file names) escaped."""
+    s = str(text)
+    if any(c < " " or c == "\x7f" for c in s):
+        s = s.encode("unicode_escape", errors="backslashreplace").decode("ascii", errors="replace")
+    return s if len(s) <= limit else s[: limit - 3] + "..."
+
+
+def _reason(exc: BaseException) -> str:
+    """The OS reason of a failed write: ``strerror`` of an OSError, else the message inside a
+    SafetensorError (``... message: "No space left on device" ...``), else its first line."""
+    if isinstance(exc, OSError) and exc.strerror:
+        return exc.strerror
+    text = str(exc)
+    if 'message: "' in text:
+        return text.split('message: "', 1)[1].split('"', 1)[0]
+    code = text.rsplit("(os error ", 1)[-1].rstrip(")") if "(os error " in text else ""
+    if code.isdigit():  # safetensors: "... I/O error: No space left on device (os error 28)"
+        return os.strerror(int(code))
+    return text.strip().splitlines()[0] if text.strip() else type(exc).__name__
+
+
+class WriteError(CtstoreError):
+    """A write failed (usually a full disk): the failed build removes everything it wrote."""
+
+
+def write_error(path: str, what: str, exc: BaseException) -> "CtstoreError":
+    """One-line error for a failed write, with the free space left there (a full disk is the usual cause).
+
+    ``ctstore: error: <path>: cannot write <what> (<reason>; <N> free on that disk)``
+    """
+    room = ""
+    probe = path.rstrip("/")
+    while probe and not os.path.isdir(probe):
+        probe = os.path.dirname(probe)
+    try:
+        room = f"; {format_bytes(shutil.disk_usage(probe or '.').free)} free on that disk"
+    except OSError:
+        pass
+    return WriteError(f"{one_line(path)}: cannot write {what} ({one_line(_reason(exc))}{room})")
 
 
 _QUIET = False
@@ -69,9 +116,11 @@ def parse_count(text: str | int) -> int:
     try:
         value = float(number) * _SUFFIXES[suffix]
     except ValueError:
-        raise CtstoreError(f"not a count: {text!r} (use e.g. 4096, 200K, 200M)") from None
+        raise CtstoreError(f"not a count: {one_line(repr(text))} (use e.g. 4096, 200K, 200M)") from None
+    if value != value or value in (float("inf"), float("-inf")):
+        raise CtstoreError(f"not a count: {one_line(repr(text))} (use e.g. 4096, 200K, 200M)")
     if value < 0 or value != int(value):
-        raise CtstoreError(f"not a whole non-negative count: {text!r}")
+        raise CtstoreError(f"not a whole non-negative count: {one_line(repr(text))}")
     return int(value)
 
 
@@ -82,7 +131,67 @@ def parse_memory(text: str | int) -> int:
     try:
         return int(parse_bytes(str(text)))
     except (ValueError, TypeError):
-        raise CtstoreError(f"not a memory size: {text!r} (use e.g. 2GB, 512MiB)") from None
+        raise CtstoreError(f"not a memory size: {one_line(repr(text))} (use e.g. 2GB, 512MiB)") from None
+
+
+def number_flag(kind: type, low: float | None = None, high: float | None = None, *, low_open: bool = False,
+                high_open: bool = False, what: str | None = None):
+    """An argparse ``type`` accepting a finite ``int``/``float`` within bounds (None: unbounded).
+
+    >>> number_flag(int, 1)("3")
+    3
+    """
+    import argparse
+    import math
+
+    def describe() -> str:
+        if what:
+            return what
+        name = "an integer" if kind is int else "a number"
+        if low is not None and high is not None:
+            return f"{name} in {'(' if low_open else '['}{low:g}, {high:g}{')' if high_open else ']'}"
+        if low is not None:
+            if low == 0:
+                return f"{'a positive' if low_open else 'a non-negative'} {name.split(' ', 1)[1]}"
+            return f"{name} {'>' if low_open else '>='} {low:g}"
+        return f"{'a finite number' if kind is float else name}"
+
+    def convert(text: str):
+        try:
+            value = kind(text.replace("_", "")) if kind is int else float(text)
+        except (TypeError, ValueError):
+            raise argparse.ArgumentTypeError(f"must be {describe()}, not {one_line(repr(text))}") from None
+        bad = kind is float and not math.isfinite(value)
+        if low is not None:
+            bad |= value <= low if low_open else value < low
+        if high is not None:
+            bad |= value >= high if high_open else value > high
+        if bad:
+            raise argparse.ArgumentTypeError(f"must be {describe()}, not {one_line(repr(text))}")
+        return value
+
+    convert.__name__ = kind.__name__
+    return convert
+
+
+def text_flag(parse, what: str, minimum: int | None = None, allowed: tuple = ()):
+    """An argparse ``type`` that checks a size/count string with ``parse`` (e.g. :func:`parse_count`)
+    and returns it unchanged (the stage parses it again)."""
+    import argparse
+
+    def convert(text: str):
+        if text in allowed:
+            return text
+        try:
+            value = parse(text)
+        except CtstoreError as exc:
+            raise argparse.ArgumentTypeError(str(exc)) from None
+        if minimum is not None and value < minimum:
+            raise argparse.ArgumentTypeError(f"must be {what}, not {one_line(repr(text))}")
+        return text
+
+    convert.__name__ = "str"
+    return convert
 
 
 def canonical_json(obj: object) -> str:

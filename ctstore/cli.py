@@ -13,7 +13,7 @@ import json
 import os
 import sys
 
-from ._util import CtstoreError, format_bytes, log, parse_count, parse_memory, set_quiet
+from ._util import CtstoreError, format_bytes, log, number_flag, one_line, parse_count, parse_memory, set_quiet
 
 __all__ = ["main"]
 
@@ -30,8 +30,84 @@ def _common(parser: argparse.ArgumentParser, compute: bool = True) -> None:
                             help="'local' (LocalCluster, default), 'sync' (in-process) or a scheduler address")
 
 
+class _Parser(argparse.ArgumentParser):
+    """argparse with ctstore's error form: one line, ``ctstore: error: <input>: <problem>``, status 2."""
+
+    def error(self, message: str):
+        if message.startswith("argument "):
+            name, _, problem = message[len("argument "):].partition(": ")
+            message = f"{name.split('/')[0]}: {problem}"
+        self.exit(2, f"ctstore: error: {one_line(message, 2000)}\n")
+
+
+def _flag_checks() -> dict:
+    """Parse-time checks of every numeric flag: ``{dest: argparse type}`` (by ``(command, dest)`` first)."""
+    from ._util import number_flag, text_flag
+
+    positive = number_flag(int, 1, what="a positive integer")
+    non_negative = number_flag(int, 0, what="a non-negative integer")
+    count = text_flag(parse_count, "a positive count such as 4096, 200K or 32M", minimum=1)
+    return {
+        "memory": text_flag(parse_memory, "a memory size such as 2GB or 512MiB", minimum=1),
+        "threads": positive, "shard_tokens": count, "doc_tokens": count, ("synth", "tokens"): count,
+        ("synth", "vocab"): text_flag(parse_count, "a vocabulary size of at least 2", minimum=2),
+        "seed": non_negative,
+        "zipf": number_flag(float, 0, what="a finite number >= 0"),
+        "local": number_flag(float, 0, 1, what="a probability in [0, 1]"),
+        "lags": positive, "lag_from": positive, "dim": positive,
+        "v_eff": text_flag(parse_count, "auto or a count of at least 2", minimum=2, allowed=("auto",)),
+        "ppmi_alpha": number_flag(float, 0, what="a finite number >= 0"),
+        "oversample": non_negative, "power_iters": non_negative,
+        "weighting": _weighting_flag(),
+        "vocab": positive, "K": positive,
+        "steps": positive, "batch_size": positive, "warmup": non_negative, "eval_every": positive,
+        "eval_batches": positive, "block_size": number_flag(int, 2, what="an integer >= 2"),
+        "lr": number_flag(float, 0, low_open=True, what="a positive finite number"),
+        "target_ppl": number_flag(float, 1, what="a finite number >= 1"),
+        "patience": positive,
+        "val_fraction": number_flag(float, 0, 1, low_open=True, high_open=True, what="a number in (0, 1)"),
+        "batches": positive,
+    }
+
+
+def _weighting_flag():
+    import math
+
+    def convert(text: str):
+        if text in ("uniform", "inverse-distance"):
+            return text
+        try:
+            weights = [float(x) for x in text.split(",")]
+        except ValueError:
+            weights = None
+        if not weights or not all(math.isfinite(w) for w in weights):
+            raise argparse.ArgumentTypeError(f"must be uniform, inverse-distance or comma-separated finite "
+                                             f"numbers, not {one_line(repr(text))}")
+        return text
+
+    convert.__name__ = "str"
+    return convert
+
+
+def _install_flag_checks(parser: argparse.ArgumentParser) -> None:
+    checks = _flag_checks()
+    for action in parser._actions:
+        if not isinstance(action, argparse._SubParsersAction):
+            continue
+        for command, sub in action.choices.items():
+            for flag in sub._actions:
+                if not flag.option_strings or flag.nargs == 0 or flag.choices:
+                    continue
+                check = checks.get((command, flag.dest), checks.get(flag.dest))
+                numeric = flag.type in (int, float)
+                if check is None and numeric:  # a numeric flag nobody listed: at least finite
+                    check = number_flag(flag.type)
+                if check is not None and (numeric or flag.type is None):
+                    flag.type = check
+
+
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="ctstore", description=__doc__.splitlines()[0])
+    p = _Parser(prog="ctstore", description=__doc__.splitlines()[0])
     from . import __version__
 
     p.add_argument("--version", action="version", version=f"ctstore {__version__}")
@@ -76,17 +152,23 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("ref", help="fingerprint, unique prefix, or kind/fingerprint")
     _common(s, compute=False)
 
-    s = sub.add_parser("verify", help="check every file of an artifact against the hashes in its manifest")
+    s = sub.add_parser("verify", help="check every file of an artifact (and of its inputs) against the hashes "
+                                      "in their manifests")
     s.add_argument("ref", help="fingerprint, unique prefix, or kind/fingerprint")
+    s.add_argument("--shallow", action="store_true",
+                   help="check only this artifact, not the inputs it was computed from")
     _common(s, compute=False)
 
     s = sub.add_parser("gc", help="remove incomplete artifacts and stale scratch")
     s.add_argument("--dry-run", action="store_true")
+    s.add_argument("--unreadable", action="store_true",
+                   help="also remove artifacts whose manifest cannot be read (ls lists them)")
     _common(s, compute=False)
 
     from . import stages
 
     stages.add_parsers(sub, _common)
+    _install_flag_checks(p)
     return p
 
 
@@ -133,34 +215,48 @@ def _run(args) -> int:
         if args.json:
             print(json.dumps([a.manifest for a in arts], sort_keys=True))
         for a in arts:
-            inputs = ", ".join(f"{k}={v}" for k, v in a.manifest.get("inputs", {}).items()) or "-"
+            inputs = a.manifest.get("inputs")
+            inputs = ", ".join(f"{k}={v}" for k, v in inputs.items()) if isinstance(inputs, dict) else ""
             size = _du(ws, a.path)
             print(f"{a.kind:<11} {a.fingerprint}  {_when(a)}  {format_bytes(size):>10}  {_what(a):<28} "
                   f"from {inputs}", file=sys.stderr if args.json else sys.stdout)
+        for kind, fp, problem in ws.unreadable(args.kind):  # reported per artifact; the rest is listed
+            size = _du(ws, ws.artifact_path(kind, fp))
+            print(f"{kind:<11} {fp}  {format_bytes(size):>10}  UNREADABLE: {problem} (ctstore gc --unreadable "
+                  "removes it)", file=sys.stderr if args.json else sys.stdout)
     elif cmd == "show":
         art = ws.get(args.ref)
         print(json.dumps(art.manifest, indent=None if args.json else 2, sort_keys=True))
         for label, path in _run_paths(art):
             print(f"{label}: {path}", file=sys.stderr)
     elif cmd == "verify":
-        from .integrity import verify_artifact
+        from .integrity import verify_artifact, verify_lineage
 
         art = ws.get(args.ref)
-        problems = verify_artifact(art)
+        if args.shallow:
+            problems, checked = verify_artifact(art), [str(art)]
+        else:
+            problems, checked = verify_lineage(art)
         if args.json:
-            print(json.dumps({"artifact": str(art), "ok": not problems, "problems": problems}))
+            print(json.dumps({"artifact": str(art), "ok": not problems, "problems": problems, "checked": checked}))
         for p in problems:
-            print(f"ctstore: {p}", file=sys.stderr)
+            print(f"ctstore: {one_line(p)}", file=sys.stderr)
         if problems:
             return 1
-        log(f"verify: {art} intact ({len(art.manifest.get('files', {}))} files)")
+        inputs = f" and its {len(checked) - 1} input(s)" if len(checked) > 1 else ""
+        log(f"verify: {art}{inputs} intact ({len(art.manifest.get('files', {}))} files)")
     elif cmd == "gc":
-        removed = ws.gc(dry_run=args.dry_run)
+        removed = ws.gc(dry_run=args.dry_run, unreadable=args.unreadable)
         if args.json:
             print(json.dumps({"removed": removed, "dry_run": args.dry_run}))
         for path in removed:
-            log(f"{'would remove' if args.dry_run else 'removed'} {path}")
+            log(f"{'would remove' if args.dry_run else 'removed'} {one_line(path)}")
         log(f"gc: {len(removed)} incomplete item(s)")
+        kept = [] if args.unreadable else ws.unreadable()
+        if kept:
+            names = ", ".join(f"{k}/{f}" for k, f, _ in kept)
+            log(f"gc: kept {len(kept)} artifact(s) with an unreadable manifest ({names}); "
+                "`ctstore gc --unreadable` removes them")
     else:
         from . import stages
 
@@ -227,6 +323,17 @@ def _du(ws, path: str) -> int:
         return 0
 
 
+def os_error_message(exc: OSError) -> str:
+    """``<input>: <problem>`` on one line (file names with newlines escaped)."""
+    problem = one_line(exc.strerror or str(exc) or type(exc).__name__)
+    if getattr(exc, "filename", None) is None:
+        return problem
+    where = one_line(os.fsdecode(exc.filename))
+    if getattr(exc, "filename2", None) is not None:
+        where += f" -> {one_line(os.fsdecode(exc.filename2))}"
+    return f"{where}: {problem}"
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
@@ -234,7 +341,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         return _run(args)
     except CtstoreError as exc:
-        print(f"ctstore: error: {exc}", file=sys.stderr)
+        print(f"ctstore: error: {one_line(exc, 4000)}", file=sys.stderr)
         return 2
     except BrokenPipeError:  # e.g. `ctstore ls | head`: the reader left, nothing is wrong
         sys.stderr.close()
@@ -245,8 +352,7 @@ def main(argv: list[str] | None = None) -> int:
     except OSError as exc:
         if os.environ.get("CTSTORE_DEBUG"):
             raise
-        where = f" {exc.filename}" if getattr(exc, "filename", None) else ""
-        print(f"ctstore: error:{where} {exc.strerror or exc}", file=sys.stderr)
+        print(f"ctstore: error: {os_error_message(exc)}", file=sys.stderr)
         return 2
 
 

@@ -74,8 +74,16 @@ def plan_cluster(memory: str | int = "4GB", n_workers: int | None = None, in_pro
     return ClusterPlan(total, workers, worker_memory, task)
 
 
-def round_robin(blocks, n_tasks: int) -> list[list]:
-    """Deal blocks to at most ``n_tasks`` task groups (every group non-empty)."""
+TASK_GROUPS = 64  # blocks are dealt to this many task groups whatever the cluster (see round_robin)
+
+
+def round_robin(blocks, n_tasks: int = TASK_GROUPS) -> list[list]:
+    """Deal blocks to at most ``n_tasks`` task groups (every group non-empty).
+
+    Sums inside a task follow its group, so callers that want results independent
+    of the cluster pass a fixed ``n_tasks`` (the default), not one derived from
+    the number of workers.
+    """
     return [list(blocks[i::n_tasks]) for i in range(min(n_tasks, len(blocks)))]
 
 
@@ -138,7 +146,13 @@ class Runner:
         return self.client.scatter(obj, broadcast=True, hash=False)
 
     def map_reduce(self, fn, items: list[tuple], combine, desc: str):
-        """Fold ``combine(acc, fn(*item))`` over results as they complete (bounded client memory)."""
+        """Fold ``combine(acc, fn(*item))`` over the results **in item order** (bounded client memory).
+
+        The order of a floating-point sum changes its last bits, so results are
+        folded in the order of ``items`` whatever order tasks finish in: the same
+        job gives bit-identical output in-process and on any cluster. A result
+        that arrives early waits; at most ``window`` tasks run ahead of the fold.
+        """
         acc = None
         bar = progress(total=len(items), desc=desc, unit="task", leave=False,
                        disable=progress_disabled() or not items)
@@ -150,14 +164,32 @@ class Runner:
                 return acc
             from distributed import as_completed
 
-            futures = [self.client.submit(fn, *item, pure=False, retries=2) for item in items]
+            window = max(4, 4 * self.plan.n_workers)
+            futures: dict = {}
+            early: dict = {}
+            submitted = folded = 0
+
+            def submit_more(pending):
+                nonlocal submitted
+                while submitted < len(items) and submitted - folded < window:
+                    future = self.client.submit(fn, *items[submitted], pure=False, retries=2)
+                    futures[future.key] = submitted
+                    pending.add(future)
+                    submitted += 1
+
+            pending = as_completed(loop=self.client.loop)
             try:
-                for future in as_completed(futures):
-                    acc = combine(acc, future.result())
+                submit_more(pending)
+                for future in pending:
+                    early[futures.pop(future.key)] = future.result()
                     future.release()
                     bar.update()
+                    while folded in early:
+                        acc = combine(acc, early.pop(folded))
+                        folded += 1
+                    submit_more(pending)
             finally:
-                for f in futures:
+                for f in list(pending.futures):
                     f.cancel()
             return acc
         finally:

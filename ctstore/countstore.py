@@ -3,11 +3,15 @@
 Row blocks are read without touching the rest of the matrix: ``indptr[r0:r1+1]``
 gives the element range, and Zarr decodes only the chunks of ``indices`` and
 ``data`` that overlap it (about 1M elements each).
+
+Zarr reads an absent chunk as zeros; every read first checks that the chunks
+it covers and the artifact's manifest lists are present (:class:`ChunkIndex`),
+so a deleted chunk is a one-line error, never a silently different matrix.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from functools import cached_property
 
 import numpy as np
@@ -22,13 +26,24 @@ __all__ = ["CountStore"]
 class CountStore:
     url: str
     storage_options: dict | None = None
+    # chunk keys the manifest lists (None: read manifest.json beside the store when first needed)
+    listed_chunks: frozenset | None = field(default=None, repr=False, compare=False)
 
     @classmethod
     def from_artifact(cls, artifact) -> "CountStore":
+        from .integrity import ChunkIndex
+
         if artifact.kind != "counts":
             raise CtstoreError(f"{artifact}: is a {artifact.kind} artifact, expected counts")
         so = None if artifact.workspace.is_local else (artifact.workspace.storage_options or None)
-        return cls(artifact.child("counts.zarr"), so)
+        url = artifact.child("counts.zarr")
+        return cls(url, so, ChunkIndex.from_manifest(url, artifact.manifest, so).listed)
+
+    @cached_property
+    def chunk_index(self):
+        from .integrity import ChunkIndex
+
+        return ChunkIndex(self.url, self.storage_options, self.listed_chunks)
 
     @cached_property
     def group(self):
@@ -52,11 +67,13 @@ class CountStore:
         from .integrity import chunk_error
 
         arr = self.group[name]
+        lo = start or 0
+        hi = arr.shape[0] if stop is None else min(stop, arr.shape[0])
+        if hi > lo:
+            self.chunk_index.require(name, range(lo // arr.chunks[0], (hi - 1) // arr.chunks[0] + 1))
         try:
             return arr[start:stop]
         except (ValueError, OSError, RuntimeError, KeyError) as exc:
-            lo = start or 0
-            hi = arr.shape[0] if stop is None else stop
             raise chunk_error(self.url, name, lo, hi, arr.chunks[0], exc) from None
 
     @cached_property

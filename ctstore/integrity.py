@@ -16,7 +16,7 @@ import hashlib
 
 from ._util import CtstoreError
 
-__all__ = ["hash_files", "verify_artifact", "chunk_error"]
+__all__ = ["hash_files", "verify_artifact", "verify_lineage", "chunk_error", "ChunkIndex"]
 
 MANIFEST = "manifest.json"
 
@@ -79,3 +79,140 @@ def chunk_error(url: str, array: str, start: int, stop: int, chunk: int, exc: Ex
     where = f"chunk {first}" if first == last else f"chunks {first}..{last}"
     reason = str(exc).splitlines()[0][:120] if str(exc) else type(exc).__name__
     return CtstoreError(f"{url}: array {array}, {where} cannot be read ({reason}); run ctstore verify")
+
+
+_LISTED_CACHE: dict = {}
+
+
+class ChunkIndex:
+    """The chunk files a manifest lists for one Zarr store, and a check that they are still there.
+
+    Zarr reads an absent chunk as the fill value, and ctstore's arrays are
+    written without all-fill chunks, so absence alone says nothing. The
+    manifest does: every chunk it lists (``<store>/<array>/c/<index>``) was
+    written. A reader calls :meth:`require` before reading, and a listed chunk
+    that is gone fails with a one-line error naming array and chunk, instead of
+    silently reading zeros. Without a manifest (an older artifact, a store being
+    written) nothing is known and nothing is checked.
+    """
+
+    def __init__(self, url: str, storage_options: dict | None = None, listed: frozenset | None = None):
+        self.url = url.rstrip("/")
+        self.storage_options = storage_options
+        self._listed = listed
+        self._present: dict[str, set[str]] = {}
+
+    @classmethod
+    def from_manifest(cls, url: str, manifest: dict, storage_options: dict | None = None) -> "ChunkIndex":
+        """``url`` is ``<artifact>/<store name>``; chunk keys are taken from ``manifest["files"]``."""
+        files = manifest.get("files")
+        if files is None:
+            return cls(url, storage_options, frozenset())
+        prefix = url.rstrip("/").rsplit("/", 1)[-1] + "/"
+        return cls(url, storage_options, frozenset(rel[len(prefix):] for rel in files
+                                                   if rel.startswith(prefix) and "/c/" in rel))
+
+    @property
+    def fs_root(self):
+        import fsspec
+
+        fs, root = fsspec.core.url_to_fs(self.url, **(self.storage_options or {}))
+        return fs, root.rstrip("/")
+
+    @property
+    def listed(self) -> frozenset:
+        """Listed chunk keys; read from ``manifest.json`` beside the store when not given."""
+        if self._listed is None:
+            import json
+
+            fs, root = self.fs_root
+            path = root.rsplit("/", 1)[0] + "/" + MANIFEST
+            try:
+                info = fs.info(path)
+                key = (self.url, info.get("size"), str(info.get("mtime") or info.get("LastModified") or ""))
+                if key not in _LISTED_CACHE:  # a Dask worker reads one manifest once, not once per task
+                    with fs.open(path, "rb") as f:
+                        manifest = json.load(f)
+                    listed = (ChunkIndex.from_manifest(self.url, manifest, self.storage_options)._listed
+                              if isinstance(manifest, dict) else frozenset())
+                    if len(_LISTED_CACHE) > 64:
+                        _LISTED_CACHE.clear()
+                    _LISTED_CACHE[key] = listed
+                self._listed = _LISTED_CACHE[key]
+            except (OSError, ValueError):
+                self._listed = frozenset()
+        return self._listed
+
+    def _present_in(self, array: str) -> set[str]:
+        if array not in self._present:
+            fs, root = self.fs_root
+            base = f"{root}/{array}/c"
+            try:
+                found = fs.find(base)
+            except (FileNotFoundError, NotADirectoryError):
+                found = []
+            self._present[array] = {f"{array}/c/{p[len(base) + 1:]}" for p in found}
+        return self._present[array]
+
+    def require(self, array: str, chunks=None) -> None:
+        """Fail if a listed chunk of ``array`` is absent: ``chunks`` are 1-D chunk indices, None = all."""
+        listed = self.listed
+        if not listed:
+            return
+        if chunks is None:
+            want = sorted(k for k in listed if k.startswith(f"{array}/c/"))
+        else:
+            want = [k for k in (f"{array}/c/{i}" for i in chunks) if k in listed]
+        if not want:
+            return
+        present = self._present_in(array)
+        missing = [k for k in want if k not in present]
+        if missing:
+            first = missing[0].split("/c/", 1)[1].replace("/", ",")
+            more = f" (and {len(missing) - 1} more)" if len(missing) > 1 else ""
+            raise CtstoreError(f"{self.url}: array {array}, chunk {first} is missing{more} although the "
+                               "manifest lists it (the artifact is damaged); run ctstore verify")
+
+
+def _input_fingerprints(value) -> list[str]:
+    if isinstance(value, str):
+        return [value]
+    if isinstance(value, (list, tuple)):
+        return [fp for v in value for fp in _input_fingerprints(v)]
+    if isinstance(value, dict):
+        return [fp for v in value.values() for fp in _input_fingerprints(v)]
+    return []
+
+
+def verify_lineage(artifact) -> tuple[list[str], list[str]]:
+    """Verify ``artifact`` and every input it was computed from that the workspace still holds.
+
+    Returns ``(problems, checked)``: a damaged input is reported as
+    ``input <kind>/<fp>: ...``, because a result is only as sound as what it was
+    computed from (and a re-run would read the damaged input).
+    """
+    from .workspace import KINDS
+
+    ws = artifact.workspace
+    problems, checked, seen = [], [], set()
+    todo = [(artifact, False)]
+    while todo:
+        art, is_input = todo.pop(0)
+        if str(art) in seen:
+            continue
+        seen.add(str(art))
+        checked.append(str(art))
+        problems += [f"input {p}" if is_input else p for p in verify_artifact(art)]
+        inputs = art.manifest.get("inputs", {})
+        for fp in _input_fingerprints(inputs if isinstance(inputs, dict) else {}):
+            for kind in KINDS:
+                if len(fp) != len(art.fingerprint):
+                    break
+                manifest, problem = ws._read_manifest(kind, fp)
+                if problem is not None:
+                    problems.append(f"input {problem}")
+                    break
+                if manifest is not None:
+                    todo.append((type(art)(ws, kind, fp, manifest), True))
+                    break
+    return problems, checked

@@ -307,7 +307,7 @@ def _embed_into(ws, path, fp, counts, store, params: K0Params, plan: K0Plan, par
             spec, _stats = build_operator(
                 store, runner, os.path.join(scratch, "op"), lags=lags, weights=weights,
                 symmetric=params.symmetric, active=active, transform=params.transform, ppmi_alpha=params.ppmi_alpha)
-        groups = round_robin(spec.blocks, 2 * runner.plan.n_workers)
+        groups = round_robin(spec.blocks)  # fixed grouping: the same sums on every scheduler
         with stopwatch(timings, "embed_s"):
             if params.hierarchical:
                 rows, spectrum, extra = _hierarchical(runner, spec, groups, inv_rank, n, params.dim)
@@ -459,9 +459,19 @@ def load_embeddings(artifact):
 
     if artifact.kind != "embeddings":
         raise CtstoreError(f"{artifact}: is a {artifact.kind} artifact, expected embeddings")
+    from .integrity import ChunkIndex
+
     so = None if artifact.workspace.is_local else (artifact.workspace.storage_options or None)
-    group = zarr.open_group(artifact.child("embeddings.zarr"), mode="r", storage_options=so)
-    return group["E"][:], group["spectrum"][:], group["active"][:], dict(group.attrs)
+    url = artifact.child("embeddings.zarr")
+    chunks = ChunkIndex.from_manifest(url, artifact.manifest, so)
+    for name in ("E", "spectrum", "active"):
+        chunks.require(name)  # an absent chunk would read as zeros
+    try:
+        group = zarr.open_group(url, mode="r", storage_options=so)
+        return group["E"][:], group["spectrum"][:], group["active"][:], dict(group.attrs)
+    except (ValueError, OSError, RuntimeError, KeyError) as exc:  # e.g. a chunk failing its crc32c
+        reason = str(exc).splitlines()[0][:120] if str(exc) else type(exc).__name__
+        raise CtstoreError(f"{url}: cannot be read ({reason}); run ctstore verify") from None
 
 
 # ---------------------------------------------------------------------------------------

@@ -101,8 +101,7 @@ def randomized_svd_blocks(runner, load, blocks, n_rows: int, n_cols: int, d: int
     singular vectors are not formed (embeddings need only U and S).
     """
     l = params.l(d, min(n_rows, n_cols))
-    n_tasks = n_tasks or max(1, 2 * runner.plan.n_workers)
-    groups = round_robin(blocks, n_tasks)
+    groups = round_robin(blocks, n_tasks) if n_tasks else round_robin(blocks)  # not by workers: same sums anywhere
     rng = np.random.default_rng(params.seed)
     omega = rng.standard_normal((n_cols, l), dtype=np.float32)
 

@@ -19,8 +19,9 @@
   the other tokens, and the share of distinct validation ids the vocabulary
   holds. Loss and perplexity go into ``metrics.jsonl``; early stop when perplexity
   reaches ``target_ppl`` or has not improved for ``patience`` evaluations.
-* Checkpoints (safetensors: weights, AdamW moments, RNG states; JSON: step and
-  schedule) after every evaluation, written to a temporary name then renamed.
+* Checkpoints after every evaluation: one safetensors file holding weights,
+  AdamW moments, RNG states and (in its metadata) step and schedule, written
+  to a temporary name then renamed once, so a kill never tears it.
   An interrupted run resumes from the last checkpoint and, on CPU, continues
   bit-identically.
 """
@@ -81,13 +82,17 @@ class SftParams:
 class TokenSplit:
     """Flat memory-mapped train/validation token arrays of a tokens artifact."""
 
-    def __init__(self, tokens, fraction: float, cache_dir: str):
+    def __init__(self, tokens, fraction: float, cache_dir: str, lock=None):
+        """The cache is built and opened under ``lock`` (default: the workspace's scratch lock of
+        ``<workspace>/tmp/<name>``), so ``ctstore gc`` and a second job building it leave it alone."""
         self.tokens = tokens
         os.makedirs(cache_dir, exist_ok=True)
         self.paths = {s: os.path.join(cache_dir, f"{s}.u32") for s in ("train", "val")}
-        if not all(os.path.exists(p) for p in self.paths.values()):
-            self._build(fraction)
-        self.arrays = {s: np.memmap(p, dtype=np.uint32, mode="r") for s, p in self.paths.items()}
+        with lock or _scratch_lock(cache_dir):
+            os.makedirs(cache_dir, exist_ok=True)
+            if not all(os.path.exists(p) for p in self.paths.values()):
+                self._build(fraction)
+            self.arrays = {s: np.memmap(p, dtype=np.uint32, mode="r") for s, p in self.paths.items()}
         for split, arr in self.arrays.items():
             if arr.size < 2:
                 raise CtstoreError(f"{tokens}: the {split} split has {arr.size} tokens; need more documents")
@@ -95,6 +100,8 @@ class TokenSplit:
     def _build(self, fraction: float) -> None:
         import fsspec
         import pyarrow.parquet as pq
+
+        from ._util import write_error
 
         tmp = {s: p + ".partial" for s, p in self.paths.items()}
         files = {s: open(p, "wb") for s, p in tmp.items()}
@@ -111,11 +118,35 @@ class TokenSplit:
                 values = values[offsets[0]:offsets[-1]]
                 files["val"].write(values[per_token].tobytes())
                 files["train"].write(values[~per_token].tobytes())
-        finally:
             for f in files.values():
                 f.close()
+        except OSError as exc:
+            for s, p in tmp.items():
+                _close_quietly(files[s])
+                _remove_quietly(p)
+            if exc.filename is None:  # a write into the cache, not a read of the tokens artifact
+                cache_dir = os.path.dirname(tmp["train"])
+                try:
+                    os.rmdir(cache_dir)
+                except OSError:
+                    pass
+                raise write_error(cache_dir, "SFT token cache", exc) from None
+            raise
+        finally:
+            for f in files.values():
+                _close_quietly(f)
         for s in tmp:
             os.replace(tmp[s], self.paths[s])
+
+
+def _scratch_lock(cache_dir: str):
+    """The workspace's lock on a scratch directory ``<workspace>/tmp/<name>`` (no lock elsewhere)."""
+    from contextlib import nullcontext
+
+    parent = os.path.dirname(os.path.abspath(cache_dir))
+    if os.path.basename(parent) != "tmp":
+        return nullcontext()
+    return Workspace(os.path.dirname(parent)).scratch_lock(os.path.basename(os.path.abspath(cache_dir)))
 
 
 def _batch(data: np.ndarray, T: int, B: int, gen: torch.Generator, vocab_map):
@@ -199,7 +230,18 @@ def evaluate(model: PhotonicGPT, data: np.ndarray, vocab_map, T: int, max_tokens
 # checkpoints
 
 
+CHECKPOINT = "checkpoint.safetensors"
+LEGACY_STATE = "checkpoint.json"  # ctstore <= 0.x kept step and schedule here, renamed separately
+STATE_KEY = "ctstore.sft_state"
+
+
 def _save_checkpoint(path: str, model, optimizer, gen: torch.Generator, state: dict) -> None:
+    """One file, one rename: weights, AdamW moments, RNG states and the step/schedule JSON (metadata).
+
+    The step and schedule travel in the safetensors header of the same file, so no
+    kill can pair the tensors of one step with the bookkeeping of another.
+    """
+    from safetensors import SafetensorError
     from safetensors.torch import save_file
 
     tensors = {f"model.{k}": v.detach().contiguous().cpu() for k, v in model.state_dict().items()
@@ -210,24 +252,80 @@ def _save_checkpoint(path: str, model, optimizer, gen: torch.Generator, state: d
             tensors[f"opt.{idx}.{name}"] = torch.as_tensor(value).detach().contiguous().cpu()
     tensors["rng.torch"] = torch.get_rng_state()
     tensors["rng.batches"] = gen.get_state()
-    tmp = os.path.join(path, "checkpoint.safetensors.partial")
-    save_file(tensors, tmp)
-    with open(os.path.join(path, "checkpoint.json.partial"), "w") as f:
-        json.dump({**state, "param_groups": opt["param_groups"]}, f)
-    os.replace(tmp, os.path.join(path, "checkpoint.safetensors"))
-    os.replace(os.path.join(path, "checkpoint.json.partial"), os.path.join(path, "checkpoint.json"))
+    meta = json.dumps({**state, "param_groups": opt["param_groups"]})
+    final = os.path.join(path, CHECKPOINT)
+    tmp = final + ".partial"
+    try:
+        save_file(tensors, tmp, metadata={STATE_KEY: meta, "ctstore.step": str(state["step"])})
+        fd = os.open(tmp, os.O_RDONLY)
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+    except (OSError, SafetensorError) as exc:  # a full disk is the usual cause
+        _remove_quietly(tmp)
+        from ._util import write_error
+
+        raise write_error(tmp, "SFT checkpoint", exc) from None
+    os.replace(tmp, final)
+    _remove_quietly(os.path.join(path, LEGACY_STATE))
+
+
+def _close_quietly(f) -> None:
+    try:
+        f.close()
+    except OSError:  # flushing onto a full disk: the file is being discarded anyway
+        pass
+
+
+def _remove_quietly(path: str) -> None:
+    try:
+        os.remove(path)
+    except FileNotFoundError:
+        pass
+
+
+def _optimizer_steps(tensors: dict) -> set[int]:
+    """The step counts AdamW recorded per parameter (one value in a consistent checkpoint)."""
+    return {int(v.item()) for k, v in tensors.items() if k.startswith("opt.") and k.endswith(".step")}
 
 
 def _load_checkpoint(path: str, model, optimizer, gen: torch.Generator) -> dict | None:
+    """The state of the last checkpoint (model, optimizer and RNGs restored), or None to start at step 0.
+
+    The step in the metadata must agree with AdamW's own step counters. A
+    checkpoint in the old two-file layout is used only when its JSON step agrees
+    with the tensors; a torn pair (a kill between its two renames) is discarded
+    and training restarts from step 0, which gives the uninterrupted result.
+    """
+    from safetensors import SafetensorError, safe_open
     from safetensors.torch import load_file
 
-    ck = os.path.join(path, "checkpoint.safetensors")
-    meta_path = os.path.join(path, "checkpoint.json")
-    if not (os.path.exists(ck) and os.path.exists(meta_path)):
+    ck = os.path.join(path, CHECKPOINT)
+    legacy = os.path.join(path, LEGACY_STATE)
+    if not os.path.exists(ck):
         return None
-    tensors = load_file(ck)
-    with open(meta_path) as f:
-        meta = json.load(f)
+    try:
+        with safe_open(ck, framework="pt") as f:
+            header = f.metadata() or {}
+        tensors = load_file(ck)
+    except (SafetensorError, OSError) as exc:
+        raise CtstoreError(f"{ck}: checkpoint cannot be read ({_first_line(exc)}); remove it to restart "
+                           "this run from step 0") from None
+    if STATE_KEY in header:
+        meta = json.loads(header[STATE_KEY])
+    elif os.path.exists(legacy):
+        with open(legacy) as f:
+            meta = json.load(f)
+    else:
+        meta = None
+    steps = _optimizer_steps(tensors)
+    if meta is None or (steps and steps != {int(meta["step"])}):
+        log(f"sft: {ck}: checkpoint step {None if meta is None else meta['step']} does not match the "
+            f"optimizer's {sorted(steps)} (torn checkpoint); restarting from step 0")
+        _remove_quietly(ck)
+        _remove_quietly(legacy)
+        return None
     model.load_state_dict({k[6:]: v for k, v in tensors.items() if k.startswith("model.")}, strict=False)
     state: dict = {}
     for key, value in tensors.items():
@@ -238,6 +336,11 @@ def _load_checkpoint(path: str, model, optimizer, gen: torch.Generator) -> dict 
     torch.set_rng_state(tensors["rng.torch"])
     gen.set_state(tensors["rng.batches"])
     return meta
+
+
+def _first_line(exc: Exception) -> str:
+    text = str(exc).strip()
+    return text.splitlines()[0][:160] if text else type(exc).__name__
 
 
 # ---------------------------------------------------------------------------------------
@@ -396,8 +499,15 @@ def _truncate_metrics(path: str, step: int) -> None:
     """Drop metric lines after the checkpoint we resume from (they will be recomputed)."""
     if not os.path.exists(path):
         return
-    with open(path) as f:
-        lines = [ln for ln in f if ln.strip() and json.loads(ln)["step"] <= step]
+    lines = []
+    with open(path) as f:  # from step 0 the step-0 evaluation is written again: keep no line then
+        for ln in f:
+            try:
+                keep = step and json.loads(ln)["step"] <= step
+            except (ValueError, KeyError, TypeError):  # a line cut short by a kill
+                keep = False
+            if keep:
+                lines.append(ln if ln.endswith("\n") else ln + "\n")
     with open(path, "w") as f:
         f.writelines(lines)
 

@@ -29,7 +29,7 @@ from dataclasses import dataclass, field
 import fsspec
 
 from . import __version__
-from ._util import CtstoreError, canonical_json
+from ._util import CtstoreError, WriteError, canonical_json, one_line
 
 __all__ = ["Artifact", "Workspace", "fingerprint", "KINDS"]
 
@@ -120,24 +120,64 @@ class Workspace:
 
     # -- lookup --------------------------------------------------------------------------
     def find(self, kind: str, fp: str) -> Artifact | None:
-        """The complete artifact ``kind/fp``, or None."""
+        """The complete artifact ``kind/fp``, or None; an unreadable manifest is a one-line error."""
+        manifest, problem = self._read_manifest(kind, fp)
+        if problem is not None:
+            raise CtstoreError(f"{problem}; `ctstore gc --unreadable` removes it")
+        return None if manifest is None else Artifact(self, kind, fp, manifest)
+
+    def _read_manifest(self, kind: str, fp: str) -> tuple[dict | None, str | None]:
+        """``(manifest, None)``, ``(None, None)`` when there is none, or ``(None, problem)`` when it is unreadable.
+
+        Unreadable: not UTF-8 JSON (a truncated write, a damaged disk), not a JSON
+        object (``null``), or one naming another artifact. One such manifest
+        must not take the rest of the workspace down, so :meth:`list` skips it
+        and :meth:`unreadable` reports it.
+        """
         path = f"{self.artifact_path(kind, fp)}/{MANIFEST}"
         try:
             with self.fs.open(path, "rb") as f:
-                manifest = json.load(f)
+                manifest = json.loads(f.read().decode("utf-8"))
         except (FileNotFoundError, NotADirectoryError):
-            return None
-        except (json.JSONDecodeError, UnicodeDecodeError):
-            raise CtstoreError(f"{path}: manifest is not valid JSON (corrupted artifact)") from None
-        return Artifact(self, kind, fp, manifest)
+            return None, None
+        except (ValueError, UnicodeDecodeError) as exc:  # JSONDecodeError is a ValueError
+            return None, f"{one_line(path)}: manifest is not valid JSON ({one_line(str(exc).splitlines()[0])})"
+        except IsADirectoryError:
+            return None, f"{one_line(path)}: manifest is a directory"
+        except PermissionError:
+            return None, f"{one_line(path)}: manifest cannot be read (permission denied)"
+        if not isinstance(manifest, dict):
+            what = {type(None): "null", str: "a string", list: "a list", bool: "a boolean"}.get(
+                type(manifest), "a number")
+            return None, f"{one_line(path)}: manifest is {what}, not a JSON object"
+        if manifest.get("kind", kind) != kind or manifest.get("fingerprint", fp) != fp:
+            return None, (f"{one_line(path)}: manifest describes {manifest.get('kind')}/"
+                          f"{manifest.get('fingerprint')}, not {kind}/{fp}")
+        return manifest, None
+
+    def unreadable(self, kind: str | None = None) -> list[tuple[str, str, str]]:
+        """``(kind, fingerprint, problem)`` of every artifact whose manifest exists but cannot be used."""
+        out = []
+        for k in [kind] if kind else KINDS:
+            for fp in self._children(f"{self.root}/{k}"):
+                _, problem = self._read_manifest(k, fp)
+                if problem is not None:
+                    out.append((k, fp, problem))
+        return out
 
     def get(self, ref: str, kind: str | None = None) -> Artifact:
         """Resolve ``FP``, a unique prefix of one, ``kind/FP``, or a path to an artifact directory."""
         ref = ref.rstrip("/")
         if os.path.isdir(ref) and os.path.exists(os.path.join(ref, MANIFEST)):
-            with open(os.path.join(ref, MANIFEST)) as f:
-                manifest = json.load(f)
-            ws = Workspace(os.path.dirname(os.path.dirname(os.path.abspath(ref))))
+            ref_abs = os.path.abspath(ref)
+            try:
+                with open(os.path.join(ref_abs, MANIFEST), "rb") as f:
+                    manifest = json.loads(f.read().decode("utf-8"))
+            except (ValueError, UnicodeDecodeError, OSError) as exc:
+                raise CtstoreError(f"{one_line(ref)}: manifest is unreadable ({one_line(exc)})") from None
+            if not isinstance(manifest, dict) or not {"kind", "fingerprint"} <= manifest.keys():
+                raise CtstoreError(f"{one_line(ref)}: manifest is not an artifact manifest")
+            ws = Workspace(os.path.dirname(os.path.dirname(ref_abs)))
             return ws._checked(Artifact(ws, manifest["kind"], manifest["fingerprint"], manifest), kind, ref)
         if "/" in ref:
             kind_part, fp = ref.rsplit("/", 1)
@@ -146,34 +186,46 @@ class Workspace:
             fp = ref
         matches = [a for a in self.list() if a.fingerprint.startswith(fp)]
         if not matches:
-            raise CtstoreError(f"{ref}: no complete {kind or 'artifact'} with this fingerprint in {self.url}")
+            broken = [p for k, f, p in self.unreadable() if f.startswith(fp) and (kind is None or k == kind)]
+            if broken:
+                more = f" (and {len(broken) - 1} more matching {one_line(fp)})" if len(broken) > 1 else ""
+                raise CtstoreError(f"{broken[0]}{more}; `ctstore gc --unreadable` removes it")
+            raise CtstoreError(f"{one_line(ref)}: no complete {kind or 'artifact'} with this fingerprint in "
+                               f"{one_line(self.url)}")
         if len(matches) > 1:
-            raise CtstoreError(f"{ref}: ambiguous prefix, matches {', '.join(str(a) for a in matches)}")
+            raise CtstoreError(f"{one_line(ref)}: ambiguous prefix, matches {', '.join(str(a) for a in matches)}")
         return self._checked(matches[0], kind, ref)
 
     @staticmethod
     def _checked(artifact: Artifact, kind: str | None, ref: str) -> Artifact:
         if kind and artifact.kind != kind:
-            raise CtstoreError(f"{ref}: is a {artifact.kind} artifact, expected {kind}")
+            raise CtstoreError(f"{one_line(ref)}: is a {artifact.kind} artifact, expected {kind}")
         return artifact
 
     def list(self, kind: str | None = None) -> list[Artifact]:
+        """Complete artifacts (an unreadable manifest is skipped; see :meth:`unreadable`)."""
         out = []
         for k in [kind] if kind else KINDS:
             for fp in self._children(f"{self.root}/{k}"):
-                art = self.find(k, fp)
-                if art is not None:
-                    out.append(art)
-        return sorted(out, key=lambda a: (KINDS.index(a.kind), a.manifest.get("created", 0)))
+                manifest, _ = self._read_manifest(k, fp)
+                if manifest is not None:
+                    out.append(Artifact(self, k, fp, manifest))
+        return sorted(out, key=lambda a: (KINDS.index(a.kind), _created(a.manifest)))
 
     def incomplete(self) -> list[str]:
-        """Paths under the workspace that are not complete artifacts."""
+        """Paths under the workspace that are not complete artifacts (no manifest at all)."""
         out = []
         for k in KINDS:
             for name in self._children(f"{self.root}/{k}"):
-                if self.find(k, name) is None and not self._locked(k, name):
+                if not self._has_manifest(k, name) and not self._locked(k, name):
                     out.append(f"{self.root}/{k}/{name}")
         return out
+
+    def _has_manifest(self, kind: str, fp: str) -> bool:
+        try:
+            return self.fs.exists(f"{self.artifact_path(kind, fp)}/{MANIFEST}")
+        except OSError:
+            return False
 
     def _children(self, path: str) -> list[str]:
         try:
@@ -233,15 +285,30 @@ class Workspace:
             return False
         return _lock_owner_alive(self._lock_path(kind, fp))
 
+    def scratch_lock(self, name: str, timeout: float = 24 * 3600) -> "ArtifactLock":
+        """Exclusive lock on the scratch area ``<workspace>/tmp/<name>`` (gc leaves a locked one alone)."""
+        return ArtifactLock(self, "scratch", name, timeout, path=self._scratch_lock_path(name))
+
+    def _scratch_lock_path(self, name: str) -> str:
+        return f"{self.root}/.locks/{name}.lock"
+
+    def _scratch_locked(self, name: str) -> bool:
+        return self.is_local and _lock_owner_alive(self._scratch_lock_path(name))
+
     # -- maintenance ---------------------------------------------------------------------
-    def gc(self, dry_run: bool = False) -> list[str]:
-        """Remove incomplete artifacts and stale scratch; never touches locked ones."""
+    def gc(self, dry_run: bool = False, unreadable: bool = False) -> list[str]:
+        """Remove incomplete artifacts and stale scratch; never touches locked ones.
+
+        ``unreadable=True`` also removes artifacts whose manifest exists but cannot
+        be read (they are kept otherwise: the data may still be worth rescuing).
+        """
         victims = self.incomplete()
+        if unreadable:
+            victims += [self.artifact_path(k, fp) for k, fp, _ in self.unreadable() if not self._locked(k, fp)]
         if self.is_local:
             tmp = os.path.join(self.root, "tmp")
             for name in self._children(tmp):
-                kind, _, fp = name.partition("-")
-                if kind in KINDS and self.find(kind, fp) is None and self._locked(kind, fp):
+                if self._scratch_locked(name):  # also <kind>-<fp>: the lock of the artifact being built
                     continue
                 victims.append(os.path.join(tmp, name))
             for name in self._children(f"{self.root}/.locks"):
@@ -249,8 +316,16 @@ class Workspace:
                     victims.append(f"{self.root}/.locks/{name}")
         if not dry_run:
             for path in victims:
-                self.fs.rm(path, recursive=True)
+                try:
+                    self.fs.rm(path, recursive=True)
+                except FileNotFoundError:
+                    pass
         return victims
+
+
+def _created(manifest: dict) -> float:
+    value = manifest.get("created", 0)
+    return float(value) if isinstance(value, (int, float)) else 0.0
 
 
 def _protocols(fs) -> tuple:
@@ -284,9 +359,9 @@ class ArtifactLock:
     manifest alone: two writers compute the same content, the last manifest wins.
     """
 
-    def __init__(self, ws: Workspace, kind: str, fp: str, timeout: float):
+    def __init__(self, ws: Workspace, kind: str, fp: str, timeout: float, path: str | None = None):
         self.ws, self.kind, self.fp, self.timeout = ws, kind, fp, timeout
-        self.path = ws._lock_path(kind, fp)
+        self.path = path or ws._lock_path(kind, fp)
         self.held = False
 
     def __enter__(self) -> "ArtifactLock":
@@ -313,8 +388,17 @@ class ArtifactLock:
                     raise CtstoreError(f"{self.path}: still locked after {self.timeout:.0f} s") from None
                 time.sleep(0.2)
                 continue
-            with os.fdopen(fd, "w") as f:
-                f.write(f"{socket.gethostname()} {os.getpid()}\n")
+            try:
+                with os.fdopen(fd, "w") as f:
+                    f.write(f"{socket.gethostname()} {os.getpid()}\n")
+            except OSError as exc:  # a full disk: no room even for the lock's one line
+                try:
+                    os.remove(self.path)
+                except FileNotFoundError:
+                    pass
+                from ._util import write_error
+
+                raise write_error(self.path, "lock file", exc) from None
             self.held = True
             return self
 
@@ -332,31 +416,83 @@ def build_artifact(ws: Workspace, kind: str, fp: str, build, *, force: bool = Fa
     """Return the complete artifact ``kind/fp``, building it with ``build(path)`` if needed.
 
     ``build`` writes the artifact's files under ``path`` and returns the manifest
-    body; the manifest is published last. Returns ``(artifact, reused)``. A
-    failed build leaves no manifest, so nothing that looks complete; its partial
-    directory is removed unless the stage resumes from it (``keep_partial``).
+    body; the manifest is published last. Returns ``(artifact, reused)``.
+
+    A failed build (any exception, Ctrl-C included) leaves no manifest, so
+    nothing that looks complete. Its partial directory and its scratch
+    directory are removed, unless the stage resumes from them
+    (``keep_partial``: count, sft) and they hold something to resume from; a
+    build refused before writing anything (a plan that does not fit
+    ``--memory``) leaves no directory at all. A write that fails for lack of
+    room becomes the one-line error ``<path>: cannot write … (<N> free on that
+    disk)`` and removes the partial output even of a resumable stage (it is
+    what fills the disk).
     """
     from ._util import log
 
-    existing = ws.find(kind, fp)
+    existing = _reusable(ws, kind, fp)
     if existing is not None and not force:
         log(f"reusing {kind}/{fp} (complete; --force recomputes)")
         return existing, True
     with ws.lock(kind, fp):
-        existing = ws.find(kind, fp)
+        existing = _reusable(ws, kind, fp)
         if existing is not None and not force:
             log(f"reusing {kind}/{fp} (written by another process)")
             return existing, True
-        if existing is not None:
+        if existing is not None or ws._read_manifest(kind, fp)[1] is not None:
             ws.remove(kind, fp)
         path = ws.prepare(kind, fp, keep_partial=keep_partial)
         try:
             body = build(path)
-        except CtstoreError:
-            if not keep_partial:
-                ws.remove(kind, fp)
-            raise
-        from .integrity import hash_files
+            from .integrity import hash_files
 
-        body["files"] = hash_files(ws.fs, path)
-        return ws.publish(kind, fp, body), False
+            body["files"] = hash_files(ws.fs, path)
+            return ws.publish(kind, fp, body), False
+        except BaseException as exc:
+            error = _room_error(exc, path, kind)
+            # out of room: even a resumable stage removes what it wrote (it is what fills the disk)
+            _discard_partial(ws, kind, fp, keep_partial and error is None and not isinstance(exc, WriteError))
+            if error is not None:
+                raise error from None
+            raise
+
+
+def _reusable(ws: Workspace, kind: str, fp: str) -> Artifact | None:
+    """The complete artifact, or None (also when its manifest is unreadable: it is rebuilt)."""
+    from ._util import log
+
+    manifest, problem = ws._read_manifest(kind, fp)
+    if problem is not None:
+        log(f"{problem}; rebuilding it")
+    return None if manifest is None else Artifact(ws, kind, fp, manifest)
+
+
+def _discard_partial(ws: Workspace, kind: str, fp: str, keep_partial: bool) -> None:
+    """Remove a failed build's directory and scratch (a resumable stage keeps them if they hold files)."""
+    targets = [(ws.fs, ws.artifact_path(kind, fp))]
+    if ws.is_local:
+        targets.append((fsspec.filesystem("file"), os.path.join(ws.root, "tmp", f"{kind}-{fp}")))
+    for fs, target in targets:
+        try:
+            if keep_partial and fs.exists(target) and fs.find(target):
+                continue
+            if fs.exists(target):
+                fs.rm(target, recursive=True)
+        except (OSError, ValueError):  # cleaning up must never hide the original error
+            pass
+
+
+def _room_error(exc: BaseException, path: str, kind: str):
+    """A one-line ``cannot write`` error when ``exc`` says the disk (or quota) is full, else None."""
+    import errno
+
+    from ._util import write_error
+
+    if isinstance(exc, CtstoreError):
+        return None
+    if isinstance(exc, OSError) and exc.errno in (errno.ENOSPC, errno.EDQUOT, errno.EFBIG):
+        return write_error(exc.filename or path, f"{kind} artifact", exc)
+    text = str(exc)
+    if type(exc).__name__ == "SafetensorError" and ("No space left" in text or "StorageFull" in text):
+        return write_error(path, f"{kind} artifact", exc)
+    return None

@@ -290,3 +290,318 @@ def test_ctrl_c_stops_the_cluster_and_publishes_nothing(tmp_path):
     rerun = json.loads(cli("count", tokens["fingerprint"], "-w", ws, "--lags", "10", "--memory", "2GB",
                            "--json").stdout)
     assert rerun["tokens"] == 8_000_000
+
+
+# ---------------------------------------------------------------------------------------
+# issue 10: torn SFT checkpoints
+
+
+def _tiny_run_inputs(ws):
+    """A random tiny model artifact and a matching tokens artifact, built without count/k0."""
+    import torch
+
+    from conftest import write_tokens
+    from ctstore.model import PhotonicGPT, get_config, save_model
+    from ctstore.workspace import fingerprint
+
+    rng = np.random.default_rng(0)
+    tokens = write_tokens(ws, [list(rng.integers(0, 100, 40)) for _ in range(120)], n_vocab=100,
+                          row_group_tokens=4096, shard_tokens=1 << 20)
+    torch.manual_seed(0)
+    model = PhotonicGPT(get_config("tiny", vocab_size=100))
+    fp = fingerprint("model", 1, {"test": "tiny-random"}, {})
+    path = ws.prepare("model", fp)
+    save_model(model, path, None, {"tokenizer": "test", "init": "random"})
+    return ws.publish("model", fp, {"params": {}, "inputs": {}, "tokenizer": "test", "init": "random"}), tokens
+
+
+def _weights(run):
+    from ctstore.model import load_model
+
+    return load_model(f"{run.path}/model")[0].state_dict()
+
+
+def test_sft_killed_at_any_checkpoint_rename_resumes_to_the_uninterrupted_model(tmp_path, monkeypatch):
+    """A kill right after each rename of the checkpoint files (old layout: between its two renames)."""
+    import torch
+
+    from ctstore.sft import SftParams, train_model
+
+    params = SftParams(steps=6, eval_every=2, eval_batches=1, batch_size=4, block_size=16, seed=5, warmup=2)
+    straight_ws = Workspace(str(tmp_path / "straight"))
+    straight = _weights(train_model(*_tiny_run_inputs(straight_ws), straight_ws, params=params))
+    real_replace = os.replace
+    for kill_after in (3, 1, 2):  # 3: old layout, after the first rename of the second checkpoint
+        ws = Workspace(str(tmp_path / f"killed{kill_after}"))
+        model, tokens = _tiny_run_inputs(ws)
+        renames = []
+
+        def replace(src, dst, *, _n=kill_after, _seen=renames):
+            real_replace(src, dst)
+            if os.path.basename(str(dst)).startswith("checkpoint"):
+                _seen.append(dst)
+                if len(_seen) == _n:
+                    raise KeyboardInterrupt  # as SIGKILL: nothing after this rename runs
+
+        monkeypatch.setattr(os, "replace", replace)
+        with pytest.raises(KeyboardInterrupt):
+            train_model(model, tokens, ws, params=params)
+        monkeypatch.setattr(os, "replace", real_replace)
+        assert ws.list("run") == []
+        resumed = train_model(model, tokens, ws, params=params)
+        assert resumed.manifest["steps"] == 6
+        got = _weights(resumed)
+        for name, value in straight.items():
+            assert torch.equal(value, got[name]), (kill_after, name)
+        metrics = [json.loads(x)["step"] for x in open(f"{resumed.path}/metrics.jsonl")]
+        assert metrics == sorted(set(metrics)) and metrics[0] == 0 and metrics[-1] == 6, metrics
+        assert verify_artifact(resumed) == []
+
+
+def test_stale_legacy_checkpoint_json_beside_newer_weights_is_not_trusted(tmp_path):
+    """The old two-file layout torn by a kill: step-2 tensors beside a step-1 checkpoint.json."""
+    import torch
+    from safetensors.torch import load_file, save_file
+
+    from ctstore.sft import SftParams, train_model
+
+    from safetensors import safe_open
+
+    params = SftParams(steps=4, eval_every=2, eval_batches=1, batch_size=4, block_size=16, seed=1, warmup=2)
+    straight_ws = Workspace(str(tmp_path / "straight"))
+    straight = _weights(train_model(*_tiny_run_inputs(straight_ws), straight_ws, params=params))
+    ws = Workspace(str(tmp_path / "torn"))
+    model, tokens = _tiny_run_inputs(ws)
+    with pytest.raises(KeyboardInterrupt):
+        train_model(model, tokens, ws, params=params, _stop_at=2)
+    [run_fp] = os.listdir(f"{ws.root}/run")
+    run_dir = ws.artifact_path("run", run_fp)
+    ck = os.path.join(run_dir, "checkpoint.safetensors")
+    tensors = load_file(ck)
+    assert {int(v) for k, v in tensors.items() if k.endswith(".step")} == {2}
+    with safe_open(ck, framework="pt") as f:
+        header = f.metadata() or {}
+    if "ctstore.sft_state" in header:
+        state = json.loads(header["ctstore.sft_state"])
+    else:  # written in the old layout already (the code before issue 10)
+        state = json.load(open(os.path.join(run_dir, "checkpoint.json")))
+    # rewrite in the old layout: tensors of step 2, no state in the header, a checkpoint.json that
+    # says step 1 (what a kill between the old layout's two renames left behind)
+    save_file(tensors, ck)
+    with open(os.path.join(run_dir, "checkpoint.json"), "w") as f:
+        json.dump({**state, "step": 1}, f)
+    resumed = train_model(model, tokens, ws, params=params)
+    got = _weights(resumed)
+    for name, value in straight.items():
+        assert torch.equal(value, got[name]), name
+
+
+# ---------------------------------------------------------------------------------------
+# issue 10: a missing Zarr chunk must not read as zeros
+
+
+def test_missing_count_chunk_fails_k0_with_one_line_and_publishes_nothing(ws, small_counts):
+    store = CountStore.from_artifact(small_counts)
+    chunk_len = store.group["lag_3/indices"].chunks[0]
+    reference, other_lag = store.matrix(3), store.matrix(2)
+    listed = sorted(k for k in small_counts.manifest["files"] if k.startswith("counts.zarr/lag_3/indices/c/"))
+    assert listed, "the manifest lists the chunks of lag_3/indices"
+    victim = listed[-1]  # lag_3/indices/c/1 on a store of more than one chunk, else c/0
+    index = int(victim.rsplit("/", 1)[1])
+    os.remove(os.path.join(small_counts.path, victim))
+    # the naive reading (what zarr does by itself) silently differs from the stored matrix
+    import zarr
+
+    raw = zarr.open_array(os.path.join(small_counts.path, "counts.zarr", "lag_3", "indices"), mode="r")[:]
+    assert (raw[index * chunk_len:] == 0).all() and not np.array_equal(raw, reference.indices)
+    with pytest.raises(CtstoreError, match=rf"array lag_3/indices, chunk {index} is missing"):
+        CountStore.from_artifact(small_counts).matrix(3)
+    with pytest.raises(CtstoreError, match=rf"chunk {index} is missing"):  # a task's store, from its URL only
+        CountStore(store.url).row_block(3, 0, store.n_vocab)
+    assert (CountStore.from_artifact(small_counts).matrix(2) != other_lag).nnz == 0, "other lags still read"
+    proc = cli("k0", small_counts.fingerprint, "-w", ws.root, "--dim", "8", "--v-eff", "256", "--scheduler", "sync",
+               "-q", check=False)
+    assert proc.returncode == 2 and proc.stderr.startswith("ctstore: error:"), proc.stderr
+    assert proc.stderr.count("\n") == 1 and f"lag_3/indices, chunk {index} is missing" in proc.stderr
+    assert ws.list("embeddings") == [] and not os.listdir(f"{ws.root}/embeddings")
+    problems = verify_artifact(small_counts)
+    assert problems == [f"{small_counts}: array counts.zarr/lag_3/indices, chunk {index} is missing"]
+    assert cli("verify", small_counts.fingerprint, "-w", ws.root, check=False).returncode == 1
+
+
+def test_chunk_absent_by_design_still_reads_as_fill_value(ws):
+    """Arrays are written without all-zero chunks: absence of an unlisted chunk is not damage."""
+    from conftest import write_tokens
+
+    # tokens 0..9 and 2_000_000.. only: the unigram chunk covering ids 2^20..2^21-1 is all zero, never written
+    docs = [[1, 2, 3, 2_100_000, 5] * 4, [7, 8, 2_100_001, 9] * 3]
+    tokens = write_tokens(ws, docs, n_vocab=2_200_000)
+    counts = count_cooccurrences(tokens, ws, params=CountParams(lags=1), scheduler="sync")
+    assert "counts.zarr/unigram/c/1" not in counts.manifest["files"]
+    assert not os.path.exists(os.path.join(counts.path, "counts.zarr", "unigram", "c", "1"))
+    unigram = CountStore.from_artifact(counts).unigram
+    expected = np.bincount(np.concatenate(docs), minlength=2_200_000)
+    assert np.array_equal(unigram, expected)
+
+
+def test_missing_embeddings_chunk_fails_seed_with_one_line(ws, small_counts, capsys):
+    from ctstore.cli import main
+
+    emb = json.loads(_main_json(capsys, ["k0", small_counts.fingerprint, "-w", ws.root, "--dim", "64", "--v-eff",
+                                         "512", "--scheduler", "sync"]))
+    # a damaged input: verify of the embeddings names it (they were computed from it); --shallow does not look
+    os.remove(os.path.join(small_counts.path, "counts.zarr", "lag_1", "indices", "c", "0"))
+    assert main(["verify", emb["fingerprint"], "-w", ws.root, "-q"]) == 1
+    err = capsys.readouterr().err
+    assert f"input {small_counts}: array counts.zarr/lag_1/indices, chunk 0 is missing" in err, err
+    assert main(["verify", emb["fingerprint"], "-w", ws.root, "--shallow", "-q"]) == 0
+    os.remove(os.path.join(emb["path"], "embeddings.zarr", "E", "c", "0", "0"))
+    capsys.readouterr()
+    assert main(["seed", emb["fingerprint"], "-w", ws.root, "--config", "tiny", "-q"]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "array E, chunk 0,0 is missing" in err, err
+    assert ws.list("model") == []
+
+
+# ---------------------------------------------------------------------------------------
+# issue 10: gc and the scratch of running jobs; full disks during seed and sft
+
+
+def test_gc_during_sft_token_cache_build_leaves_it_alone(tmp_path, monkeypatch):
+    from ctstore import sft as sft_module
+    from ctstore.sft import SftParams, train_model
+
+    ws = Workspace(str(tmp_path / "ws"))
+    model, tokens = _tiny_run_inputs(ws)
+    real = sft_module._in_validation
+    removed = []
+
+    def in_validation_then_gc(doc_ids, fraction):  # called while the cache files are being written
+        removed.extend(Workspace(ws.root).gc())
+        return real(doc_ids, fraction)
+
+    monkeypatch.setattr(sft_module, "_in_validation", in_validation_then_gc)
+    run = train_model(model, tokens, ws, params=SftParams(steps=2, eval_every=2, eval_batches=1, batch_size=2,
+                                                          block_size=8))
+    assert removed == [], removed
+    assert run.manifest["steps"] == 2
+    cache = os.path.join(ws.root, "tmp", f"tokens-{tokens.fingerprint}-val0.1")
+    train = np.fromfile(os.path.join(cache, "train.u32"), dtype=np.uint32)
+    val = np.fromfile(os.path.join(cache, "val.u32"), dtype=np.uint32)
+    assert train.size + val.size == tokens.manifest["tokens"] and val.size > 0
+    assert any(p.endswith(f"tokens-{tokens.fingerprint}-val0.1") for p in Workspace(ws.root).gc()), \
+        "once no job holds it, the cache is ordinary scratch again"
+
+
+def _fill(disk, leave: int = 0):
+    """Fill ``disk`` with a ballast file, leaving about ``leave`` bytes."""
+    ballast = disk / "ballast"
+    with open(ballast, "wb") as f:
+        try:
+            while True:
+                free = os.statvfs(disk).f_bavail * os.statvfs(disk).f_frsize
+                if free <= leave:
+                    break
+                f.write(b"\0" * max(4096, min(1 << 20, free - leave)))
+                f.flush()
+        except OSError:
+            pass
+    return ballast
+
+
+def _leftovers(ws_root: str, kind: str) -> list[str]:
+    out = []
+    for sub in (kind, "tmp"):
+        d = os.path.join(ws_root, sub)
+        if os.path.isdir(d):
+            out += [os.path.join(d, x) for x in os.listdir(d)]
+    return out
+
+
+def test_disk_full_during_seed_and_sft_fails_in_one_line_and_leaves_nothing(tiny_disk, capsys):
+    from ctstore.cli import main
+    from ctstore.k0 import K0Params, embed_counts
+    from conftest import write_tokens
+
+    subprocess.run(["mount", "-o", "remount,size=16M", str(tiny_disk)], check=True)
+    ws = Workspace(str(tiny_disk / "ws"))
+    rng = np.random.default_rng(1)
+    tokens = write_tokens(ws, [list(rng.integers(0, 100, 40)) for _ in range(60)], n_vocab=100,
+                          row_group_tokens=4096, shard_tokens=1 << 20)
+    counts = count_cooccurrences(tokens, ws, params=CountParams(lags=2), scheduler="sync")
+    emb = embed_counts(counts, ws, params=K0Params(dim=64, v_eff=100), scheduler="sync")
+    ballast = _fill(tiny_disk, leave=64 << 10)  # a tiny model needs ~0.5 MB
+    for argv, kind in ((["seed", emb.fingerprint, "--config", "tiny"], "model"),):
+        capsys.readouterr()
+        rc = main([*argv, "-w", ws.root, "-q"])
+        err = capsys.readouterr().err
+        assert rc == 2 and err.startswith("ctstore: error:") and err.count("\n") == 1, err
+        assert "cannot write" in err and "free on that disk" in err and str(tiny_disk) in err, err
+        assert ws.list(kind) == [] and _leftovers(ws.root, kind) == [], _leftovers(ws.root, kind)
+    ballast.unlink()
+    model = json.loads(_main_json(capsys, ["seed", emb.fingerprint, "--config", "tiny", "-w", ws.root]))
+    # sft: room for the two locks only (not the token cache), then for the cache but not the checkpoint
+    for leave, what in ((8 << 10, "SFT token cache"), (48 << 10, "SFT checkpoint")):
+        ballast = _fill(tiny_disk, leave=leave)
+        capsys.readouterr()
+        rc = main(["sft", model["fingerprint"], "--tokens", tokens.fingerprint, "--steps", "2", "--eval-every",
+                   "1", "--eval-batches", "1", "--batch-size", "2", "--block-size", "8", "-w", ws.root, "-q"])
+        err = capsys.readouterr().err
+        assert rc == 2 and err.count("\n") == 1 and f"cannot write {what}" in err, err
+        assert "free on that disk" in err and str(tiny_disk) in err, err
+        assert ws.list("run") == [] and [p for p in _leftovers(ws.root, "run") if "/tokens-" not in p] == []
+        ballast.unlink()
+    run = json.loads(_main_json(capsys, ["sft", model["fingerprint"], "--tokens", tokens.fingerprint, "--steps", "2",
+                                         "--eval-every", "1", "--eval-batches", "1", "--batch-size", "2",
+                                         "--block-size", "8", "-w", ws.root]))
+    assert run["steps"] == 2 and verify_artifact(ws.get(run["fingerprint"])) == []
+
+
+def _main_json(capsys, argv):
+    from ctstore.cli import main
+
+    capsys.readouterr()
+    assert main([*argv, "--json", "-q"]) == 0
+    return capsys.readouterr().out
+
+
+# ---------------------------------------------------------------------------------------
+# issue 10: k0 gives the same bits on every scheduler
+
+
+@pytest.mark.slow
+def test_k0_is_bit_identical_in_process_and_on_a_local_cluster(ws, small_counts, monkeypatch):
+    """Many operator blocks (so sums have many terms to reorder); sync vs a 2-worker LocalCluster."""
+    from ctstore import operator as operator_module
+    from ctstore.k0 import K0Params, embed_counts, load_embeddings
+
+    real = operator_module.plan_row_blocks_by_nnz
+    monkeypatch.setattr(operator_module, "plan_row_blocks_by_nnz", lambda row_nnz: real(row_nnz, target=1500))
+    cases = [K0Params(dim=8, v_eff=1024),  # circulant exact: diagonal sums folded over tasks
+             # randomized SVD of PPMI: operator column sums, then Aᵀ·Q partial sums folded over tasks
+             K0Params(dim=8, v_eff=1024, kernel="ppmi", power_iters=1, weighting="inverse-distance")]
+    for params in cases:
+        sync = embed_counts(small_counts, ws, params=params, scheduler="sync")
+        e_sync, s_sync, _, _ = load_embeddings(sync)
+        local = embed_counts(small_counts, ws, params=params, scheduler="local", memory="2GB", force=True)
+        e_local, s_local, _, _ = load_embeddings(local)
+        assert local.fingerprint == sync.fingerprint
+        assert np.abs(e_sync).max() > 0 and np.isfinite(e_sync).all()
+        assert np.array_equal(s_sync, s_local), (params, s_sync - s_local)
+        assert np.array_equal(e_sync, e_local), (params, np.abs(e_sync - e_local).max())
+
+
+@pytest.mark.slow
+def test_map_reduce_folds_in_item_order_whatever_order_tasks_finish():
+    from ctstore.cluster import Runner
+
+    with Runner("2GB", "local", n_workers=2, dashboard="127.0.0.1:0") as runner:
+        runner.plan = type(runner.plan)(runner.plan.memory, 1, runner.plan.worker_memory, runner.plan.task_memory)
+        order = runner.map_reduce(_sleep_then_return, [(i, 0.3 if i % 3 == 0 else 0.0) for i in range(12)],
+                                  lambda acc, x: (acc or []) + [x], desc="t")
+    assert order == list(range(12))
+
+
+def _sleep_then_return(i, seconds):
+    time.sleep(seconds)
+    return i

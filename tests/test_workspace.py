@@ -94,3 +94,159 @@ def test_get_resolves_prefix_and_kind(session_ws, sample_counts):
         session_ws.get("ffffffffff")
     manifest = json.load(open(os.path.join(sample_counts.path, "manifest.json")))
     assert manifest["kind"] == "counts" and manifest["inputs"]["tokens"]
+
+
+# ---------------------------------------------------------------------------------------
+# issue 10: failed builds leave nothing; one unreadable manifest does not take the workspace down
+
+
+def _cli(capsys, *args):
+    from ctstore.cli import main
+
+    capsys.readouterr()
+    rc = main(list(args))
+    out = capsys.readouterr()
+    return rc, out.out, out.err
+
+
+@pytest.mark.parametrize("exc", [ValueError("boom"), KeyError("k"), MemoryError(), KeyboardInterrupt()])
+def test_build_artifact_removes_partial_directory_and_scratch_on_any_exception(ws, exc):
+    def fail(path):
+        with open(os.path.join(path, "half.bin"), "wb") as f:
+            f.write(b"x" * 100)
+        with open(os.path.join(ws.scratch_dir("embeddings", "feedface"), "spill.npy"), "wb") as f:
+            f.write(b"y")
+        raise exc
+
+    with pytest.raises(type(exc)):
+        build_artifact(ws, "embeddings", "feedface", fail)
+    assert not os.path.exists(ws.artifact_path("embeddings", "feedface"))
+    assert not os.path.exists(os.path.join(ws.root, "tmp", "embeddings-feedface"))
+    assert ws.gc(dry_run=True) == []
+
+
+def test_plan_time_refusal_leaves_no_directory(ws, capsys):
+    from conftest import write_tokens
+
+    tokens = write_tokens(ws, [[1, 2, 3, 4, 5, 6] * 5] * 4, n_vocab=50)
+    before = sorted(os.listdir(ws.root))
+    rc, _, err = _cli(capsys, "count", tokens.fingerprint, "-w", ws.root, "--memory", "1KB", "--scheduler", "sync",
+                      "-q")
+    assert rc == 2 and err.startswith("ctstore: error:") and err.count("\n") == 1 and "too small" in err, err
+    assert not os.path.exists(f"{ws.root}/counts") or not os.listdir(f"{ws.root}/counts")
+    assert not os.path.exists(f"{ws.root}/tmp") or not os.listdir(f"{ws.root}/tmp")
+    counts = count_cooccurrences(tokens, ws, params=CountParams(lags=2), scheduler="sync")
+    rc, _, err = _cli(capsys, "k0", counts.fingerprint, "-w", ws.root, "--memory", "1KB", "--dim", "4",
+                      "--kernel", "none", "-q")
+    assert rc == 2 and err.count("\n") == 1 and "too small" in err, err
+    assert not os.path.exists(f"{ws.root}/embeddings") or not os.listdir(f"{ws.root}/embeddings")
+    assert not os.path.exists(f"{ws.root}/tmp") or not os.listdir(f"{ws.root}/tmp")
+    assert ws.gc(dry_run=True) == [] and set(before) <= set(os.listdir(ws.root))
+
+
+@pytest.mark.parametrize("damage", [b"", b"null", b'{"kind": "counts", "fingerp', b"\xff\xfe garbage", b"[1, 2]"])
+def test_one_unreadable_manifest_does_not_take_the_workspace_down(ws, capsys, damage):
+    from conftest import write_tokens
+
+    tokens = write_tokens(ws, [[1, 2, 3, 4, 5, 6, 7] * 6] * 5, n_vocab=40)
+    other = write_tokens(ws, [[9, 8, 7, 6] * 9] * 5, n_vocab=40)
+    counts = count_cooccurrences(tokens, ws, params=CountParams(lags=2), scheduler="sync")
+    victim = count_cooccurrences(other, ws, params=CountParams(lags=2), scheduler="sync")
+    with open(os.path.join(victim.path, "manifest.json"), "wb") as f:
+        f.write(damage)
+
+    assert {a.fingerprint for a in ws.list()} == {tokens.fingerprint, other.fingerprint, counts.fingerprint}
+    assert [(k, fp) for k, fp, _ in ws.unreadable()] == [("counts", victim.fingerprint)]
+    rc, out, err = _cli(capsys, "ls", "-w", ws.root)
+    assert rc == 0 and counts.fingerprint in out and tokens.fingerprint in out
+    [bad_line] = [ln for ln in out.splitlines() if victim.fingerprint in ln]
+    assert "UNREADABLE" in bad_line and "manifest" in bad_line
+    rc, out, _ = _cli(capsys, "show", counts.fingerprint, "-w", ws.root, "--json")
+    assert rc == 0 and json.loads(out)["fingerprint"] == counts.fingerprint
+    rc, _, err = _cli(capsys, "show", victim.fingerprint, "-w", ws.root)
+    assert rc == 2 and err.count("\n") == 1 and "manifest" in err and "gc --unreadable" in err, err
+    rc, out, _ = _cli(capsys, "count", tokens.fingerprint, "-w", ws.root, "--lags", "3", "--scheduler", "sync",
+                      "--json", "-q")
+    assert rc == 0 and json.loads(out)["params"] == {"lags": 3}
+    rc, out, err = _cli(capsys, "k0", counts.fingerprint, "-w", ws.root, "--dim", "4", "--kernel", "none",
+                        "--scheduler", "sync", "--json", "-q")
+    assert rc == 0 and json.loads(out)["dim"] == 4, err
+    rc, out, err = _cli(capsys, "gc", "-w", ws.root, "--json")
+    assert rc == 0 and json.loads(out)["removed"] == [] and "gc --unreadable" in err
+    assert os.path.isdir(victim.path), "kept unless asked"
+    rc, out, _ = _cli(capsys, "gc", "-w", ws.root, "--unreadable", "--json")
+    assert rc == 0 and json.loads(out)["removed"] == [victim.path]
+    assert not os.path.exists(victim.path) and ws.unreadable() == []
+    # and a rebuild of the damaged artifact's fingerprint works again
+    again = count_cooccurrences(other, ws, params=CountParams(lags=2), scheduler="sync")
+    assert again.fingerprint == victim.fingerprint and again.manifest["nnz"] == victim.manifest["nnz"]
+
+
+def test_build_over_an_unreadable_manifest_rebuilds_it(ws):
+    from conftest import write_tokens
+
+    tokens = write_tokens(ws, [[1, 2, 3, 1, 2, 3]] * 3, n_vocab=10)
+    counts = count_cooccurrences(tokens, ws, params=CountParams(lags=1), scheduler="sync")
+    with open(os.path.join(counts.path, "manifest.json"), "w") as f:
+        f.write("null")
+    rebuilt = count_cooccurrences(tokens, ws, params=CountParams(lags=1), scheduler="sync")
+    assert rebuilt.manifest["nnz"] == counts.manifest["nnz"] and ws.find("counts", counts.fingerprint) is not None
+
+
+# ---------------------------------------------------------------------------------------
+# issue 10: numeric flags are checked when parsed; every error is one line
+
+
+BAD_FLAGS = [
+    (["count", "x", "--lags", "0"], "--lags"), (["count", "x", "--lags", "ten"], "--lags"),
+    (["count", "x", "--memory", "lots"], "--memory"), (["count", "x", "--memory", "0"], "--memory"),
+    (["count", "x", "--memory", "nan"], "--memory"),
+    (["k0", "x", "--lags", "0"], "--lags"), (["k0", "x", "--dim", "nan"], "--dim"), (["k0", "x", "-d", "0"], "--dim"),
+    (["k0", "x", "--lag-from", "-1"], "--lag-from"), (["k0", "x", "--v-eff", "1"], "--v-eff"),
+    (["k0", "x", "--v-eff", "nan"], "--v-eff"), (["k0", "x", "--ppmi-alpha", "nan"], "--ppmi-alpha"),
+    (["k0", "x", "--power-iters", "-1"], "--power-iters"), (["k0", "x", "--oversample", "1.5"], "--oversample"),
+    (["k0", "x", "--weighting", "1,nan"], "--weighting"), (["k0", "x", "--seed", "-1"], "--seed"),
+    (["synth", "--tokens", "0"], "--tokens"), (["synth", "--tokens", "inf"], "--tokens"),
+    (["synth", "--vocab", "1"], "--vocab"), (["synth", "--zipf", "nan"], "--zipf"),
+    (["synth", "--local", "1.5"], "--local"), (["synth", "--doc-tokens", "-5"], "--doc-tokens"),
+    (["tokenize", "a.txt", "--shard-tokens", "0"], "--shard-tokens"),
+    (["tokenize", "a.txt", "--threads", "0"], "--threads"),
+    (["seed", "e", "--vocab", "0"], "--vocab"),
+    (["sft", "m", "--tokens", "t", "--steps", "0"], "--steps"), (["sft", "m", "--tokens", "t", "--lr", "nan"], "--lr"),
+    (["sft", "m", "--tokens", "t", "--lr", "0"], "--lr"),
+    (["sft", "m", "--tokens", "t", "--batch-size", "-2"], "--batch-size"),
+    (["sft", "m", "--tokens", "t", "--val-fraction", "1"], "--val-fraction"),
+    (["sft", "m", "--tokens", "t", "--target-ppl", "nan"], "--target-ppl"),
+    (["sft", "m", "--tokens", "t", "--block-size", "1"], "--block-size"),
+    (["eval", "m", "--tokens", "t", "--batches", "0"], "--batches"),
+    (["crystallize", "c", "--K", "0"], "--K"),
+]
+
+
+@pytest.mark.parametrize("argv,flag", BAD_FLAGS, ids=[" ".join(a) for a, _ in BAD_FLAGS])
+def test_numeric_flags_are_checked_at_parse_time_in_one_line(tmp_path, capsys, argv, flag):
+    from ctstore.cli import main
+
+    capsys.readouterr()
+    with pytest.raises(SystemExit) as stop:
+        main([*argv, "-w", str(tmp_path / "ws")])
+    err = capsys.readouterr().err
+    assert stop.value.code == 2
+    assert err.startswith(f"ctstore: error: {flag}: ") and err.count("\n") == 1, err
+    assert not os.path.exists(tmp_path / "ws"), "refused before the workspace is touched"
+
+
+def test_os_errors_keep_input_colon_problem_on_one_line(tmp_path, capsys, monkeypatch):
+    from ctstore.cli import main
+
+    def fail(self, kind=None):
+        raise FileNotFoundError(2, "No such file or directory", str(tmp_path / "we\nird"))
+
+    monkeypatch.setattr(Workspace, "list", fail)
+    capsys.readouterr()
+    assert main(["ls", "-w", str(tmp_path / "ws")]) == 2
+    assert capsys.readouterr().err == f"ctstore: error: {tmp_path}/we\\nird: No such file or directory\n"
+    monkeypatch.undo()
+    assert main(["tokenize", str(tmp_path / "no\nsuch.txt"), "-w", str(tmp_path / "ws2"), "-q"]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "no\\nsuch.txt" in err, err
