@@ -62,6 +62,9 @@ def build_parser() -> argparse.ArgumentParser:
     s = sub.add_parser("count", help="tokens -> lag-k co-occurrence count store (Zarr CSR)")
     s.add_argument("tokens", help="tokens artifact fingerprint (or unique prefix)")
     s.add_argument("--lags", type=int, default=10, help="count lags 1..L (default 10)")
+    s.add_argument("--spill", action="store_true",
+                   help="always run the spilled, resumable map/reduce tasks, even when the corpus fits one "
+                        "in-process pass within --memory")
     _common(s)
 
     s = sub.add_parser("ls", help="list complete artifacts with lineage and size")
@@ -118,7 +121,7 @@ def _run(args) -> int:
 
         tokens = ws.get(args.tokens, kind="tokens")
         _emit(args, count_cooccurrences(tokens, ws, params=CountParams(lags=args.lags), memory=args.memory,
-                                        scheduler=args.scheduler, force=args.force))
+                                        scheduler=args.scheduler, force=args.force, spill=args.spill))
     elif cmd == "ls":
         arts = ws.list(args.kind)
         if args.json:
