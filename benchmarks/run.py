@@ -80,13 +80,13 @@ def _timed_cli(args: list[str], ws: str, pythonpath: str | None = None) -> dict:
     """Run the CLI; whole-process wall, user/system CPU of the process tree, peak tree RSS, manifest."""
     import resource
 
-    env = {**os.environ, "CTSTORE_NO_PROGRESS": "1"}
-    if pythonpath:
-        env["PYTHONPATH"] = pythonpath
+    env = {**os.environ, "CTSTORE_NO_PROGRESS": "1", "PYTHONPATH": pythonpath or str(ROOT)}
     cmd = [sys.executable, "-m", "ctstore.cli", *args, "-w", ws, "--json", "-q"]
     before = resource.getrusage(resource.RUSAGE_CHILDREN)
     start = time.perf_counter()
-    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
+    # cwd is the tree being measured: ``python -m`` puts the working directory first on sys.path
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env,
+                            cwd=pythonpath or str(ROOT))
     with TreeMemorySampler(pid=proc.pid, interval=0.05) as sampler:
         out, err = proc.communicate()
     wall = time.perf_counter() - start
@@ -140,27 +140,37 @@ def _count_old_new(tokens_fp: str, ws: str, old_path: str, memory: str = "2GB") 
     return out
 
 
+def _real_text_source() -> Path:
+    """The shared corpora (4.2 MB: ×40 is the 42M-token input of issue 12) when present, else data/sample."""
+    for candidate in (os.environ.get("CTSTORE_BENCH_CORPORA"), ROOT.parent / "shared" / "corpora",
+                      ROOT.parent.parent / "shared" / "corpora"):
+        if candidate and Path(candidate).is_dir() and any(Path(candidate).glob("*.txt")):
+            return Path(candidate)
+    return SAMPLE
+
+
 def bench_count(quick: bool) -> dict:
     """Old (COUNT_BASELINE) vs new count engine in one run on real text ×40, synthetic V = 131,072, sample."""
     out = {"baseline": COUNT_BASELINE}
     with tempfile.TemporaryDirectory(dir=os.environ.get("CTSTORE_BENCH_DIR")) as ws:
         old_path = _baseline_tree(tempfile.mkdtemp(dir=ws))
-        n = "20M" if quick else "200M"
+        n = os.environ.get("CTSTORE_BENCH_SYNTH_TOKENS", "20M" if quick else "200M")
         tokens, _, _ = ctstore(["synth", "--vocab", "131072", "--tokens", n, "--seed", "0"], ws)
-        print("benchmark count: synthetic", file=sys.stderr, flush=True)
+        print(f"benchmark count: synthetic, {n} tokens", file=sys.stderr, flush=True)
         out["synthetic"] = {"vocab": 131072, "lags": 10, "memory": "2GB",
                             **_count_old_new(tokens["fingerprint"], ws, old_path)}
         repeat = 4 if quick else 40
         corpus = Path(ws) / "corpus"
         corpus.mkdir()
+        source = _real_text_source()
         for i in range(repeat):
-            for f in SAMPLE.iterdir():
+            for f in sorted(source.glob("*.txt")):
                 shutil.copy(f, corpus / f"{i:02d}-{f.name}")
                 with open(corpus / f"{i:02d}-{f.name}", "a") as h:
                     h.write(f"\n\ncopy {i}\n")  # distinct content, so each copy is its own source
         tokens, _, _ = ctstore(["tokenize", str(corpus)], ws)
         print("benchmark count: real text", file=sys.stderr, flush=True)
-        out["real_text"] = {"repeats": repeat, "lags": 10, "memory": "2GB",
+        out["real_text"] = {"source": str(source), "repeats": repeat, "lags": 10, "memory": "2GB",
                             **_count_old_new(tokens["fingerprint"], ws, old_path)}
         tokens, _, _ = ctstore(["tokenize", str(SAMPLE)], ws)
         print("benchmark count: sample corpus", file=sys.stderr, flush=True)
