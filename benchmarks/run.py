@@ -116,6 +116,8 @@ def _store_digest(path: str) -> str:
 
 def _baseline_tree(dest: str) -> str:
     """The ctstore package as of COUNT_BASELINE, extracted under ``dest`` (for PYTHONPATH)."""
+    if os.environ.get("CTSTORE_COUNT_BASELINE_TREE"):  # already extracted (e.g. when run from a copy)
+        return os.environ["CTSTORE_COUNT_BASELINE_TREE"]
     archive = subprocess.run(["git", "-C", str(ROOT), "archive", COUNT_BASELINE, "ctstore"], check=True,
                              capture_output=True).stdout
     subprocess.run(["tar", "-x", "-C", dest], input=archive, check=True)
