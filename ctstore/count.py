@@ -644,6 +644,9 @@ def _count_one_pass(ws, path, tokens, shards: TokenShards, params, memory, head)
     room = budget - CLIENT_RESERVE
     if n_tokens * FUSED_BYTES_PER_TOKEN + HeadWork.nbytes(HEAD_CHOICES[-1], HEAD_PIECE) > room * 3 // 4:
         return None  # cannot fit with room for the lags: not worth reading the corpus to find out
+    need = _one_pass_bytes_from_unigram(tokens, shards, L, head)
+    if need is not None and need > room:
+        return None  # the tokens' unigram says the lags would not fit: map/reduce without reading first
     if n_tokens >= 2**31 - 1 or V * MINI_ROWS >= 2**32:
         return None
     timings: dict = {}
@@ -709,6 +712,25 @@ def _count_one_pass(ws, path, tokens, shards: TokenShards, params, memory, head)
         f"nnz per lag {min(nnz_by_lag.values())}..{max(nnz_by_lag.values())}")
     return _manifest_body(tokens, V, L, n_tokens, nnz_by_lag, timings, rate, budget,
                           {"mode": "one-pass", "threads": threads, "dense_head": pairs.head})
+
+
+def _one_pass_bytes_from_unigram(tokens, shards: TokenShards, lags: int, head: int | None) -> int | None:
+    """Memory a one-pass count would need, from the unigram the tokens artifact stores (None without one)."""
+    from ._util import load_npy
+
+    try:
+        unigram = load_npy(tokens.workspace.fs, f"{tokens.path}/unigram.npy")
+    except (OSError, ValueError):
+        return None
+    n = shards.n_tokens
+    if unigram.shape != (shards.n_vocab,) or int(unigram.sum()) != n:
+        return None
+    H = min(shards.n_vocab, choose_head(unigram, n * lags) if head is None else max(0, int(head)))
+    n_tail = n - int(np.sort(unigram)[::-1][:H].sum())
+    m = n + lags * int(sum(s.get("docs", 0) for s in shards.shards) or tokens.manifest.get("docs", 0))
+    shared = 10 * m + 4 * n_tail + 24 * shards.n_vocab  # stream, codes, tail positions, unigram and rank
+    per_lag = ENTRY_BYTES * (min(m, 2 * n_tail) + min(H * H, m)) + 16 * (shards.n_vocab + 1)
+    return max(n * FUSED_BYTES_PER_TOKEN, shared + HeadWork.nbytes(H, m) + per_lag)
 
 
 def _read_all(shards: TokenShards) -> tuple[np.ndarray, np.ndarray]:
