@@ -61,8 +61,8 @@ SPILL_VERSION = 3  # in spill directory names: a resumed run never reads another
 ZARR_CHUNK = 1 << 20  # elements per chunk of indices/data (~4 MB uncompressed)
 MAP_BYTES_PER_TOKEN = 64  # shard read, separated stream, head codes, tail pairs, both counting passes, spill keys
 MAP_MAX_HEAD = 2048  # dense head of a map task: a 16 MB table, so chunks stay large
-REDUCE_BYTES_PER_ENTRY = 48  # rows, cols, uint64 counts, both counting passes, running result
-FUSED_BYTES_PER_TOKEN = 18  # one-pass count, shared arrays: tokens, separated stream, head codes, tail positions
+REDUCE_BYTES_PER_ENTRY = 48  # keys + counts, the packed concatenation, timsort's buffer, unique keys/counts
+FUSED_BYTES_PER_TOKEN = 18  # one pass, peak while building tokens, separated stream, head codes, tail positions
 ASSEMBLE_BYTES_PER_ENTRY = 16
 MAX_CHUNK_TOKENS = 16 << 20
 # byte-shuffled zstd level 1 in Blosc: on count data it measured ~2x faster to write and
