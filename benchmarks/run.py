@@ -73,30 +73,126 @@ def _timed(fn) -> float:
     return time.perf_counter() - start
 
 
-def bench_count(quick: bool) -> dict:
+COUNT_BASELINE = os.environ.get("CTSTORE_COUNT_BASELINE", "a4319a7")  # the count engine before issue 12
+
+
+def _timed_cli(args: list[str], ws: str, pythonpath: str | None = None) -> dict:
+    """Run the CLI; whole-process wall, user/system CPU of the process tree, peak tree RSS, manifest."""
+    import resource
+
+    env = {**os.environ, "CTSTORE_NO_PROGRESS": "1", "PYTHONPATH": pythonpath or str(ROOT)}
+    cmd = [sys.executable, "-m", "ctstore.cli", *args, "-w", ws, "--json", "-q"]
+    before = resource.getrusage(resource.RUSAGE_CHILDREN)
+    start = time.perf_counter()
+    # cwd is the tree being measured: ``python -m`` puts the working directory first on sys.path
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env,
+                            cwd=pythonpath or str(ROOT))
+    with TreeMemorySampler(pid=proc.pid, interval=0.05) as sampler:
+        out, err = proc.communicate()
+    wall = time.perf_counter() - start
+    after = resource.getrusage(resource.RUSAGE_CHILDREN)
+    if proc.returncode != 0:
+        raise RuntimeError(f"{' '.join(args)} failed: {err[-2000:]}")
+    user, system = after.ru_utime - before.ru_utime, after.ru_stime - before.ru_stime
+    return {"manifest": json.loads(out), "wall_s": wall, "user_s": user, "system_s": system,
+            "cpu_s": user + system, "system_share": system / max(user + system, 1e-9),
+            "peak_tree_rss_bytes": sampler.peak}
+
+
+def _store_digest(path: str) -> str:
+    """sha256 over unigram and every lag's indptr/indices/data (decompressed): equal digests, equal stores."""
+    import hashlib
+
+    import zarr
+
+    group = zarr.open_group(f"{path}/counts.zarr", mode="r")
+    h = hashlib.sha256()
+    h.update(np.asarray(group["unigram"][:]).tobytes())
+    for lag in range(1, int(group.attrs["lags"]) + 1):
+        for name in ("indptr", "indices", "data"):
+            h.update(np.asarray(group[f"lag_{lag}/{name}"][:]).tobytes())
+    return h.hexdigest()
+
+
+def _baseline_tree(dest: str) -> str:
+    """The ctstore package as of COUNT_BASELINE, extracted under ``dest`` (for PYTHONPATH)."""
+    if os.environ.get("CTSTORE_COUNT_BASELINE_TREE"):  # already extracted (e.g. when run from a copy)
+        return os.environ["CTSTORE_COUNT_BASELINE_TREE"]
+    archive = subprocess.run(["git", "-C", str(ROOT), "archive", COUNT_BASELINE, "ctstore"], check=True,
+                             capture_output=True).stdout
+    subprocess.run(["tar", "-x", "-C", dest], input=archive, check=True)
+    return dest
+
+
+def _count_old_new(tokens_fp: str, ws: str, old_path: str, memory: str = "2GB") -> dict:
+    args = ["count", tokens_fp, "--lags", "10", "--memory", memory, "--force"]
     out = {}
-    n = "20M" if quick else "200M"
+    for name, pythonpath in (("old", old_path), ("new", str(ROOT))):
+        r = _timed_cli(args, ws, pythonpath)
+        m = r.pop("manifest")
+        r.update(tokens=m["tokens"], tokens_per_s=m["tokens"] / r["wall_s"], stage_timings=m["timings"],
+                 mode=m.get("mode", "map-reduce"), nnz_lag1=m["nnz"]["1"], digest=_store_digest(m["path"]))
+        out[name] = r
+        print(f"  count {name}: {r['wall_s']:.1f} s wall, {r['cpu_s']:.1f} CPU-s ({r['system_s']:.1f} system), "
+              f"peak {r['peak_tree_rss_bytes'] / 1e9:.2f} GB, {r['tokens_per_s'] / 1e6:.2f}M tokens/s",
+              file=sys.stderr, flush=True)
+    old, new = out["old"], out["new"]
+    out["ratios"] = {"wall_speedup": old["wall_s"] / new["wall_s"], "cpu_speedup": old["cpu_s"] / new["cpu_s"]}
+    out["identical_stores"] = old["digest"] == new["digest"]
+    return out
+
+
+def _real_text_source() -> Path:
+    """The shared corpora (4.2 MB: ×40 is the 42M-token input of issue 12) when present, else data/sample."""
+    for candidate in (os.environ.get("CTSTORE_BENCH_CORPORA"), ROOT.parent / "shared" / "corpora",
+                      ROOT.parent.parent / "shared" / "corpora"):
+        if candidate and Path(candidate).is_dir() and any(Path(candidate).glob("*.txt")):
+            return Path(candidate)
+    return SAMPLE
+
+
+def bench_count(quick: bool) -> dict:
+    """Old (COUNT_BASELINE) vs new count engine in one run on real text ×40, synthetic V = 131,072, sample."""
+    out = {"baseline": COUNT_BASELINE}
     with tempfile.TemporaryDirectory(dir=os.environ.get("CTSTORE_BENCH_DIR")) as ws:
-        tokens, synth_s, _ = ctstore(["synth", "--vocab", "131072", "--tokens", n, "--seed", "0"], ws)
-        counts, wall, peak = ctstore(["count", tokens["fingerprint"], "--lags", "10", "--memory", "2GB"], ws)
-        out["synthetic"] = {"tokens": tokens["tokens"], "vocab": 131072, "lags": 10, "wall_s": wall,
-                            "tokens_per_s": tokens["tokens"] / wall, "stage_timings": counts["timings"],
-                            "peak_tree_rss_bytes": peak, "memory_budget_bytes": 2 * 10**9,
-                            "nnz_lag1": counts["nnz"]["1"], "synth_s": synth_s}
-        repeat = 4 if quick else 20
+        old_path = _baseline_tree(tempfile.mkdtemp(dir=ws))
+        n = os.environ.get("CTSTORE_BENCH_SYNTH_TOKENS", "20M" if quick else "200M")
+        tokens, _, _ = ctstore(["synth", "--vocab", "131072", "--tokens", n, "--seed", "0"], ws)
+        print(f"benchmark count: synthetic, {n} tokens", file=sys.stderr, flush=True)
+        out["synthetic"] = {"vocab": 131072, "lags": 10, "memory": "2GB",
+                            **_count_old_new(tokens["fingerprint"], ws, old_path)}
+        repeat = 4 if quick else 40
         corpus = Path(ws) / "corpus"
         corpus.mkdir()
+        source = _real_text_source()
         for i in range(repeat):
-            for f in SAMPLE.iterdir():
+            for f in sorted(source.glob("*.txt")):
                 shutil.copy(f, corpus / f"{i:02d}-{f.name}")
                 with open(corpus / f"{i:02d}-{f.name}", "a") as h:
                     h.write(f"\n\ncopy {i}\n")  # distinct content, so each copy is its own source
         tokens, _, _ = ctstore(["tokenize", str(corpus)], ws)
-        counts, wall, peak = ctstore(["count", tokens["fingerprint"], "--lags", "10", "--memory", "2GB"], ws)
-        out["sample_repeated"] = {"tokens": tokens["tokens"], "repeats": repeat, "wall_s": wall,
-                                  "tokens_per_s": tokens["tokens"] / wall, "peak_tree_rss_bytes": peak,
-                                  "stage_timings": counts["timings"]}
-    out["targets"] = {"tokens_per_s": ">= 5e6 on 2 cores", "peak_tree_rss_bytes": "<= 2 GB with --memory 2GB"}
+        print("benchmark count: real text", file=sys.stderr, flush=True)
+        out["real_text"] = {"source": str(source), "repeats": repeat, "lags": 10, "memory": "2GB",
+                            **_count_old_new(tokens["fingerprint"], ws, old_path)}
+        tokens, _, _ = ctstore(["tokenize", str(SAMPLE)], ws)
+        print("benchmark count: sample corpus", file=sys.stderr, flush=True)
+        sample = _count_old_new(tokens["fingerprint"], ws, old_path, memory="4GB")
+        startup = min(_timed_cli(["ls"], ws)["wall_s"] for _ in range(3))  # interpreter + imports, no work
+        sample["startup_s"] = startup
+        sample["new_beyond_startup_s"] = sample["new"]["wall_s"] - startup
+        out["sample"] = sample
+    out["targets"] = {"speedup": ">= 3x old on both inputs", "real_text_tokens_per_s": ">= 9e6",
+                      "synthetic_tokens_per_s": ">= 3.5e6", "system_share": "<= 0.15",
+                      "peak_tree_rss_bytes": "<= 2e9 with --memory 2GB", "identical_stores": True,
+                      "sample_beyond_startup_s": "<= 2"}
+    rt, sy = out["real_text"], out["synthetic"]
+    out["pass"] = bool(rt["identical_stores"] and sy["identical_stores"] and sample["identical_stores"]
+                       and rt["new"]["peak_tree_rss_bytes"] <= 2e9 and sy["new"]["peak_tree_rss_bytes"] <= 2e9)
+    for name in ("synthetic", "real_text", "sample"):
+        r = out[name]
+        print(f"count {name}: new/old speed-up {r['ratios']['wall_speedup']:.2f}x wall, "
+              f"{r['ratios']['cpu_speedup']:.2f}x CPU; identical stores: {r['identical_stores']}",
+              file=sys.stderr, flush=True)
     return out
 
 

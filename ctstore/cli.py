@@ -142,6 +142,9 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--lags", type=int, default=10, help="count lags 1..L (default 10)")
     s.add_argument("--train-only", type=float, default=None, metavar="VAL_FRACTION",
                    help="count only the training documents of sft's split at this validation fraction")
+    s.add_argument("--spill", action="store_true",
+                   help="always run the spilled, resumable map/reduce tasks, even when the corpus fits one "
+                        "in-process pass within --memory")
     _common(s)
 
     s = sub.add_parser("ls", help="list complete artifacts with lineage and size")
@@ -206,8 +209,8 @@ def _run(args) -> int:
 
         tokens = ws.get(args.tokens, kind="tokens")
         _emit(args, count_cooccurrences(tokens, ws, params=CountParams(lags=args.lags, val_fraction=args.train_only),
-                                        memory=args.memory,
-                                        scheduler=args.scheduler, force=args.force))
+                                        memory=args.memory, scheduler=args.scheduler, force=args.force,
+                                        spill=args.spill))
     elif cmd == "ls":
         arts = ws.list(args.kind)
         if args.kind:  # one kind: oldest first, newest last (next to the prompt)

@@ -272,7 +272,7 @@ def test_ctrl_c_stops_the_cluster_and_publishes_nothing(tmp_path):
     tokens = json.loads(cli("synth", "--vocab", "50000", "--tokens", "8M", "--shard-tokens", "512K", "-w", ws,
                             "--json").stdout)
     cmd = [sys.executable, "-m", "ctstore.cli", "count", tokens["fingerprint"], "-w", ws, "--lags", "10",
-           "--memory", "2GB", "-q"]
+           "--memory", "2GB", "--spill", "-q"]  # --spill: this corpus would fit one in-process pass
     proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
                             env={**os.environ, "CTSTORE_NO_PROGRESS": "1"})
     deadline = time.time() + 120
