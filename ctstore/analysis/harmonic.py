@@ -42,7 +42,8 @@ import torch
 RIDGE = 0.0
 # Start widths (× n/(2(K+1))) tried with least-squares amplitudes; each row starts from its best
 START_WIDTHS = (0.35, 0.5, 0.7, 1.0)
-# Stop tolerance (in R²) of the full-grid phase: from the coarse optimum one step gains what is left
+# A row continues on the full grid when its coarse fit's R² there falls short of its R² on the coarse
+# grid by more than this (and then stops when a step gains less than this)
 FINE_TOL = 1e-4
 
 __all__ = ["HarmonicFit", "fit_harmonic", "gaussian_basis", "HarmonicLinear", "fit_l2", "initial_centres"]
@@ -159,6 +160,12 @@ def _fit_chunk(y: torch.Tensor, mu: torch.Tensor, n: int, K: int, steps: int, ri
         # rows stuck in a local minimum (typically a component that wandered off or collapsed):
         # move their weakest component to the largest residual and continue from there
         stuck = torch.nonzero(sse / sst > 1e-3).flatten()
+        if stuck.numel() and n > 2:
+            # unless the residual is already at the row's noise floor, estimated from its second
+            # differences (variance 6σ² for white noise; median form): no restart can go below that
+            d2 = y[stuck, 2:] - 2 * y[stuck, 1:-1] + y[stuck, :-2]
+            floor = (d2.abs().median(dim=1).values / 0.6745).pow(2) / 6 * cols.numel()
+            stuck = stuck[sse[stuck] > 2 * floor]
         if stuck.numel() == 0:
             break
         t = theta[stuck].clone()
@@ -173,12 +180,29 @@ def _fit_chunk(y: torch.Tensor, mu: torch.Tensor, n: int, K: int, steps: int, ri
         better = t_sse < sse[stuck]
         theta[stuck[better]] = t[better]
         sse[stuck[better]] = t_sse[better]
-    if stride > 1:  # continue on the full grid: the coarse optimum is close, so few iterations remain
+    recon = _reconstruct(theta, full, K)
+    if stride > 1:
+        # rows that the coarse grid describes clearly worse than the full row (structure between the
+        # sampled columns) continue on the full grid from the coarse optimum; the rest are done. With
+        # p = 3K parameters fitted to m columns, white noise alone leaves a full-row mean squared error
+        # (1 + p/m)/(1 − p/m) times the coarse one; twice that is the mark of missed structure.
+        m, p = cols.numel(), 3 * K
+        sse_full = (y - recon).pow(2).sum(dim=1)
+        sse_coarse = (yc - _reconstruct(theta, cols, K)).pow(2).sum(dim=1)
         sst_full = (y - y.mean(dim=1, keepdim=True)).pow(2).sum(dim=1).clamp(min=1e-30)
-        theta, _ = _lm(y, theta, full, n, K, steps, ridge, max(tol, FINE_TOL) * sst_full)
+        noise_ratio = 2 * (1 + p / m) / max(1 - p / m, 0.1)
+        missed = (sse_full / n > noise_ratio * sse_coarse / m) & (sse_full / sst_full > sse_coarse / sst + FINE_TOL)
+        refine = torch.nonzero(missed).flatten()
+        if refine.numel():
+            t, _ = _lm(y[refine], theta[refine], full, n, K, steps, ridge, max(tol, FINE_TOL) * sst_full[refine])
+            theta[refine] = t
+            recon[refine] = _reconstruct(t, full, K)
     amp, mu, width = theta[:, :K], theta[:, K:2 * K], theta[:, 2 * K:].exp()
-    recon = (amp[:, :, None] * _basis_at(full, mu, width)).sum(dim=1)
     return amp.cpu().numpy(), mu.cpu().numpy(), width.cpu().numpy(), recon.cpu().numpy()
+
+
+def _reconstruct(theta: torch.Tensor, cols: torch.Tensor, K: int) -> torch.Tensor:
+    return (theta[:, :K, None] * _basis_at(cols, theta[:, K:2 * K], theta[:, 2 * K:].exp())).sum(dim=1)
 
 
 def _with_amplitudes(y, cols, mu, log_s, ridge):
@@ -228,7 +252,7 @@ def _lm(y: torch.Tensor, theta: torch.Tensor, cols: torch.Tensor, n: int, K: int
             jtr[:, :K] -= ridge * m * theta[:, :K]
         diag = torch.diagonal(jtj, dim1=1, dim2=2)
         jtj.diagonal(dim1=1, dim2=2).add_(damping * diag + 1e-9)
-        delta = torch.linalg.solve(jtj, jtr[:, :, None])[:, :, 0]
+        delta = _spd_solve(jtj, jtr)
         candidate = _clamped(theta + delta, n, K)
         g_new = _basis_at(cols, candidate[:, K:2 * K], candidate[:, 2 * K:].exp())
         new_sse = _objective(g_new, candidate, y, m, K, ridge)
@@ -250,6 +274,16 @@ def _lm(y: torch.Tensor, theta: torch.Tensor, cols: torch.Tensor, n: int, K: int
     return out, out_sse
 
 
+
+
+def _spd_solve(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    """Batched solve of the damped normal equations by Cholesky (LU for rows where it fails)."""
+    chol, info = torch.linalg.cholesky_ex(a)
+    x = torch.cholesky_solve(b[:, :, None], chol)[:, :, 0]
+    bad = torch.nonzero(info).flatten()
+    if bad.numel():
+        x[bad] = torch.linalg.solve(a[bad], b[bad, :, None])[:, :, 0]
+    return x
 
 
 def _clamped(theta: torch.Tensor, n: int, K: int) -> torch.Tensor:
