@@ -11,10 +11,12 @@ instead of one ``curve_fit`` per row. Centres start at the closed form
 common widths (0.35–1 × ``n/(2(K+1))``) with least-squares amplitudes.
 
 Cost (issue 12): the normal equations come from one product ``[J | r]ᵀ[J | r]``
-per row; the iterations run on a coarse grid (every s-th column, s ≈ σ₀/3) and
-then on the full row from the coarse optimum (usually one or two steps); rows
-leave the batch when a step moves their R² by less than ``tol``; chunks of rows
-run in parallel threads. 15,007 × 256 rows, K = 4: see benchmarks/RESULTS.md.
+per row; the iterations run on a coarse grid (every s-th column, s ≈ σ₀/3 for
+the initial width σ₀ = n/(2(K+1))); only rows whose full-row residual shows
+structure the coarse grid missed continue on the full row; rows leave the batch
+when a step moves their R² by less than ``tol``; restarts skip rows already at
+their noise floor; chunks of rows run in parallel threads (one torch thread
+each). 15,007 × 256 rows, K = 4: see benchmarks/RESULTS.md.
 
 Compression ratio = n / (3K) parameters per row (256 columns, K = 4: 21.3×, the
 figure Paper 56 quotes). R² = 1 − SSE / SST over the whole matrix (per-row R²
@@ -91,13 +93,14 @@ def fit_harmonic(w, K: int = 4, steps: int = 20, init: str = "closed-form", devi
     Batched Levenberg-Marquardt on (A, μ, log σ) with the analytic Jacobian: every
     row takes its own damped Gauss-Newton step (a 3K × 3K solve) per iteration and
     keeps its own damping, so rows converge independently; a row leaves the batch
-    once an accepted step lowers its error by less than ``tol`` (relative), so the
-    cost follows the rows that still move, not ``steps`` × all rows. With ``coarse``
-    the first iterations run on every s-th column (s = ⌊σ₀/6⌋ for the initial width
-    σ₀, at least 32 columns kept) and the fit then continues on the full row, so the
-    optimum is the full-grid one; ``coarse=False`` fits on the full grid only. Rows
-    left with R² < 0.999 (a component that wandered off or collapsed) get up to two
-    restarts with their weakest Gaussian moved to the largest residual. Rows are
+    once an accepted step moves its R² by less than ``tol``, so the cost follows the
+    rows that still move, not ``steps`` × all rows. With ``coarse`` the iterations run
+    on every s-th column (s = ⌊σ₀/3⌋ for the initial width σ₀, at least 32 columns
+    kept); rows whose full-row error shows structure between those columns (more
+    than twice what noise alone leaves) continue on the full row from there;
+    ``coarse=False`` fits on the full grid only. Rows left with R² < 0.999 (a
+    component that wandered off or collapsed) and above their noise floor get up to
+    two restarts with their weakest Gaussian moved to the largest residual. Rows are
     processed in chunks of ``chunk_rows`` (cache-sized temporaries); float32 by default.
     """
     w_np = np.asarray(w, np.float64)
@@ -133,7 +136,7 @@ def fit_harmonic(w, K: int = 4, steps: int = 20, init: str = "closed-form", devi
 
 
 def _coarse_stride(n: int, K: int) -> int:
-    """Column stride of the coarse phase: ~6 samples per initial σ, never fewer than 32 columns."""
+    """Column stride of the coarse phase: ~3 samples per initial σ, never fewer than 32 columns."""
     return int(max(1, min(np.floor(n / (2 * (K + 1)) / 3), n // 32)))
 
 
