@@ -184,16 +184,22 @@ def _bench_k0_solver(quick: bool) -> dict:
         corpora = SAMPLE
     out: dict = {"corpus": f"{corpora} (*.txt) x{repeat}"}
     old = _kernels_old_tree()
+    prebuilt = os.environ.get("CTSTORE_BENCH_K0_COUNTS")  # a counts artifact directory to use instead
     with tempfile.TemporaryDirectory(dir=os.environ.get("CTSTORE_BENCH_DIR")) as ws:
-        corpus = Path(ws) / "corpus"
-        corpus.mkdir()
-        for i in range(repeat):
-            for f in sorted(corpora.glob("*.txt")):
-                (corpus / f"{i:02d}-{f.name}").write_text(f.read_text(encoding="utf-8", errors="replace")
-                                                          + f"\n\ncopy {i}\n", encoding="utf-8")
-        tokens, _, _ = ctstore(["tokenize", str(corpus)], ws)
-        counts, _, _ = ctstore(["count", tokens["fingerprint"], "--lags", "1", "--memory", "2GB"], ws)
-        out.update(tokens=tokens["tokens"], nnz_lag1=counts["nnz"]["1"])
+        if prebuilt:
+            counts = json.loads((Path(prebuilt) / "manifest.json").read_text())
+            shutil.copytree(prebuilt, Path(ws) / "counts" / counts["fingerprint"])
+            out["corpus"] = f"prebuilt counts artifact {prebuilt}"
+        else:
+            corpus = Path(ws) / "corpus"
+            corpus.mkdir()
+            for i in range(repeat):
+                for f in sorted(corpora.glob("*.txt")):
+                    (corpus / f"{i:02d}-{f.name}").write_text(f.read_text(encoding="utf-8", errors="replace")
+                                                              + f"\n\ncopy {i}\n", encoding="utf-8")
+            tokens, _, _ = ctstore(["tokenize", str(corpus)], ws)
+            counts, _, _ = ctstore(["count", tokens["fingerprint"], "--lags", "1", "--memory", "2GB"], ws)
+        out.update(tokens=counts.get("tokens"), nnz_lag1=counts["nnz"]["1"])
         runs = {"old": _k0_solver_cli(old, counts["fingerprint"], ws, []),
                 "new_auto": _k0_solver_cli(str(ROOT), counts["fingerprint"], ws, []),
                 "new_rsvd": _k0_solver_cli(str(ROOT), counts["fingerprint"], ws, ["--solver", "rsvd"])}
