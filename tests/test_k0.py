@@ -97,6 +97,7 @@ def test_randomized_svd_matches_scipy_svds_on_real_counts(session_ws, sample_cou
     assert attrs["operator"] == "none" and attrs["solver"] == "rsvd"
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("kernel", ["none", "ppmi"])
 def test_both_solvers_agree_with_dense_numpy_svd(session_ws, sample_counts, kernel):
     n, d, lags = 1024, 24, 3
