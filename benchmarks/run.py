@@ -212,9 +212,102 @@ def bench_k0(quick: bool) -> dict:
     diff = max(float(np.abs(lit[i] - np.roll(r, i)).max()) for i in range(0, n, max(1, n // 64)))
     out["exact_vs_literal"] = {"n": n, "literal_s": t_lit, "exact_s": t_exact, "speedup": t_lit / t_exact,
                                "max_abs_diff_sampled_rows": diff, "max_abs_value": float(np.abs(lit).max())}
+    out["solver_real_text"] = _bench_k0_solver(quick)
     out["rsvd_vs_sklearn"] = _bench_rsvd(quick)
-    out["scale"] = _bench_k0_scale(quick)
-    out["fft2"] = _bench_fft2(quick)
+    if os.environ.get("CTSTORE_BENCH_K0_SCALE"):  # V = 131,072, 60M tokens: ~10 min on 2 idle cores
+        out["scale"] = _bench_k0_scale(quick)
+    return out
+
+
+# --- old/new comparisons (issue 12): the code before the kernel work runs from an exported tree ---------
+KERNELS_OLD_COMMIT = "a4319a7"
+
+
+def _kernels_old_tree() -> str:
+    """A copy of the ctstore package at KERNELS_OLD_COMMIT (``git archive``; the repository is untouched),
+    or the tree named by CTSTORE_BENCH_OLD_TREE."""
+    path = os.environ.get("CTSTORE_BENCH_OLD_TREE")
+    if path:
+        return path
+    path = os.path.join(tempfile.gettempdir(), f"ctstore-bench-{KERNELS_OLD_COMMIT}")
+    if not os.path.isdir(os.path.join(path, "ctstore")):
+        os.makedirs(path, exist_ok=True)
+        archive = subprocess.run(["git", "-C", str(ROOT), "archive", KERNELS_OLD_COMMIT, "ctstore"],
+                                 check=True, capture_output=True).stdout
+        subprocess.run(["tar", "-x", "-C", path], input=archive, check=True)
+    return path
+
+
+def _python_at(tree: str, code: str, *args) -> tuple[dict, float, int]:
+    """Run ``code`` with ``tree`` first on the path; return (its last stdout line as JSON, wall s, peak RSS)."""
+    env = dict(os.environ, PYTHONPATH=tree, CTSTORE_NO_PROGRESS="1")
+    start = time.perf_counter()
+    proc = subprocess.Popen([sys.executable, "-c", code, *map(str, args)], stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True, env=env, cwd=tree)
+    with TreeMemorySampler(pid=proc.pid, interval=0.05) as sampler:
+        out, err = proc.communicate()
+    if proc.returncode != 0:
+        raise RuntimeError(f"benchmark child at {tree} failed: {err[-2000:]}")
+    return json.loads(out.strip().splitlines()[-1]), time.perf_counter() - start, sampler.peak
+
+
+def _k0_solver_cli(tree: str, counts_fp: str, ws: str, extra: list[str]) -> dict:
+    code = ("import sys, json, time, subprocess\n"
+            "start = time.perf_counter()\n"
+            "out = subprocess.run([sys.executable, '-m', 'ctstore.cli', *sys.argv[1:]], capture_output=True,"
+            " text=True)\n"
+            "assert out.returncode == 0, out.stderr[-2000:]\n"
+            "m = json.loads(out.stdout)\n"
+            "import zarr\n"
+            "from ctstore.workspace import Workspace\n"
+            "art = Workspace(sys.argv[sys.argv.index('-w') + 1]).get(m['fingerprint'])\n"
+            "spec = zarr.open_group(art.child('embeddings.zarr'), mode='r')['spectrum'][:]\n"
+            "print(json.dumps({'wall_s': time.perf_counter() - start, 'timings': m['timings'],"
+            " 'solver': m.get('solver', 'rsvd (before --solver)'), 'solver_reason': m.get('solver_reason'),"
+            " 'fingerprint': m['fingerprint'], 'spectrum': spec.tolist()}))\n")
+    res, _, peak = _python_at(tree, code, "k0", counts_fp, "--kernel", "none", "--dim", "256", "--lags", "1",
+                              "--v-eff", "16384", "--memory", "4GB", *extra, "-w", ws, "--json", "-q", "--force")
+    res["peak_tree_rss_bytes"] = peak
+    return res
+
+
+def _bench_k0_solver(quick: bool) -> dict:
+    """``k0 --kernel none`` (d = 256, lag 1, top 16,384 ranks) on a real-text store: the code before issue 12
+    (randomized SVD, q = 5, p = 256) against today's default (--solver auto) and today's rsvd, in one run."""
+    repeat = 1 if quick else int(os.environ.get("CTSTORE_BENCH_K0_REPEAT", "4"))
+    corpora = Path(os.environ.get("CTSTORE_BENCH_CORPORA", "/work/shared/corpora"))
+    if not corpora.is_dir():
+        corpora = SAMPLE
+    out: dict = {"corpus": f"{corpora} (*.txt) x{repeat}"}
+    old = _kernels_old_tree()
+    prebuilt = os.environ.get("CTSTORE_BENCH_K0_COUNTS")  # a counts artifact directory to use instead
+    with tempfile.TemporaryDirectory(dir=os.environ.get("CTSTORE_BENCH_DIR")) as ws:
+        if prebuilt:
+            counts = json.loads((Path(prebuilt) / "manifest.json").read_text())
+            shutil.copytree(prebuilt, Path(ws) / "counts" / counts["fingerprint"])
+            out["corpus"] = f"prebuilt counts artifact {prebuilt}"
+        else:
+            corpus = Path(ws) / "corpus"
+            corpus.mkdir()
+            for i in range(repeat):
+                for f in sorted(corpora.glob("*.txt")):
+                    (corpus / f"{i:02d}-{f.name}").write_text(f.read_text(encoding="utf-8", errors="replace")
+                                                              + f"\n\ncopy {i}\n", encoding="utf-8")
+            tokens, _, _ = ctstore(["tokenize", str(corpus)], ws)
+            counts, _, _ = ctstore(["count", tokens["fingerprint"], "--lags", "1", "--memory", "2GB"], ws)
+        out.update(tokens=counts.get("tokens"), nnz_lag1=counts["nnz"]["1"])
+        runs = {"old": _k0_solver_cli(old, counts["fingerprint"], ws, []),
+                "new_auto": _k0_solver_cli(str(ROOT), counts["fingerprint"], ws, []),
+                "new_rsvd": _k0_solver_cli(str(ROOT), counts["fingerprint"], ws, ["--solver", "rsvd"])}
+    ref = np.array(runs["new_auto"].pop("spectrum"))
+    for name, run in runs.items():
+        if "spectrum" in run:
+            s = np.array(run.pop("spectrum"))
+            run["max_rel_sv_diff_vs_new_auto"] = float(np.max(np.abs(s - ref) / ref))
+    out["runs"] = runs
+    out["new_auto_vs_old_speedup"] = runs["old"]["wall_s"] / runs["new_auto"]["wall_s"]
+    out["embed_stage_speedup"] = runs["old"]["timings"]["embed_s"] / runs["new_auto"]["timings"]["embed_s"]
+    out["target"] = "choose svds where it fits (issue 12: svds 4x faster than rsvd on this kind of store)"
     return out
 
 
@@ -273,29 +366,57 @@ def _bench_k0_scale(quick: bool) -> dict:
     return out
 
 
-def _bench_fft2(quick: bool) -> dict:
-    from ctstore.cluster import Runner
-    from ctstore.fft2 import fft2_convolve, plan_fft2
-    from ctstore.operator import _save_csr
-    import scipy.sparse as sp
+FFT2_CODE = """
+import json, os, shutil, sys, tempfile, time
+import numpy as np, scipy.sparse as sp
+n, mode, tmp = int(sys.argv[1]), sys.argv[2], sys.argv[3]
+rng = np.random.default_rng(0)
+nnz = n * 50
+x = sp.csr_matrix((rng.random(nnz).astype(np.float32), (rng.integers(0, n, nnz), rng.integers(0, n, nnz))),
+                  shape=(n, n))
+k = rng.standard_normal(n)
+if mode.startswith("inmemory"):
+    import scipy.fft
+    dense = x.toarray().astype(np.float64 if mode == "inmemory64" else np.float32)
+    start = time.perf_counter()
+    scipy.fft.rfft2(dense)
+    print(json.dumps({"wall_s": time.perf_counter() - start}))
+    sys.exit(0)
+from ctstore.cluster import Runner
+from ctstore.fft2 import fft2_convolve, plan_fft2
+from ctstore.operator import _save_csr
+_save_csr(f"{tmp}/x", x)
+np.save(f"{tmp}/k.npy", k)
+if __name__ == "__main__":
+    with Runner("2GB", "local") as runner:
+        plan = plan_fft2(n, runner.plan.task_memory, shutil.disk_usage(tmp).free)
+        start = time.perf_counter()
+        fft2_convolve(runner, ("csr", f"{tmp}/x"), ("circulant", f"{tmp}/k.npy"), n, tmp, plan)
+        wall = time.perf_counter() - start
+    disk = sum(os.path.getsize(os.path.join(d, f)) for d, _, fs in os.walk(tmp) for f in fs)
+    print(json.dumps({"wall_s": wall, "disk_bytes": disk, "planned_disk_bytes": plan.disk_bytes,
+                      "row_chunk": plan.row_chunk, "col_chunk": plan.col_chunk}))
+"""
 
+
+def bench_fft2(quick: bool) -> dict:
+    """Out-of-core literal fft2 (circulant kernel, ``--memory 2GB``, local cluster): the code before issue 12
+    and today's, against one in-memory ``scipy.fft.rfft2`` of the dense X, in one run."""
     n = 4096 if quick else 16384
-    rng = np.random.default_rng(0)
-    nnz = n * 50
-    x = sp.csr_matrix((rng.random(nnz).astype(np.float32), (rng.integers(0, n, nnz), rng.integers(0, n, nnz))),
-                      shape=(n, n))
-    with tempfile.TemporaryDirectory(dir=os.environ.get("CTSTORE_BENCH_DIR")) as tmp:
-        _save_csr(f"{tmp}/x", x)
-        np.save(f"{tmp}/k.npy", rng.standard_normal(n))
-        with Runner("2GB", "local") as runner:
-            plan = plan_fft2(n, runner.plan.task_memory, shutil.disk_usage(tmp).free)
-            with TreeMemorySampler(interval=0.05) as sampler:
-                start = time.perf_counter()
-                fft2_convolve(runner, ("csr", f"{tmp}/x"), ("circulant", f"{tmp}/k.npy"), n, tmp, plan)
-                wall = time.perf_counter() - start
-        disk = sum(f.stat().st_size for f in Path(tmp).rglob("*") if f.is_file())
-    return {"n": n, "wall_s": wall, "peak_tree_rss_bytes": sampler.peak, "disk_bytes": disk,
-            "planned_disk_bytes": plan.disk_bytes, "memory_budget": "2GB"}
+    out: dict = {"n": n, "memory_budget": "2GB", "runs": {}}
+    for name, tree, mode in (("inmemory_rfft2_float32", str(ROOT), "inmemory32"),
+                             ("inmemory_rfft2_float64", str(ROOT), "inmemory64"),
+                             ("old", _kernels_old_tree(), "ooc"), ("new", str(ROOT), "ooc")):
+        with tempfile.TemporaryDirectory(dir=os.environ.get("CTSTORE_BENCH_DIR")) as tmp:
+            res, _, peak = _python_at(tree, FFT2_CODE, n, mode, tmp)
+        out["runs"][name] = res | {"peak_tree_rss_bytes": peak}
+    runs = out["runs"]
+    out["old_vs_inmemory64"] = runs["old"]["wall_s"] / runs["inmemory_rfft2_float64"]["wall_s"]
+    out["new_vs_inmemory64"] = runs["new"]["wall_s"] / runs["inmemory_rfft2_float64"]["wall_s"]
+    out["new_vs_inmemory32"] = runs["new"]["wall_s"] / runs["inmemory_rfft2_float32"]["wall_s"]
+    out["new_vs_old_speedup"] = runs["old"]["wall_s"] / runs["new"]["wall_s"]
+    out["target"] = "new <= 5x the in-memory rfft2 time, peak <= 2 GB"
+    return out
 
 
 def bench_train(quick: bool) -> dict:
@@ -337,47 +458,77 @@ def bench_train(quick: bool) -> dict:
             "ctstore_tokens_per_s": tokens / ours, "ratio": ref / ours, "target": "ratio >= 0.95"}
 
 
+HARMONIC_DATA = """
+import numpy as np
+from ctstore.analysis.harmonic import initial_centres, reconstruct
+R, n, K = {R}, 256, 4
+rng = np.random.default_rng(0)
+mu = np.sort(initial_centres(n, K) + rng.normal(0, 8, (R, K)), axis=1)
+w = reconstruct(rng.uniform(0.5, 2, (R, K)) * rng.choice([-1, 1], (R, K)), mu, rng.uniform(8, 20, (R, K)), n)
+w += 0.01 * rng.standard_normal((R, n))
+sample = rng.choice(R, 100, replace=False)
+"""
+
+HARMONIC_FIT = """
+import json, time
+from ctstore.analysis.harmonic import fit_harmonic
+fit_harmonic(w[:64], K=K)  # warm-up (torch start-up)
+start = time.perf_counter()
+fit = fit_harmonic(w, K=K)
+wall = time.perf_counter() - start
+print(json.dumps({{"wall_s": wall, "rows_per_s": R / wall, "matrix_r2": fit.r2,
+                  "mean_row_r2": float(np.nanmean(fit.r2_rows)),
+                  "mean_row_r2_sample": float(np.nanmean(fit.r2_rows[sample]))}}))
+"""
+
+
 def bench_harmonic(quick: bool) -> dict:
+    """Harmonic L1 fit of R x 256 planted rows (K = 4): the code before issue 12 and today's (each in a child
+    process), and ``scipy.optimize.curve_fit`` row by row on 100 of the rows, in one run."""
     import warnings
 
     from scipy.optimize import OptimizeWarning, curve_fit
 
-    from ctstore.analysis.harmonic import fit_harmonic, initial_centres, reconstruct
+    from ctstore.analysis.harmonic import initial_centres
 
-    R, n, K = (3000 if quick else 15007), 256, 4
-    rng = np.random.default_rng(0)
-    mu = np.sort(initial_centres(n, K) + rng.normal(0, 8, (R, K)), axis=1)
-    w = reconstruct(rng.uniform(0.5, 2, (R, K)) * rng.choice([-1, 1], (R, K)), mu, rng.uniform(8, 20, (R, K)), n)
-    w += 0.01 * rng.standard_normal((R, n))
-    start = time.perf_counter()
-    fit = fit_harmonic(w, K=K)
-    ours = time.perf_counter() - start
+    R = 3000 if quick else 15007
+    scope: dict = {}
+    exec(HARMONIC_DATA.format(R=R), scope)
+    w, sample, n, K = scope["w"], scope["sample"], scope["n"], scope["K"]
     x = np.arange(n, dtype=np.float64)
 
     def model(x, *p):
         a, m, s = np.asarray(p).reshape(3, K)
         return (a * np.exp(-(x[:, None] - m) ** 2 / (2 * s ** 2))).sum(axis=1)
 
-    sample = rng.choice(R, 100, replace=False)
-    r2 = []
-    start = time.perf_counter()
-    for i in sample:
-        m0, s0 = initial_centres(n, K), np.full(K, n / (2 * (K + 1)))
-        basis = np.exp(-(x[:, None] - m0) ** 2 / (2 * s0 ** 2))
-        a0 = np.linalg.lstsq(basis, w[i], rcond=None)[0]  # same start as ctstore: LS amplitudes
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore", OptimizeWarning)
-            try:
-                p, _ = curve_fit(model, x, w[i], p0=np.concatenate([a0, m0, s0]), maxfev=4000)
-            except RuntimeError:
-                p = np.concatenate([a0, m0, s0])
-        resid = w[i] - model(x, *p)
-        r2.append(1 - (resid ** 2).sum() / ((w[i] - w[i].mean()) ** 2).sum())
-    theirs = (time.perf_counter() - start) / len(sample)
-    return {"rows": R, "n": n, "K": K, "ctstore_rows_per_s": R / ours, "curve_fit_rows_per_s": 1 / theirs,
-            "speed_ratio": (R / ours) * theirs, "ctstore_mean_row_r2": float(np.nanmean(fit.r2_rows[sample])),
-            "curve_fit_mean_row_r2": float(np.mean(r2)), "ctstore_matrix_r2": fit.r2,
-            "compression_ratio": fit.compression_ratio, "target": "speed_ratio >= 100, R² parity"}
+    def curve_fit_rows() -> tuple[float, float]:
+        r2 = []
+        start = time.perf_counter()
+        for i in sample:
+            m0, s0 = initial_centres(n, K), np.full(K, n / (2 * (K + 1)))
+            basis = np.exp(-(x[:, None] - m0) ** 2 / (2 * s0 ** 2))
+            a0 = np.linalg.lstsq(basis, w[i], rcond=None)[0]  # same start as ctstore before: LS amplitudes
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore", OptimizeWarning)
+                try:
+                    p, _ = curve_fit(model, x, w[i], p0=np.concatenate([a0, m0, s0]), maxfev=4000)
+                except RuntimeError:
+                    p = np.concatenate([a0, m0, s0])
+            resid = w[i] - model(x, *p)
+            r2.append(1 - (resid ** 2).sum() / ((w[i] - w[i].mean()) ** 2).sum())
+        return len(sample) / (time.perf_counter() - start), float(np.mean(r2))
+
+    code = HARMONIC_DATA.format(R=R) + HARMONIC_FIT.format()
+    cf_before, cf_r2 = curve_fit_rows()
+    old, _, _ = _python_at(_kernels_old_tree(), code)
+    new, _, _ = _python_at(str(ROOT), code)
+    cf_after, _ = curve_fit_rows()
+    cf = (cf_before + cf_after) / 2  # curve_fit timed before and after the two fits (drift on a shared machine)
+    return {"rows": R, "n": n, "K": K, "curve_fit_rows_per_s": cf, "curve_fit_rows_per_s_runs": [cf_before, cf_after],
+            "curve_fit_mean_row_r2_sample": cf_r2, "old": old, "new": new,
+            "old_speed_ratio": old["rows_per_s"] / cf, "new_speed_ratio": new["rows_per_s"] / cf,
+            "new_vs_old_speedup": new["rows_per_s"] / old["rows_per_s"],
+            "target": "new_speed_ratio >= 100, R² parity (mean row R² on the sample vs curve_fit's)"}
 
 
 def bench_memory(quick: bool) -> dict:
@@ -430,7 +581,7 @@ def bench_tokenize_memory(quick: bool) -> dict:
 
 
 BENCHES = {"tokenize": bench_tokenize, "count": bench_count, "k0": bench_k0, "train": bench_train,
-           "harmonic": bench_harmonic, "memory": bench_memory,
+           "harmonic": bench_harmonic, "memory": bench_memory, "fft2": bench_fft2,
            "tokenize-memory": bench_tokenize_memory}
 
 

@@ -10,9 +10,17 @@ Operators (``kernel`` × ``method``):
   (:mod:`ctstore.fft2`), then a blockwise randomized SVD of the dense W. For
   checking the identity and for general kernels (``.npy``: a length-n first row
   of a circulant, or an n × n array).
-* ``none``: randomized SVD of X itself (log1p counts); ``ppmi``: of PPMI.
+* ``none``: truncated SVD of X itself (log1p counts); ``ppmi``: of PPMI.
   These are the *semantic* alternatives; the circulant operators produce
   Fourier features of frequency rank, and the artifact says which is which.
+  Solver (``--solver``): ``svds`` (ARPACK Lanczos on the whole sparse operator,
+  gathered in the client) or ``rsvd`` (the blockwise randomized range finder,
+  :mod:`ctstore.rsvd`, which never holds the operator). ``auto`` takes svds
+  when the operator (bounded from the store's row counts before any work) and
+  the Lanczos basis fit the memory budget next to the cluster, rsvd otherwise;
+  the choice and its reason are printed and kept in the artifact, and the
+  resolved solver is part of the fingerprint (the two give slightly different
+  embeddings).
 
 ``--hierarchical`` (Paper 113 §4.2, exact method only): G = ⌈√V_eff⌉ groups of
 consecutive frequency ranks (character features are not used: tokens of
@@ -37,7 +45,7 @@ import numpy as np
 
 from ._util import CtstoreError, format_bytes, log, parse_memory, stopwatch
 from .circulant import circulant_embedding, diagonal_sums
-from .cluster import Runner, round_robin
+from .cluster import Runner, plan_cluster, round_robin
 from .countstore import CountStore
 from .memory import TreeMemorySampler
 from .operator import OperatorSpec, build_operator, load_block
@@ -48,6 +56,10 @@ __all__ = ["K0Params", "K0Plan", "plan_k0", "embed_counts", "OPERATOR_NOTES"]
 
 FORMAT_VERSION = 1
 KERNELS = ("circulant", "none", "ppmi")
+SOLVERS = ("auto", "svds", "rsvd")
+# svds in the client: gathering the blocks into one float64 CSR (COO triples, the CSR, the row
+# permutation) peaks near 32 bytes per non-zero; ARPACK keeps 2d+1 Lanczos vectors and returns U
+SVDS_BYTES_PER_NNZ = 32
 OPERATOR_NOTES = {
     "circulant": "circulant K0 (Papers 51/113): real Fourier modes of frequency rank, not learned semantics",
     "none": "randomized SVD of the co-occurrence matrix X (semantic)",
@@ -72,6 +84,7 @@ class K0Params:
     oversample: int | None = None
     power_iters: int = 5
     seed: int = 0
+    solver: str = "auto"  # auto | svds | rsvd (kernel none/ppmi only)
 
     def __post_init__(self):
         if self.kernel == "ppmi" and self.transform != "ppmi":
@@ -88,6 +101,15 @@ class K0Params:
             raise CtstoreError("--hierarchical works with --kernel circulant --method exact")
         if self.dim < 1:
             raise CtstoreError("--dim must be positive")
+        if self.solver not in SOLVERS:
+            raise CtstoreError(f"--solver must be one of {', '.join(SOLVERS)}, not {self.solver!r}")
+        if self.solver != "auto" and not self.sparse_svd:
+            raise CtstoreError("--solver applies to --kernel none or ppmi (the SVD of the sparse operator)")
+
+    @property
+    def sparse_svd(self) -> bool:
+        """True when the embedding is a truncated SVD of the sparse operator itself."""
+        return self.kernel in ("none", "ppmi") and self.method == "exact" and not self.hierarchical
 
     @property
     def operator(self) -> str:
@@ -224,10 +246,49 @@ def _load_raw(spec: OperatorSpec, r0: int, r1: int):
     return _load_csr(spec.piece(r0), (r1 - r0, spec.n_vocab)).tocoo()
 
 
-def _runner_for(params: K0Params, n: int, memory, scheduler) -> Runner:
-    """A Runner whose client share holds the randomized SVD's dense panels, checked before any work."""
+def svds_bytes(nnz: int, n: int, d: int) -> int:
+    """Client memory of the svds solver: the gathered operator plus ARPACK's basis and U (float64)."""
+    return int(nnz * SVDS_BYTES_PER_NNZ + n * (2 * d + 1) * 8 + 2 * n * d * 8)
+
+
+def operator_nnz_bound(store: CountStore, lags: list[int], active: np.ndarray, symmetric: bool) -> int:
+    """Non-zeros of the restricted operator, bounded above by the stored rows of the active tokens."""
+    is_active = np.zeros(store.n_vocab, bool)
+    is_active[active] = True
+    nnz = sum(int(np.diff(store.indptr(k))[is_active].sum()) for k in lags)
+    return nnz * (2 if symmetric else 1)
+
+
+def choose_solver(params: K0Params, nnz: int, n: int, memory, scheduler) -> tuple[str, str]:
+    """``(solver, reason)`` for a sparse-operator SVD: svds when it fits the budget next to the cluster."""
+    need = svds_bytes(nnz, n, params.dim)
+    if params.solver == "rsvd":
+        return "rsvd", "requested (--solver rsvd)"
+    if params.dim >= n - 1:
+        if params.solver == "svds":
+            raise CtstoreError(f"--solver svds needs --dim < V_eff - 1 (d={params.dim}, V_eff={n})")
+        return "rsvd", f"svds needs d < V_eff - 1 (d={params.dim}, V_eff={n})"
+    if params.solver == "svds":
+        return "svds", "requested (--solver svds)"
+    try:
+        plan = plan_cluster(memory, in_process=(scheduler or "local") == "sync", client_extra=need)
+        fits = plan.task_memory >= BLOCK_BYTES
+    except CtstoreError:
+        fits = False
+    budget = format_bytes(parse_memory(memory))
+    if fits:
+        return "svds", (f"operator <= {nnz:,} non-zeros: Lanczos (svds) needs {format_bytes(need)} in the client, "
+                        f"fits --memory {budget}")
+    return "rsvd", (f"operator <= {nnz:,} non-zeros: svds would need {format_bytes(need)} in the client, more than "
+                    f"--memory {budget} leaves; randomized range finder instead")
+
+
+def _runner_for(params: K0Params, n: int, memory, scheduler, svds_need: int | None = None) -> Runner:
+    """A Runner whose client share holds the SVD's dense panels (or svds' operator), checked before any work."""
     if params.kernel == "circulant" and params.method == "exact":
         return Runner(memory, scheduler)
+    if svds_need is not None:
+        return Runner(memory, scheduler, client_extra=svds_need)
     l = RsvdParams(params.oversample, params.power_iters, params.seed).l(params.dim, n)
     panel = n * l * 4
     client = 5 * panel  # Ω/Y, Q, Z, Aᵀ·Q accumulator, gathered partial
@@ -259,13 +320,21 @@ def embed_counts(counts, workspace: Workspace | None = None, *, params: K0Params
     budget = parse_memory(memory)
     plan = plan_k0(store.unigram, store.lags, params, budget)
     param_dict = asdict(params) | {"lags": plan.lags, "v_eff": plan.v_eff}
+    solver = None
+    if params.sparse_svd:
+        lags, _ = band_weights(params, plan.lags)
+        nnz = operator_nnz_bound(store, lags, store.rank[:plan.v_eff].astype(np.int64), params.symmetric)
+        solver = choose_solver(params, nnz, plan.v_eff, memory, scheduler) + (nnz,)
+        param_dict["solver"] = solver[0]  # the resolved solver: svds and rsvd results differ slightly
+    else:
+        del param_dict["solver"]  # other operators: fingerprints as before the option existed
     if params.kernel.endswith(".npy"):
         param_dict["kernel_sha256"] = _sha256(params.kernel)
         _check_kernel_shape(params.kernel, plan.v_eff)
     fp = fingerprint("embeddings", FORMAT_VERSION, param_dict, {"counts": counts.fingerprint})
 
     def build(path: str) -> dict:
-        return _embed_into(ws, path, fp, counts, store, params, plan, param_dict, memory, scheduler)
+        return _embed_into(ws, path, fp, counts, store, params, plan, param_dict, memory, scheduler, solver)
 
     artifact, _ = build_artifact(ws, "embeddings", fp, build, force=force)
     return artifact
@@ -287,7 +356,8 @@ def _check_kernel_shape(path: str, n: int) -> None:
         raise CtstoreError(f"{path}: kernel has shape {k.shape}, expected ({n},) or ({n}, {n}) for V_eff={n}")
 
 
-def _embed_into(ws, path, fp, counts, store, params: K0Params, plan: K0Plan, param_dict, memory, scheduler) -> dict:
+def _embed_into(ws, path, fp, counts, store, params: K0Params, plan: K0Plan, param_dict, memory, scheduler,
+                solver=None) -> dict:
     timings: dict = {}
     n = plan.v_eff
     active = store.rank[:n].astype(np.int64)
@@ -296,7 +366,13 @@ def _embed_into(ws, path, fp, counts, store, params: K0Params, plan: K0Plan, par
     scratch = ws.scratch_dir("embeddings", fp)
     log(plan.describe())
     log(f"operator: {OPERATOR_NOTES[params.operator]}")
-    runner = _runner_for(params, n, memory, scheduler)
+    if solver is not None:
+        log(f"k0 solver: {solver[0]} ({solver[1]})")
+        extra_attrs = {"solver": solver[0], "solver_reason": solver[1]}
+    else:
+        extra_attrs = {}
+    svds_need = svds_bytes(solver[2], n, params.dim) if solver is not None and solver[0] == "svds" else None
+    runner = _runner_for(params, n, memory, scheduler, svds_need)
     log(runner.plan.describe())
     start = time.perf_counter()
     extra: dict = {}
@@ -322,15 +398,18 @@ def _embed_into(ws, path, fp, counts, store, params: K0Params, plan: K0Plan, par
             else:
                 runner.map(rank_block_task, [(spec, grp, inv_rank, n) for grp in groups], desc="k0 rank blocks")
                 load = partial(load_rank_block, spec.scratch, n)
-                u, s, _ = randomized_svd_blocks(runner, load, list(spec.blocks), n, n, params.dim,
-                                                RsvdParams(params.oversample, params.power_iters, params.seed),
-                                                n_tasks=len(groups))
+                if solver[0] == "svds":
+                    u, s = svds_blocks(load, list(spec.blocks), n, params.dim, params.seed)
+                else:
+                    u, s, _ = randomized_svd_blocks(runner, load, list(spec.blocks), n, n, params.dim,
+                                                    RsvdParams(params.oversample, params.power_iters, params.seed),
+                                                    n_tasks=len(groups))
                 rows = (u * np.sqrt(s)).astype(np.float32)  # rank order
                 spectrum = s
     timings["total_s"] = round(time.perf_counter() - start, 3)
     E = _full_embedding(rows, active, store.n_vocab, params.seed)
     _write_embeddings(ws, path, E, np.asarray(spectrum[: params.dim], np.float32), active, params, plan,
-                      counts, timings, first_row)
+                      counts, timings, first_row, extra_attrs)
     shutil.rmtree(scratch, ignore_errors=True)
     log(f"k0: E {E.shape} in {timings['total_s']:.1f} s, peak memory {format_bytes(sampler.peak)}")
     return {
@@ -347,6 +426,7 @@ def _embed_into(ws, path, fp, counts, store, params: K0Params, plan: K0Plan, par
         "spectrum_head": [float(x) for x in np.asarray(spectrum[:8])],
         "timings": timings,
         "peak_memory_bytes": int(sampler.peak),
+        **extra_attrs,
         **extra,
     }
 
@@ -413,6 +493,34 @@ def _fft2_embedding(runner, spec, groups, inv_rank, n, params: K0Params, scratch
     return (u * np.sqrt(s)).astype(np.float32), s
 
 
+def svds_blocks(load, blocks, n: int, d: int, seed: int):
+    """Top-d ``(U (n × d) float32, S (d,))`` of the n × n operator given by rank blocks, by ARPACK
+    (``scipy.sparse.linalg.svds``) on the whole operator gathered in float64; deterministic start
+    vector from ``seed``, S descending, signs as :func:`ctstore.rsvd.normalize_signs`."""
+    import scipy.sparse as sp
+    import scipy.sparse.linalg as spla
+
+    from .rsvd import normalize_signs
+
+    parts = [load(r0, r1) for r0, r1 in blocks]
+    rows = np.concatenate([p[0] for p in parts])
+    stacked = sp.vstack([p[1] for p in parts], format="csr", dtype=np.float64)
+    del parts
+    order = np.argsort(rows)
+    if rows.size != n or not np.array_equal(rows[order], np.arange(n)):
+        raise CtstoreError(f"k0 svds: operator blocks cover {rows.size} of {n} rows")
+    a = stacked[order]  # rank order
+    del stacked
+    v0 = np.random.default_rng(seed).standard_normal(n)
+    try:
+        u, s, _ = spla.svds(a, k=d, v0=v0, solver="arpack", return_singular_vectors="u")
+    except spla.ArpackNoConvergence:
+        raise CtstoreError(f"k0 svds: ARPACK did not converge for d={d} (try --solver rsvd)") from None
+    order = np.argsort(s)[::-1]
+    u, _ = normalize_signs(u[:, order])
+    return u.astype(np.float32), s[order].astype(np.float32)
+
+
 def _rank_coo_task(spec, block_group, inv_rank):
     rows, cols, vals = [], [], []
     for r0, r1 in block_group:
@@ -431,7 +539,8 @@ def _full_embedding(rows: np.ndarray, active: np.ndarray, V: int, seed: int) -> 
     return E
 
 
-def _write_embeddings(ws, path, E, spectrum, active, params, plan, counts, timings, first_row=None) -> None:
+def _write_embeddings(ws, path, E, spectrum, active, params, plan, counts, timings, first_row=None,
+                      extra_attrs=None) -> None:
     import zarr
 
     url = f"{path}/embeddings.zarr" if ws.is_local else ws.fs.unstrip_protocol(f"{path}/embeddings.zarr")
@@ -449,7 +558,7 @@ def _write_embeddings(ws, path, E, spectrum, active, params, plan, counts, timin
         "method": params.method, "transform": params.transform, "V_eff": plan.v_eff, "coverage": plan.coverage,
         "lags": plan.lags, "weighting": params.weighting, "symmetric": params.symmetric,
         "hierarchical": params.hierarchical, "timings": timings, "counts": counts.fingerprint,
-        "format_version": FORMAT_VERSION,
+        "format_version": FORMAT_VERSION, **(extra_attrs or {}),
     })
 
 
@@ -496,6 +605,9 @@ def add_parser(sub, common) -> None:
     s.add_argument("--oversample", type=int, default=None, help="randomized SVD oversampling (default max(64, d))")
     s.add_argument("--power-iters", type=int, default=5, help="randomized SVD power iterations (default 5)")
     s.add_argument("--seed", type=int, default=0)
+    s.add_argument("--solver", default="auto", choices=list(SOLVERS),
+                   help="SVD of --kernel none/ppmi: svds (Lanczos, operator in memory), rsvd (randomized, out of "
+                        "core) or auto (svds when it fits --memory; default)")
     common(s)
 
 
@@ -505,5 +617,5 @@ def run_cli(args, ws):
     params = K0Params(dim=args.dim, lags=args.lags, lag_from=args.lag_from, weighting=args.weighting, symmetric=args.symmetric, v_eff=v_eff,
                       transform=args.transform, ppmi_alpha=args.ppmi_alpha, kernel=args.kernel, method=args.method,
                       hierarchical=args.hierarchical, oversample=args.oversample, power_iters=args.power_iters,
-                      seed=args.seed)
+                      seed=args.seed, solver=args.solver)
     return embed_counts(counts, ws, params=params, memory=args.memory, scheduler=args.scheduler, force=args.force)

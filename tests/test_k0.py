@@ -82,7 +82,7 @@ def test_circulant_svd_reconstructs_and_pairs():
 def test_randomized_svd_matches_scipy_svds_on_real_counts(session_ws, sample_counts):
     n, d = 4096, 64
     emb = embed_counts(sample_counts, session_ws, scheduler="sync",
-                       params=K0Params(dim=d, v_eff=n, lags=10, kernel="none"))
+                       params=K0Params(dim=d, v_eff=n, lags=10, kernel="none", solver="rsvd"))
     E, spectrum, active, attrs = load_embeddings(emb)
     x = sp.csr_matrix(reference_x(sample_counts, n, 10))
     u_ref, s_ref, _ = spla.svds(x, k=d)
@@ -94,7 +94,57 @@ def test_randomized_svd_matches_scipy_svds_on_real_counts(session_ws, sample_cou
     u = E[active][:, :16] / np.sqrt(spectrum[:16])
     cosines = np.linalg.svd(u.T @ u_ref[:, :16], compute_uv=False)
     assert cosines.min() > 0.99
-    assert attrs["operator"] == "none"
+    assert attrs["operator"] == "none" and attrs["solver"] == "rsvd"
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("kernel", ["none", "ppmi"])
+def test_both_solvers_agree_with_dense_numpy_svd(session_ws, sample_counts, kernel):
+    n, d, lags = 1024, 24, 3
+    got = {}
+    for solver in ("svds", "rsvd"):
+        emb = embed_counts(sample_counts, session_ws, scheduler="sync",
+                           params=K0Params(dim=d, v_eff=n, lags=lags, kernel=kernel, solver=solver))
+        E, spectrum, active, attrs = load_embeddings(emb)
+        assert attrs["solver"] == emb.manifest["solver"] == solver and "requested" in attrs["solver_reason"]
+        got[solver] = (E[active].astype(np.float64), spectrum.astype(np.float64), emb.fingerprint)
+    if kernel == "none":
+        x = reference_x(sample_counts, n, lags)
+    else:  # PPMI of the restricted lag sum, computed densely: max(0, log P(a,b) / (P(a) P(b)))
+        store = CountStore.from_artifact(sample_counts)
+        active = store.rank[:n].astype(np.int64)
+        D = sum(store.matrix(k).astype(np.float64) for k in range(1, lags + 1))[active][:, active].toarray()
+        with np.errstate(divide="ignore", invalid="ignore"):
+            pmi = np.log(D * D.sum()) - np.log(D.sum(1, keepdims=True)) - np.log(D.sum(0, keepdims=True))
+        x = np.where(D > 0, np.maximum(pmi, 0), 0)
+    u, s, _ = np.linalg.svd(x)
+    gap = next(k for k in range(8, d) if s[k - 1] > s[k] * 1.01)  # a well-separated leading subspace
+    for solver, tol in (("svds", 1e-5), ("rsvd", 1e-2)):
+        rows, spectrum, _ = got[solver]
+        assert np.abs(spectrum - s[:d]).max() / s[0] < tol, solver
+        basis = rows[:, :gap] / np.sqrt(spectrum[:gap])
+        assert np.linalg.svd(basis.T @ u[:, :gap], compute_uv=False).min() > 0.99, solver
+    assert got["svds"][2] != got["rsvd"][2]  # the solver is part of the fingerprint
+
+
+def test_auto_solver_follows_the_memory_budget(session_ws, sample_counts):
+    from ctstore.k0 import choose_solver, svds_bytes
+
+    params = K0Params(dim=16, v_eff=512, lags=2, kernel="none")
+    emb = embed_counts(sample_counts, session_ws, scheduler="sync", params=params, memory="2GB")
+    assert emb.manifest["solver"] == "svds" and "fits --memory" in emb.manifest["solver_reason"]
+    assert emb.manifest["params"]["solver"] == "svds"
+    # a large operator in a small budget: the randomized range finder, which never holds it
+    nnz = 200_000_000
+    assert svds_bytes(nnz, 131072, 256) > 4 * 10**9
+    solver, reason = choose_solver(K0Params(dim=256, kernel="none"), nnz, 131072, "4GB", "local")
+    assert solver == "rsvd" and "svds would need" in reason
+    assert choose_solver(K0Params(dim=511, v_eff=512, kernel="none"), 10**4, 512, "4GB", "sync")[0] == "rsvd"
+    # circulant fingerprints do not carry the option; a solver for them is refused
+    with pytest.raises(CtstoreError, match="--solver applies to --kernel none or ppmi"):
+        K0Params(solver="svds")
+    with pytest.raises(CtstoreError, match="--solver must be one of"):
+        K0Params(kernel="none", solver="lanczos")
 
 
 def test_ppmi_operator_runs_and_is_nonnegative_spectrum(session_ws, sample_counts):
@@ -175,6 +225,34 @@ def test_out_of_core_fft2_equals_numpy_at_8192(sample_counts, tmp_path):
     ref = np.fft.irfft2(np.fft.rfft2(x.astype(np.float32).astype(np.float64)) * np.fft.rfft2(circulant_matrix(k)),
                         s=(n, n))
     assert np.abs(got - ref).max() <= 1e-4 * np.abs(ref).max()
+
+
+@pytest.mark.parametrize("n", [256, 300])  # 300: not a multiple of the phase table's 128-column blocks
+def test_fft2_circulant_and_dense_kernels_equal_numpy(tmp_path, n):
+    """The circulant kernel's row spectra come from the shift theorem, a dense kernel's from its stored
+    row pass: both must give numpy's float64 formula (single-precision transforms, bands of odd sizes)."""
+    from ctstore.cluster import Runner
+    from ctstore.fft2 import Fft2Plan, fft2_convolve
+    from ctstore.operator import _save_csr
+
+    rng = np.random.default_rng(3)
+    x = sp.random(n, n, density=0.05, random_state=3, format="csr", dtype=np.float32)
+    _save_csr(str(tmp_path / "x"), x)
+    k = rng.standard_normal(n)
+    np.save(tmp_path / "k.npy", k)
+    dense = rng.standard_normal((n, n)).astype(np.float32)
+    np.save(tmp_path / "K.npy", dense)
+    plan = Fft2Plan(n, row_chunk=37, col_chunk=29, disk_bytes=0)
+    xd = x.toarray().astype(np.float64)
+    for source, kernel in ((("circulant", str(tmp_path / "k.npy")), circulant_matrix(k)),
+                           (("dense", str(tmp_path / "K.npy")), dense.astype(np.float64))):
+        scratch = tmp_path / source[0]
+        scratch.mkdir()
+        with Runner("2GB", "sync") as runner:
+            w_url = fft2_convolve(runner, ("csr", str(tmp_path / "x")), source, n, str(scratch), plan)
+        got = zarr.open_array(w_url, mode="r")[:]
+        ref = np.real(np.fft.ifft2(np.fft.fft2(xd) * np.fft.fft2(kernel)))
+        assert np.abs(got - ref).max() <= 1e-5 * np.abs(ref).max(), source[0]
 
 
 def test_randomized_svd_that_cannot_fit_the_budget_fails_at_plan_time():
