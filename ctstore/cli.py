@@ -67,6 +67,10 @@ def _flag_checks() -> dict:
         "patience": positive,
         "val_fraction": number_flag(float, 0, 1, low_open=True, high_open=True, what="a number in (0, 1)"),
         "batches": positive,
+        "eval_tokens": number_flag(int, 2, what="an integer >= 2"),
+        "train_only": number_flag(float, 0, 1, low_open=True, high_open=True, what="a number in (0, 1)"),
+        "max_new_tokens": positive, "top_k": positive, "num_samples": positive,
+        "temperature": number_flag(float, 0, what="a finite number >= 0"),
     }
 
 

@@ -327,7 +327,7 @@ def test_sft_killed_at_any_checkpoint_rename_resumes_to_the_uninterrupted_model(
 
     from ctstore.sft import SftParams, train_model
 
-    params = SftParams(steps=6, eval_every=2, eval_batches=1, batch_size=4, block_size=16, seed=5, warmup=2)
+    params = SftParams(steps=6, eval_every=2, eval_tokens=64, batch_size=4, block_size=16, seed=5, warmup=2)
     straight_ws = Workspace(str(tmp_path / "straight"))
     straight = _weights(train_model(*_tiny_run_inputs(straight_ws), straight_ws, params=params))
     real_replace = os.replace
@@ -367,7 +367,7 @@ def test_stale_legacy_checkpoint_json_beside_newer_weights_is_not_trusted(tmp_pa
 
     from safetensors import safe_open
 
-    params = SftParams(steps=4, eval_every=2, eval_batches=1, batch_size=4, block_size=16, seed=1, warmup=2)
+    params = SftParams(steps=4, eval_every=2, eval_tokens=64, batch_size=4, block_size=16, seed=1, warmup=2)
     straight_ws = Workspace(str(tmp_path / "straight"))
     straight = _weights(train_model(*_tiny_run_inputs(straight_ws), straight_ws, params=params))
     ws = Workspace(str(tmp_path / "torn"))
@@ -481,7 +481,7 @@ def test_gc_during_sft_token_cache_build_leaves_it_alone(tmp_path, monkeypatch):
         return real(doc_ids, fraction)
 
     monkeypatch.setattr(sft_module, "_in_validation", in_validation_then_gc)
-    run = train_model(model, tokens, ws, params=SftParams(steps=2, eval_every=2, eval_batches=1, batch_size=2,
+    run = train_model(model, tokens, ws, params=SftParams(steps=2, eval_every=2, eval_tokens=64, batch_size=2,
                                                           block_size=8))
     assert removed == [], removed
     assert run.manifest["steps"] == 2
