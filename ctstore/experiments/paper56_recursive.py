@@ -79,7 +79,8 @@ def drift_summary(drift: dict, n_layer: int) -> dict:
     def of(layer, key):
         return [drift[f"transformer.h.{layer}.{k}.weight"][key] for k in LAYER_KINDS]
 
-    return {"l0_relative_median": float(np.median(of(0, "relative"))), "l0_cosine_mean": float(np.mean(of(0, "cosine"))),
+    return {"l0_relative_median": float(np.median(of(0, "relative"))),
+            "l0_cosine_mean": float(np.mean(of(0, "cosine"))),
             "last_cosine_mean": float(np.mean(of(n_layer - 1, "cosine")))}
 
 
@@ -158,16 +159,19 @@ def run(config: dict, ctx):
             drift_rows.append([name, float(np.mean([per_seed[s]["drift"][name]["relative"] for s in seeds])),
                                float(np.mean([per_seed[s]["drift"][name]["cosine"] for s in seeds]))])
         ppl = [arts[s][2].manifest["final_val_ppl"] for s in seeds]
+        emb0 = arts[seeds[0]][0]
         write_report(path, "Paper 56: recursive crystallization",
-                     f"Embeddings `{arts[seeds[0]][0].fingerprint}` ({arts[seeds[0]][0].manifest.get('operator_note')}); "
+                     f"Embeddings `{emb0.fingerprint}` ({emb0.manifest.get('operator_note')}); "
                      f"seeds {seeds} (model and SFT); SFT runs "
                      + ", ".join(f"`{arts[s][2].fingerprint}`" for s in seeds)
                      + f" (final val ppl {', '.join(f'{p:.1f}' for p in ppl)}). L1: K={K}, amplitude penalty "
-                       f"{ridge:g}·n·‖A‖²; L2: K2={K2}. Fits of the seeded (CT) model unless marked; means over seeds.",
+                       f"{ridge:g}·n·‖A‖²; L2: K2={K2}. Fits of the seeded (CT) model unless marked; means over "
+                       "seeds.",
                      [markdown_table(["matrix", "shape", "L1 R²", "L1 MSE", "compression", "L2 full R²",
                                       "L2 full R² after SFT", "centre r"], rows),
                       f"Top singular values of E: {', '.join(f'{v:.3g}' for v in s[:10])}; eigenvalues of EᵀE "
-                      f"(= s²): participation ratio {pr:.2f}, pairing fraction {pairing:.2f}.\n\n![spectrum](spectrum.png)",
+                      f"(= s²): participation ratio {pr:.2f}, pairing fraction {pairing:.2f}.\n\n"
+                      "![spectrum](spectrum.png)",
                       "## SFT drift (relative ‖ΔW‖/‖W₀‖, cosine to the seed; mean over seeds)\n\n"
                       + markdown_table(["matrix", "relative drift", "cosine"], drift_rows),
                       claims_text])

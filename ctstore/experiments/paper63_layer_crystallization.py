@@ -49,7 +49,9 @@ def _random(layer: int, seed: int):
 
 def relative_costs(losses: dict, layers: list) -> dict:
     """Per-seed claim values from ``{(layer, mode): final val loss}``, each a mean over ``layers``."""
-    rel = lambda layer, mode: (losses[(layer, mode)] - losses[(layer, "trained")]) / losses[(layer, "trained")]  # noqa: E731
+    def rel(layer, mode):
+        return (losses[(layer, mode)] - losses[(layer, "trained")]) / losses[(layer, "trained")]
+
     best_other = lambda layer: min(losses[(layer, m)] for m in ("trained", "frozen", "rank1"))  # noqa: E731
     return {"frozen": float(np.mean([rel(l, "frozen") for l in layers])),
             "rank1": float(np.mean([rel(l, "rank1") for l in layers])),
@@ -93,9 +95,12 @@ def run(config: dict, ctx):
                              "c_attn": matrix_participation_ratio(h.attn.c_attn.weight.detach().numpy())}
                          for l, h in enumerate(trained.transformer.h)}
         n_layer = len(prs[seeds[0]])
+        def change(layer, mode):  # mean over seeds of the change relative to the trained run, in %
+            t = [table[s][(layer, "trained")] for s in seeds]
+            return f"{100 * np.mean([(table[s][(layer, mode)] - t[i]) / t[i] for i, s in enumerate(seeds)]):+.2f}%"
+
         rows = [[l, *[float(np.mean([table[s][(l, m)] for s in seeds])) for m in MODES],
-                 *[f"{100 * np.mean([(table[s][(l, m)] - table[s][(l, 'trained')]) / table[s][(l, 'trained')] for s in seeds]):+.2f}%"
-                   for m in MODES[1:]]] for l in layers]
+                 *[change(l, m) for m in MODES[1:]]] for l in layers]
         pr_rows = [[l, float(np.mean([prs[s][l]["c_attn"] for s in seeds])),
                     float(np.mean([prs[s][l]["c_proj"] for s in seeds]))] for l in range(n_layer)]
         measured = [

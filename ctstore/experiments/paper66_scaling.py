@@ -138,7 +138,8 @@ def run(config: dict, ctx):
                      f"budget, seeds {seeds}; vocabulary sizes {vocab_sizes}. Means over seeds.",
                      [markdown_table(["d", "K", "L1 R² Q", "L1 R² c_fc", "compression"], rows),
                       "![R² vs width](r2_vs_width.png)",
-                      "## PR of the transition matrix\n\n" + markdown_table(["V", "asymmetric PR ((M − Mᵀ)/2)", "symmetric PR ((M + Mᵀ)/2)"], prs)
+                      "## PR of the transition matrix\n\n"
+                      + markdown_table(["V", "asymmetric PR ((M − Mᵀ)/2)", "symmetric PR ((M + Mᵀ)/2)"], prs)
                       + "\n\n![PR vs V](pr_vs_vocab.png)",
                       "## Amplitude PR (K=8, layer 0)\n\n" + markdown_table(["d", "Q", "c_fc"], amp_rows),
                       "## Weight norm by depth (widest model, all of a layer's matrices)\n\n"
