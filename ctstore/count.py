@@ -460,7 +460,7 @@ def _count_into(ws, path, fp, tokens, shards: TokenShards, params, memory, sched
         "inputs": {"tokens": tokens.fingerprint},
         "tokenizer": tokens.manifest.get("tokenizer"),
         "n_vocab": V,
-        "tokens": plan.n_tokens,
+        "tokens": int(unigram.sum()),  # counted tokens (training documents only with val_fraction)
         "nnz": {str(k): v for k, v in nnz_by_lag.items()},
         "map_tasks": len(plan.map_units),
         "reduce_tasks": len(reduce_jobs),
