@@ -884,7 +884,7 @@ def _count_into(ws, path, fp, tokens, shards: TokenShards, params, memory, sched
     rate = plan.n_tokens / max(timings["total_s"], 1e-9)
     log(f"count: {plan.n_tokens} tokens in {timings['total_s']:.1f} s ({rate / 1e6:.2f}M tokens/s); "
         f"nnz per lag {min(nnz_by_lag.values())}..{max(nnz_by_lag.values())}")
-    return _manifest_body(tokens, V, params, plan.n_tokens, nnz_by_lag, timings, rate, runner.plan.memory,
+    return _manifest_body(tokens, V, params, int(unigram.sum()), nnz_by_lag, timings, rate, runner.plan.memory,
                           {"mode": "map-reduce", "map_tasks": len(plan.map_units), "reduce_tasks": len(reduce_jobs)})
 
 

@@ -128,6 +128,7 @@ def test_train_only_counts_never_see_validation_documents(ws, tmp_path):
         assert dict(zip(zip(got.row.tolist(), got.col.tolist()), got.data.tolist())) == naive_counts(train_docs, lag)
     assert set(store.rank[: int(np.count_nonzero(unigram))].tolist()).isdisjoint({100 + k for k in val_docs})
     assert counts.manifest["params"]["val_fraction"] == fraction
+    assert counts.manifest["tokens"] == sum(map(len, train_docs))
 
 
 # --- defect 4: <unk> rate and coverage beside the perplexity ---------------------------
