@@ -127,18 +127,21 @@ def test_both_solvers_agree_with_dense_numpy_svd(session_ws, sample_counts, kern
     assert got["svds"][2] != got["rsvd"][2]  # the solver is part of the fingerprint
 
 
-def test_auto_solver_follows_the_memory_budget(session_ws, sample_counts):
+def test_solver_choice_and_budget(session_ws, sample_counts):
     from ctstore.k0 import choose_solver, svds_bytes
 
     params = K0Params(dim=16, v_eff=512, lags=2, kernel="none")
     emb = embed_counts(sample_counts, session_ws, scheduler="sync", params=params, memory="2GB")
-    assert emb.manifest["solver"] == "svds" and "fits --memory" in emb.manifest["solver_reason"]
-    assert emb.manifest["params"]["solver"] == "svds"
-    # a large operator in a small budget: the randomized range finder, which never holds it
+    assert emb.manifest["solver"] == "rsvd" and "svds would fit here" in emb.manifest["solver_reason"]
+    assert emb.manifest["params"]["solver"] == "rsvd"
+    # svds on a large operator in a small budget is refused at plan time; auto takes the range finder
     nnz = 200_000_000
     assert svds_bytes(nnz, 131072, 256) > 4 * 10**9
+    with pytest.raises(CtstoreError, match="--solver svds: the operator .* needs .* more than --memory"):
+        choose_solver(K0Params(dim=256, kernel="none", solver="svds"), nnz, 131072, "4GB", "local")
     solver, reason = choose_solver(K0Params(dim=256, kernel="none"), nnz, 131072, "4GB", "local")
     assert solver == "rsvd" and "svds would need" in reason
+    assert choose_solver(K0Params(dim=16, kernel="none", solver="svds"), 10**4, 512, "4GB", "sync")[0] == "svds"
     assert choose_solver(K0Params(dim=511, v_eff=512, kernel="none"), 10**4, 512, "4GB", "sync")[0] == "rsvd"
     # circulant fingerprints do not carry the option; a solver for them is refused
     with pytest.raises(CtstoreError, match="--solver applies to --kernel none or ppmi"):
