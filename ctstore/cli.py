@@ -61,7 +61,7 @@ def _flag_checks() -> dict:
         "weighting": _weighting_flag(),
         "vocab": positive, "K": positive,
         "steps": positive, "batch_size": positive, "warmup": non_negative, "eval_every": positive,
-        "eval_batches": positive, "block_size": number_flag(int, 2, what="an integer >= 2"),
+        "block_size": number_flag(int, 2, what="an integer >= 2"),
         "lr": number_flag(float, 0, low_open=True, what="a positive finite number"),
         "target_ppl": number_flag(float, 1, what="a finite number >= 1"),
         "patience": positive,

@@ -324,7 +324,18 @@ def add_parser(sub, common) -> None:
 
 
 def _vocab_arg(text: str):
-    return text if text == "corpus" else int(text)
+    """``--vocab``: 'corpus' or a positive integer (checked at parse time, one-line error)."""
+    import argparse
+
+    if text == "corpus":
+        return text
+    try:
+        value = int(text)
+    except ValueError:
+        value = 0
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be a positive integer or 'corpus', not {text!r}")
+    return value
 
 
 def run_cli(args, ws):

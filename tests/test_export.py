@@ -182,8 +182,10 @@ def test_cli_generate_is_deterministic_and_shows_unknown_tokens(session_ws, trai
             current.append(kept[i])
     expected = UNK_TEXT.join(enc.decode(r) for r in runs + [current])
     assert sample["completion"] == expected
-    rc = cli_main(["generate", trained_run.fingerprint, "--prompt", "x", "--temperature", "-1", "-w", session_ws.root])
-    assert rc == 2 and capsys.readouterr().err.startswith("ctstore: error: --temperature must be >= 0")
+    with pytest.raises(SystemExit) as stop:  # refused at parse time, before the workspace is touched
+        cli_main(["generate", trained_run.fingerprint, "--prompt", "x", "--temperature", "-1", "-w", session_ws.root])
+    assert stop.value.code == 2
+    assert capsys.readouterr().err.startswith("ctstore: error: --temperature: must be a finite number >= 0")
 
 
 def test_empty_prompt_is_an_error(trained_run):

@@ -473,14 +473,14 @@ def test_gc_during_sft_token_cache_build_leaves_it_alone(tmp_path, monkeypatch):
 
     ws = Workspace(str(tmp_path / "ws"))
     model, tokens = _tiny_run_inputs(ws)
-    real = sft_module._in_validation
+    real = sft_module.in_validation
     removed = []
 
     def in_validation_then_gc(doc_ids, fraction):  # called while the cache files are being written
         removed.extend(Workspace(ws.root).gc())
         return real(doc_ids, fraction)
 
-    monkeypatch.setattr(sft_module, "_in_validation", in_validation_then_gc)
+    monkeypatch.setattr(sft_module, "in_validation", in_validation_then_gc)
     run = train_model(model, tokens, ws, params=SftParams(steps=2, eval_every=2, eval_tokens=64, batch_size=2,
                                                           block_size=8))
     assert removed == [], removed
@@ -545,14 +545,14 @@ def test_disk_full_during_seed_and_sft_fails_in_one_line_and_leaves_nothing(tiny
         ballast = _fill(tiny_disk, leave=leave)
         capsys.readouterr()
         rc = main(["sft", model["fingerprint"], "--tokens", tokens.fingerprint, "--steps", "2", "--eval-every",
-                   "1", "--eval-batches", "1", "--batch-size", "2", "--block-size", "8", "-w", ws.root, "-q"])
+                   "1", "--eval-tokens", "64", "--batch-size", "2", "--block-size", "8", "-w", ws.root, "-q"])
         err = capsys.readouterr().err
         assert rc == 2 and err.count("\n") == 1 and f"cannot write {what}" in err, err
         assert "free on that disk" in err and str(tiny_disk) in err, err
         assert ws.list("run") == [] and [p for p in _leftovers(ws.root, "run") if "/tokens-" not in p] == []
         ballast.unlink()
     run = json.loads(_main_json(capsys, ["sft", model["fingerprint"], "--tokens", tokens.fingerprint, "--steps", "2",
-                                         "--eval-every", "1", "--eval-batches", "1", "--batch-size", "2",
+                                         "--eval-every", "1", "--eval-tokens", "64", "--batch-size", "2",
                                          "--block-size", "8", "-w", ws.root]))
     assert run["steps"] == 2 and verify_artifact(ws.get(run["fingerprint"])) == []
 

@@ -218,7 +218,7 @@ BAD_FLAGS = [
     (["sft", "m", "--tokens", "t", "--val-fraction", "1"], "--val-fraction"),
     (["sft", "m", "--tokens", "t", "--target-ppl", "nan"], "--target-ppl"),
     (["sft", "m", "--tokens", "t", "--block-size", "1"], "--block-size"),
-    (["eval", "m", "--tokens", "t", "--batches", "0"], "--batches"),
+    (["eval", "m", "--tokens", "t", "--eval-tokens", "1"], "--eval-tokens"),
     (["crystallize", "c", "--K", "0"], "--K"),
 ]
 
