@@ -1,6 +1,6 @@
 """ctstore: out-of-core co-occurrence stores, K0 embeddings and spectral seeding.
 
-Pipeline (one module per arrow, DESIGN.md section 1)::
+Pipeline (one module per arrow, docs/design.md §1)::
 
     corpus --tokenize--> tokens --count--> counts --k0--> embeddings --seed--> model --sft--> run
 """

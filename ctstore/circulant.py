@@ -1,4 +1,4 @@
-"""The exact circulant form of the seeds' K0 formula (DESIGN.md section 3). Pure arithmetic.
+"""The exact circulant form of the seeds' K0 formula (docs/design.md §4). Pure arithmetic.
 
 The seeds define ``W = IFFT2(FFT2(X) ⊙ FFT2(circ(k0)))`` with
 ``k0[m] = (1/n) Σ_i X[i, (i+m) mod n]`` (the best circulant approximation of X

@@ -1,4 +1,4 @@
-"""Stage ``count``: tokens → sparse lag-k co-occurrence store in Zarr (DESIGN.md sections 1-2).
+"""Stage ``count``: tokens → sparse lag-k co-occurrence store in Zarr (docs/design.md §3).
 
 ``lag_k[a, b] = #{i : t_i = a, t_{i+k} = b, same document}`` for k = 1..L.
 

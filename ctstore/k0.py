@@ -1,4 +1,4 @@
-"""Stage ``k0``: count store → ``embeddings`` artifact (DESIGN.md section 3; Papers 51, 113).
+"""Stage ``k0``: count store → ``embeddings`` artifact (docs/design.md §4; Papers 51, 113).
 
 Operators (``kernel`` × ``method``):
 

@@ -1,4 +1,4 @@
-"""PhotonicGPT: a small decoder-only GPT (DESIGN.md section 4).
+"""PhotonicGPT: a small decoder-only GPT (docs/design.md §5).
 
 Pre-LayerNorm blocks, fused ``c_attn`` (3d × d), ``c_proj``, MLP ``c_fc`` (4d × d)
 → GELU → ``c_proj`` (d × 4d), rotary position embeddings (no learned positions),

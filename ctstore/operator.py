@@ -1,4 +1,4 @@
-"""The co-occurrence operator of K0, assembled blockwise from a count store (DESIGN.md section 3).
+"""The co-occurrence operator of K0, assembled blockwise from a count store (docs/design.md §4).
 
 ``D = Σ_k w_k lag_k`` (``+ Dᵀ`` when symmetric), restricted to the active set
 (the top ``V_eff`` tokens by frequency rank), then a transform: ``log1p`` or

@@ -1,4 +1,4 @@
-"""Stage ``seed``: embeddings → ``model`` artifact (DESIGN.md section 4, Paper 113 §5).
+"""Stage ``seed``: embeddings → ``model`` artifact (docs/design.md §5, Paper 113 §5).
 
 Spectral seeding from ``EᵀE = U Λ Uᵀ`` (d × d, eigenvalues descending). Layer l
 of L uses the columns of U rolled by ``s_l = l·d/L`` and the eigenvalues rolled

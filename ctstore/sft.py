@@ -1,4 +1,4 @@
-"""Stage ``sft``: model + tokens → ``run`` artifact (DESIGN.md section 4; Paper 113 §7).
+"""Stage ``sft``: model + tokens → ``run`` artifact (docs/design.md §5; Paper 113 §7).
 
 * Data: the tokens artifact is split by document (a fixed hash of ``doc_id``
   puts ``val_fraction`` of documents in validation) into two flat uint32

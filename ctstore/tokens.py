@@ -1,4 +1,4 @@
-"""The ``tokens`` artifact format: Parquet shards of documents (DESIGN.md section 1).
+"""The ``tokens`` artifact format: Parquet shards of documents (docs/design.md §2).
 
 Each shard ``part-NNNNN.parquet`` has columns ``doc_id: uint64`` and
 ``tokens: large_list<uint32>``, zstd-compressed, row groups of about

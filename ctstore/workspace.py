@@ -1,4 +1,4 @@
-"""Content-addressed workspace of artifacts (DESIGN.md section 1).
+"""Content-addressed workspace of artifacts (docs/design.md §1).
 
 Layout: ``<root>/<kind>/<fingerprint>/`` holds one artifact; its
 ``manifest.json`` is written last, through a temporary name and a rename, so an

@@ -1,1 +1,1 @@
-"""Analyses of embeddings and weights (DESIGN.md section 5): pure functions on arrays."""
+"""Analyses of embeddings and weights (docs/design.md §6): pure functions on arrays."""
