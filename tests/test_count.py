@@ -44,13 +44,7 @@ def test_counts_equal_naive_counter_on_generated_corpora(tmp_path_factory, docs,
     ws = Workspace(str(tmp_path_factory.mktemp("hyp")))
     tokens = write_tokens(ws, docs, n_vocab=41, row_group_tokens=17, shard_tokens=50)
     counts = count_cooccurrences(tokens, ws, params=CountParams(lags=lags), scheduler="sync")
-    store = CountStore.from_artifact(counts)
-    for lag in range(1, lags + 1):
-        assert store_as_dict(store, lag) == naive_counts([d for d in docs if d], lag)
-        check_csr_invariants(store, lag)
-    unigram = np.bincount(np.concatenate([np.asarray(d, int) for d in docs if d]), minlength=41)
-    assert np.array_equal(store.unigram, unigram)
-    assert np.array_equal(store.rank, np.lexsort((np.arange(41), -unigram)))
+    check_store_equals_naive(counts, docs, lags)
 
 
 def test_counts_equal_naive_counter_on_sample_corpus(sample_tokens, sample_counts):
@@ -170,13 +164,7 @@ def test_one_pass_counts_equal_naive_counter_for_every_head_size(tmp_path_factor
     counts = count_cooccurrences(tokens, ws, params=CountParams(lags=lags), head=head)
     assert counts.manifest["mode"] == "one-pass" and counts.manifest["dense_head"] == min(41, head or 0) \
         or head is None
-    store = CountStore.from_artifact(counts)
-    for lag in range(1, lags + 1):
-        assert store_as_dict(store, lag) == naive_counts([d for d in docs if d], lag)
-        check_csr_invariants(store, lag)
-    unigram = np.bincount(np.concatenate([np.asarray(d, int) for d in docs if d]), minlength=41)
-    assert np.array_equal(store.unigram, unigram)
-    assert np.array_equal(store.rank, np.lexsort((np.arange(41), -unigram)))
+    check_store_equals_naive(counts, docs, lags)
 
 
 @pytest.mark.parametrize("head", [0, 3, 64, 300, 10_000])
@@ -280,3 +268,14 @@ def test_interrupted_count_rerun_with_another_memory_budget_is_exact(ws, monkeyp
     for lag in (1, 2):
         assert store_as_dict(store, lag) == naive_counts(docs, lag)
         check_csr_invariants(store, lag)
+
+
+def check_store_equals_naive(counts, docs, lags: int, n_vocab: int = 41) -> None:
+    """Every lag, the unigram and the rank of a count store against the naive counter."""
+    store = CountStore.from_artifact(counts)
+    for lag in range(1, lags + 1):
+        assert store_as_dict(store, lag) == naive_counts([d for d in docs if d], lag)
+        check_csr_invariants(store, lag)
+    unigram = np.bincount(np.concatenate([np.asarray(d, int) for d in docs if d]), minlength=n_vocab)
+    assert np.array_equal(store.unigram, unigram)
+    assert np.array_equal(store.rank, np.lexsort((np.arange(n_vocab), -unigram)))

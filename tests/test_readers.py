@@ -63,13 +63,9 @@ def assert_one_line_error(rc: int, err: str, target: str, ws: str) -> None:
 
 
 def all_docs(manifest: dict, ws: str) -> list[list[int]]:
-    art = Workspace(ws).get(manifest["fingerprint"]) if isinstance(manifest, dict) else manifest
-    shards = TokenShards.from_artifact(art)
-    out = []
-    for s in range(len(shards.shards)):
-        values, offsets = shards.read(s)
-        out += [values[offsets[i]:offsets[i + 1]].tolist() for i in range(len(offsets) - 1)]
-    return out
+    from test_tokenize import all_docs as docs_of
+
+    return docs_of(Workspace(ws).get(manifest["fingerprint"]) if isinstance(manifest, dict) else manifest)
 
 
 def paragraphs(text: str) -> list[str]:
