@@ -204,3 +204,23 @@ def test_paper56_fits_identical_matrices_once(monkeypatch):
     assert len(calls) == 8 and first["L0 K"] == first["L0 Q"]
     again = p56.fit_matrices(model, 32, K=2, K2=2, ridge=1e-5, memo=memo)
     assert len(calls) == 8 and again == first
+
+
+@pytest.mark.parametrize("name", ["paper56_recursive", "paper63_layer_crystallization", "paper66_scaling",
+                                  "paper113_predictions"])
+def test_paper_pipelines_count_training_documents_only(name):
+    """Every pipeline that fine-tunes counts at SFT's split (test_science checks what that excludes)."""
+    from ctstore.experiments.common import prepare
+    from ctstore.pipeline import load_pipeline
+
+    class RecordingContext:
+        def tokens(self, corpus):
+            return "tokens"
+
+        def counts(self, tokens, count):
+            return count
+
+    config = load_pipeline(str(PIPELINES / f"{name}.toml"))
+    _, count = prepare(config, RecordingContext())
+    assert count["val_fraction"] == pytest.approx(float(config["sft"].get("val_fraction", 0.1)))
+    assert 0 < count["val_fraction"] < 1

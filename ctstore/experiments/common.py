@@ -9,8 +9,16 @@ from ..claims import Measurement, claims_for, claims_table, missing, readings_li
 
 
 def prepare(config: dict, ctx):
+    """Tokens and counts of the pipeline's corpus.
+
+    A pipeline that fine-tunes (it has an ``[sft]`` section) counts its training documents only, at SFT's
+    validation fraction (``ctstore.split``), so no statistic it seeds from has seen validation text.
+    """
     tokens = ctx.tokens(config["corpus"])
-    counts = ctx.counts(tokens, config.get("count", {}))
+    count = dict(config.get("count", {}))
+    if "sft" in config and "val_fraction" not in count:
+        count["val_fraction"] = float(config["sft"].get("val_fraction", 0.1))
+    counts = ctx.counts(tokens, count)
     return tokens, counts
 
 

@@ -131,7 +131,7 @@ def run(config: dict, ctx):
             runs.setdefault(arm, []).append(ctx.run(model, tokens, sft))
     inputs = {"counts": counts.fingerprint, "runs": sorted(r.fingerprint for rs in runs.values() for r in rs)}
     return publish_report(ctx.ws, "ct_vs_random", config, inputs,
-                          lambda path: _write_report(path, config, runs, embeddings), force=ctx.force)
+                          lambda path: _write_report(path, config, runs, embeddings), force=ctx.force, version=2)
 
 
 def _curve(run) -> tuple[list, list]:
