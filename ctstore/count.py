@@ -48,7 +48,7 @@ from dataclasses import asdict, dataclass
 import numpy as np
 from zarr.codecs import BloscCodec, Crc32cCodec
 
-from ._util import CtstoreError, format_bytes, log, stopwatch
+from ._util import CtstoreError, format_bytes, log, stopwatch, write_error
 from .cluster import Runner
 from .tokens import TokenShards
 from .workspace import Workspace, build_artifact, fingerprint
@@ -439,13 +439,8 @@ def _read_spill(path: str):
 
 
 def _write_error(path: str, what: str, exc: OSError) -> CtstoreError:
-    """One-line error for a failed write, saying how much room is left (a full disk is the usual cause)."""
-    try:
-        free = shutil.disk_usage(os.path.dirname(path.rstrip("/")) or ".").free
-        room = f"; {format_bytes(free)} free on that disk"
-    except OSError:
-        room = ""
-    return CtstoreError(f"{path}: cannot write {what} ({exc.strerror or exc}{room})")
+    """:func:`ctstore._util.write_error` as a plain CtstoreError: a count keeps its spills to resume from."""
+    return CtstoreError(str(write_error(path, what, exc)))
 
 
 # ---------------------------------------------------------------------------------------

@@ -911,9 +911,9 @@ def _tokenize_into(ws, path, files, params, enc, identity, param_dict, sources, 
             raise CtstoreError(f"{', '.join(files[:3])}: corpus is empty (no tokens after reading)")
         save_npy(ws.fs, f"{path}/unigram.npy", unigram.astype(np.uint64))
     except OSError as exc:  # reading errors are CtstoreErrors by now: this is a failed write (full disk, ...)
-        from .count import _write_error
+        from ._util import write_error
 
-        raise _write_error(path, "the tokens artifact", exc) from None
+        raise write_error(path, "the tokens artifact", exc) from None
     finally:
         bar.close()
     if stats["replaced_bytes"]:
