@@ -62,6 +62,8 @@ def test_ct_vs_random_tiny_run_writes_report_with_claims(session_ws):
     assert rows["p113.head_start"]["value"] == pytest.approx(s["k0"]["ppl_mean"] - s["random"]["ppl_mean"])
     assert rows["p113.head_start"]["n"] == 2
     assert os.path.getsize(os.path.join(run.path, "loss_curves.png")) > 1000
+    header = next(line for line in report.splitlines() if line.startswith("| arm |"))
+    assert all(f" {c} " in header for c in ("recipe", "unk_rate", "coverage"))  # printed beside perplexity
 
 
 class FakeRun:
