@@ -226,7 +226,7 @@ def _mean(values) -> float | None:
 
 def _write_report(path: str, config: dict, runs: dict, embeddings: dict) -> dict:
     summary = summarize(runs)
-    extra = _extra_columns(summary)
+    extra = _extra_columns(runs, summary)
     header = ["arm", "seeds", "val ppl before SFT", "final val ppl", "± std", "gap to (e)", "wall s", "FLOPs",
               "steps", "steps to (a) final", *extra]
     rows = [[arm, s.get("seeds"), s.get("ppl_before_sft"), s.get("ppl_mean"), s.get("ppl_std"), s.get("gap_to_long"),
@@ -319,14 +319,28 @@ def _claims_section(runs: dict) -> tuple[str, list]:
     return claims_section("ct_vs_random", claim_measurements(runs))
 
 
-def _extra_columns(summary: dict) -> dict:
-    """``{column: {arm: value}}``: seeding recipe, ``<unk>`` rate and type coverage of each arm (from
-    :func:`summarize`); a column no arm has is left out."""
+def _extra_columns(runs: dict, summary: dict) -> dict:
+    """``{field: {arm: value}}`` for the optional per-arm fields (seeding recipe, <unk> rate, coverage).
+
+    Taken from the summary when it has them (coverage under its summary name ``type_coverage`` too), else
+    from the runs' manifests (mean over seeds for numbers); a field no arm has is left out, so older runs
+    still report.
+    """
     out = {}
-    for column, key in (("recipe", "recipe"), ("unk_rate", "unk_rate"), ("coverage", "type_coverage")):
-        values = {arm: s[key] for arm, s in summary.items() if s.get(key) is not None}
-        if values:
-            out[column] = values
+    for key, names in (("recipe", ("recipe",)), ("unk_rate", ("unk_rate",)),
+                       ("coverage", ("coverage", "type_coverage"))):
+        column = {}
+        for arm, rs in runs.items():
+            found_in_summary = [summary.get(arm, {})[n] for n in names if summary.get(arm, {}).get(n) is not None]
+            if found_in_summary:
+                column[arm] = found_in_summary[0]
+                continue
+            found = [r.manifest[key] for r in rs if key in r.manifest]
+            if found:
+                numeric = all(isinstance(v, (int, float)) for v in found)
+                column[arm] = float(np.mean(found)) if numeric else found[0]
+        if column:
+            out[key] = column
     return out
 
 
