@@ -69,6 +69,59 @@ def test_two_processes_asking_for_the_same_artifact_produce_one(tmp_path):
     assert len(Workspace(ws).list("counts")) == 1 and Workspace(ws).gc(dry_run=True) == []
 
 
+_HOLDERS = """
+import os, sys, time
+from ctstore.workspace import Workspace
+ws, log = Workspace(sys.argv[1]), sys.argv[2]
+for _ in range(int(sys.argv[3])):
+    with ws.lock("counts", "same"):
+        with open(log, "a") as f:
+            f.write(f"in {os.getpid()}\\n")
+        time.sleep(0.002)
+        with open(log, "a") as f:
+            f.write(f"out {os.getpid()}\\n")
+"""
+
+
+def test_artifact_lock_excludes_under_contention(tmp_path):
+    """Six processes taking one lock 40 times each: no two ever inside at once.
+
+    The lock file used to be created empty and filled in a second step; a
+    waiter reading it in between took it for a dead owner's, removed it and
+    built the same artifact twice (seen in CI).
+    """
+    log = tmp_path / "log"
+    procs = [subprocess.Popen([sys.executable, "-c", _HOLDERS, str(tmp_path / "ws"), str(log), "40"])
+             for _ in range(6)]
+    assert all(p.wait(timeout=300) == 0 for p in procs)
+    lines = log.read_text().split("\n")[:-1]
+    assert len(lines) == 6 * 40 * 2
+    for enter, leave in zip(lines[::2], lines[1::2]):
+        assert enter.startswith("in ") and leave == "out " + enter[3:], (enter, leave)
+
+
+def test_lock_is_held_whatever_its_file_says_and_freed_when_its_holder_dies(tmp_path):
+    ws = Workspace(str(tmp_path / "ws"))
+    holder = subprocess.Popen([sys.executable, "-c", _HOLDERS.replace("time.sleep(0.002)", "time.sleep(60)"),
+                               ws.root, str(tmp_path / "log"), "1"])
+    while not (tmp_path / "log").exists():
+        time.sleep(0.05)
+    assert ws._locked("counts", "same")
+    # the moment between creating a lock file and writing the owner's pid into it
+    open(ws._lock_path("counts", "same"), "w").close()
+    assert ws._locked("counts", "same"), "an empty lock file was taken for a dead owner's"
+    with pytest.raises(CtstoreError, match="still locked"):
+        with ws.lock("counts", "same", timeout=0.5):
+            pass
+    holder.kill()
+    holder.wait()
+    assert not ws._locked("counts", "same")
+    start = time.monotonic()
+    with ws.lock("counts", "same", timeout=5):
+        assert ws._locked("counts", "same")
+    assert time.monotonic() - start < 2 and not ws._locked("counts", "same")
+
+
 def test_gc_never_deletes_an_artifact_being_written(tmp_path):
     ws = Workspace(str(tmp_path / "ws"))
     with ws.lock("counts", "abc"):
