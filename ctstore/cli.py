@@ -13,7 +13,9 @@ import json
 import os
 import sys
 
-from ._util import CtstoreError, format_bytes, log, number_flag, one_line, parse_count, parse_memory, set_quiet
+from .errors import CtstoreError, one_line
+from .log import log, set_quiet
+from .units import format_bytes, number_flag, parse_count, parse_memory
 
 __all__ = ["main"]
 
@@ -42,7 +44,7 @@ class _Parser(argparse.ArgumentParser):
 
 def _flag_checks() -> dict:
     """Parse-time checks of every numeric flag: ``{dest: argparse type}`` (by ``(command, dest)`` first)."""
-    from ._util import number_flag, text_flag
+    from .units import number_flag, text_flag
 
     positive = number_flag(int, 1, what="a positive integer")
     non_negative = number_flag(int, 0, what="a non-negative integer")

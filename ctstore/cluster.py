@@ -22,7 +22,9 @@ import logging
 import os
 from dataclasses import dataclass
 
-from ._util import progress, CtstoreError, format_bytes, log, parse_memory, progress_disabled
+from .errors import CtstoreError
+from .log import log, progress, progress_disabled
+from .units import format_bytes, parse_memory
 
 __all__ = ["ClusterPlan", "plan_cluster", "Runner"]
 

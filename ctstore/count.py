@@ -48,7 +48,9 @@ from dataclasses import asdict, dataclass
 import numpy as np
 from zarr.codecs import BloscCodec, Crc32cCodec
 
-from ._util import CtstoreError, format_bytes, log, stopwatch, write_error
+from .errors import CtstoreError, write_error
+from .log import log, stopwatch
+from .units import format_bytes
 from .cluster import Runner
 from .tokens import TokenShards
 from .workspace import Workspace, build_artifact, fingerprint
@@ -439,7 +441,7 @@ def _read_spill(path: str):
 
 
 def _write_error(path: str, what: str, exc: OSError) -> CtstoreError:
-    """:func:`ctstore._util.write_error` as a plain CtstoreError: a count keeps its spills to resume from."""
+    """:func:`ctstore.errors.write_error` as a plain CtstoreError: a count keeps its spills to resume from."""
     return CtstoreError(str(write_error(path, what, exc)))
 
 
@@ -640,7 +642,7 @@ def _count_one_pass(ws, path, tokens, shards: TokenShards, params, memory, head)
     from concurrent.futures import FIRST_COMPLETED, ThreadPoolExecutor, wait
 
     from .cluster import CLIENT_RESERVE
-    from ._util import parse_memory
+    from .units import parse_memory
 
     budget = parse_memory(memory)
     V, L = shards.n_vocab, params.lags
@@ -721,7 +723,7 @@ def _count_one_pass(ws, path, tokens, shards: TokenShards, params, memory, head)
 
 def _one_pass_bytes_from_unigram(tokens, shards: TokenShards, lags: int, head: int | None) -> int | None:
     """Memory a one-pass count would need, from the unigram the tokens artifact stores (None without one)."""
-    from ._util import load_npy
+    from .formats.npy import load_npy
 
     try:
         unigram = load_npy(tokens.workspace.fs, f"{tokens.path}/unigram.npy")

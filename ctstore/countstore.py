@@ -17,7 +17,7 @@ from functools import cached_property
 import numpy as np
 import scipy.sparse as sp
 
-from ._util import CtstoreError
+from .errors import CtstoreError
 
 __all__ = ["CountStore"]
 

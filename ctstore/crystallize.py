@@ -32,7 +32,8 @@ from dataclasses import asdict, dataclass
 import numpy as np
 import torch
 
-from ._util import CtstoreError, log
+from .errors import CtstoreError
+from .log import log
 from .workspace import Workspace, build_artifact, fingerprint
 
 __all__ = ["CrystallizeParams", "crystallize_model"]

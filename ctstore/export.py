@@ -42,7 +42,8 @@ import shutil
 import numpy as np
 import torch
 
-from ._util import CtstoreError, log
+from .errors import CtstoreError
+from .log import log
 from .model import PhotonicGPT, load_model
 
 __all__ = ["neox_config", "neox_state_dict", "tokenizer_info", "export_hf", "write_hf", "resolve_model_dir"]

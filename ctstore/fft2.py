@@ -32,7 +32,8 @@ import numpy as np
 import scipy.fft
 import scipy.sparse as sp
 
-from ._util import CtstoreError, format_bytes
+from .errors import CtstoreError
+from .units import format_bytes
 
 __all__ = ["Fft2Plan", "plan_fft2", "fft2_convolve"]
 

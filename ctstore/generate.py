@@ -23,7 +23,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from ._util import CtstoreError
+from .errors import CtstoreError
 from .model import PhotonicGPT, load_model
 
 __all__ = ["SampleParams", "inverse_vocab", "encode_prompt", "decode_ids", "sample_ids", "generate_text",

@@ -24,7 +24,7 @@ from __future__ import annotations
 import json
 import os
 
-from ._util import CtstoreError
+from .errors import CtstoreError
 
 __all__ = ["hf_dataset_files", "read_arrow", "tokens_data_files"]
 

@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import hashlib
 
-from ._util import CtstoreError
+from .errors import CtstoreError
 
 __all__ = ["hash_files", "verify_artifact", "verify_lineage", "chunk_error", "ChunkIndex"]
 

@@ -44,7 +44,9 @@ from functools import partial
 
 import numpy as np
 
-from ._util import CtstoreError, format_bytes, log, parse_memory, stopwatch
+from .errors import CtstoreError
+from .log import log, stopwatch
+from .units import format_bytes, parse_memory
 from .circulant import circulant_embedding, diagonal_sums
 from .cluster import Runner, plan_cluster, round_robin
 from .countstore import CountStore

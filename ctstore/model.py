@@ -28,7 +28,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from ._util import CtstoreError
+from .errors import CtstoreError
 
 __all__ = ["GPTConfig", "PhotonicGPT", "CONFIGS", "get_config", "save_model", "load_model"]
 

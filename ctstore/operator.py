@@ -21,7 +21,7 @@ from dataclasses import dataclass
 import numpy as np
 import scipy.sparse as sp
 
-from ._util import CtstoreError
+from .errors import CtstoreError
 from .countstore import CountStore
 
 __all__ = ["OperatorSpec", "build_operator", "load_block", "lag_weights"]

@@ -22,7 +22,8 @@ import os
 import sys
 import tomllib
 
-from ._util import CtstoreError, log
+from .errors import CtstoreError
+from .log import log
 
 __all__ = ["load_pipeline", "run_pipeline", "Context"]
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 import os
 
-from ._util import canonical_json
+from .workspace import canonical_json
 from .workspace import build_artifact, fingerprint
 
 __all__ = ["markdown_table", "publish_report", "plot_curves"]

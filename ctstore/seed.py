@@ -54,7 +54,8 @@ from dataclasses import asdict, dataclass, replace
 import numpy as np
 import torch
 
-from ._util import CtstoreError, log
+from .errors import CtstoreError
+from .log import log
 from .analysis.spectral import spectral_gap_ratio
 from .model import PhotonicGPT, get_config, save_model
 from .workspace import Workspace, build_artifact, fingerprint

@@ -37,7 +37,8 @@ from dataclasses import asdict, dataclass
 import numpy as np
 import torch
 
-from ._util import progress, CtstoreError, log
+from .errors import CtstoreError
+from .log import log, progress
 from .model import PhotonicGPT, load_model, save_model
 from .split import in_validation
 from .workspace import Workspace, build_artifact, fingerprint
@@ -101,7 +102,7 @@ class TokenSplit:
         import fsspec
         import pyarrow.parquet as pq
 
-        from ._util import write_error
+        from .errors import write_error
 
         tmp = {s: p + ".partial" for s, p in self.paths.items()}
         files = {s: open(p, "wb") for s, p in tmp.items()}
@@ -264,7 +265,7 @@ def _save_checkpoint(path: str, model, optimizer, gen: torch.Generator, state: d
             os.close(fd)
     except (OSError, SafetensorError) as exc:  # a full disk is the usual cause
         _remove_quietly(tmp)
-        from ._util import write_error
+        from .errors import write_error
 
         raise write_error(tmp, "SFT checkpoint", exc) from None
     os.replace(tmp, final)

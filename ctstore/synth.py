@@ -18,7 +18,9 @@ from dataclasses import asdict, dataclass
 
 import numpy as np
 
-from ._util import progress, CtstoreError, log, progress_disabled, save_npy, stopwatch
+from .errors import CtstoreError
+from .formats.npy import save_npy
+from .log import log, progress, progress_disabled, stopwatch
 from .tokens import DEFAULT_SHARD_TOKENS, FORMAT_VERSION, ShardWriter
 from .workspace import Workspace, build_artifact, fingerprint
 

@@ -58,7 +58,10 @@ from dataclasses import asdict, dataclass
 
 import numpy as np
 
-from ._util import progress, CtstoreError, format_bytes, log, parse_memory, save_npy, stopwatch
+from .errors import CtstoreError
+from .formats.npy import save_npy
+from .log import log, progress, stopwatch
+from .units import format_bytes, parse_memory
 from .encoding import DEFAULT_ENCODING, load_encoding
 from .hfdata import hf_dataset_files, read_arrow
 from .tokens import DEFAULT_SHARD_TOKENS, FORMAT_VERSION, ShardWriter
@@ -911,7 +914,7 @@ def _tokenize_into(ws, path, files, params, enc, identity, param_dict, sources, 
             raise CtstoreError(f"{', '.join(files[:3])}: corpus is empty (no tokens after reading)")
         save_npy(ws.fs, f"{path}/unigram.npy", unigram.astype(np.uint64))
     except OSError as exc:  # reading errors are CtstoreErrors by now: this is a failed write (full disk, ...)
-        from ._util import write_error
+        from .errors import write_error
 
         raise write_error(path, "the tokens artifact", exc) from None
     finally:

@@ -30,13 +30,18 @@ from dataclasses import dataclass, field
 import fsspec
 
 from . import __version__
-from ._util import CtstoreError, WriteError, canonical_json, one_line
+from .errors import CtstoreError, one_line, WriteError
 
 __all__ = ["Artifact", "Workspace", "fingerprint", "KINDS"]
 
 KINDS = ("tokens", "counts", "embeddings", "model", "run")
 MANIFEST = "manifest.json"
 FINGERPRINT_CHARS = 20
+
+
+def canonical_json(obj: object) -> str:
+    """JSON with sorted keys and no whitespace: the input of every fingerprint."""
+    return json.dumps(obj, sort_keys=True, separators=(",", ":"), ensure_ascii=True)
 
 
 def fingerprint(kind: str, format_version: int, params: dict, inputs: dict,
@@ -395,7 +400,7 @@ class ArtifactLock:
         announced = False
         while (fd := _try_lock(self.path)) is None:
             if not announced:
-                from ._util import log
+                from .log import log
                 log(f"waiting for another process writing {self.kind}/{self.fp} ...")
                 announced = True
             if time.monotonic() > deadline:
@@ -406,7 +411,7 @@ class ArtifactLock:
             os.write(fd, f"{socket.gethostname()} {os.getpid()}\n".encode())
         except OSError as exc:  # a full disk: no room even for the lock's one line
             self._release(fd)
-            from ._util import write_error
+            from .errors import write_error
 
             raise write_error(self.path, "lock file", exc) from None
         self.fd = fd
@@ -442,7 +447,7 @@ def build_artifact(ws: Workspace, kind: str, fp: str, build, *, force: bool = Fa
     disk)`` and removes the partial output even of a resumable stage (it is
     what fills the disk).
     """
-    from ._util import log
+    from .log import log
 
     existing = _reusable(ws, kind, fp)
     if existing is not None and not force:
@@ -473,7 +478,7 @@ def build_artifact(ws: Workspace, kind: str, fp: str, build, *, force: bool = Fa
 
 def _reusable(ws: Workspace, kind: str, fp: str) -> Artifact | None:
     """The complete artifact, or None (also when its manifest is unreadable: it is rebuilt)."""
-    from ._util import log
+    from .log import log
 
     manifest, problem = ws._read_manifest(kind, fp)
     if problem is not None:
@@ -500,7 +505,7 @@ def _room_error(exc: BaseException, path: str, kind: str):
     """A one-line ``cannot write`` error when ``exc`` says the disk (or quota) is full, else None."""
     import errno
 
-    from ._util import write_error
+    from .errors import write_error
 
     if isinstance(exc, CtstoreError):
         return None

@@ -15,7 +15,7 @@ from ctstore.k0 import K0Params, embed_counts, load_embeddings
 
 @pytest.mark.parametrize("memory,workers,ok", [("2GB", 2, True), ("4GB", 2, True), ("600MB", 2, False)])
 def test_plan_cluster_table(memory, workers, ok):
-    from ctstore._util import CtstoreError
+    from ctstore.errors import CtstoreError
 
     if not ok:
         with pytest.raises(CtstoreError, match="too small"):

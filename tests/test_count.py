@@ -104,14 +104,14 @@ def test_plan_row_blocks_table(entries, cap, expected):
 
 
 def test_plan_refuses_budget_too_small():
-    from ctstore._util import CtstoreError
+    from ctstore.errors import CtstoreError
 
     with pytest.raises(CtstoreError, match="count map step"):
         plan_count(100, [{"name": "p", "row_groups": [10]}], 3, task_memory=10_000)
 
 
 def test_token_id_beyond_vocabulary_is_a_clear_error(ws):
-    from ctstore._util import CtstoreError
+    from ctstore.errors import CtstoreError
 
     tokens = write_tokens(ws, [[1, 2, 50]], n_vocab=10)
     with pytest.raises(CtstoreError, match=r"part-00000.parquet: token id 50 >= declared vocabulary 10"):

@@ -2,7 +2,7 @@ import numpy as np
 import pytest
 import torch
 
-from ctstore._util import CtstoreError
+from ctstore.errors import CtstoreError
 from ctstore.analysis.harmonic import reconstruct
 from ctstore.crystallize import CrystallizeParams, crystallize_model
 from ctstore.model import load_model

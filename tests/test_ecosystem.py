@@ -12,8 +12,8 @@ import numpy as np
 import pytest
 
 from conftest import ROOT, write_tokens
-from ctstore import _util
-from ctstore._util import CtstoreError
+from ctstore import log as _log
+from ctstore.errors import CtstoreError
 from ctstore.cli import main as cli_main
 from ctstore.tokenize import TokenizeParams, tokenize_corpus
 
@@ -24,20 +24,20 @@ ENV = {**os.environ, "PYTHONPATH": str(ROOT) + os.pathsep + os.environ.get("PYTH
 
 
 def test_progress_is_a_bar_on_a_terminal_and_lines_elsewhere(monkeypatch):
-    monkeypatch.setattr(_util, "progress_disabled", lambda: False)
-    monkeypatch.setattr(_util, "stderr_is_terminal", lambda: False)
-    assert isinstance(_util.progress(total=3, desc="x"), _util.LineProgress)
-    monkeypatch.setattr(_util, "stderr_is_terminal", lambda: True)
-    bar = _util.progress(total=3, desc="x")
+    monkeypatch.setattr(_log, "progress_disabled", lambda: False)
+    monkeypatch.setattr(_log, "stderr_is_terminal", lambda: False)
+    assert isinstance(_log.progress(total=3, desc="x"), _log.LineProgress)
+    monkeypatch.setattr(_log, "stderr_is_terminal", lambda: True)
+    bar = _log.progress(total=3, desc="x")
     assert type(bar).__name__ == "tqdm"
     bar.close()
 
 
 def test_line_progress_prints_at_a_bounded_rate(monkeypatch, capsys):
     clock = [1000.0]
-    monkeypatch.setattr(_util.time, "monotonic", lambda: clock[0])
-    monkeypatch.setattr(_util, "_QUIET", False)
-    bar = _util.LineProgress(total=10_000, desc="sft", unit="step", interval=15.0)
+    monkeypatch.setattr(_log.time, "monotonic", lambda: clock[0])
+    monkeypatch.setattr(_log, "_QUIET", False)
+    bar = _log.LineProgress(total=10_000, desc="sft", unit="step", interval=15.0)
     for _ in range(10_000):  # 10,000 updates over 100 simulated seconds
         clock[0] += 0.01
         bar.update()
@@ -49,7 +49,7 @@ def test_line_progress_prints_at_a_bounded_rate(monkeypatch, capsys):
     assert len(lines) == 100 // 15 + 1  # one line per full 15 s, then one when the phase ends
     assert lines[-1].startswith("sft: done 10000/10000 step (100%), 100.0 s") and lines[-1].endswith("loss 3.000")
     assert lines[0].startswith("sft: 15") and "(15%)" in lines[0]
-    short = _util.LineProgress(total=5, desc="rsvd", interval=15.0)
+    short = _log.LineProgress(total=5, desc="rsvd", interval=15.0)
     for _ in range(5):
         clock[0] += 1.0
         short.update()
@@ -59,9 +59,9 @@ def test_line_progress_prints_at_a_bounded_rate(monkeypatch, capsys):
 
 def test_line_progress_stays_short_for_a_long_phase(monkeypatch, capsys):
     clock = [0.0]
-    monkeypatch.setattr(_util.time, "monotonic", lambda: clock[0])
-    monkeypatch.setattr(_util, "_QUIET", False)
-    bar = _util.LineProgress(total=None, desc="count", unit="task", interval=15.0)
+    monkeypatch.setattr(_log.time, "monotonic", lambda: clock[0])
+    monkeypatch.setattr(_log, "_QUIET", False)
+    bar = _log.LineProgress(total=None, desc="count", unit="task", interval=15.0)
     stamps = []
     for _ in range(36_000):  # 10 simulated hours, one update a second
         clock[0] += 1.0

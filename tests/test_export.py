@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 import torch
 
-from ctstore._util import CtstoreError
+from ctstore.errors import CtstoreError
 from ctstore.cli import main as cli_main
 from ctstore.export import TOKENIZER_FILE, export_hf, write_hf
 from ctstore.generate import UNK_TEXT, SampleParams, decode_ids, encode_prompt, load_generator, sample_ids

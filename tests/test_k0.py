@@ -6,7 +6,7 @@ import scipy.sparse as sp
 import scipy.sparse.linalg as spla
 import zarr
 
-from ctstore._util import CtstoreError
+from ctstore.errors import CtstoreError
 from ctstore.circulant import circulant_matrix, circulant_svd, literal_k0
 from ctstore.countstore import CountStore
 from ctstore.k0 import K0Params, embed_counts, load_embeddings

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 from scipy import stats
 
-from ctstore._util import CtstoreError
+from ctstore.errors import CtstoreError
 from ctstore.claims import claims_for
 from ctstore.pipeline import load_pipeline, run_pipeline
 

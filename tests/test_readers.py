@@ -26,7 +26,8 @@ from hypothesis import strategies as st
 
 from conftest import SAMPLE
 from ctstore import tokenize as tk
-from ctstore._util import CtstoreError, set_quiet
+from ctstore.errors import CtstoreError
+from ctstore.log import set_quiet
 from ctstore.cli import main
 from ctstore.workspace import Workspace
 

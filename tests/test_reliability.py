@@ -13,7 +13,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from conftest import SAMPLE
-from ctstore._util import CtstoreError
+from ctstore.errors import CtstoreError
 from ctstore.count import CountParams, count_cooccurrences
 from ctstore.countstore import CountStore
 from ctstore.integrity import verify_artifact

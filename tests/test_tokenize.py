@@ -10,7 +10,7 @@ import pytest
 import tiktoken
 import zstandard
 
-from ctstore._util import CtstoreError
+from ctstore.errors import CtstoreError
 from ctstore.tokenize import TokenizeParams, tokenize_corpus
 from ctstore.tokens import TokenShards
 

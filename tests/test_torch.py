@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 import torch
 
-from ctstore._util import CtstoreError
+from ctstore.errors import CtstoreError
 from ctstore.k0 import K0Params, embed_counts
 from ctstore.model import CONFIGS, PhotonicGPT, get_config, load_model, save_model
 from ctstore.seed import SeedParams, build_seeded_model, eigen_basis, seed_model

@@ -5,7 +5,7 @@ import sys
 
 import pytest
 
-from ctstore._util import CtstoreError
+from ctstore.errors import CtstoreError
 from ctstore.count import CountParams, count_cooccurrences
 from ctstore.workspace import Workspace, build_artifact, fingerprint
 

@@ -46,7 +46,8 @@ import os
 
 import numpy as np
 
-from .._util import CtstoreError, log
+from ..errors import CtstoreError
+from ..log import log
 from ..report import markdown_table, plot_curves, publish_report
 
 K0_SPECS = {

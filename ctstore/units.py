@@ -1,0 +1,104 @@
+"""Sizes and counts as users write them (``32M``, ``2GB``) and parse-time checks of numeric flags."""
+
+from __future__ import annotations
+
+from dask.utils import format_bytes, parse_bytes
+
+from .errors import CtstoreError, one_line
+
+__all__ = ["format_bytes", "number_flag", "parse_bytes", "parse_count", "parse_memory", "text_flag"]
+
+
+_SUFFIXES = {"": 1, "K": 10**3, "M": 10**6, "G": 10**9, "T": 10**12}
+
+
+def parse_count(text: str | int) -> int:
+    """Parse a count such as ``200M``, ``1.5G``, ``4096`` or ``10_000`` into an int.
+
+    >>> parse_count("200M")
+    200000000
+    """
+    if isinstance(text, int):
+        return text
+    s = str(text).strip().upper().replace("_", "")
+    suffix = s[-1:] if s[-1:] in _SUFFIXES and s[-1:] != "" else ""
+    number = s[: len(s) - len(suffix)]
+    try:
+        value = float(number) * _SUFFIXES[suffix]
+    except ValueError:
+        raise CtstoreError(f"not a count: {one_line(repr(text))} (use e.g. 4096, 200K, 200M)") from None
+    if value != value or value in (float("inf"), float("-inf")):
+        raise CtstoreError(f"not a count: {one_line(repr(text))} (use e.g. 4096, 200K, 200M)")
+    if value < 0 or value != int(value):
+        raise CtstoreError(f"not a whole non-negative count: {one_line(repr(text))}")
+    return int(value)
+
+
+def parse_memory(text: str | int) -> int:
+    """Parse a memory budget such as ``"4GB"`` (dask conventions: GB = 10**9, GiB = 2**30)."""
+    if isinstance(text, int):
+        return text
+    try:
+        return int(parse_bytes(str(text)))
+    except (ValueError, TypeError):
+        raise CtstoreError(f"not a memory size: {one_line(repr(text))} (use e.g. 2GB, 512MiB)") from None
+
+
+def number_flag(kind: type, low: float | None = None, high: float | None = None, *, low_open: bool = False,
+                high_open: bool = False, what: str | None = None):
+    """An argparse ``type`` accepting a finite ``int``/``float`` within bounds (None: unbounded).
+
+    >>> number_flag(int, 1)("3")
+    3
+    """
+    import argparse
+    import math
+
+    def describe() -> str:
+        if what:
+            return what
+        name = "an integer" if kind is int else "a number"
+        if low is not None and high is not None:
+            return f"{name} in {'(' if low_open else '['}{low:g}, {high:g}{')' if high_open else ']'}"
+        if low is not None:
+            if low == 0:
+                return f"{'a positive' if low_open else 'a non-negative'} {name.split(' ', 1)[1]}"
+            return f"{name} {'>' if low_open else '>='} {low:g}"
+        return f"{'a finite number' if kind is float else name}"
+
+    def convert(text: str):
+        try:
+            value = kind(text.replace("_", "")) if kind is int else float(text)
+        except (TypeError, ValueError):
+            raise argparse.ArgumentTypeError(f"must be {describe()}, not {one_line(repr(text))}") from None
+        bad = kind is float and not math.isfinite(value)
+        if low is not None:
+            bad |= value <= low if low_open else value < low
+        if high is not None:
+            bad |= value >= high if high_open else value > high
+        if bad:
+            raise argparse.ArgumentTypeError(f"must be {describe()}, not {one_line(repr(text))}")
+        return value
+
+    convert.__name__ = kind.__name__
+    return convert
+
+
+def text_flag(parse, what: str, minimum: int | None = None, allowed: tuple = ()):
+    """An argparse ``type`` that checks a size/count string with ``parse`` (e.g. :func:`parse_count`)
+    and returns it unchanged (the stage parses it again)."""
+    import argparse
+
+    def convert(text: str):
+        if text in allowed:
+            return text
+        try:
+            value = parse(text)
+        except CtstoreError as exc:
+            raise argparse.ArgumentTypeError(str(exc)) from None
+        if minimum is not None and value < minimum:
+            raise argparse.ArgumentTypeError(f"must be {what}, not {one_line(repr(text))}")
+        return text
+
+    convert.__name__ = "str"
+    return convert
