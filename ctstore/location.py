@@ -1,0 +1,141 @@
+"""Where something is stored: a URL plus the fsspec options needed to reach it.
+
+A :class:`Location` is created once (by the :class:`~ctstore.workspace.Workspace`)
+and handed to everything that reads or writes, Dask tasks included: it pickles
+as its URL and options, never as an open filesystem, so a worker process
+reaches an object store with the same credentials and endpoint as the client.
+
+It also owns the one way ctstore makes an output visible only when complete:
+write under a temporary sibling name, then rename (:func:`atomic_path`,
+:meth:`Location.write_atomic`).
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import uuid
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from functools import cached_property
+
+import fsspec
+
+__all__ = ["Location", "atomic_path", "replace"]
+
+
+def _protocols(fs) -> tuple:
+    proto = fs.protocol
+    return (proto,) if isinstance(proto, str) else tuple(proto)
+
+
+@dataclass(frozen=True)
+class Location:
+    """A file or directory: ``url`` (a local path or ``proto://...``) and its ``storage_options``."""
+
+    url: str
+    storage_options: dict = field(default_factory=dict, hash=False, compare=False)
+
+    @classmethod
+    def of(cls, url: str, storage_options: dict | None = None) -> "Location":
+        """The location of ``url``; a local path becomes absolute."""
+        fs, path = fsspec.core.url_to_fs(url, **(storage_options or {}))
+        if "file" in _protocols(fs):
+            return cls(os.path.abspath(path), {})
+        return cls(fs.unstrip_protocol(path.rstrip("/")), dict(storage_options or {}))
+
+    def __reduce__(self):  # pickle the address, not the open filesystem
+        return (Location, (self.url, self.storage_options))
+
+    @cached_property
+    def fs(self):
+        return fsspec.core.url_to_fs(self.url, **self.storage_options)[0]
+
+    @cached_property
+    def path(self) -> str:
+        """The path within :attr:`fs` (the URL without its protocol)."""
+        return fsspec.core.url_to_fs(self.url, **self.storage_options)[1].rstrip("/") or "/"
+
+    @property
+    def is_local(self) -> bool:
+        return "://" not in self.url or self.url.startswith("file://")
+
+    @property
+    def zarr_options(self) -> dict | None:
+        """``storage_options`` for zarr: None for a local path (zarr refuses options there)."""
+        return None if self.is_local else (self.storage_options or None)
+
+    def child(self, *names: str) -> "Location":
+        return Location("/".join([self.url.rstrip("/"), *names]), self.storage_options)
+
+    def __str__(self) -> str:
+        return self.url
+
+    # -- reading and writing -------------------------------------------------------------
+    def exists(self) -> bool:
+        return self.fs.exists(self.path)
+
+    def open(self, mode: str = "rb"):
+        return self.fs.open(self.path, mode)
+
+    def read_bytes(self) -> bytes:
+        with self.open("rb") as f:
+            return f.read()
+
+    def write_atomic(self, data: bytes) -> None:
+        """Write ``data`` under a temporary name, then rename it here: readers see all of it or nothing."""
+        with atomic_path(self) as tmp:
+            with tmp.open("wb") as f:
+                f.write(data)
+
+    def open_group(self, mode: str = "r"):
+        import zarr
+
+        return zarr.open_group(self.url, mode=mode, storage_options=self.zarr_options)
+
+    def open_array(self, mode: str = "r"):
+        import zarr
+
+        return zarr.open_array(self.url, mode=mode, storage_options=self.zarr_options)
+
+
+def replace(src: Location, dst: Location) -> None:
+    """Rename ``src`` to ``dst`` (file or directory), replacing a file ``dst``; atomic on a local disk."""
+    if src.is_local:
+        os.replace(src.path, dst.path)
+    else:  # object stores have no rename: copy then delete, and readers rely on manifests written last
+        src.fs.mv(src.path, dst.path, recursive=True)
+
+
+@contextmanager
+def atomic_path(final: Location | str, *, keep_on_error: bool = False):
+    """Yield a temporary sibling of ``final``; on success rename it to ``final``, on failure remove it.
+
+    Works for a file or a directory the caller creates at the yielded location.
+    ``final`` may be a local path (then a local path is yielded and renamed).
+    A directory already at ``final`` is not replaced (``os.replace`` refuses a
+    non-empty one): the caller decides what an existing output means.
+    """
+    as_path = isinstance(final, str)
+    final_loc = Location.of(final) if as_path else final
+    tmp = Location(f"{final_loc.url}.partial-{uuid.uuid4().hex[:8]}", final_loc.storage_options)
+    try:
+        yield tmp.path if as_path else tmp
+        replace(tmp, final_loc)
+    except BaseException:
+        if not keep_on_error:
+            _remove(tmp)
+        raise
+
+
+def _remove(loc: Location) -> None:
+    try:
+        if loc.is_local:
+            if os.path.isdir(loc.path) and not os.path.islink(loc.path):
+                shutil.rmtree(loc.path, ignore_errors=True)
+            else:
+                os.remove(loc.path)
+        elif loc.fs.exists(loc.path):
+            loc.fs.rm(loc.path, recursive=True)
+    except FileNotFoundError:
+        pass
