@@ -54,7 +54,7 @@ class CrystallizeParams:
 
 def crystallize_model(counts, workspace: Workspace | None = None, *, params: CrystallizeParams | None = None,
                       memory: str = "4GB", scheduler: str | None = None, force: bool = False):
-    from .countstore import CountStore
+    from .formats.counts import CountStore
     from .model import get_config
 
     ws = workspace or counts.workspace

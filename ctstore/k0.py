@@ -49,7 +49,7 @@ from .log import log, stopwatch
 from .units import format_bytes, parse_memory
 from .circulant import circulant_embedding, diagonal_sums
 from .cluster import Runner, plan_cluster, round_robin
-from .countstore import CountStore
+from .formats.counts import CountStore
 from .memory import TreeMemorySampler
 from .operator import OperatorSpec, build_operator, load_block
 from .rsvd import RsvdParams, randomized_svd_blocks
@@ -555,7 +555,7 @@ def _write_embeddings(ws, path, E, spectrum, active, params, plan, counts, timin
     url = f"{path}/embeddings.zarr" if ws.is_local else ws.fs.unstrip_protocol(f"{path}/embeddings.zarr")
     so = None if ws.is_local else (ws.storage_options or None)
     group = zarr.open_group(url, mode="w", storage_options=so)
-    from .count import COMPRESSORS
+    from .formats.counts import COMPRESSORS
 
     group.create_array("E", data=E, chunks=(min(E.shape[0], 16384), E.shape[1]), compressors=COMPRESSORS)
     group.create_array("spectrum", data=spectrum, compressors=COMPRESSORS)

@@ -22,7 +22,7 @@ import numpy as np
 import scipy.sparse as sp
 
 from .errors import CtstoreError
-from .countstore import CountStore
+from .formats.counts import CountStore
 
 __all__ = ["OperatorSpec", "build_operator", "load_block", "lag_weights"]
 

@@ -265,7 +265,7 @@ def _pairwise_cosines(mats: list[torch.Tensor]) -> dict:
 def seed_model(embeddings, workspace: Workspace | None = None, *, params: SeedParams | None = None,
                force: bool = False):
     """Build a PhotonicGPT from an embeddings artifact (or random) as a ``model`` artifact."""
-    from .countstore import CountStore
+    from .formats.counts import CountStore
     from .k0 import load_embeddings
 
     ws = workspace or embeddings.workspace

@@ -21,7 +21,7 @@ import numpy as np
 from .errors import CtstoreError
 from .formats.npy import save_npy
 from .log import log, progress, progress_disabled, stopwatch
-from .tokens import DEFAULT_SHARD_TOKENS, FORMAT_VERSION, ShardWriter
+from .formats.tokens import DEFAULT_SHARD_TOKENS, FORMAT_VERSION, ShardWriter
 from .workspace import Workspace, build_artifact, fingerprint
 
 __all__ = ["SynthParams", "synthesize_tokens"]

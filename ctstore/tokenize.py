@@ -64,7 +64,7 @@ from .log import log, progress, stopwatch
 from .units import format_bytes, parse_memory
 from .encoding import DEFAULT_ENCODING, load_encoding
 from .hfdata import hf_dataset_files, read_arrow
-from .tokens import DEFAULT_SHARD_TOKENS, FORMAT_VERSION, ShardWriter
+from .formats.tokens import DEFAULT_SHARD_TOKENS, FORMAT_VERSION, ShardWriter
 from .workspace import Workspace, build_artifact, fingerprint
 
 __all__ = ["TokenizeParams", "tokenize_corpus", "expand_inputs"]

@@ -77,7 +77,7 @@ def test_synth_is_deterministic(tmp_path):
 
 @pytest.mark.slow
 def test_count_killed_midway_then_rerun_is_identical(tmp_path):
-    from ctstore.countstore import CountStore
+    from ctstore.formats.counts import CountStore
     from ctstore.workspace import Workspace
 
     ws_dir = str(tmp_path / "ws")

@@ -7,8 +7,8 @@ from hypothesis import strategies as st
 
 from conftest import naive_counts, write_tokens
 from ctstore.count import CountParams, count_cooccurrences, plan_count, plan_row_blocks
-from ctstore.countstore import CountStore
-from ctstore.tokens import TokenShards
+from ctstore.formats.counts import CountStore
+from ctstore.formats.tokens import TokenShards
 
 
 def store_as_dict(store: CountStore, lag: int) -> dict:

@@ -8,7 +8,7 @@ import zarr
 
 from ctstore.errors import CtstoreError
 from ctstore.circulant import circulant_matrix, circulant_svd, literal_k0
-from ctstore.countstore import CountStore
+from ctstore.formats.counts import CountStore
 from ctstore.k0 import K0Params, embed_counts, load_embeddings
 
 

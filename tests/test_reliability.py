@@ -15,7 +15,7 @@ from hypothesis import strategies as st
 from conftest import SAMPLE
 from ctstore.errors import CtstoreError
 from ctstore.count import CountParams, count_cooccurrences
-from ctstore.countstore import CountStore
+from ctstore.formats.counts import CountStore
 from ctstore.integrity import verify_artifact
 from ctstore.workspace import Workspace
 

@@ -105,7 +105,7 @@ def test_train_only_counts_never_see_validation_documents(ws, tmp_path):
     from conftest import naive_counts, write_tokens
 
     from ctstore.count import CountParams, count_cooccurrences
-    from ctstore.countstore import CountStore
+    from ctstore.formats.counts import CountStore
     from ctstore.sft import TokenSplit
 
     rng = np.random.default_rng(0)

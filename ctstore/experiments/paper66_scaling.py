@@ -25,7 +25,7 @@ from ..analysis.harmonic import fit_harmonic
 from ..analysis.spectral import participation_ratio
 from ..analysis.weights import layer_norms
 from ..claims import construction, exact, paired
-from ..countstore import CountStore
+from ..formats.counts import CountStore
 from ..model import load_model
 from ..report import markdown_table, plot_curves, publish_report
 from .common import claims_section, prepare, seeds_of, write_report

@@ -20,7 +20,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from .errors import CtstoreError
+from ..errors import CtstoreError
 
 __all__ = ["ShardWriter", "TokenShards", "SCHEMA", "ROW_GROUP_TOKENS", "DEFAULT_SHARD_TOKENS"]
 

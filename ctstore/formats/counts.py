@@ -16,10 +16,18 @@ from functools import cached_property
 
 import numpy as np
 import scipy.sparse as sp
+from zarr.codecs import BloscCodec, Crc32cCodec
 
-from .errors import CtstoreError
+from ..errors import CtstoreError
 
-__all__ = ["CountStore"]
+__all__ = ["COMPRESSORS", "ZARR_CHUNK", "CountStore"]
+
+ZARR_CHUNK = 1 << 20  # elements per chunk of indices/data (~4 MB uncompressed)
+# byte-shuffled zstd level 1 in Blosc: on count data it measured ~2x faster to write and
+# 3x faster to read than zarr's default zstd, with a better ratio (2.2x indices, 18x data)
+# crc32c after compression: a corrupted chunk fails its read instead of decoding to garbage
+COMPRESSORS = [BloscCodec(cname="zstd", clevel=1, shuffle="shuffle"), Crc32cCodec()]
+
 
 
 @dataclass(frozen=True)
@@ -31,7 +39,7 @@ class CountStore:
 
     @classmethod
     def from_artifact(cls, artifact) -> "CountStore":
-        from .integrity import ChunkIndex
+        from ..integrity import ChunkIndex
 
         if artifact.kind != "counts":
             raise CtstoreError(f"{artifact}: is a {artifact.kind} artifact, expected counts")
@@ -41,7 +49,7 @@ class CountStore:
 
     @cached_property
     def chunk_index(self):
-        from .integrity import ChunkIndex
+        from ..integrity import ChunkIndex
 
         return ChunkIndex(self.url, self.storage_options, self.listed_chunks)
 
@@ -64,7 +72,7 @@ class CountStore:
 
     def _read(self, name: str, start: int | None = None, stop: int | None = None) -> np.ndarray:
         """Read ``name[start:stop]``; a damaged chunk becomes a one-line error naming array and chunk."""
-        from .integrity import chunk_error
+        from ..integrity import chunk_error
 
         arr = self.group[name]
         lo = start or 0
