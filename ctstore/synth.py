@@ -22,7 +22,9 @@ from .errors import CtstoreError
 from .formats.npy import save_npy
 from .log import log, progress, progress_disabled, stopwatch
 from .formats.tokens import DEFAULT_SHARD_TOKENS, FORMAT_VERSION, ShardWriter
-from .workspace import Workspace, build_artifact, fingerprint
+from .stage import Stage, param
+from .units import COUNT, NON_NEGATIVE, number_flag, parse_count, text_flag
+from .workspace import Workspace, build_artifact
 
 __all__ = ["SynthParams", "synthesize_tokens"]
 
@@ -32,13 +34,15 @@ BATCH_TOKENS = 1 << 20
 
 @dataclass(frozen=True)
 class SynthParams:
-    vocab: int = 131_072
-    tokens: int = 10_000_000
-    seed: int = 0
-    zipf: float = 1.0
-    local: float = 0.3
-    doc_tokens: int = 1000
-    shard_tokens: int = DEFAULT_SHARD_TOKENS
+    vocab: int = param(131_072, f"vocabulary size V (<= {MAX_VOCAB})",
+                       parse=text_flag(parse_count, "a vocabulary size of at least 2", minimum=2, parsed=True))
+    tokens: int = param(10_000_000, "number of tokens, e.g. 200M", parse=COUNT)
+    seed: int = param(0, "random seed", parse=NON_NEGATIVE)
+    zipf: float = param(1.0, "Zipf exponent of unigram ranks", parse=number_flag(float, 0, what="a finite number >= 0"))
+    local: float = param(0.3, "probability of a successor copy (lag-1 structure)",
+                         parse=number_flag(float, 0, 1, what="a probability in [0, 1]"))
+    doc_tokens: int = param(1000, "mean document length", parse=COUNT)
+    shard_tokens: int = param(DEFAULT_SHARD_TOKENS, "tokens per Parquet shard", parse=COUNT)
 
     def __post_init__(self):
         if not 2 <= self.vocab <= MAX_VOCAB:
@@ -51,7 +55,7 @@ class SynthParams:
 
 def synthesize_tokens(params: SynthParams, workspace: Workspace | None = None, force: bool = False):
     ws = workspace or Workspace()
-    fp = fingerprint("tokens", FORMAT_VERSION, {"synthetic": asdict(params)}, {})
+    fp = STAGE.fingerprint(params, {})
     artifact, _ = build_artifact(ws, "tokens", fp, lambda path: _synth_into(ws, path, params), force=force)
     return artifact
 
@@ -110,3 +114,10 @@ def _document_lengths(rng, n: int, mean: int) -> np.ndarray:
     if k >= len(ends):
         out = np.append(lengths, n - int(ends[-1]))
     return out[out > 0]
+
+
+STAGE = Stage(
+    name="synth", kind="tokens", params=SynthParams, code_version=FORMAT_VERSION,
+    help="synthetic Zipfian token stream -> tokens artifact",
+    run=lambda ws, inputs, params, opts: synthesize_tokens(params, ws, force=opts["force"]),
+)

@@ -54,18 +54,19 @@ import threading
 import zlib
 from collections import deque
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 
 import numpy as np
 
 from .errors import CtstoreError
 from .formats.npy import save_npy
 from .log import log, progress, stopwatch
-from .units import format_bytes, parse_memory
+from .units import COUNT, POSITIVE, format_bytes, parse_memory
 from .encoding import DEFAULT_ENCODING, load_encoding
 from .hfdata import hf_dataset_files, read_arrow
 from .formats.tokens import DEFAULT_SHARD_TOKENS, FORMAT_VERSION, ShardWriter
-from .workspace import Workspace, build_artifact, fingerprint
+from .stage import Input, Option, Stage, param
+from .workspace import Workspace, build_artifact
 
 __all__ = ["TokenizeParams", "tokenize_corpus", "expand_inputs"]
 
@@ -80,15 +81,16 @@ DEFAULT_MAX_DOC_TOKENS = 8 << 20
 
 @dataclass(frozen=True)
 class TokenizeParams:
-    encoding: str = DEFAULT_ENCODING
-    split: str = "paragraph"  # paragraph | line | file (for text files)
-    field: str = "text"  # JSONL field
-    column: str = "text"  # Parquet column
-    strict: bool = False
-    shard_tokens: int = DEFAULT_SHARD_TOKENS
-    # a longer document is stored as consecutive documents of at most this many tokens (cut where tokens
-    # do not change); bounds the memory of writing it (about BYTES_PER_OPEN_TOKEN bytes per token)
-    max_doc_tokens: int = DEFAULT_MAX_DOC_TOKENS
+    encoding: str = param(DEFAULT_ENCODING, "tiktoken encoding name or .tiktoken file")
+    split: str = param("paragraph", "documents in text files (default: blank-line paragraphs)",
+                       choices=("paragraph", "line", "file"))
+    field: str = param("text", "JSONL field holding the text")
+    column: str = param("text", "Parquet column holding the text")
+    strict: bool = param(False, "invalid UTF-8 is an error instead of U+FFFD")
+    shard_tokens: int = param(DEFAULT_SHARD_TOKENS, "tokens per Parquet shard (default 32M)", parse=COUNT)
+    # bounds the memory of writing one document (about BYTES_PER_OPEN_TOKEN bytes per token)
+    max_doc_tokens: int = param(DEFAULT_MAX_DOC_TOKENS, "a longer document is stored as consecutive documents, "
+                                "cut where tokens do not change (default 8388608 = 8Mi)", parse=COUNT)
 
     def __post_init__(self):
         if self.split not in ("paragraph", "line", "file"):
@@ -835,7 +837,7 @@ def tokenize_corpus(inputs: list[str], workspace: Workspace | None = None, *, pa
     opened: dict = {}
     sources = [_file_identity(p, opened) for p in files]
     param_dict = asdict(params) | {"encoding": identity}
-    fp = fingerprint("tokens", FORMAT_VERSION, param_dict, {}, sources)
+    fp = STAGE.fingerprint(replace(params, encoding=identity), {}, sources)
     total_bytes = sum(s["bytes"] for s in sources)
 
     threads = threads or os.cpu_count() or 1
@@ -943,3 +945,13 @@ def _tokenize_into(ws, path, files, params, enc, identity, param_dict, sources, 
         "timings": timings,
         "mb_per_s": round(rate, 2),
     }
+
+
+STAGE = Stage(
+    name="tokenize", kind="tokens", params=TokenizeParams, code_version=FORMAT_VERSION,
+    help="text/JSONL/Parquet corpus -> tokens artifact",
+    inputs=(Input("inputs", None, "files, directories or glob patterns", nargs="+"),),
+    options=(Option("--threads", "encoding threads (default: all cores)", parse=POSITIVE),),
+    run=lambda ws, inputs, params, opts: tokenize_corpus(inputs["inputs"], ws, params=params, threads=opts["threads"],
+                                                         force=opts["force"], memory=opts["memory"]),
+)

@@ -6,7 +6,8 @@ from dask.utils import format_bytes, parse_bytes
 
 from .errors import CtstoreError, one_line
 
-__all__ = ["format_bytes", "number_flag", "parse_bytes", "parse_count", "parse_memory", "text_flag"]
+__all__ = ["COUNT", "FRACTION", "MEMORY", "NON_NEGATIVE", "POSITIVE", "format_bytes", "number_flag", "parse_bytes",
+           "parse_count", "parse_memory", "text_flag"]
 
 
 _SUFFIXES = {"": 1, "K": 10**3, "M": 10**6, "G": 10**9, "T": 10**12}
@@ -84,9 +85,9 @@ def number_flag(kind: type, low: float | None = None, high: float | None = None,
     return convert
 
 
-def text_flag(parse, what: str, minimum: int | None = None, allowed: tuple = ()):
+def text_flag(parse, what: str, minimum: int | None = None, allowed: tuple = (), *, parsed: bool = False):
     """An argparse ``type`` that checks a size/count string with ``parse`` (e.g. :func:`parse_count`)
-    and returns it unchanged (the stage parses it again)."""
+    and returns it unchanged (the stage parses it again), or, with ``parsed``, the parsed value."""
     import argparse
 
     def convert(text: str):
@@ -98,7 +99,15 @@ def text_flag(parse, what: str, minimum: int | None = None, allowed: tuple = ())
             raise argparse.ArgumentTypeError(str(exc)) from None
         if minimum is not None and value < minimum:
             raise argparse.ArgumentTypeError(f"must be {what}, not {one_line(repr(text))}")
-        return text
+        return value if parsed else text
 
     convert.__name__ = "str"
     return convert
+
+
+# the argparse types most flags use
+POSITIVE = number_flag(int, 1, what="a positive integer")
+NON_NEGATIVE = number_flag(int, 0, what="a non-negative integer")
+COUNT = text_flag(parse_count, "a positive count such as 4096, 200K or 32M", minimum=1, parsed=True)
+MEMORY = text_flag(parse_memory, "a memory size such as 2GB or 512MiB", minimum=1)
+FRACTION = number_flag(float, 0, 1, low_open=True, high_open=True, what="a number in (0, 1)")

@@ -1,0 +1,90 @@
+"""The stage registry: fingerprints from non-default parameters, a CLI generated from params dataclasses."""
+
+import dataclasses
+import hashlib
+import json
+
+import pytest
+
+from ctstore import stages
+from ctstore.cli import build_parser
+from ctstore.count import CountParams
+from ctstore.stage import Stage, fingerprint, non_default, param
+from ctstore.synth import SynthParams
+
+
+def _reference(stage, version, params: dict, inputs: dict) -> str:
+    """The fingerprint rule written out independently: sha256 of sorted compact JSON, 20 hex chars."""
+    payload = {"stage": stage, "code_version": version, "params": params, "inputs": inputs}
+    text = json.dumps(payload, sort_keys=True, separators=(",", ":"))
+    return hashlib.sha256(text.encode()).hexdigest()[:20]
+
+
+def test_fingerprint_covers_exactly_the_non_default_parameters():
+    p = CountParams(lags=3)
+    assert non_default(p) == {"lags": 3}
+    assert fingerprint("count", 1, p, {"tokens": "abc"}) == _reference("count", 1, {"lags": 3}, {"tokens": "abc"})
+    assert fingerprint("count", 1, CountParams(), {"tokens": "abc"}) == _reference("count", 1, {}, {"tokens": "abc"})
+    assert non_default(CountParams(lags=10, val_fraction=0.1)) == {"val_fraction": 0.1}
+
+
+def test_adding_a_parameter_with_a_default_keeps_existing_fingerprints():
+    # the same stage one release later: a new field with a default
+    Later = dataclasses.make_dataclass(
+        "CountParams", [("lags", int, param(10)), ("val_fraction", float, param(None)), ("new_knob", str, param("off"))],
+        frozen=True)
+    for kwargs in ({}, {"lags": 3}, {"lags": 7, "val_fraction": 0.2}):
+        before = fingerprint("count", 1, CountParams(**kwargs), {"tokens": "t"})
+        assert fingerprint("count", 1, Later(**kwargs), {"tokens": "t"}) == before
+    # using the new parameter, a different stage, input or code version: a different artifact
+    base = fingerprint("count", 1, CountParams(), {"tokens": "t"})
+    others = {fingerprint("count", 1, Later(new_knob="on"), {"tokens": "t"}),
+              fingerprint("count", 2, CountParams(), {"tokens": "t"}),
+              fingerprint("synth", 1, CountParams(), {"tokens": "t"}),
+              fingerprint("count", 1, CountParams(), {"tokens": "u"})}
+    assert base not in others and len(others) == 4
+
+
+def test_tuple_parameters_fingerprint_as_lists_and_defaults_compare_by_value():
+    P = dataclasses.make_dataclass("P", [("xs", tuple, param((1, 2)))], frozen=True)
+    assert non_default(P()) == {} and non_default(P(xs=(1, 2))) == {}
+    assert non_default(P(xs=(3,))) == {"xs": [3]}
+
+
+def _registered() -> list[Stage]:
+    return [s for s in (stages.stage(name) for name in stages.REGISTRY) if s is not None]
+
+
+def test_every_parameter_of_every_registered_stage_has_a_flag_with_help():
+    parser = build_parser()
+    sub = next(a for a in parser._actions if a.dest == "command").choices
+    assert len(_registered()) >= 3
+    for stage in _registered():
+        actions = {a.dest: a for a in sub[stage.name]._actions}
+        for f in dataclasses.fields(stage.params or ()):
+            if f.metadata.get("cli", False):
+                assert f.name in actions, (stage.name, f.name)
+                assert actions[f.name].help, (stage.name, f.name)
+
+
+def test_parsed_flags_build_the_same_params_as_python():
+    parser = build_parser()
+    args = parser.parse_args(["count", "abc", "--lags", "3", "--train-only", "0.1", "--spill"])
+    assert stages.stage("count").params_from_args(args) == CountParams(lags=3, val_fraction=0.1) and args.spill
+    args = parser.parse_args(["synth", "--vocab", "4K", "--tokens", "2M", "--zipf", "1.1"])
+    assert stages.stage("synth").params_from_args(args) == SynthParams(vocab=4000, tokens=2_000_000, zipf=1.1)
+    assert stages.stage("synth").params_from_args(parser.parse_args(["synth"])) == SynthParams()
+
+
+@pytest.mark.parametrize("argv, flag", [
+    (["count", "x", "--lags", "0"], "--lags"),
+    (["count", "x", "--train-only", "1"], "--train-only"),
+    (["synth", "--vocab", "1"], "--vocab"),
+    (["synth", "--tokens", "lots"], "--tokens"),
+    (["tokenize", "a.txt", "--split", "sentence"], "--split"),
+])
+def test_generated_flags_refuse_bad_values_in_one_line(argv, flag, capsys):
+    with pytest.raises(SystemExit) as exit_:
+        build_parser().parse_args(argv)
+    err = capsys.readouterr().err
+    assert exit_.value.code == 2 and err.count("\n") == 1 and err.startswith(f"ctstore: error: {flag}")
