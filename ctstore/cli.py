@@ -231,9 +231,8 @@ def _what(artifact) -> str:
         return f"{m.get('operator')} d={m.get('dim')} V_eff={m.get('v_eff')}"
     if artifact.kind == "model":
         return f"{m.get('init')}"
-    experiment = m.get("params", {}).get("experiment")
-    if experiment:
-        return f"{experiment}: {_verdict_counts(artifact)}"
+    if artifact.kind == "report":
+        return f"{m.get('params', {}).get('experiment')}: {_verdict_counts(artifact)}"
     ppl = m.get("final_val_ppl")
     return f"ppl {ppl:.2f}, sft {m.get('init')} {m.get('steps')} steps" if ppl is not None else \
         f"sft {m.get('init')} {m.get('steps')} steps"
@@ -261,13 +260,12 @@ def _verdict_counts(artifact) -> str:
 
 
 def _run_paths(artifact) -> list[tuple[str, str]]:
-    """Where to look inside a run: its report (experiments) or its trained model (sft)."""
-    if artifact.kind != "run":
-        return []
-    m = artifact.manifest
-    if m.get("report"):
-        return [("report", artifact.child(m["report"]))]
-    return [("model", artifact.child("model")), ("metrics", artifact.child("metrics.jsonl"))]
+    """Where to look inside a report (its report.md) or an SFT run (its trained model and metrics)."""
+    if artifact.kind == "report":
+        return [("report", artifact.child(artifact.manifest.get("report", "report.md")))]
+    if artifact.kind == "run":
+        return [("model", artifact.child("model")), ("metrics", artifact.child("metrics.jsonl"))]
+    return []
 
 
 def _du(ws, path: str) -> int:

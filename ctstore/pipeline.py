@@ -11,7 +11,7 @@ value (parsed as TOML, so ``--set sft.steps=2000`` is an int).
 Every stage goes through the workspace, so rerunning a pipeline, or another
 pipeline on the same corpus, reuses tokens, counts, embeddings, models and runs.
 The experiment writes ``report.md``, ``results.json`` and PNG plots into a
-``run`` artifact whose fingerprint covers the resolved settings and inputs.
+``report`` artifact whose fingerprint covers the resolved settings and inputs.
 """
 
 from __future__ import annotations
@@ -129,9 +129,10 @@ class Context:
     def derived_model(self, model, label: str, transform):
         """A model artifact made from another by ``transform(torch_model)`` (in place), cached by label."""
         from .model import load_model, save_model
-        from .workspace import build_artifact, fingerprint
+        from .stage import fingerprint
+        from .workspace import build_artifact
 
-        fp = fingerprint("model", 1, {"derived": label}, {"model": model.fingerprint})
+        fp = fingerprint("derive", 1, {"label": label}, {"model": model.fingerprint})
 
         def build(path: str) -> dict:
             torch_model, vocab_map, raw = load_model(model.path)

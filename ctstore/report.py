@@ -5,8 +5,8 @@ from __future__ import annotations
 import json
 import os
 
-from .workspace import canonical_json
-from .workspace import build_artifact, fingerprint
+from .stage import canonical_json, fingerprint
+from .workspace import build_artifact
 
 __all__ = ["markdown_table", "publish_report", "plot_curves"]
 
@@ -51,8 +51,7 @@ def publish_report(ws, experiment: str, config: dict, inputs: dict, write, force
     ``version`` enters the fingerprint: bump it when an experiment's analysis changes, so an old
     report is not reused for new code.
     """
-    fp = fingerprint("run", 1, {"experiment": experiment, "version": version,
-                                "config": json.loads(canonical_json(config))}, inputs)
+    fp = fingerprint(f"run/{experiment}", version, {"config": json.loads(canonical_json(config))}, inputs)
 
     def build(path: str) -> dict:
         results = write(path)
@@ -61,4 +60,4 @@ def publish_report(ws, experiment: str, config: dict, inputs: dict, write, force
         return {"format_version": 1, "params": {"experiment": experiment, "config": config}, "inputs": inputs,
                 "report": "report.md", "summary": results.get("summary", {})}
 
-    return build_artifact(ws, "run", fp, build, force=force)[0]
+    return build_artifact(ws, "report", fp, build, force=force)[0]

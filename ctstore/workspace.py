@@ -34,7 +34,7 @@ from .errors import CtstoreError, one_line, WriteError
 
 __all__ = ["Artifact", "Workspace", "fingerprint", "KINDS"]
 
-KINDS = ("tokens", "counts", "embeddings", "model", "run")
+KINDS = ("tokens", "counts", "embeddings", "model", "run", "report")  # run: an SFT run; report: an experiment's
 MANIFEST = "manifest.json"
 FINGERPRINT_CHARS = 20
 

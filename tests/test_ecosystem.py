@@ -185,7 +185,8 @@ def test_no_process_outlives_count_on_a_local_cluster(ws):
 
 
 def _fake_sft_run(ws, name: str, ppl: float):
-    from ctstore.workspace import build_artifact, fingerprint
+    from ctstore.stage import fingerprint
+    from ctstore.workspace import build_artifact
 
     def build(path):
         return {"format_version": 1, "params": {"name": name}, "inputs": {}, "init": name, "steps": 10,
@@ -211,10 +212,13 @@ def test_ls_runs_by_time_with_headline_and_show_report_path(ws, capsys):
     os.utime(first.path, (1, 1))  # ordering must come from the manifests, not file times
     assert cli_main(["ls", "--kind", "run", "-w", ws.root]) == 0
     rows = capsys.readouterr().out.splitlines()
-    created = sorted((a.manifest["created"], a.fingerprint) for a in (first, report, last))
-    assert [r.split()[1] for r in rows] == [fp for _, fp in created]
-    assert "ppl 123.46" in rows[0] and "ppl 45.60" in rows[2]
-    assert "ct_vs_random: 2 supported, 1 not supported" in rows[1]
+    created = sorted((a.manifest["created"], a.fingerprint) for a in (first, last))
+    assert [r.split()[1] for r in rows] == [fp for _, fp in created], "SFT runs only, oldest first"
+    assert "ppl 123.46" in rows[0] and "ppl 45.60" in rows[1]
+    assert cli_main(["ls", "--kind", "report", "-w", ws.root]) == 0
+    rows = capsys.readouterr().out.splitlines()
+    assert len(rows) == 1 and rows[0].split()[:2] == ["report", report.fingerprint]
+    assert "ct_vs_random: 2 supported, 1 not supported" in rows[0]
     assert cli_main(["show", report.fingerprint, "-w", ws.root]) == 0
     out, err = capsys.readouterr()
     assert json.loads(out)["fingerprint"] == report.fingerprint
