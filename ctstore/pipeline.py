@@ -24,6 +24,7 @@ import tomllib
 
 from .errors import CtstoreError
 from .log import log
+from .stage import Input, Option, Stage
 
 __all__ = ["load_pipeline", "run_pipeline", "Context"]
 
@@ -155,16 +156,18 @@ def run_pipeline(path: str, ws, *, profile: str | None = None, overrides: list[s
     return module.run(config, Context(ws, memory, scheduler, force))
 
 
-def add_parser(sub, common) -> None:
-    s = sub.add_parser("run", help="run a declarative experiment pipeline (TOML) and write its report")
-    s.add_argument("pipeline", help="path to a pipelines/*.toml file")
-    s.add_argument("--profile", default=None, help="apply the [profiles.NAME] overrides (e.g. paper)")
-    s.add_argument("--set", dest="overrides", action="append", default=[], metavar="TABLE.KEY=VALUE")
-    common(s)
-
-
-def run_cli(args, ws):
-    artifact = run_pipeline(args.pipeline, ws, profile=args.profile, overrides=args.overrides, memory=args.memory,
-                            scheduler=args.scheduler, force=args.force)
+def _run_stage(ws, inputs, params, opts):
+    artifact = run_pipeline(inputs["pipeline"], ws, profile=opts["profile"], overrides=opts["overrides"],
+                            memory=opts["memory"], scheduler=opts["scheduler"], force=opts["force"])
     print(f"report: {os.path.join(artifact.path, 'report.md')}", file=sys.stderr)
     return artifact
+
+
+STAGE = Stage(
+    name="run", kind="report", params=None, run=_run_stage,
+    help="run a declarative experiment pipeline (TOML) and write its report",
+    inputs=(Input("pipeline", None, "path to a pipelines/*.toml file"),),
+    options=(Option("--profile", "apply the [profiles.NAME] overrides (e.g. paper)"),
+             Option("--set", "override one setting, parsed as TOML (repeatable)", dest="overrides", repeat=True,
+                    metavar="TABLE.KEY=VALUE")),
+)
