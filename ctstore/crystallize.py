@@ -34,22 +34,38 @@ import torch
 
 from .errors import CtstoreError
 from .log import log
-from .workspace import Workspace, build_artifact, fingerprint
+from .stage import Input, Stage, param
+from .units import NON_NEGATIVE, POSITIVE
+from .workspace import Workspace, build_artifact
 
 __all__ = ["CrystallizeParams", "crystallize_model"]
 
 FORMAT_VERSION = 1
 
 
+def _betas(text: str) -> tuple:
+    """``--betas``: comma-separated finite numbers (checked at parse time)."""
+    import argparse
+    import math
+
+    try:
+        betas = tuple(float(b) for b in text.split(","))
+    except ValueError:
+        betas = ()
+    if not betas or not all(math.isfinite(b) for b in betas):
+        raise argparse.ArgumentTypeError(f"must be comma-separated numbers, not {text!r}")
+    return betas
+
+
 @dataclass(frozen=True)
 class CrystallizeParams:
-    config: str = "tiny"
-    vocab: int = 4096
-    betas: tuple = (1.0, 0.5, 0.25)
-    K: int = 4
-    gmm_components: int = 3
-    power_iters: int = 3
-    seed: int = 0
+    config: str = param("tiny", "tiny, small, ct-10m, ct-124m or a config JSON file")
+    vocab: int = param(4096, "compact vocabulary size V_model", parse=POSITIVE)
+    betas: tuple = param((1.0, 0.5, 0.25), "weights of the lags in each layer's band", parse=_betas)
+    K: int = param(4, "Gaussians per weight row", parse=POSITIVE)
+    gmm_components: int = param(3, cli=False)
+    power_iters: int = param(3, cli=False)
+    seed: int = param(0, "random seed", parse=NON_NEGATIVE)
 
 
 def crystallize_model(counts, workspace: Workspace | None = None, *, params: CrystallizeParams | None = None,
@@ -68,8 +84,7 @@ def crystallize_model(counts, workspace: Workspace | None = None, *, params: Cry
                            f"lags 1..{need}; the count store has 1..{store.lags} (count with --lags {need})")
     if params.vocab >= store.n_vocab or params.vocab < config.n_embd:
         raise CtstoreError(f"--vocab {params.vocab} must be between d={config.n_embd} and V={store.n_vocab}")
-    fp = fingerprint("model", FORMAT_VERSION, {"crystallize": _jsonable(asdict(params))},
-                     {"counts": counts.fingerprint})
+    fp = STAGE.fingerprint(params, {"counts": counts.fingerprint})
 
     def build(path: str) -> dict:
         return _crystallize_into(ws, path, counts, store, params, config, memory, scheduler)
@@ -146,24 +161,10 @@ def _crystallize_into(ws, path, counts, store, params, config, memory, scheduler
             "init": "crystallize", "report": report}
 
 
-def add_parser(sub, common) -> None:
-    s = sub.add_parser("crystallize", help="counts -> model without training (Paper 51: lag bands, SVD, GMM, "
-                                           "harmonic layers)")
-    s.add_argument("counts", help="counts artifact fingerprint")
-    s.add_argument("--config", default="tiny")
-    s.add_argument("--vocab", type=int, default=4096, help="compact vocabulary size V_model")
-    s.add_argument("--betas", default="1,0.5,0.25", help="weights of the lags in each layer's band")
-    s.add_argument("--K", type=int, default=4, help="Gaussians per weight row")
-    s.add_argument("--seed", type=int, default=0)
-    common(s)
-
-
-def run_cli(args, ws):
-    counts = ws.get(args.counts, kind="counts")
-    try:
-        betas = tuple(float(b) for b in args.betas.split(","))
-    except ValueError:
-        raise CtstoreError(f"--betas {args.betas!r}: comma-separated numbers") from None
-    params = CrystallizeParams(config=args.config, vocab=args.vocab, betas=betas, K=args.K, seed=args.seed)
-    return crystallize_model(counts, ws, params=params, memory=args.memory, scheduler=args.scheduler,
-                             force=args.force)
+STAGE = Stage(
+    name="crystallize", kind="model", params=CrystallizeParams, code_version=FORMAT_VERSION,
+    help="counts -> model without training (Paper 51: lag bands, SVD, GMM, harmonic layers)",
+    inputs=(Input("counts", "counts", "counts artifact fingerprint (or unique prefix)"),),
+    run=lambda ws, inputs, params, opts: crystallize_model(inputs["counts"], ws, params=params, memory=opts["memory"],
+                                                           scheduler=opts["scheduler"], force=opts["force"]),
+)

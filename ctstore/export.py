@@ -45,6 +45,7 @@ import torch
 from .errors import CtstoreError
 from .log import log
 from .model import PhotonicGPT, load_model
+from .stage import Input, Option, Stage
 
 __all__ = ["neox_config", "neox_state_dict", "tokenizer_info", "export_hf", "write_hf", "resolve_model_dir"]
 
@@ -206,17 +207,17 @@ def write_hf(model: PhotonicGPT, vocab_map: np.ndarray | None, raw_config: dict,
     return {"out_dir": out_dir, "format": "hf", "architecture": "GPTNeoXForCausalLM", "config": config}
 
 
-def add_parser(sub, common) -> None:
-    s = sub.add_parser("export", help="model or run -> a directory transformers loads (GPT-NeoX)")
-    s.add_argument("model", help="model or run artifact fingerprint (or a model directory)")
-    s.add_argument("out_dir", help="directory to create")
-    s.add_argument("--format", default="hf", choices=["hf"], help="hf: transformers GPT-NeoX (default)")
-    s.add_argument("--force", action="store_true", help="replace an existing OUT_DIR")
-    common(s, compute=False)
-
-
-def run_cli(args, ws):
-    result = export_hf(resolve_model_dir(args.model, ws), args.out_dir, force=args.force)
-    if args.json:
+def _export_stage(ws, inputs, params, opts):
+    result = export_hf(resolve_model_dir(inputs["model"], ws), inputs["out_dir"], force=opts["force"])
+    if opts["json"]:
         print(json.dumps(result, sort_keys=True))
-    return None
+
+
+STAGE = Stage(
+    name="export", kind=None, params=None, compute=False, run=_export_stage,
+    help="model or run -> a directory transformers loads (GPT-NeoX)",
+    inputs=(Input("model", None, "model or run artifact fingerprint (or a model directory)"),
+            Input("out_dir", None, "directory to create")),
+    options=(Option("--format", "hf: transformers GPT-NeoX (default)", default="hf", choices=("hf",)),
+             Option("--force", "replace an existing OUT_DIR", switch=True)),
+)

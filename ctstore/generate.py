@@ -18,13 +18,15 @@ from __future__ import annotations
 import json
 import sys
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import numpy as np
 import torch
 
 from .errors import CtstoreError
 from .model import PhotonicGPT, load_model
+from .stage import Input, Option, Stage, param
+from .units import NON_NEGATIVE, POSITIVE, number_flag
 
 __all__ = ["SampleParams", "inverse_vocab", "encode_prompt", "decode_ids", "sample_ids", "generate_text",
            "UNK_TEXT"]
@@ -34,10 +36,10 @@ UNK_TEXT = "⟨unk⟩"
 
 @dataclass(frozen=True)
 class SampleParams:
-    max_new_tokens: int = 50
-    temperature: float = 0.8
-    top_k: int | None = 40
-    seed: int = 0
+    max_new_tokens: int = param(50, "tokens to generate", parse=POSITIVE)
+    temperature: float = param(0.8, "0 = greedy", parse=number_flag(float, 0, what="a finite number >= 0"))
+    top_k: int | None = param(40, "sample among the k most likely tokens", parse=POSITIVE)
+    seed: int = param(0, "random seed of the first sample", parse=NON_NEGATIVE)
 
     def __post_init__(self):
         if self.max_new_tokens < 1:
@@ -162,33 +164,29 @@ def generate_text(model: PhotonicGPT, vocab_map, enc, prompt: str, params: Sampl
     return {"prompt": prompt, "completion": completion, "text": prompt + completion, "ids": new}
 
 
-def add_parser(sub, common) -> None:
-    s = sub.add_parser("generate", help="sample text from a model or run")
-    s.add_argument("model", help="model or run artifact fingerprint (or a model directory)")
-    s.add_argument("--prompt", required=True, help="text to continue")
-    s.add_argument("--max-new-tokens", type=int, default=50)
-    s.add_argument("--temperature", type=float, default=0.8, help="0 = greedy (default 0.8)")
-    s.add_argument("--top-k", type=int, default=40, help="sample among the k most likely tokens (default 40)")
-    s.add_argument("--seed", type=int, default=0)
-    s.add_argument("--num-samples", "-n", type=int, default=1, help="samples with seeds seed, seed+1, ...")
-    s.add_argument("--encoding", default=None, help="tiktoken encoding (default: the model's)")
-    common(s, compute=False)
-
-
-def run_cli(args, ws):
+def _generate_stage(ws, inputs, params: SampleParams, opts):
     from .export import resolve_model_dir
 
-    if args.num_samples < 1:
-        raise CtstoreError(f"--num-samples must be positive, not {args.num_samples}")
-    directory = resolve_model_dir(args.model, ws)
-    model, vocab_map, enc = load_generator(directory, args.encoding)
+    directory = resolve_model_dir(inputs["model"], ws)
+    model, vocab_map, enc = load_generator(directory, opts["encoding"])
     samples = []
-    for i in range(args.num_samples):
-        params = SampleParams(args.max_new_tokens, args.temperature, args.top_k, args.seed + i)
-        samples.append({**generate_text(model, vocab_map, enc, args.prompt, params), "seed": params.seed})
-    if args.json:
-        print(json.dumps({"model": args.model, "samples": samples}, ensure_ascii=False))
+    for i in range(opts["num_samples"]):
+        sample = replace(params, seed=params.seed + i)
+        samples.append({**generate_text(model, vocab_map, enc, opts["prompt"], sample), "seed": sample.seed})
+    if opts["json"]:
+        print(json.dumps({"model": inputs["model"], "samples": samples}, ensure_ascii=False))
     else:
         print("\n---\n".join(s["text"] for s in samples))
         sys.stdout.flush()
     return None
+
+
+STAGE = Stage(
+    name="generate", kind=None, params=SampleParams, compute=False, run=_generate_stage,
+    help="sample text from a model or run",
+    inputs=(Input("model", None, "model or run artifact fingerprint (or a model directory)"),),
+    options=(Option("--prompt", "text to continue", required=True),
+             Option("--num-samples", "samples with seeds seed, seed+1, ...", default=1, parse=POSITIVE,
+                    short="-n"),
+             Option("--encoding", "tiktoken encoding (default: the model's)")),
+)

@@ -58,7 +58,9 @@ from .errors import CtstoreError
 from .log import log
 from .analysis.spectral import spectral_gap_ratio
 from .model import PhotonicGPT, get_config, save_model
-from .workspace import Workspace, build_artifact, fingerprint
+from .stage import Input, Stage, param
+from .units import NON_NEGATIVE
+from .workspace import Workspace, build_artifact
 
 __all__ = ["SeedParams", "seed_model", "spectral_layer_matrices"]
 
@@ -68,17 +70,37 @@ RECIPES = ("rotated", "literal")
 EMBED_SCALES = ("matched", "unscaled")
 
 
+def _vocab_arg(text: str):
+    """``--vocab``: 'corpus' or a positive integer (checked at parse time, one-line error)."""
+    import argparse
+
+    if text == "corpus":
+        return text
+    try:
+        value = int(text)
+    except ValueError:
+        value = 0
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be a positive integer or 'corpus', not {text!r}")
+    return value
+
+
 @dataclass(frozen=True)
 class SeedParams:
-    config: str = "tiny"
-    init: str = "spectral"
-    vocab: int | str | None = None  # compact vocabulary size V_model, "corpus", or None (full tokenizer vocab)
-    seed: int = 0
-    width: int | None = None  # override n_embd (heads follow, keeping the head size), for width sweeps
-    recipe: str = "rotated"  # rotated | literal (see the module docstring)
-    embed_scale: str = "matched"  # matched | unscaled token embedding
-    tie_head: bool = True
-    unigram_prior: bool = False  # final LayerNorm bias fitted so the logits start at log p(token)
+    config: str = param("tiny", "tiny, small, ct-10m, ct-124m or a config JSON file")
+    init: str = param("spectral", "spectral (the CT recipe), random, or embeddings (E only)", choices=INITS)
+    # compact vocabulary size V_model, "corpus", or None (full tokenizer vocab)
+    vocab: int | str | None = param(None, "compact vocabulary: top-N corpus tokens + <unk>, or 'corpus' (every "
+                                    "token that occurs)", parse=_vocab_arg)
+    seed: int = param(0, "random seed", parse=NON_NEGATIVE)
+    width: int | None = param(None, "override n_embd, keeping the head size (width sweeps)", cli=False)
+    recipe: str = param("rotated", "rotated: E in a seeded random orthonormal basis first; literal: the paper's "
+                        "recipe, degenerate (scaled permutations) for SVD-basis embeddings", choices=RECIPES)
+    embed_scale: str = param("matched", "matched: token embedding norm-matched to a random init; unscaled: E as k0 "
+                             "wrote it", choices=EMBED_SCALES)
+    tie_head: bool = param(True, "a separate output head instead of the tied one", flag="--untied-head", negate=True)
+    unigram_prior: bool = param(False, "fit the final LayerNorm bias so the initial logits approximate log unigram "
+                                "probabilities")
 
     def __post_init__(self):
         if self.init not in INITS:
@@ -270,7 +292,7 @@ def seed_model(embeddings, workspace: Workspace | None = None, *, params: SeedPa
 
     ws = workspace or embeddings.workspace
     params = params or SeedParams()
-    fp = fingerprint("model", FORMAT_VERSION, asdict(params), {"embeddings": embeddings.fingerprint})
+    fp = STAGE.fingerprint(params, {"embeddings": embeddings.fingerprint})
 
     def build(path: str) -> dict:
         E, _spectrum, _active, attrs = load_embeddings(embeddings)
@@ -305,43 +327,9 @@ def _local_tmp(path: str) -> str:
     return os.path.join(tempfile.mkdtemp(prefix="ctstore-model-"), os.path.basename(path))
 
 
-def add_parser(sub, common) -> None:
-    s = sub.add_parser("seed", help="embeddings -> PhotonicGPT (spectral seeding or random init)")
-    s.add_argument("embeddings", help="embeddings artifact fingerprint (or unique prefix)")
-    s.add_argument("--config", default="tiny", help="tiny, small, ct-10m, ct-124m or a config JSON file")
-    s.add_argument("--init", default="spectral", choices=list(INITS))
-    s.add_argument("--vocab", type=_vocab_arg, default=None,
-                   help="compact vocabulary: top-N corpus tokens + <unk>, or 'corpus' (every token that occurs)")
-    s.add_argument("--seed", type=int, default=0)
-    s.add_argument("--recipe", default="rotated", choices=list(RECIPES),
-                   help="rotated (default): E in a seeded random orthonormal basis first; literal: the paper's "
-                        "recipe, degenerate (scaled permutations) for SVD-basis embeddings")
-    s.add_argument("--embed-scale", default="matched", choices=list(EMBED_SCALES),
-                   help="matched: token embedding norm-matched to a random init; unscaled: E as k0 wrote it")
-    s.add_argument("--untied-head", action="store_true", help="a separate output head instead of the tied one")
-    s.add_argument("--unigram-prior", action="store_true",
-                   help="fit the final LayerNorm bias so the initial logits approximate log unigram probabilities")
-    common(s)
-
-
-def _vocab_arg(text: str):
-    """``--vocab``: 'corpus' or a positive integer (checked at parse time, one-line error)."""
-    import argparse
-
-    if text == "corpus":
-        return text
-    try:
-        value = int(text)
-    except ValueError:
-        value = 0
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"must be a positive integer or 'corpus', not {text!r}")
-    return value
-
-
-def run_cli(args, ws):
-    emb = ws.get(args.embeddings, kind="embeddings")
-    params = SeedParams(args.config, args.init, args.vocab, args.seed, recipe=args.recipe,
-                        embed_scale=args.embed_scale, tie_head=not args.untied_head,
-                        unigram_prior=args.unigram_prior)
-    return seed_model(emb, ws, params=params, force=args.force)
+STAGE = Stage(
+    name="seed", kind="model", params=SeedParams, code_version=FORMAT_VERSION,
+    help="embeddings -> PhotonicGPT (spectral seeding or random init)",
+    inputs=(Input("embeddings", "embeddings", "embeddings artifact fingerprint (or unique prefix)"),),
+    run=lambda ws, inputs, params, opts: seed_model(inputs["embeddings"], ws, params=params, force=opts["force"]),
+)

@@ -76,6 +76,8 @@ class Option:
     dest: str | None = None
     metavar: str | None = None
     repeat: bool = False
+    required: bool = False
+    short: str | None = None
 
     @property
     def name(self) -> str:
@@ -134,6 +136,7 @@ class Stage:
             value = getattr(args, inp.name)
             inputs[inp.name] = ws.get(value, kind=inp.kind) if inp.kind else value
         options = {opt.name: getattr(args, opt.name) for opt in self.options}
+        options["json"] = args.json
         if self.compute:
             options.update(memory=args.memory, scheduler=args.scheduler, force=args.force)
         return self.run(ws, inputs, self.params_from_args(args), options)
@@ -167,14 +170,15 @@ def _add_param_flag(parser: argparse.ArgumentParser, f: dataclasses.Field, annot
 
 
 def _add_option(parser: argparse.ArgumentParser, opt: Option) -> None:
+    names = [opt.flag] + ([opt.short] if opt.short else [])
     if opt.switch:
-        parser.add_argument(opt.flag, dest=opt.name, action="store_true", help=opt.help)
+        parser.add_argument(*names, dest=opt.name, action="store_true", help=opt.help)
     elif opt.repeat:
-        parser.add_argument(opt.flag, dest=opt.name, action="append", default=[], metavar=opt.metavar,
+        parser.add_argument(*names, dest=opt.name, action="append", default=[], metavar=opt.metavar,
                             help=opt.help)
     else:
-        parser.add_argument(opt.flag, dest=opt.name, default=opt.default, type=opt.parse, choices=opt.choices,
-                            metavar=opt.metavar, help=opt.help)
+        parser.add_argument(*names, dest=opt.name, default=opt.default, type=opt.parse, choices=opt.choices,
+                            metavar=opt.metavar, required=opt.required, help=opt.help)
 
 
 def _show(value) -> str:

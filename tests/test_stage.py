@@ -61,7 +61,7 @@ def test_every_parameter_of_every_registered_stage_has_a_flag_with_help():
     assert len(_registered()) >= 3
     for stage in _registered():
         actions = {a.dest: a for a in sub[stage.name]._actions}
-        for f in dataclasses.fields(stage.params or ()):
+        for f in dataclasses.fields(stage.params) if stage.params else ():
             if f.metadata.get("cli", False):
                 assert f.name in actions, (stage.name, f.name)
                 assert actions[f.name].help, (stage.name, f.name)
