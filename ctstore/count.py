@@ -913,6 +913,35 @@ def _param_dict(params: CountParams) -> dict:
     return {k: v for k, v in asdict(params).items() if not (k == "val_fraction" and v is None)}
 
 
+
+def plan_lines(ws, inputs, params: CountParams, opts) -> list[str]:
+    """``ctstore count --plan``: the path a count would take and its projected memory, from metadata only."""
+    from .cluster import CLIENT_RESERVE, plan_cluster
+    from .units import parse_memory
+
+    tokens = inputs["tokens"]
+    shards = TokenShards.from_artifact(tokens)
+    budget = parse_memory(opts["memory"])
+    scheduler = opts["scheduler"] or "local"
+    lines = [f"count {tokens}: {shards.n_tokens} tokens, V={shards.n_vocab}, lags 1..{params.lags}"
+             + (f", training documents only (validation fraction {params.val_fraction})"
+                if params.val_fraction else "")]
+    room = budget - CLIENT_RESERVE
+    coarse = shards.n_tokens * FUSED_BYTES_PER_TOKEN + HeadWork.nbytes(HEAD_CHOICES[-1], HEAD_PIECE)
+    if not opts["spill"] and scheduler == "local" and coarse <= room * 3 // 4:  # _count_one_pass's two checks
+        need = _one_pass_bytes_from_unigram(tokens, shards, params.lags, None)
+        if need is not None and need <= room:
+            lines.append(f"one pass in this process: projected peak {format_bytes(need + CLIENT_RESERVE)} "
+                         f"of the {format_bytes(budget)} budget (no spill, no cluster)")
+            return lines
+        lines.append("one pass does not fit: " + (f"projected {format_bytes(need + CLIENT_RESERVE)} > "
+                                                   f"{format_bytes(budget)}" if need is not None else
+                                                   "no unigram to project from"))
+    cluster = plan_cluster(budget, in_process=scheduler == "sync")
+    plan = plan_count(shards.n_vocab, list(shards.shards), params.lags, cluster.task_memory)
+    return lines + [plan.describe(), cluster.describe()]
+
+
 STAGE = Stage(
     name="count", kind="counts", params=CountParams, code_version=FORMAT_VERSION,
     help="tokens -> lag-k co-occurrence count store (Zarr CSR)",
@@ -922,4 +951,5 @@ STAGE = Stage(
     run=lambda ws, inputs, params, opts: count_cooccurrences(
         inputs["tokens"], ws, params=params, memory=opts["memory"], scheduler=opts["scheduler"], force=opts["force"],
         spill=opts["spill"]),
+    plan=plan_lines,
 )

@@ -103,6 +103,9 @@ class Stage:
     options: tuple[Option, ...] = ()
     code_version: int = 1
     compute: bool = True  # accepts --memory, --scheduler and --force
+    # plan(ws, inputs, params, options) -> lines: what run would do and the memory it projects, from
+    # metadata only (no data read, nothing written); offered as --plan
+    plan: Callable | None = None
 
     def fingerprint(self, params: Any, inputs: dict, sources: list | None = None) -> str:
         return fingerprint(self.name, self.code_version, params, inputs, sources)
@@ -119,6 +122,9 @@ class Stage:
                     _add_param_flag(s, f, hints[f.name])
         for opt in self.options:
             _add_option(s, opt)
+        if self.plan is not None:
+            s.add_argument("--plan", action="store_true",
+                           help="print what would run and its projected memory, then exit (nothing is written)")
         common(s, compute=self.compute)
         return s
 
@@ -139,7 +145,12 @@ class Stage:
         options["json"] = args.json
         if self.compute:
             options.update(memory=args.memory, scheduler=args.scheduler, force=args.force)
-        return self.run(ws, inputs, self.params_from_args(args), options)
+        params = self.params_from_args(args)
+        if getattr(args, "plan", False):
+            lines = self.plan(ws, inputs, params, options)
+            print(json.dumps({"stage": self.name, "plan": lines}) if args.json else "\n".join(lines))
+            return None
+        return self.run(ws, inputs, params, options)
 
 
 def _base_type(annotation) -> type | None:

@@ -88,3 +88,27 @@ def test_generated_flags_refuse_bad_values_in_one_line(argv, flag, capsys):
         build_parser().parse_args(argv)
     err = capsys.readouterr().err
     assert exit_.value.code == 2 and err.count("\n") == 1 and err.startswith(f"ctstore: error: {flag}")
+
+
+def test_count_plan_writes_nothing_and_predicts_what_the_run_does(tmp_path):
+    import os
+    import re
+    import subprocess
+    import sys
+
+    def cli(*args):
+        proc = subprocess.run([sys.executable, "-m", "ctstore.cli", *args, "-w", str(tmp_path / "ws")],
+                              capture_output=True, text=True, env={**os.environ, "CTSTORE_NO_PROGRESS": "1"})
+        assert proc.returncode == 0, proc.stderr
+        return proc.stdout
+
+    tokens = json.loads(cli("synth", "--vocab", "3000", "--tokens", "300K", "--json"))["fingerprint"]
+    plan = cli("count", tokens, "--lags", "3", "--plan")
+    assert "one pass in this process" in plan
+    assert not os.path.exists(tmp_path / "ws" / "counts"), "--plan wrote something"
+    done = json.loads(cli("count", tokens, "--lags", "3", "--json"))
+    assert "one-pass" in json.dumps(done)
+    spilled = json.loads(cli("count", tokens, "--lags", "3", "--spill", "--scheduler", "sync", "--plan", "--json"))
+    tasks = int(re.search(r"(\d+) map task", " ".join(spilled["plan"])).group(1))
+    done = json.loads(cli("count", tokens, "--lags", "3", "--spill", "--scheduler", "sync", "--force", "--json"))
+    assert f'"map_tasks": {tasks}' in json.dumps(done, sort_keys=True)
