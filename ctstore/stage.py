@@ -55,12 +55,13 @@ def param(default: Any = dataclasses.MISSING, help: str = "", *, flag: str | Non
 
 @dataclass(frozen=True)
 class Input:
-    """A positional argument of a stage: an artifact of ``kind`` (by fingerprint or prefix) or, with kind None, text."""
+    """An input of a stage: an artifact of ``kind`` (by fingerprint or prefix) or, with kind None, text."""
 
     name: str
     kind: str | None
     help: str
     nargs: str | None = None
+    flag: bool = False  # given as a required --<name> flag instead of a positional argument
 
 
 @dataclass(frozen=True)
@@ -114,7 +115,10 @@ class Stage:
     def add_parser(self, sub, common) -> argparse.ArgumentParser:
         s = sub.add_parser(self.name, help=self.help)
         for inp in self.inputs:
-            s.add_argument(inp.name, nargs=inp.nargs, help=inp.help)
+            if inp.flag:
+                s.add_argument(f"--{inp.name}", dest=inp.name, required=True, help=inp.help)
+            else:
+                s.add_argument(inp.name, nargs=inp.nargs, help=inp.help)
         if self.params is not None:
             hints = typing.get_type_hints(self.params)
             for f in dataclasses.fields(self.params):
