@@ -9,7 +9,7 @@ from __future__ import annotations
 import importlib
 
 STAGES: dict[str, str] = {
-    "k0": "ctstore.k0",
+    "k0": "ctstore.embed.stage",
     "seed": "ctstore.seed",
     "sft": "ctstore.sft",
     "eval": "ctstore.sft",

@@ -7,9 +7,9 @@ import scipy.sparse.linalg as spla
 import zarr
 
 from ctstore.errors import CtstoreError
-from ctstore.circulant import circulant_matrix, circulant_svd, literal_k0
+from ctstore.embed.circulant import circulant_matrix, circulant_svd, literal_k0
 from ctstore.formats.counts import CountStore
-from ctstore.k0 import K0Params, embed_counts, load_embeddings
+from ctstore.embed import K0Params, embed_counts, load_embeddings
 
 
 def reference_x(counts, n: int, lags: int, symmetric=False, weights=None) -> np.ndarray:
@@ -128,7 +128,7 @@ def test_both_solvers_agree_with_dense_numpy_svd(session_ws, sample_counts, kern
 
 
 def test_solver_choice_and_budget(session_ws, sample_counts):
-    from ctstore.k0 import choose_solver, svds_bytes
+    from ctstore.embed.sparse import choose_solver, svds_bytes
 
     params = K0Params(dim=16, v_eff=512, lags=2, kernel="none")
     emb = embed_counts(sample_counts, session_ws, scheduler="sync", params=params, memory="2GB")
@@ -194,7 +194,7 @@ def test_kernel_of_wrong_shape(session_ws, sample_counts, tmp_path):
 
 
 def test_fft2_refuses_when_disk_is_short():
-    from ctstore.fft2 import plan_fft2
+    from ctstore.embed.fft2 import plan_fft2
 
     with pytest.raises(CtstoreError, match=r"needs .* of disk .* only .* free"):
         plan_fft2(16384, 2**30, free_disk=10**9)
@@ -211,15 +211,15 @@ def test_fft2_pipeline_matches_exact_on_small_n(session_ws, sample_counts):
 @pytest.mark.slow
 def test_out_of_core_fft2_equals_numpy_at_8192(sample_counts, tmp_path):
     from ctstore.cluster import Runner
-    from ctstore.fft2 import fft2_convolve, plan_fft2
-    from ctstore.operator import _save_csr
+    from ctstore.embed.fft2 import fft2_convolve, plan_fft2
+    from ctstore.formats.csr import save_csr
 
     n = 8192
     x = reference_x(sample_counts, n, 2)
     rng = np.random.default_rng(0)
     k = rng.standard_normal(n)
     np.save(tmp_path / "k.npy", k)
-    _save_csr(str(tmp_path / "x"), sp.csr_matrix(x.astype(np.float32)))
+    save_csr(str(tmp_path / "x"), sp.csr_matrix(x.astype(np.float32)))
     with Runner("3GB", "sync") as runner:
         plan = plan_fft2(n, 2**28, 10**12)
         w_url = fft2_convolve(runner, ("csr", str(tmp_path / "x")), ("circulant", str(tmp_path / "k.npy")), n,
@@ -235,12 +235,12 @@ def test_fft2_circulant_and_dense_kernels_equal_numpy(tmp_path, n):
     """The circulant kernel's row spectra come from the shift theorem, a dense kernel's from its stored
     row pass: both must give numpy's float64 formula (single-precision transforms, bands of odd sizes)."""
     from ctstore.cluster import Runner
-    from ctstore.fft2 import Fft2Plan, fft2_convolve
-    from ctstore.operator import _save_csr
+    from ctstore.embed.fft2 import Fft2Plan, fft2_convolve
+    from ctstore.formats.csr import save_csr
 
     rng = np.random.default_rng(3)
     x = sp.random(n, n, density=0.05, random_state=3, format="csr", dtype=np.float32)
-    _save_csr(str(tmp_path / "x"), x)
+    save_csr(str(tmp_path / "x"), x)
     k = rng.standard_normal(n)
     np.save(tmp_path / "k.npy", k)
     dense = rng.standard_normal((n, n)).astype(np.float32)
@@ -259,11 +259,12 @@ def test_fft2_circulant_and_dense_kernels_equal_numpy(tmp_path, n):
 
 
 def test_randomized_svd_that_cannot_fit_the_budget_fails_at_plan_time():
-    from ctstore.k0 import _runner_for
+    from ctstore.embed import plan_memory
 
     with pytest.raises(CtstoreError, match=r"k0 randomized SVD \(V_eff=131072, l=384\): needs .* per task"):
-        _runner_for(K0Params(dim=256, kernel="none", oversample=128), 131072, "2GB", "local")
-    assert _runner_for(K0Params(dim=256, kernel="none", oversample=128), 131072, "4GB", "local").plan.n_workers >= 1
+        plan_memory(K0Params(dim=256, kernel="none", oversample=128), 131072, 131072, "2GB", "local")
+    assert plan_memory(K0Params(dim=256, kernel="none", oversample=128), 131072, 131072, "4GB",
+                       "local").cluster.n_workers >= 1
 
 
 @pytest.mark.parametrize("unigram,params,memory,expected_v_eff", [
@@ -272,7 +273,7 @@ def test_randomized_svd_that_cannot_fit_the_budget_fails_at_plan_time():
     ([1] * 100_000, dict(dim=8, method="fft2"), 8 * 1000 ** 2, 1000),  # dense: floor(sqrt(bytes / 8))
 ])
 def test_v_eff_planner_table(unigram, params, memory, expected_v_eff):
-    from ctstore.k0 import plan_k0
+    from ctstore.embed import plan_k0
 
     plan = plan_k0(np.array(unigram, dtype=np.uint64), 10, K0Params(**params), memory)
     assert plan.v_eff == expected_v_eff

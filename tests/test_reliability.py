@@ -573,7 +573,7 @@ def _leftovers(ws_root: str, kind: str) -> list[str]:
 
 def test_disk_full_during_seed_and_sft_fails_in_one_line_and_leaves_nothing(tiny_disk, capsys):
     from ctstore.cli import main
-    from ctstore.k0 import K0Params, embed_counts
+    from ctstore.embed import K0Params, embed_counts
     from conftest import write_tokens
 
     subprocess.run(["mount", "-o", "remount,size=16M", str(tiny_disk)], check=True)
@@ -625,11 +625,11 @@ def _main_json(capsys, argv):
 @pytest.mark.slow
 def test_k0_is_bit_identical_in_process_and_on_a_local_cluster(ws, small_counts, monkeypatch):
     """Many operator blocks (so sums have many terms to reorder); sync vs a 2-worker LocalCluster."""
-    from ctstore import operator as operator_module
-    from ctstore.k0 import K0Params, embed_counts, load_embeddings
+    from ctstore.embed import blocks as operator_module
+    from ctstore.embed import K0Params, embed_counts, load_embeddings
 
     real = operator_module.plan_row_blocks_by_nnz
-    monkeypatch.setattr(operator_module, "plan_row_blocks_by_nnz", lambda row_nnz: real(row_nnz, target=1500))
+    monkeypatch.setattr(operator_module, "plan_row_blocks_by_nnz", lambda row_nnz, target: real(row_nnz, 1500))
     cases = [K0Params(dim=8, v_eff=1024),  # circulant exact: diagonal sums folded over tasks
              # randomized SVD of PPMI: operator column sums, then Aᵀ·Q partial sums folded over tasks
              K0Params(dim=8, v_eff=1024, kernel="ppmi", power_iters=1, weighting="inverse-distance")]
