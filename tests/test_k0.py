@@ -279,3 +279,107 @@ def test_v_eff_planner_table(unigram, params, memory, expected_v_eff):
     assert plan.v_eff == expected_v_eff
     top = np.sort(np.array(unigram))[::-1][:expected_v_eff].sum() / np.sum(unigram)
     assert plan.coverage == pytest.approx(top)
+
+
+# ---------------------------------------------------------------------------------------
+# memory model (issue 11): every method's plan, checked against --memory before any work
+
+MiB = 2**20
+RESERVE = 400 * MiB  # the client's fixed share (ctstore.cluster.CLIENT_RESERVE), written out independently
+
+
+@pytest.mark.parametrize("params,n,task,client", [
+    # exact circulant: g per task; client: folded + arriving g, u and v float64, rows float32, 3 temporaries
+    (dict(dim=16), 1000, 1000 * 8, 2 * 1000 * 8 + 1000 * 16 * 20 + 3 * 1000 * 8),
+    # randomized SVD, l = d + oversample = 30: two panels per task, five in the client (float32 n × l)
+    (dict(dim=10, kernel="none", oversample=20), 1000, 2 * 1000 * 30 * 4, 5 * 1000 * 30 * 4),
+    # hierarchical, n = 100: 10 groups of 10; per task 10·10 + 10·10 float64 sums
+    (dict(dim=8, hierarchical=True), 100, 200 * 8, 2 * 200 * 8 + 100 * 8 + 100 * 8 * 4 + 2 * 10 * 8 * 8),
+    # fft2: the SVD's panels (l = 64 + 8 = 72, capped at n = 64) plus one 40-byte-per-entry row band per task;
+    # the client the five panels and the folded diagonal sums, never X
+    (dict(dim=8, method="fft2"), 64, 2 * 64 * 64 * 4 + 40 * 64, 5 * 64 * 64 * 4 + 2 * 64 * 8),
+])
+def test_memory_plan_figures_table(params, n, task, client):
+    from ctstore.embed import plan_memory
+
+    V = 5000
+    memory = 600 * 10**6
+    plan = plan_memory(K0Params(**params), n, V, memory, "sync", max_row_entries=10)
+    shared = 9 * V  # the int64 rank map and the bool active mask every task receives
+    assert plan.task_bytes == task + shared and plan.client_bytes == client
+    # in-process: a task has what the reserve and the client leave; blocks take the rest at 64 bytes/entry
+    room = memory - RESERVE - client - (task + shared)
+    assert plan.cluster.task_memory == memory - RESERVE - client
+    assert plan.block_entries == min(4 << 20, room // 64)
+
+
+def test_memory_plan_refuses_naming_method_and_shortfall():
+    from ctstore.embed import plan_memory
+
+    from ctstore.units import format_bytes
+
+    params = K0Params(dim=10, kernel="none", oversample=20)
+    n, V = 400_000, 5000  # panels of 48 MB: a task's fixed share is over the cluster's 64 MiB minimum
+    task, client = 2 * n * 30 * 4 + 9 * V, 5 * n * 30 * 4
+    smallest_block = (1 << 16) * 64
+    memory = RESERVE + client + task + smallest_block - 1000  # one block of 64K entries does not fit by 1000 B
+    with pytest.raises(CtstoreError) as err:
+        plan_memory(params, n, V, memory, "sync")
+    message = str(err.value)
+    assert message.startswith("k0 randomized SVD (V_eff=400000, l=30): needs") and "\n" not in message
+    assert f"needs {format_bytes(task + smallest_block)} per task and {format_bytes(client)} in the client" in message
+    assert f"{format_bytes(1000)} short" in message
+    assert plan_memory(params, n, V, memory + 1000, "sync").block_entries == 1 << 16
+    # a row longer than the smallest block needs its own room
+    with pytest.raises(CtstoreError, match="short"):
+        plan_memory(params, n, V, memory + 1000, "sync", max_row_entries=(1 << 16) + 1)
+    with pytest.raises(CtstoreError, match=r"k0 circulant exact: needs .* too small"):
+        plan_memory(K0Params(dim=4), 1000, V, "1KB", "local")
+
+
+@pytest.mark.parametrize("kernel", ["circulant", "none"])
+def test_blocks_sized_from_a_small_budget_give_the_same_embeddings(session_ws, sample_counts, kernel):
+    from ctstore.embed import plan_memory
+    from ctstore.embed.blocks import row_entries
+
+    params = K0Params(dim=16, v_eff=1024, lags=10, kernel=kernel, power_iters=2)
+    store = CountStore.from_artifact(sample_counts)
+    V = store.n_vocab
+    roomy = plan_memory(params, 1024, V, "4GB", "sync")
+    # the smallest in-process budget: a task gets the cluster's 64 MiB minimum, blocks what is left of it
+    memory = RESERVE + roomy.client_bytes + 64 * MiB
+    entries = (64 * MiB - roomy.task_bytes) // 64
+    assert plan_memory(params, 1024, V, memory, "sync").block_entries == entries < roomy.block_entries
+    assert int(row_entries(store, list(range(1, 11))).sum()) > 2 * entries  # so at least three blocks
+    ref = embed_counts(sample_counts, session_ws, scheduler="sync", params=params)
+    E_ref, s_ref, active, _ = load_embeddings(ref)
+    small = embed_counts(sample_counts, session_ws, scheduler="sync", params=params, memory=memory, force=True)
+    E, s, _, _ = load_embeddings(small)
+    assert small.fingerprint == ref.fingerprint
+    assert np.allclose(s, s_ref, rtol=1e-6)
+    assert np.allclose(E[active], E_ref[active], rtol=1e-6, atol=1e-6 * np.abs(E_ref[active]).max())
+
+
+def test_fft2_band_shuffle_reassembles_x_without_the_client(sample_counts, tmp_path):
+    """Operator blocks spilled by rank-row band in tasks, and bands read back, equal X (rows of any band)."""
+    from ctstore.cluster import Runner, round_robin
+    from ctstore.embed.blocks import build_operator, row_entries
+    from ctstore.embed.fft2 import _dense_rows, band_spill_task
+
+    n, lags = 700, 2
+    store = CountStore.from_artifact(sample_counts)
+    active = store.rank[:n].astype(np.int64)
+    inv_rank = np.full(store.n_vocab, -1, np.int64)
+    inv_rank[active] = np.arange(n)
+    nnz = int(row_entries(store, [1, 2]).sum())
+    with Runner("2GB", "sync") as runner:
+        spec = build_operator(store, runner, str(tmp_path / "op"), lags=[1, 2], weights=[1.0, 1.0], symmetric=False,
+                              active=active, transform="log1p", ppmi_alpha=1.0, block_entries=nnz // 3)
+        assert len(spec.blocks) >= 3
+        runner.map(band_spill_task, [(spec, g, inv_rank, 97, str(tmp_path)) for g in round_robin(spec.blocks, 2)],
+                   desc="spill")
+    x = reference_x(sample_counts, n, lags).astype(np.float32)
+    source = ("bands", (str(tmp_path), tuple(r0 for r0, _ in spec.blocks)))
+    for i0 in range(0, n, 97):
+        i1 = min(n, i0 + 97)
+        assert np.allclose(_dense_rows(source, i0, i1, n), x[i0:i1], rtol=1e-6, atol=0)
