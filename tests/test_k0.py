@@ -159,7 +159,14 @@ def test_ppmi_operator_runs_and_is_nonnegative_spectrum(session_ws, sample_count
 
 
 def test_hierarchical_runs_and_is_compared_with_dense(session_ws, sample_counts):
+    """The two-level embedding equals one built from the dense co-occurrence matrix in numpy (group sums,
+    within-group blocks, their diagonal sums), and its agreement with dense K0 is the agreement of the
+    references, recomputed here with scipy (cosines by pdist, Pearson by pearsonr)."""
+    from scipy.spatial.distance import pdist
+    from scipy.stats import pearsonr
+
     from ctstore.analysis.compare import embedding_agreement
+    from ctstore.embed.circulant import circulant_embedding
 
     n, d = 2048, 32
     hier = embed_counts(sample_counts, session_ws, scheduler="sync",
@@ -168,8 +175,33 @@ def test_hierarchical_runs_and_is_compared_with_dense(session_ws, sample_counts)
     Eh, _, active, attrs = load_embeddings(hier)
     Ed, _, _, _ = load_embeddings(dense)
     agreement = embedding_agreement(Eh[active], Ed[active], sample=512, seed=0)
-    assert -1.0 <= agreement <= 1.0 and np.isfinite(agreement)
     assert hier.manifest["groups"] == int(np.ceil(np.sqrt(n)))
+
+    def diagonals(x):  # g[m] = Σ_i x[i, (i + m) mod k], by fancy indexing
+        k = x.shape[0]
+        i = np.arange(k)[:, None]
+        return x[i, (i + np.arange(k)[None, :]) % k].sum(axis=0)
+
+    D = np.expm1(reference_x(sample_counts, n, 10))  # raw lag sums on the active set, rank order
+    size = int(np.ceil(n / int(np.ceil(np.sqrt(n)))))
+    group = np.arange(n) // size
+    n_groups = group[-1] + 1
+    indicator = np.zeros((n, n_groups))
+    indicator[np.arange(n), group] = 1
+    e_group = circulant_embedding(diagonals(np.log1p(indicator.T @ D @ indicator)), d - d // 2)[0]
+    ref = np.zeros((n, d))
+    ref[:, : e_group.shape[1]] = e_group[group]
+    for g in range(n_groups):
+        lo, hi = g * size, min(n, (g + 1) * size)
+        sums = diagonals(np.log1p(D[lo:hi, lo:hi]))
+        if sums.any():
+            e_within = circulant_embedding(sums, min(d // 2, hi - lo))[0]
+            ref[lo:hi, d - d // 2: d - d // 2 + e_within.shape[1]] = e_within
+    assert np.allclose(Eh[active], ref, atol=1e-5 * np.abs(ref).max())
+    ref_dense = circulant_embedding(diagonals(np.log1p(D)), d)[0]
+    idx = np.random.default_rng(0).choice(n, size=512, replace=False)  # the sample embedding_agreement draws
+    expected = pearsonr(1 - pdist(ref[idx], "cosine"), 1 - pdist(ref_dense[idx].astype(np.float64), "cosine"))[0]
+    assert agreement == pytest.approx(expected, abs=1e-4)
 
 
 @pytest.mark.parametrize("params,message", [
