@@ -35,7 +35,7 @@ from .budget import MemoryPlan, fit
 
 __all__ = [
     "diagonal_sums", "k0_from_diagonals", "circulant_first_row", "circulant_matrix",
-    "circulant_svd", "literal_k0", "circulant_embedding", "plan", "embed",
+    "circulant_svd", "literal_k0", "circulant_embedding", "plan", "diagonals", "embed",
 ]
 
 
@@ -157,10 +157,15 @@ def diagonal_task(spec, block_group, inv_rank: np.ndarray, n: int) -> np.ndarray
     return g
 
 
+def diagonals(runner, spec, groups, inv_rank: np.ndarray, n: int) -> np.ndarray:
+    """g of the whole operator: one task per block group, folded in group order (same bits anywhere)."""
+    return runner.map_reduce(diagonal_task, [(spec, grp, inv_rank, n) for grp in groups],
+                             lambda acc, x: x if acc is None else acc + x, desc="k0 diagonals")
+
+
 def embed(runner, spec, groups, inv_rank: np.ndarray, n: int, d: int):
     """``(rows, spectrum, attrs, first_row)`` of the exact K0 of the operator ``spec`` (rank order)."""
-    g = runner.map_reduce(diagonal_task, [(spec, grp, inv_rank, n) for grp in groups],
-                          lambda acc, x: x if acc is None else acc + x, desc="k0 diagonals")
+    g = diagonals(runner, spec, groups, inv_rank, n)
     rows, spectrum, modes, first_row = circulant_embedding(g, d)
     attrs = {"paired_modes": sum(1 for _, kind in modes if kind != "single") // 2,
              "first_row_norm": float(np.linalg.norm(first_row))}

@@ -45,7 +45,7 @@ from ..log import log
 from ..units import format_bytes
 from .blocks import load_block
 from .budget import MemoryPlan, fit
-from .circulant import diagonal_task
+from .circulant import diagonals
 from .products import block_products
 from .rsvd import RsvdParams, randomized_svd
 from .sparse import rsvd_bytes
@@ -221,8 +221,7 @@ def embed(runner, spec, groups, inv_rank: np.ndarray, n: int, params, scratch: s
           nnz: int):
     """``(rows, spectrum, {}, None)``: the literal formula's W, then ``U_d · √S_d`` of W (rank order)."""
     if params.kernel == "circulant":  # k0 from the diagonal sums, as the exact path computes them
-        g = runner.map_reduce(diagonal_task, [(spec, grp, inv_rank, n) for grp in groups],
-                              lambda acc, x: x if acc is None else acc + x, desc="k0 diagonals")
+        g = diagonals(runner, spec, groups, inv_rank, n)
         k_path = os.path.join(scratch, "k0.npy")
         np.save(k_path, g / n)
         k_source = ("circulant", k_path)
