@@ -206,7 +206,7 @@ def bench_count(quick: bool) -> dict:
 
 
 def bench_k0(quick: bool) -> dict:
-    from ctstore.circulant import circulant_first_row, diagonal_sums, literal_k0
+    from ctstore.embed.circulant import circulant_first_row, diagonal_sums, literal_k0
 
     out = {}
     n = 1024 if quick else 4096
@@ -324,10 +324,11 @@ def _bench_k0_solver(quick: bool) -> dict:
 
 def _bench_rsvd(quick: bool) -> dict:
     import scipy.sparse as sp
-    from sklearn.utils.extmath import randomized_svd
+    from sklearn.utils.extmath import randomized_svd as sklearn_randomized_svd
 
     from ctstore.cluster import Runner
-    from ctstore.rsvd import RsvdParams, randomized_svd_blocks
+    from ctstore.embed.products import block_products
+    from ctstore.embed.rsvd import RsvdParams, randomized_svd
 
     V = 8192 if quick else 32768
     rng = np.random.default_rng(0)
@@ -339,14 +340,15 @@ def _bench_rsvd(quick: bool) -> dict:
     a.sum_duplicates()
     d, q = 256, 2
     start = time.perf_counter()
-    _, s_ref, _ = randomized_svd(a, d, n_oversamples=128, n_iter=q, random_state=0)
+    _, s_ref, _ = sklearn_randomized_svd(a, d, n_oversamples=128, n_iter=q, random_state=0)
     t_ref = time.perf_counter() - start
     blocks = [(i, min(V, i + 4096)) for i in range(0, V, 4096)]
     global _BENCH_MATRIX
     _BENCH_MATRIX = a
     with Runner("4GB", "sync") as runner:
         start = time.perf_counter()
-        _, s, _ = randomized_svd_blocks(runner, _bench_rows, blocks, V, V, d, RsvdParams(128, q, 0))
+        matmul, rmatmul = block_products(runner, _bench_rows, blocks, V)
+        _, s = randomized_svd(matmul, rmatmul, V, V, d, RsvdParams(128, q, 0))
         t_ours = time.perf_counter() - start
     return {"V": V, "nnz": int(a.nnz), "d": d, "q": q, "oversample": 128, "sklearn_s": t_ref, "ctstore_s": t_ours,
             "time_ratio": t_ours / t_ref, "max_rel_sv_diff": float(np.max(np.abs(s - s_ref) / s_ref)),
@@ -394,9 +396,13 @@ if mode.startswith("inmemory"):
     print(json.dumps({"wall_s": time.perf_counter() - start}))
     sys.exit(0)
 from ctstore.cluster import Runner
-from ctstore.fft2 import fft2_convolve, plan_fft2
-from ctstore.operator import _save_csr
-_save_csr(f"{tmp}/x", x)
+try:
+    from ctstore.embed.fft2 import fft2_convolve, plan_fft2
+    from ctstore.formats.csr import save_csr
+except ImportError:  # the old tree (before issue 11)
+    from ctstore.fft2 import fft2_convolve, plan_fft2
+    from ctstore.operator import _save_csr as save_csr
+save_csr(f"{tmp}/x", x)
 np.save(f"{tmp}/k.npy", k)
 if __name__ == "__main__":
     with Runner("2GB", "local") as runner:

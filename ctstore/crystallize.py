@@ -97,7 +97,7 @@ def _jsonable(d: dict) -> dict:
 
 
 def _band_svd(ws, counts, params, config, layer: int, memory, scheduler):
-    from .k0 import K0Params, embed_counts, load_embeddings
+    from .embed import K0Params, embed_counts, load_embeddings
 
     band = len(params.betas)
     k0 = K0Params(dim=config.n_embd, lags=layer + band, lag_from=layer + 1,

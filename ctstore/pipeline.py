@@ -105,7 +105,7 @@ class Context:
                                    scheduler=self.scheduler)
 
     def embeddings(self, counts, k0: dict):
-        from .k0 import K0Params, embed_counts
+        from .embed import K0Params, embed_counts
 
         return embed_counts(counts, self.ws, params=K0Params(**k0), memory=self.memory, scheduler=self.scheduler)
 

@@ -288,7 +288,7 @@ def seed_model(embeddings, workspace: Workspace | None = None, *, params: SeedPa
                force: bool = False):
     """Build a PhotonicGPT from an embeddings artifact (or random) as a ``model`` artifact."""
     from .formats.counts import CountStore
-    from .k0 import load_embeddings
+    from .formats.embeddings import load_embeddings
 
     ws = workspace or embeddings.workspace
     params = params or SeedParams()

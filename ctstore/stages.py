@@ -16,7 +16,7 @@ REGISTRY: dict[str, str] = {
     "tokenize": "ctstore.tokenize",
     "synth": "ctstore.synth",
     "count": "ctstore.count",
-    "k0": "ctstore.k0",
+    "k0": "ctstore.embed.stage",
     "seed": "ctstore.seed",
     "crystallize": "ctstore.crystallize",
     "sft": "ctstore.sft",

@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 
 from ctstore.cluster import Runner, plan_cluster
-from ctstore.k0 import K0Params, embed_counts, load_embeddings
+from ctstore.embed import K0Params, embed_counts, load_embeddings
 
 
 @pytest.mark.parametrize("memory,workers,ok", [("2GB", 2, True), ("4GB", 2, True), ("600MB", 2, False)])

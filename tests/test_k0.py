@@ -7,9 +7,9 @@ import scipy.sparse.linalg as spla
 import zarr
 
 from ctstore.errors import CtstoreError
-from ctstore.circulant import circulant_matrix, circulant_svd, literal_k0
+from ctstore.embed.circulant import circulant_matrix, circulant_svd, literal_k0
 from ctstore.formats.counts import CountStore
-from ctstore.k0 import K0Params, embed_counts, load_embeddings
+from ctstore.embed import K0Params, embed_counts, load_embeddings
 
 
 def reference_x(counts, n: int, lags: int, symmetric=False, weights=None) -> np.ndarray:
@@ -128,7 +128,7 @@ def test_both_solvers_agree_with_dense_numpy_svd(session_ws, sample_counts, kern
 
 
 def test_solver_choice_and_budget(session_ws, sample_counts):
-    from ctstore.k0 import choose_solver, svds_bytes
+    from ctstore.embed.sparse import choose_solver, svds_bytes
 
     params = K0Params(dim=16, v_eff=512, lags=2, kernel="none")
     emb = embed_counts(sample_counts, session_ws, scheduler="sync", params=params, memory="2GB")
@@ -159,7 +159,14 @@ def test_ppmi_operator_runs_and_is_nonnegative_spectrum(session_ws, sample_count
 
 
 def test_hierarchical_runs_and_is_compared_with_dense(session_ws, sample_counts):
+    """The two-level embedding equals one built from the dense co-occurrence matrix in numpy (group sums,
+    within-group blocks, their diagonal sums), and its agreement with dense K0 is the agreement of the
+    references, recomputed here with scipy (cosines by pdist, Pearson by pearsonr)."""
+    from scipy.spatial.distance import pdist
+    from scipy.stats import pearsonr
+
     from ctstore.analysis.compare import embedding_agreement
+    from ctstore.embed.circulant import circulant_embedding
 
     n, d = 2048, 32
     hier = embed_counts(sample_counts, session_ws, scheduler="sync",
@@ -168,8 +175,33 @@ def test_hierarchical_runs_and_is_compared_with_dense(session_ws, sample_counts)
     Eh, _, active, attrs = load_embeddings(hier)
     Ed, _, _, _ = load_embeddings(dense)
     agreement = embedding_agreement(Eh[active], Ed[active], sample=512, seed=0)
-    assert -1.0 <= agreement <= 1.0 and np.isfinite(agreement)
     assert hier.manifest["groups"] == int(np.ceil(np.sqrt(n)))
+
+    def diagonals(x):  # g[m] = Σ_i x[i, (i + m) mod k], by fancy indexing
+        k = x.shape[0]
+        i = np.arange(k)[:, None]
+        return x[i, (i + np.arange(k)[None, :]) % k].sum(axis=0)
+
+    D = np.expm1(reference_x(sample_counts, n, 10))  # raw lag sums on the active set, rank order
+    size = int(np.ceil(n / int(np.ceil(np.sqrt(n)))))
+    group = np.arange(n) // size
+    n_groups = group[-1] + 1
+    indicator = np.zeros((n, n_groups))
+    indicator[np.arange(n), group] = 1
+    e_group = circulant_embedding(diagonals(np.log1p(indicator.T @ D @ indicator)), d - d // 2)[0]
+    ref = np.zeros((n, d))
+    ref[:, : e_group.shape[1]] = e_group[group]
+    for g in range(n_groups):
+        lo, hi = g * size, min(n, (g + 1) * size)
+        sums = diagonals(np.log1p(D[lo:hi, lo:hi]))
+        if sums.any():
+            e_within = circulant_embedding(sums, min(d // 2, hi - lo))[0]
+            ref[lo:hi, d - d // 2: d - d // 2 + e_within.shape[1]] = e_within
+    assert np.allclose(Eh[active], ref, atol=1e-5 * np.abs(ref).max())
+    ref_dense = circulant_embedding(diagonals(np.log1p(D)), d)[0]
+    idx = np.random.default_rng(0).choice(n, size=512, replace=False)  # the sample embedding_agreement draws
+    expected = pearsonr(1 - pdist(ref[idx], "cosine"), 1 - pdist(ref_dense[idx].astype(np.float64), "cosine"))[0]
+    assert agreement == pytest.approx(expected, abs=1e-4)
 
 
 @pytest.mark.parametrize("params,message", [
@@ -194,7 +226,7 @@ def test_kernel_of_wrong_shape(session_ws, sample_counts, tmp_path):
 
 
 def test_fft2_refuses_when_disk_is_short():
-    from ctstore.fft2 import plan_fft2
+    from ctstore.embed.fft2 import plan_fft2
 
     with pytest.raises(CtstoreError, match=r"needs .* of disk .* only .* free"):
         plan_fft2(16384, 2**30, free_disk=10**9)
@@ -211,15 +243,15 @@ def test_fft2_pipeline_matches_exact_on_small_n(session_ws, sample_counts):
 @pytest.mark.slow
 def test_out_of_core_fft2_equals_numpy_at_8192(sample_counts, tmp_path):
     from ctstore.cluster import Runner
-    from ctstore.fft2 import fft2_convolve, plan_fft2
-    from ctstore.operator import _save_csr
+    from ctstore.embed.fft2 import fft2_convolve, plan_fft2
+    from ctstore.formats.csr import save_csr
 
     n = 8192
     x = reference_x(sample_counts, n, 2)
     rng = np.random.default_rng(0)
     k = rng.standard_normal(n)
     np.save(tmp_path / "k.npy", k)
-    _save_csr(str(tmp_path / "x"), sp.csr_matrix(x.astype(np.float32)))
+    save_csr(str(tmp_path / "x"), sp.csr_matrix(x.astype(np.float32)))
     with Runner("3GB", "sync") as runner:
         plan = plan_fft2(n, 2**28, 10**12)
         w_url = fft2_convolve(runner, ("csr", str(tmp_path / "x")), ("circulant", str(tmp_path / "k.npy")), n,
@@ -235,12 +267,12 @@ def test_fft2_circulant_and_dense_kernels_equal_numpy(tmp_path, n):
     """The circulant kernel's row spectra come from the shift theorem, a dense kernel's from its stored
     row pass: both must give numpy's float64 formula (single-precision transforms, bands of odd sizes)."""
     from ctstore.cluster import Runner
-    from ctstore.fft2 import Fft2Plan, fft2_convolve
-    from ctstore.operator import _save_csr
+    from ctstore.embed.fft2 import Fft2Plan, fft2_convolve
+    from ctstore.formats.csr import save_csr
 
     rng = np.random.default_rng(3)
     x = sp.random(n, n, density=0.05, random_state=3, format="csr", dtype=np.float32)
-    _save_csr(str(tmp_path / "x"), x)
+    save_csr(str(tmp_path / "x"), x)
     k = rng.standard_normal(n)
     np.save(tmp_path / "k.npy", k)
     dense = rng.standard_normal((n, n)).astype(np.float32)
@@ -259,11 +291,12 @@ def test_fft2_circulant_and_dense_kernels_equal_numpy(tmp_path, n):
 
 
 def test_randomized_svd_that_cannot_fit_the_budget_fails_at_plan_time():
-    from ctstore.k0 import _runner_for
+    from ctstore.embed import plan_memory
 
     with pytest.raises(CtstoreError, match=r"k0 randomized SVD \(V_eff=131072, l=384\): needs .* per task"):
-        _runner_for(K0Params(dim=256, kernel="none", oversample=128), 131072, "2GB", "local")
-    assert _runner_for(K0Params(dim=256, kernel="none", oversample=128), 131072, "4GB", "local").plan.n_workers >= 1
+        plan_memory(K0Params(dim=256, kernel="none", oversample=128), 131072, 131072, "2GB", "local")
+    assert plan_memory(K0Params(dim=256, kernel="none", oversample=128), 131072, 131072, "4GB",
+                       "local").cluster.n_workers >= 1
 
 
 @pytest.mark.parametrize("unigram,params,memory,expected_v_eff", [
@@ -272,9 +305,113 @@ def test_randomized_svd_that_cannot_fit_the_budget_fails_at_plan_time():
     ([1] * 100_000, dict(dim=8, method="fft2"), 8 * 1000 ** 2, 1000),  # dense: floor(sqrt(bytes / 8))
 ])
 def test_v_eff_planner_table(unigram, params, memory, expected_v_eff):
-    from ctstore.k0 import plan_k0
+    from ctstore.embed import plan_k0
 
     plan = plan_k0(np.array(unigram, dtype=np.uint64), 10, K0Params(**params), memory)
     assert plan.v_eff == expected_v_eff
     top = np.sort(np.array(unigram))[::-1][:expected_v_eff].sum() / np.sum(unigram)
     assert plan.coverage == pytest.approx(top)
+
+
+# ---------------------------------------------------------------------------------------
+# memory model (issue 11): every method's plan, checked against --memory before any work
+
+MiB = 2**20
+RESERVE = 400 * MiB  # the client's fixed share (ctstore.cluster.CLIENT_RESERVE), written out independently
+
+
+@pytest.mark.parametrize("params,n,task,client", [
+    # exact circulant: g per task; client: folded + arriving g, u and v float64, rows float32, 3 temporaries
+    (dict(dim=16), 1000, 1000 * 8, 2 * 1000 * 8 + 1000 * 16 * 20 + 3 * 1000 * 8),
+    # randomized SVD, l = d + oversample = 30: two panels per task, five in the client (float32 n × l)
+    (dict(dim=10, kernel="none", oversample=20), 1000, 2 * 1000 * 30 * 4, 5 * 1000 * 30 * 4),
+    # hierarchical, n = 100: 10 groups of 10; per task 10·10 + 10·10 float64 sums
+    (dict(dim=8, hierarchical=True), 100, 200 * 8, 2 * 200 * 8 + 100 * 8 + 100 * 8 * 4 + 2 * 10 * 8 * 8),
+    # fft2: the SVD's panels (l = 64 + 8 = 72, capped at n = 64) plus one 40-byte-per-entry row band per task;
+    # the client the five panels and the folded diagonal sums, never X
+    (dict(dim=8, method="fft2"), 64, 2 * 64 * 64 * 4 + 40 * 64, 5 * 64 * 64 * 4 + 2 * 64 * 8),
+])
+def test_memory_plan_figures_table(params, n, task, client):
+    from ctstore.embed import plan_memory
+
+    V = 5000
+    memory = 600 * 10**6
+    plan = plan_memory(K0Params(**params), n, V, memory, "sync", max_row_entries=10)
+    shared = 9 * V  # the int64 rank map and the bool active mask every task receives
+    assert plan.task_bytes == task + shared and plan.client_bytes == client
+    # in-process: a task has what the reserve and the client leave; blocks take the rest at 64 bytes/entry
+    room = memory - RESERVE - client - (task + shared)
+    assert plan.cluster.task_memory == memory - RESERVE - client
+    assert plan.block_entries == min(4 << 20, room // 64)
+
+
+def test_memory_plan_refuses_naming_method_and_shortfall():
+    from ctstore.embed import plan_memory
+
+    from ctstore.units import format_bytes
+
+    params = K0Params(dim=10, kernel="none", oversample=20)
+    n, V = 400_000, 5000  # panels of 48 MB: a task's fixed share is over the cluster's 64 MiB minimum
+    task, client = 2 * n * 30 * 4 + 9 * V, 5 * n * 30 * 4
+    smallest_block = (1 << 16) * 64
+    memory = RESERVE + client + task + smallest_block - 1000  # one block of 64K entries does not fit by 1000 B
+    with pytest.raises(CtstoreError) as err:
+        plan_memory(params, n, V, memory, "sync")
+    message = str(err.value)
+    assert message.startswith("k0 randomized SVD (V_eff=400000, l=30): needs") and "\n" not in message
+    assert f"needs {format_bytes(task + smallest_block)} per task and {format_bytes(client)} in the client" in message
+    assert f"{format_bytes(1000)} short" in message
+    assert plan_memory(params, n, V, memory + 1000, "sync").block_entries == 1 << 16
+    # a row longer than the smallest block needs its own room
+    with pytest.raises(CtstoreError, match="short"):
+        plan_memory(params, n, V, memory + 1000, "sync", max_row_entries=(1 << 16) + 1)
+    with pytest.raises(CtstoreError, match=r"k0 circulant exact: needs .* too small"):
+        plan_memory(K0Params(dim=4), 1000, V, "1KB", "local")
+
+
+@pytest.mark.parametrize("kernel", ["circulant", "none"])
+def test_blocks_sized_from_a_small_budget_give_the_same_embeddings(session_ws, sample_counts, kernel):
+    from ctstore.embed import plan_memory
+    from ctstore.embed.blocks import row_entries
+
+    params = K0Params(dim=16, v_eff=1024, lags=10, kernel=kernel, power_iters=2)
+    store = CountStore.from_artifact(sample_counts)
+    V = store.n_vocab
+    roomy = plan_memory(params, 1024, V, "4GB", "sync")
+    # the smallest in-process budget: a task gets the cluster's 64 MiB minimum, blocks what is left of it
+    memory = RESERVE + roomy.client_bytes + 64 * MiB
+    entries = (64 * MiB - roomy.task_bytes) // 64
+    assert plan_memory(params, 1024, V, memory, "sync").block_entries == entries < roomy.block_entries
+    assert int(row_entries(store, list(range(1, 11))).sum()) > 2 * entries  # so at least three blocks
+    ref = embed_counts(sample_counts, session_ws, scheduler="sync", params=params)
+    E_ref, s_ref, active, _ = load_embeddings(ref)
+    small = embed_counts(sample_counts, session_ws, scheduler="sync", params=params, memory=memory, force=True)
+    E, s, _, _ = load_embeddings(small)
+    assert small.fingerprint == ref.fingerprint
+    assert np.allclose(s, s_ref, rtol=1e-6)
+    assert np.allclose(E[active], E_ref[active], rtol=1e-6, atol=1e-6 * np.abs(E_ref[active]).max())
+
+
+def test_fft2_band_shuffle_reassembles_x_without_the_client(sample_counts, tmp_path):
+    """Operator blocks spilled by rank-row band in tasks, and bands read back, equal X (rows of any band)."""
+    from ctstore.cluster import Runner, round_robin
+    from ctstore.embed.blocks import build_operator, row_entries
+    from ctstore.embed.fft2 import _dense_rows, band_spill_task
+
+    n, lags = 700, 2
+    store = CountStore.from_artifact(sample_counts)
+    active = store.rank[:n].astype(np.int64)
+    inv_rank = np.full(store.n_vocab, -1, np.int64)
+    inv_rank[active] = np.arange(n)
+    nnz = int(row_entries(store, [1, 2]).sum())
+    with Runner("2GB", "sync") as runner:
+        spec = build_operator(store, runner, str(tmp_path / "op"), lags=[1, 2], weights=[1.0, 1.0], symmetric=False,
+                              active=active, transform="log1p", ppmi_alpha=1.0, block_entries=nnz // 3)
+        assert len(spec.blocks) >= 3
+        runner.map(band_spill_task, [(spec, g, inv_rank, 97, str(tmp_path)) for g in round_robin(spec.blocks, 2)],
+                   desc="spill")
+    x = reference_x(sample_counts, n, lags).astype(np.float32)
+    source = ("bands", (str(tmp_path), tuple(r0 for r0, _ in spec.blocks)))
+    for i0 in range(0, n, 97):
+        i1 = min(n, i0 + 97)
+        assert np.allclose(_dense_rows(source, i0, i1, n), x[i0:i1], rtol=1e-6, atol=0)

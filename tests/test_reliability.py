@@ -572,7 +572,7 @@ def _leftovers(ws_root: str, kind: str) -> list[str]:
 
 def test_disk_full_during_seed_and_sft_fails_in_one_line_and_leaves_nothing(tiny_disk, capsys):
     from ctstore.cli import main
-    from ctstore.k0 import K0Params, embed_counts
+    from ctstore.embed import K0Params, embed_counts
     from conftest import write_tokens
 
     subprocess.run(["mount", "-o", "remount,size=16M", str(tiny_disk)], check=True)
@@ -624,11 +624,11 @@ def _main_json(capsys, argv):
 @pytest.mark.slow
 def test_k0_is_bit_identical_in_process_and_on_a_local_cluster(ws, small_counts, monkeypatch):
     """Many operator blocks (so sums have many terms to reorder); sync vs a 2-worker LocalCluster."""
-    from ctstore import operator as operator_module
-    from ctstore.k0 import K0Params, embed_counts, load_embeddings
+    from ctstore.embed import blocks as operator_module
+    from ctstore.embed import K0Params, embed_counts, load_embeddings
 
     real = operator_module.plan_row_blocks_by_nnz
-    monkeypatch.setattr(operator_module, "plan_row_blocks_by_nnz", lambda row_nnz: real(row_nnz, target=1500))
+    monkeypatch.setattr(operator_module, "plan_row_blocks_by_nnz", lambda row_nnz, target: real(row_nnz, 1500))
     cases = [K0Params(dim=8, v_eff=1024),  # circulant exact: diagonal sums folded over tasks
              # randomized SVD of PPMI: operator column sums, then Aᵀ·Q partial sums folded over tasks
              K0Params(dim=8, v_eff=1024, kernel="ppmi", power_iters=1, weighting="inverse-distance")]
@@ -657,3 +657,33 @@ def test_map_reduce_folds_in_item_order_whatever_order_tasks_finish():
 def _sleep_then_return(i, seconds):
     time.sleep(seconds)
     return i
+
+
+@pytest.mark.slow
+def test_k0_reaches_s3_with_options_only_from_ctstore_storage_options(tmp_path, s3_server):
+    """k0 on a LocalCluster reads counts on S3 whose endpoint and keys come only from CTSTORE_STORAGE_OPTIONS:
+    the worker processes get them with the task (no FSSPEC_/AWS_ variables anywhere)."""
+    import fsspec
+
+    local = str(tmp_path / "ws")
+    tokens = json.loads(cli("synth", "--vocab", "2000", "--tokens", "200K", "-w", local, "--json").stdout)
+    counts = json.loads(cli("count", tokens["fingerprint"], "-w", local, "--lags", "2", "--scheduler", "sync",
+                            "--json").stdout)
+    options = {"endpoint_url": s3_server["FSSPEC_S3_ENDPOINT_URL"], "key": "test", "secret": "test"}
+    fsspec.filesystem("s3", **options).put(counts["path"], f"ctstore/options-only/counts/{counts['fingerprint']}",
+                                          recursive=True)
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("FSSPEC_", "AWS_"))}
+    env.update(CTSTORE_NO_PROGRESS="1", CTSTORE_STORAGE_OPTIONS=json.dumps(options))
+    k0 = [sys.executable, "-m", "ctstore.cli", "k0", counts["fingerprint"], "--dim", "8", "--v-eff", "512", "--json",
+          "-q"]
+    remote = subprocess.run([*k0, "-w", "s3://ctstore/options-only", "--scheduler", "local", "--memory", "2GB"],
+                            capture_output=True, text=True, env=env)
+    assert remote.returncode == 0, remote.stderr
+    here = json.loads(cli("k0", counts["fingerprint"], "--dim", "8", "--v-eff", "512", "--scheduler", "sync",
+                          "-w", local, "--json").stdout)
+    there = json.loads(remote.stdout)
+    assert there["fingerprint"] == here["fingerprint"] and there["spectrum_head"] == here["spectrum_head"]
+    assert there["path"].startswith("s3://ctstore/options-only/embeddings/")
+    verify = subprocess.run([sys.executable, "-m", "ctstore.cli", "verify", there["fingerprint"], "-w",
+                             "s3://ctstore/options-only"], capture_output=True, text=True, env=env)
+    assert verify.returncode == 0, verify.stderr

@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from ctstore.errors import CtstoreError
-from ctstore.k0 import K0Params, embed_counts
+from ctstore.embed import K0Params, embed_counts
 from ctstore.model import CONFIGS, PhotonicGPT, get_config, load_model, save_model
 from ctstore.seed import SeedParams, build_seeded_model, eigen_basis, seed_model
 from ctstore.sft import SftParams, train_model

@@ -1,12 +1,13 @@
-"""The co-occurrence operator of K0, assembled blockwise from a count store (docs/design.md §4).
+"""The weighted co-occurrence operator of K0, built blockwise from a count store (docs/design.md §4).
 
 ``D = Σ_k w_k lag_k`` (``+ Dᵀ`` when symmetric), restricted to the active set
 (the top ``V_eff`` tokens by frequency rank), then a transform: ``log1p`` or
 PPMI (``max(0, log P(a,b) / (P(a) P_α(b)))`` with context smoothing α).
 
 The matrix stays in token-id row blocks, as sparse CSR *pieces* in a scratch
-directory (one ``.npy`` triple per block), so no step holds more than one block
-plus dense panels. The transform is applied when a piece is read
+directory (:mod:`ctstore.formats.csr`), so no step holds more than one block
+plus dense panels. Block sizes (non-zeros per block) come from the memory plan
+(:mod:`ctstore.embed.budget`). The transform is applied when a piece is read
 (:func:`load_block`), since PPMI needs global row/column sums gathered while
 the pieces are written. The symmetric sum goes through a shuffle: each block
 spills its transposed entries bucketed by destination block; a second pass
@@ -21,12 +22,11 @@ from dataclasses import dataclass
 import numpy as np
 import scipy.sparse as sp
 
-from .errors import CtstoreError
-from .formats.counts import CountStore
+from ..errors import CtstoreError
+from ..formats.counts import CountStore
+from ..formats.csr import load_csr, save_csr
 
-__all__ = ["OperatorSpec", "build_operator", "load_block", "lag_weights"]
-
-BLOCK_ENTRIES = 4 << 20  # target non-zeros per row block (all lags together)
+__all__ = ["OperatorSpec", "build_operator", "load_block", "lag_weights", "row_entries", "plan_row_blocks_by_nnz"]
 
 
 def lag_weights(lags: list[int], weighting: str) -> list[float]:
@@ -52,9 +52,8 @@ class OperatorSpec:
         return f"{self.scratch}/op-{r0:07d}"
 
 
-def _read_weighted_block(store_url: str, r0: int, r1: int, lags: list[int], weights: list[float],
+def _read_weighted_block(store: CountStore, r0: int, r1: int, lags: list[int], weights: list[float],
                          is_active: np.ndarray) -> sp.csr_matrix:
-    store = CountStore(store_url)
     total = None
     for lag, w in zip(lags, weights):
         block = store.row_block(lag, r0, r1).astype(np.float32)
@@ -69,23 +68,15 @@ def _read_weighted_block(store_url: str, r0: int, r1: int, lags: list[int], weig
     return sp.csr_matrix((coo.data[keep], (coo.row[keep], coo.col[keep])), shape=total.shape)
 
 
-def _save_csr(prefix: str, m: sp.csr_matrix) -> None:
-    m.sort_indices()
-    np.save(f"{prefix}.indptr.npy", m.indptr.astype(np.int64))
-    np.save(f"{prefix}.indices.npy", m.indices.astype(np.int32))
-    np.save(f"{prefix}.data.npy", m.data.astype(np.float32))
+def weighted_block_task(store: CountStore, r0, r1, lags, weights, is_active, prefix, symmetric, blocks):
+    """Pass A: weighted, restricted D rows [r0, r1); spill transposed buckets if symmetric.
 
-
-def _load_csr(prefix: str, shape) -> sp.csr_matrix:
-    return sp.csr_matrix((np.load(f"{prefix}.data.npy"), np.load(f"{prefix}.indices.npy"),
-                          np.load(f"{prefix}.indptr.npy")), shape=shape)
-
-
-def weighted_block_task(store_url, r0, r1, lags, weights, is_active, prefix, symmetric, blocks):
-    """Pass A: weighted, restricted D rows [r0, r1); spill transposed buckets if symmetric."""
-    m = _read_weighted_block(store_url, r0, r1, lags, weights, is_active)
+    ``store`` arrives pickled as its URL, storage options and chunk list (see
+    :func:`_portable`), so a worker reaches an object store as the client does.
+    """
+    m = _read_weighted_block(store, r0, r1, lags, weights, is_active)
     try:
-        _save_csr(prefix, m)
+        save_csr(prefix, m)
         if symmetric:
             coo = m.tocoo()
             cols = coo.col
@@ -104,7 +95,7 @@ def weighted_block_task(store_url, r0, r1, lags, weights, is_active, prefix, sym
 
 def symmetric_block_task(spec_prefixes: list[str], r0: int, r1: int, n_vocab: int, out_prefix: str) -> int:
     """Pass B: D[r0:r1] + (Dᵀ)[r0:r1] from the own piece and every block's transposed bucket."""
-    own = _load_csr(spec_prefixes[0], (r1 - r0, n_vocab)).tocoo()
+    own = load_csr(spec_prefixes[0], (r1 - r0, n_vocab)).tocoo()
     rows, cols, vals = [own.row], [own.col], [own.data]
     for prefix in spec_prefixes[1]:
         rc = np.load(f"{prefix}.T{r0:07d}.npy")
@@ -114,11 +105,22 @@ def symmetric_block_task(spec_prefixes: list[str], r0: int, r1: int, n_vocab: in
     m = sp.csr_matrix((np.concatenate(vals), (np.concatenate(rows), np.concatenate(cols))),
                       shape=(r1 - r0, n_vocab))
     m.sum_duplicates()
-    _save_csr(out_prefix, m)
+    save_csr(out_prefix, m)
     return m.nnz
 
 
-def plan_row_blocks_by_nnz(row_nnz: np.ndarray, target: int = BLOCK_ENTRIES) -> tuple:
+def row_entries(store: CountStore, lags: list[int]) -> np.ndarray:
+    """Stored non-zeros of each token-id row over ``lags``: an upper bound of the operator's row entries."""
+    return sum(np.diff(store.indptr(k)) for k in lags)
+
+
+def _portable(store: CountStore) -> CountStore:
+    """The same store with nothing opened or cached yet, to ship to tasks (URL, options, chunk list)."""
+    return CountStore(store.url, store.storage_options, store.listed_chunks)
+
+
+def plan_row_blocks_by_nnz(row_nnz: np.ndarray, target: int) -> tuple:
+    """Consecutive row ranges of about ``target`` non-zeros each (a row with more stands alone)."""
     ends = np.cumsum(row_nnz)
     blocks, r0 = [], 0
     n = row_nnz.size
@@ -132,22 +134,24 @@ def plan_row_blocks_by_nnz(row_nnz: np.ndarray, target: int = BLOCK_ENTRIES) -> 
 
 
 def build_operator(store: CountStore, runner, scratch: str, *, lags: list[int], weights: list[float],
-                   symmetric: bool, active: np.ndarray, transform: str,
-                   ppmi_alpha: float) -> tuple[OperatorSpec, dict]:
-    """Write operator pieces for the active set; return the spec and stats (row/col sums, nnz).
+                   symmetric: bool, active: np.ndarray, transform: str, ppmi_alpha: float,
+                   block_entries: int, row_nnz: np.ndarray | None = None) -> OperatorSpec:
+    """Write operator pieces for the active set in row blocks of about ``block_entries`` non-zeros.
 
-    ``lags`` and ``weights`` give ``D = Σ weights[i] · lag_{lags[i]}``.
+    ``lags`` and ``weights`` give ``D = Σ weights[i] · lag_{lags[i]}``; ``row_nnz``
+    is :func:`row_entries` when the caller already has it.
     """
     V = store.n_vocab
     if max(lags) > store.lags or min(lags) < 1:
         raise CtstoreError(f"lags {lags}: the count store has lags 1..{store.lags}")
     is_active = np.zeros(V, dtype=bool)
     is_active[active] = True
-    row_nnz = sum(np.diff(store.indptr(k)) for k in lags)
-    blocks = plan_row_blocks_by_nnz(row_nnz)
+    row_nnz = row_entries(store, lags) if row_nnz is None else row_nnz
+    blocks = plan_row_blocks_by_nnz(row_nnz, block_entries)
     os.makedirs(scratch, exist_ok=True)
     prefixes = [f"{scratch}/d-{r0:07d}" for r0, _ in blocks]
-    jobs = [(store.url, r0, r1, lags, weights, is_active, p, symmetric, blocks)
+    portable = _portable(store)
+    jobs = [(portable, r0, r1, lags, weights, is_active, p, symmetric, blocks)
             for (r0, r1), p in zip(blocks, prefixes)]
     sums = runner.map_reduce(weighted_block_task, jobs,
                              lambda acc, x: x if acc is None else (acc[0] + x[0], acc[1] + x[1]),
@@ -167,13 +171,12 @@ def build_operator(store: CountStore, runner, scratch: str, *, lags: list[int], 
         raise CtstoreError(f"{store.url}: no co-occurrences among the {len(active)} active tokens")
     np.save(f"{scratch}/rowsum.npy", rowsum)
     np.save(f"{scratch}/colsum.npy", colsum)
-    spec = OperatorSpec(scratch, V, blocks, transform, ppmi_alpha, total)
-    return spec, {"rowsum": rowsum, "colsum": colsum}
+    return OperatorSpec(scratch, V, blocks, transform, ppmi_alpha, total)
 
 
 def load_block(spec: OperatorSpec, r0: int, r1: int) -> sp.csr_matrix:
     """Transformed operator rows [r0, r1) (float32 CSR, token-id columns)."""
-    m = _load_csr(spec.piece(r0), (r1 - r0, spec.n_vocab))
+    m = load_csr(spec.piece(r0), (r1 - r0, spec.n_vocab))
     if spec.transform == "log1p":
         np.log1p(m.data, out=m.data)
     elif spec.transform == "ppmi":

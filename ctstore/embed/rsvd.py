@@ -1,10 +1,10 @@
 """Blockwise randomized SVD (Halko, Martinsson & Tropp 2011, Algorithms 4.4 + 5.1).
 
-The matrix ``A`` (n_rows × n_cols) is only touched through row blocks read by a
-task: ``Y = A Ω`` returns each block's rows of ``Y``; ``Z = Aᵀ Q`` sums each
-block's ``A_bᵀ Q_b``. Tasks group several row blocks, so each pass moves
-``n_tasks`` dense panels, not one per block. Cost per pass O(nnz · l) with
-``l = d + oversample``.
+The matrix ``A`` (n_rows × n_cols) is only touched through two functions the
+caller supplies, ``matmul(panel) = A·panel`` and ``rmatmul(panel) = Aᵀ·panel``:
+this module is pure linear algebra and knows nothing of blocks or schedulers
+(:mod:`ctstore.embed.products` builds the two from row blocks on a cluster).
+Each power iteration costs one of each, O(nnz · l) with ``l = d + oversample``.
 
 Accuracy: every half-iteration is re-orthonormalised (QR), because plain power
 iterations lose the small singular directions in float32. Measured guidance
@@ -24,9 +24,7 @@ from dataclasses import dataclass
 import numpy as np
 import scipy.linalg
 
-from .cluster import round_robin
-
-__all__ = ["RsvdParams", "randomized_svd_blocks", "normalize_signs"]
+__all__ = ["RsvdParams", "randomized_svd", "normalize_signs"]
 
 
 @dataclass(frozen=True)
@@ -61,67 +59,27 @@ def _orth(y: np.ndarray, chunk: int = 16384) -> np.ndarray:
     return np.ascontiguousarray(q, dtype=np.float32)
 
 
-def normalize_signs(u: np.ndarray, vt: np.ndarray | None = None):
+def normalize_signs(u: np.ndarray) -> np.ndarray:
+    """Flip each column so that its largest-magnitude entry is positive (deterministic signs)."""
     idx = np.argmax(np.abs(u), axis=0)
     signs = np.sign(u[idx, np.arange(u.shape[1])])
     signs[signs == 0] = 1
-    u = u * signs
-    if vt is not None:
-        vt = vt * signs[:, None]
-    return u, vt
+    return u * signs
 
 
-def _task_matmul(load, block_group, panel):
-    """Rows of ``A @ panel`` for the blocks in ``block_group``: list of (row indices, rows)."""
-    out = []
-    for r0, r1 in block_group:
-        idx, block = load(r0, r1)
-        out.append((idx, np.asarray(block @ panel, dtype=np.float32)))
-    return out
+def randomized_svd(matmul, rmatmul, n_rows: int, n_cols: int, d: int, params: RsvdParams = RsvdParams()):
+    """Top-``d`` left singular vectors and values of a matrix ``A`` known only through its products.
 
-
-def _task_rmatmul(load, block_group, panel):
-    """``Σ_b A_bᵀ panel[rows of b]`` for the blocks in ``block_group``."""
-    acc = None
-    for r0, r1 in block_group:
-        idx, block = load(r0, r1)
-        part = np.asarray(block.T @ panel[idx], dtype=np.float32)
-        acc = part if acc is None else _iadd(acc, part)
-    return acc
-
-
-def randomized_svd_blocks(runner, load, blocks, n_rows: int, n_cols: int, d: int,
-                          params: RsvdParams = RsvdParams(), n_tasks: int | None = None):
-    """Top-``d`` singular triplets of a matrix given by ``load(r0, r1) -> (row indices, rows)``.
-
-    A block's rows need not be contiguous (``row indices`` says where they go),
-    which lets token-id blocks feed a rank-ordered matrix. ``load`` must be a
-    picklable callable (module-level function or partial).
-    Returns ``(U (n_rows × d), S (d,), None)`` in float32, S descending; the right
-    singular vectors are not formed (embeddings need only U and S).
+    ``matmul(panel)`` returns ``A @ panel`` (``n_cols × l`` in, ``n_rows × l``
+    out) and ``rmatmul(panel)`` returns ``Aᵀ @ panel``, both float32; where and
+    how they run is the caller's business (:mod:`ctstore.embed.products` runs
+    them over row blocks on a cluster). Returns ``(U (n_rows × d), S (d,))`` in
+    float32, S descending; the right singular vectors are not formed
+    (embeddings need only U and S).
     """
     l = params.l(d, min(n_rows, n_cols))
-    groups = round_robin(blocks, n_tasks) if n_tasks else round_robin(blocks)  # not by workers: same sums anywhere
     rng = np.random.default_rng(params.seed)
     omega = rng.standard_normal((n_cols, l), dtype=np.float32)
-
-    def matmul(panel):
-        shared = runner.share(panel)
-        y = np.zeros((n_rows, panel.shape[1]), np.float32)
-
-        def put(acc, parts):
-            for idx, rows in parts:
-                y[idx] = rows
-            return acc
-
-        runner.map_reduce(_task_matmul, [(load, g, shared) for g in groups], put, desc="rsvd A·Ω")
-        return y
-
-    def rmatmul(panel):
-        shared = runner.share(panel)
-        return runner.map_reduce(_task_rmatmul, [(load, g, shared) for g in groups],
-                                 lambda acc, x: x if acc is None else _iadd(acc, x), desc="rsvd Aᵀ·Q")
-
     q = _orth(matmul(omega))
     for _ in range(params.power_iters):
         z = _orth(rmatmul(q))
@@ -139,10 +97,5 @@ def randomized_svd_blocks(runner, load, blocks, n_rows: int, n_cols: int, d: int
     order = np.argsort(evals)[::-1][:d]
     s = np.sqrt(np.clip(evals[order], 0, None))
     u = q @ z[:, order].astype(np.float32)
-    u, _ = normalize_signs(u)
-    return u.astype(np.float32), s.astype(np.float32), None
-
-
-def _iadd(acc, x):
-    acc += x
-    return acc
+    u = normalize_signs(u)
+    return u.astype(np.float32), s.astype(np.float32)

@@ -1,4 +1,4 @@
-"""The exact circulant form of the seeds' K0 formula (docs/design.md §4). Pure arithmetic.
+"""The exact circulant form of the seeds' K0 formula (docs/design.md §4): ``--kernel circulant --method exact``.
 
 The seeds define ``W = IFFT2(FFT2(X) ⊙ FFT2(circ(k0)))`` with
 ``k0[m] = (1/n) Σ_i X[i, (i+m) mod n]`` (the best circulant approximation of X
@@ -18,6 +18,11 @@ pairing that Paper 56 reports). Modes 0 and n/2 are single.
 
 Consequence worth stating to users: an embedding from this operator is a set of
 Fourier features of each token's *frequency rank*, not learned semantics.
+
+The method (:func:`plan`, :func:`embed`): one streaming pass over the operator
+blocks sums the diagonals (a length-n float64 accumulator per task, folded in
+the client), then the analytic SVD above in the client. Cost O(nnz + V log V);
+no dense matrix anywhere. Everything above :func:`plan` is pure arithmetic.
 """
 
 from __future__ import annotations
@@ -25,9 +30,12 @@ from __future__ import annotations
 import numpy as np
 import scipy.fft
 
+from .blocks import load_block
+from .budget import MemoryPlan, fit
+
 __all__ = [
     "diagonal_sums", "k0_from_diagonals", "circulant_first_row", "circulant_matrix",
-    "circulant_svd", "literal_k0", "circulant_embedding",
+    "circulant_svd", "literal_k0", "circulant_embedding", "plan", "diagonals", "embed",
 ]
 
 
@@ -127,3 +135,38 @@ def circulant_embedding(g: np.ndarray, d: int, kernel: np.ndarray | None = None)
     r = circulant_first_row(g, k)
     u, s, _, modes = circulant_svd(r, d)
     return (u * np.sqrt(s)).astype(np.float32), s, modes, r
+
+
+# ---------------------------------------------------------------------------------------
+# the method
+
+
+def plan(n: int, d: int, memory, scheduler, **fit_args) -> MemoryPlan:
+    """Memory of the exact path: g (n float64) per task; in the client the folded g and the
+    arriving one, the SVD's u and v (n × d float64), the rows (n × d float32), three n-long temporaries."""
+    return fit("circulant exact", n * 8, 2 * n * 8 + n * d * (8 + 8 + 4) + 3 * n * 8, memory, scheduler,
+               **fit_args)
+
+
+def diagonal_task(spec, block_group, inv_rank: np.ndarray, n: int) -> np.ndarray:
+    """Diagonal sums g of the rank-ordered operator, over the blocks of one task."""
+    g = np.zeros(n, np.float64)
+    for r0, r1 in block_group:
+        coo = load_block(spec, r0, r1).tocoo()
+        g += diagonal_sums(inv_rank[coo.row + r0], inv_rank[coo.col], coo.data, n)
+    return g
+
+
+def diagonals(runner, spec, groups, inv_rank: np.ndarray, n: int) -> np.ndarray:
+    """g of the whole operator: one task per block group, folded in group order (same bits anywhere)."""
+    return runner.map_reduce(diagonal_task, [(spec, grp, inv_rank, n) for grp in groups],
+                             lambda acc, x: x if acc is None else acc + x, desc="k0 diagonals")
+
+
+def embed(runner, spec, groups, inv_rank: np.ndarray, n: int, d: int):
+    """``(rows, spectrum, attrs, first_row)`` of the exact K0 of the operator ``spec`` (rank order)."""
+    g = diagonals(runner, spec, groups, inv_rank, n)
+    rows, spectrum, modes, first_row = circulant_embedding(g, d)
+    attrs = {"paired_modes": sum(1 for _, kind in modes if kind != "single") // 2,
+             "first_row_norm": float(np.linalg.norm(first_row))}
+    return rows, spectrum, attrs, first_row
