@@ -112,3 +112,26 @@ def test_count_plan_writes_nothing_and_predicts_what_the_run_does(tmp_path):
     tasks = int(re.search(r"(\d+) map task", " ".join(spilled["plan"])).group(1))
     done = json.loads(cli("count", tokens, "--lags", "3", "--spill", "--scheduler", "sync", "--force", "--json"))
     assert f'"map_tasks": {tasks}' in json.dumps(done, sort_keys=True)
+
+
+def test_k0_plan_writes_nothing_and_names_the_v_eff_and_solver_the_run_uses(tmp_path):
+    import os
+    import re
+    import subprocess
+    import sys
+
+    def cli(*args):
+        proc = subprocess.run([sys.executable, "-m", "ctstore.cli", *args, "-w", str(tmp_path / "ws")],
+                              capture_output=True, text=True, env={**os.environ, "CTSTORE_NO_PROGRESS": "1"})
+        assert proc.returncode == 0, proc.stderr
+        return proc.stdout
+
+    tokens = json.loads(cli("synth", "--vocab", "2000", "--tokens", "200K", "--json"))["fingerprint"]
+    counts = json.loads(cli("count", tokens, "--lags", "2", "--json"))["fingerprint"]
+    args = ("k0", counts, "--kernel", "none", "--dim", "16", "--v-eff", "1500", "--scheduler", "sync")
+    plan = cli(*args, "--plan")
+    assert not os.path.exists(tmp_path / "ws" / "embeddings"), "--plan wrote something"
+    solver = re.search(r"k0 solver: (\w+)", plan).group(1)
+    assert "1500" in plan and "per task" in plan
+    done = json.loads(cli(*args, "--json"))
+    assert done["v_eff"] == 1500 and json.dumps(done).count(f'"solver": "{solver}"') >= 1
