@@ -32,9 +32,13 @@ Two drivers, one store:
   reduce: lag and mini-block range), so a rerun with another plan never reads
   another chunking's output.
 
-The Zarr group is written inside the artifact directory; the manifest is
-written last, so a killed count never looks complete, and the spill directory
-(``<workspace>/tmp/counts-<fp>``) lets the rerun resume.
+The store's layout is :mod:`ctstore.formats.counts` (both drivers write through
+its :class:`~ctstore.formats.counts.CountStoreWriter`); tasks receive the
+:class:`~ctstore.location.Location` of what they read or write, so they reach an
+object store with the workspace's options. The Zarr group is written inside the
+artifact directory; the manifest is written last, so a killed count never looks
+complete, and the spill directory (``<workspace>/tmp/counts-<fp>``, always on a
+local disk) lets the rerun resume.
 """
 
 from __future__ import annotations
@@ -48,7 +52,7 @@ import numpy as np
 
 from .cluster import Runner
 from .errors import CtstoreError, write_error
-from .formats.counts import FORMAT_VERSION, ZARR_CHUNK, CountStoreWriter, write_elements
+from .formats.counts import FORMAT_VERSION, STORE, ZARR_CHUNK, CountStoreWriter, write_elements
 from .formats.tokens import TokenShards, read_doc_ids, read_shard, read_unigram
 from .location import Location, atomic_path
 from .log import log, stopwatch
@@ -577,7 +581,7 @@ def count_cooccurrences(tokens, workspace: Workspace | None = None, *, params: C
     shards = TokenShards.from_artifact(tokens)
     fp = fingerprint("counts", FORMAT_VERSION, _param_dict(params), {"tokens": tokens.fingerprint})
 
-    store = ws.artifact_location("counts", fp).child("counts.zarr")
+    store = ws.artifact_location("counts", fp).child(STORE)
 
     def build(path: str) -> dict:
         if not spill and (scheduler or "local") == "local":

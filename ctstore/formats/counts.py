@@ -1,6 +1,6 @@
 """The ``counts`` artifact format: unigram, rank and CSR lag matrices in one Zarr v3 group.
 
-Layout of ``counts.zarr`` (attributes ``n_vocab``, ``lags``, ``tokens``,
+Layout of ``counts.zarr`` (:data:`STORE`; attributes ``n_vocab``, ``lags``, ``tokens``,
 ``format_version``, ``tokenizer``): ``unigram`` (uint64, V) and ``rank``
 (uint32, ids by decreasing count, ties by id), then one group ``lag_k`` per
 lag in the anndata ``csr_matrix`` encoding: ``indptr`` (int64, V+1),
@@ -12,9 +12,10 @@ each lag either whole (:meth:`~CountStoreWriter.write_lag`) or as empty
 arrays whose chunk-aligned ranges independent tasks fill
 (:meth:`~CountStoreWriter.create_lag`, :func:`write_elements`).
 
-Reading (:class:`CountStore`): row blocks are read without touching the rest of the matrix: ``indptr[r0:r1+1]``
-gives the element range, and Zarr decodes only the chunks of ``indices`` and
-``data`` that overlap it (about 1M elements each).
+Reading (:class:`CountStore`): row blocks are read without touching the rest
+of the matrix: ``indptr[r0:r1+1]`` gives the element range, and Zarr decodes
+only the chunks of ``indices`` and ``data`` that overlap it (about 1M elements
+each).
 
 Zarr reads an absent chunk as zeros; every read first checks that the chunks
 it covers and the artifact's manifest lists are present (:class:`ChunkIndex`),
@@ -33,9 +34,11 @@ from zarr.codecs import BloscCodec, Crc32cCodec
 from ..errors import CtstoreError
 from ..location import Location
 
-__all__ = ["COMPRESSORS", "ZARR_CHUNK", "FORMAT_VERSION", "CountStore", "CountStoreWriter", "write_elements"]
+__all__ = ["COMPRESSORS", "ZARR_CHUNK", "FORMAT_VERSION", "STORE", "CountStore", "CountStoreWriter",
+           "write_elements"]
 
 FORMAT_VERSION = 1
+STORE = "counts.zarr"  # the Zarr group's name inside the artifact directory
 
 ZARR_CHUNK = 1 << 20  # elements per chunk of indices/data (~4 MB uncompressed)
 # byte-shuffled zstd level 1 in Blosc: on count data it measured ~2x faster to write and
@@ -107,7 +110,7 @@ class CountStore:
 
         if artifact.kind != "counts":
             raise CtstoreError(f"{artifact}: is a {artifact.kind} artifact, expected counts")
-        location = artifact.location.child("counts.zarr")
+        location = artifact.location.child(STORE)
         return cls.at(location, ChunkIndex.from_manifest(location, artifact.manifest).listed)
 
     @classmethod
