@@ -53,14 +53,14 @@ class TokensWriter:
     def __init__(self, location: Location, n_vocab: int, shard_tokens: int = DEFAULT_SHARD_TOKENS,
                  max_doc_tokens: int | None = None):
         self.location, self.n_vocab = location, n_vocab
-        self.shards = ShardWriter(location, shard_tokens=shard_tokens, max_doc_tokens=max_doc_tokens)
+        self.shard_writer = ShardWriter(location, shard_tokens=shard_tokens, max_doc_tokens=max_doc_tokens)
         self.unigram = np.zeros(n_vocab, dtype=np.int64)
         self.tokens = 0
 
     @property
     def split_docs(self) -> int:
         """Documents stored as several because they reached ``max_doc_tokens`` (see :class:`ShardWriter`)."""
-        return self.shards.split_docs
+        return self.shard_writer.split_docs
 
     def _count(self, values: np.ndarray) -> None:
         self.unigram += np.bincount(values, minlength=self.n_vocab)
@@ -68,14 +68,14 @@ class TokensWriter:
 
     def add(self, values: np.ndarray, lengths: np.ndarray) -> None:
         self._count(values)
-        self.shards.add(values, lengths)
+        self.shard_writer.add(values, lengths)
 
     def add_pieces(self, values: np.ndarray, lengths: np.ndarray, ends: np.ndarray) -> None:
         self._count(values)
-        self.shards.add_pieces(values, lengths, ends)
+        self.shard_writer.add_pieces(values, lengths, ends)
 
     def close(self) -> dict:
-        shards = self.shards.close()
+        shards = self.shard_writer.close()
         save_npy(self.location.child(UNIGRAM), self.unigram.astype(np.uint64))
         return {"format_version": FORMAT_VERSION, "n_vocab": self.n_vocab,
                 "docs": sum(s["docs"] for s in shards), "tokens": self.tokens, "shards": shards}
