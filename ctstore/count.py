@@ -32,9 +32,13 @@ Two drivers, one store:
   reduce: lag and mini-block range), so a rerun with another plan never reads
   another chunking's output.
 
-The Zarr group is written inside the artifact directory; the manifest is
-written last, so a killed count never looks complete, and the spill directory
-(``<workspace>/tmp/counts-<fp>``) lets the rerun resume.
+The store's layout is :mod:`ctstore.formats.counts` (both drivers write through
+its :class:`~ctstore.formats.counts.CountStoreWriter`); tasks receive the
+:class:`~ctstore.location.Location` of what they read or write, so they reach an
+object store with the workspace's options. The Zarr group is written inside the
+artifact directory; the manifest is written last, so a killed count never looks
+complete, and the spill directory (``<workspace>/tmp/counts-<fp>``, always on a
+local disk) lets the rerun resume.
 """
 
 from __future__ import annotations
@@ -42,23 +46,22 @@ from __future__ import annotations
 import os
 import shutil
 import time
-import uuid
 from dataclasses import asdict, dataclass
 
 import numpy as np
 
+from .cluster import Runner
 from .errors import CtstoreError, write_error
+from .formats.counts import FORMAT_VERSION, STORE, ZARR_CHUNK, CountStoreWriter, write_elements
+from .formats.tokens import TokenShards, read_doc_ids, read_shard, read_unigram
+from .location import Location, atomic_path
 from .log import log, stopwatch
 from .units import FRACTION, POSITIVE, format_bytes
-from .cluster import Runner
-from .formats.counts import COMPRESSORS, ZARR_CHUNK
-from .formats.tokens import TokenShards
 from .stage import Input, Option, Stage, param
 from .workspace import Workspace, build_artifact
 
 __all__ = ["CountParams", "CountPlan", "plan_count", "count_cooccurrences"]
 
-FORMAT_VERSION = 1
 MINI_ROWS = 256
 SPILL_VERSION = 3  # in spill directory names: a resumed run never reads another format
 MAP_BYTES_PER_TOKEN = 64  # shard read, separated stream, head codes, tail pairs, both counting passes, spill keys
@@ -352,59 +355,46 @@ class ChunkPairs:
 # map
 
 
-def _atomic_dir(final: str) -> str:
-    tmp = f"{final}.partial-{uuid.uuid4().hex[:8]}"
-    os.makedirs(tmp)
-    return tmp
+def map_task(shard: Location, row_groups: tuple, n_vocab: int, lags: int, out_dir: str,
+             max_head: int = HEAD_CHOICES[-1], head: int | None = None, val_fraction: float | None = None) -> dict:
+    """Count one chunk of a token shard; spill per-lag sorted partial counts to the local ``out_dir``.
 
-
-def _publish_dir(tmp: str, final: str) -> None:
-    try:
-        os.rename(tmp, final)
-    except OSError:  # another attempt finished first: keep its result
-        shutil.rmtree(tmp, ignore_errors=True)
-
-
-def map_task(tokens_url: str, shard_name: str, row_groups: tuple, n_vocab: int, lags: int,
-             out_dir: str, max_head: int = HEAD_CHOICES[-1], head: int | None = None,
-             val_fraction: float | None = None) -> dict:
-    """Count one chunk of a token shard; spill per-lag sorted partial counts to ``out_dir``."""
-    from .formats.tokens import read_shard
-
+    The spills are written under a temporary name and renamed to ``out_dir`` when
+    complete, so a rerun skips a finished task and redoes an interrupted one.
+    """
     if os.path.isdir(out_dir):
         return {"dir": out_dir, "resumed": True}
-    values, offsets = read_shard(f"{tokens_url}/{shard_name}", list(row_groups))
+    values, offsets = read_shard(shard, list(row_groups))
     if val_fraction is not None:
-        values, offsets = _training_only(f"{tokens_url}/{shard_name}", list(row_groups), values, offsets,
-                                         val_fraction)
+        values, offsets = _training_only(shard, list(row_groups), values, offsets, val_fraction)
     _release_arrow_memory()
-    _check_ids(values, n_vocab, f"{tokens_url}/{shard_name}")
+    _check_ids(values, n_vocab, str(shard))
     n_mini = -(-n_vocab // MINI_ROWS)
     mini_starts = np.minimum(np.arange(n_mini + 1, dtype=np.int64) * MINI_ROWS, n_vocab)
     # row of each CSR row within its mini-block, times V: local key = that + column (< MINI_ROWS·V ≤ 2^32)
     local_row = (np.arange(n_vocab, dtype=np.uint32) % MINI_ROWS) * np.uint32(n_vocab)
-    tmp = _atomic_dir(out_dir)
     try:
-        unigram = np.bincount(values, minlength=n_vocab)
-        np.save(f"{tmp}/unigram.npy", unigram.astype(np.uint64))
-        pairs = ChunkPairs(values, offsets, n_vocab, lags, head=head, max_head=max_head, unigram=unigram)
-        del values, offsets
-        work = pairs.work()
-        for lag in range(1, lags + 1):
-            (indptr, indices, counts), _ = pairs.lag(lag, work)
-            local = np.repeat(local_row, np.diff(indptr))
-            local += indices.view(np.uint32)
-            del indices
-            # one file per lag: index (mini-block starts), local keys, counts; fewer, larger writes
-            with open(f"{tmp}/lag{lag:02d}.spill", "wb") as f:
-                np.save(f, indptr[mini_starts])
-                np.save(f, local)
-                np.save(f, counts)
-            del local, counts, indptr
+        with atomic_path(out_dir) as tmp:
+            os.makedirs(tmp)
+            unigram = np.bincount(values, minlength=n_vocab)
+            np.save(f"{tmp}/unigram.npy", unigram.astype(np.uint64))
+            pairs = ChunkPairs(values, offsets, n_vocab, lags, head=head, max_head=max_head, unigram=unigram)
+            del values, offsets
+            work = pairs.work()
+            for lag in range(1, lags + 1):
+                (indptr, indices, counts), _ = pairs.lag(lag, work)
+                local = np.repeat(local_row, np.diff(indptr))
+                local += indices.view(np.uint32)
+                del indices
+                # one file per lag: index (mini-block starts), local keys, counts; fewer, larger writes
+                with open(f"{tmp}/lag{lag:02d}.spill", "wb") as f:
+                    np.save(f, indptr[mini_starts])
+                    np.save(f, local)
+                    np.save(f, counts)
+                del local, counts, indptr
     except OSError as exc:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise _write_error(out_dir, "spill", exc) from None
-    _publish_dir(tmp, out_dir)
+        if not os.path.isdir(out_dir):  # else another attempt of this task finished first: keep its result
+            raise _write_error(out_dir, "spill", exc) from None
     return {"dir": out_dir, "resumed": False}
 
 
@@ -522,9 +512,8 @@ def reduce_task(map_dirs: list[str], lag: int, mini_lo: int, mini_hi: int, n_voc
     try:
         np.save(f"{out_prefix}.indices.npy", (keys % np.uint64(n_vocab)).astype(np.uint32))
         np.save(f"{out_prefix}.data.npy", counts.astype(np.uint32))
-        tmp = f"{out_prefix}.rownnz.partial-{uuid.uuid4().hex[:8]}.npy"
-        np.save(tmp, rownnz)
-        os.replace(tmp, done)  # written last: marks the piece complete
+        with atomic_path(done) as tmp, open(tmp, "wb") as f:  # written last: marks the piece complete
+            np.save(f, rownnz)
     except OSError as exc:
         raise _write_error(out_prefix, "reduce output", exc) from None
     return int(rownnz.sum())
@@ -550,24 +539,21 @@ def plan_row_blocks(mini_entries: np.ndarray, max_entries: int) -> list[tuple[in
 # assemble
 
 
-def assemble_task(array_url: str, pieces: list[tuple[str, int, int]], start: int, stop: int, suffix: str) -> int:
-    """Write elements ``[start, stop)`` of a flat CSR array from reduce pieces.
+def assemble_task(array: Location, pieces: list[tuple[str, int, int]], start: int, stop: int, suffix: str) -> int:
+    """Write elements ``[start, stop)`` of a flat CSR array (``indices`` or ``data``) from reduce pieces.
 
     ``pieces`` lists ``(prefix, global_offset, nnz)`` in row order; only the pieces
     overlapping the range are read. ``start``/``stop`` are chunk-aligned (except
     the array end), so this task owns every chunk it writes.
     """
-    import zarr
-
-    arr = zarr.open_array(array_url, mode="r+")
-    out = np.empty(stop - start, dtype=arr.dtype)
+    out = np.empty(stop - start, dtype=np.uint32)
     for prefix, offset, nnz in pieces:
         lo, hi = max(start, offset), min(stop, offset + nnz)
         if lo >= hi:
             continue
         src = np.load(f"{prefix}.{suffix}.npy", mmap_mode="r")
         out[lo - start: hi - start] = src[lo - offset: hi - offset]
-    arr[start:stop] = out
+    write_elements(array, start, out)
     return stop - start
 
 
@@ -597,12 +583,14 @@ def count_cooccurrences(tokens, workspace: Workspace | None = None, *, params: C
     shards = TokenShards.from_artifact(tokens)
     fp = STAGE.fingerprint(params, {"tokens": tokens.fingerprint})
 
+    store = ws.artifact_location("counts", fp).child(STORE)
+
     def build(path: str) -> dict:
         if not spill and (scheduler or "local") == "local":
-            body = _count_one_pass(ws, path, tokens, shards, params, memory, head)
+            body = _count_one_pass(store, tokens, shards, params, memory, head)
             if body is not None:
                 return body
-        return _count_into(ws, path, fp, tokens, shards, params, memory, scheduler, head)
+        return _count_into(ws, store, fp, tokens, shards, params, memory, scheduler, head)
 
     artifact, _ = build_artifact(ws, "counts", fp, build, force=force, keep_partial=True)
     return artifact
@@ -633,9 +621,8 @@ class _MemoryGate:
             self.cond.notify_all()
 
 
-def _count_one_pass(ws, path, tokens, shards: TokenShards, params, memory, head) -> dict | None:
-    """Count in this process when the corpus fits one pass in ``memory``; None when it does not."""
-    import zarr
+def _count_one_pass(store: Location, tokens, shards: TokenShards, params, memory, head) -> dict | None:
+    """Count into ``store`` in this process when the corpus fits one pass in ``memory``; None when it does not."""
     from concurrent.futures import FIRST_COMPLETED, ThreadPoolExecutor, wait
 
     from .cluster import CLIENT_RESERVE
@@ -643,14 +630,8 @@ def _count_one_pass(ws, path, tokens, shards: TokenShards, params, memory, head)
 
     budget = parse_memory(memory)
     V, L = shards.n_vocab, params.lags
-    n_tokens = shards.n_tokens
     room = budget - CLIENT_RESERVE
-    if n_tokens * FUSED_BYTES_PER_TOKEN + HeadWork.nbytes(HEAD_CHOICES[-1], HEAD_PIECE) > room * 3 // 4:
-        return None  # cannot fit with room for the lags: not worth reading the corpus to find out
-    need = _one_pass_bytes_from_unigram(tokens, shards, L, head)
-    if need is not None and need > room:
-        return None  # the tokens' unigram says the lags would not fit: map/reduce without reading first
-    if n_tokens >= 2**31 - 1 or V * MINI_ROWS >= 2**32:
+    if _one_pass_outlook(tokens, shards, L, head, budget)[0] == "no":
         return None
     timings: dict = {}
     start = time.perf_counter()
@@ -671,13 +652,7 @@ def _count_one_pass(ws, path, tokens, shards: TokenShards, params, memory, head)
     gate = _MemoryGate(room - shared - threads * per_thread)
     log(f"count: one pass in this process: {n_tokens} tokens, V={V}, lags 1..{L}, dense head {pairs.head} "
         f"ids, {threads} thread(s), memory budget {format_bytes(budget)}")
-    rank = np.argsort(-unigram.astype(np.int64), kind="stable").astype(np.uint32)
-    url = _zarr_url(ws, path)
-    group = zarr.open_group(url, mode="w", storage_options=_so(ws))
-    group.attrs.update({"n_vocab": V, "lags": L, "tokens": tokens.fingerprint,
-                        "format_version": FORMAT_VERSION, "tokenizer": tokens.manifest.get("tokenizer")})
-    group.create_array("unigram", data=unigram, chunks=(min(V, 1 << 20),), compressors=COMPRESSORS)
-    group.create_array("rank", data=rank, chunks=(min(V, 1 << 20),), compressors=COMPRESSORS)
+    writer = CountStoreWriter(store, unigram, L, tokens.fingerprint, tokens.manifest.get("tokenizer"))
     import threading
 
     local = threading.local()
@@ -702,9 +677,9 @@ def _count_one_pass(ws, path, tokens, shards: TokenShards, params, memory, head)
                     lag, need = result
                     nnz_by_lag[lag] = int(indptr[-1])
                     try:
-                        _write_lag(group, lag, V, indptr, indices, counts)
+                        writer.write_lag(lag, indptr, indices, counts)
                     except OSError as exc:
-                        raise _write_error(path, "count store", exc) from None
+                        raise _write_error(store.url, "count store", exc) from None
                     finally:
                         del indptr, indices, counts
                         gate.release(need)
@@ -718,12 +693,31 @@ def _count_one_pass(ws, path, tokens, shards: TokenShards, params, memory, head)
                           {"mode": "one-pass", "threads": threads, "dense_head": pairs.head})
 
 
+def _one_pass_outlook(tokens, shards: TokenShards, lags: int, head: int | None, budget: int) -> tuple[str, int | None]:
+    """Whether a one-pass count fits ``budget``, decided before reading the corpus, and its projected bytes.
+
+    ``"no"``: map/reduce without reading (too many tokens for any head, or the
+    tokens' unigram projects too much); ``"yes"``: the unigram projects it fits;
+    ``"maybe"``: no unigram to project from, decided after reading.
+    """
+    from .cluster import CLIENT_RESERVE
+
+    room = budget - CLIENT_RESERVE
+    n = shards.n_tokens
+    if n * FUSED_BYTES_PER_TOKEN + HeadWork.nbytes(HEAD_CHOICES[-1], HEAD_PIECE) > room * 3 // 4:
+        return "no", None  # cannot fit with room for the lags: not worth reading the corpus to find out
+    if n >= 2**31 - 1 or shards.n_vocab * MINI_ROWS >= 2**32:
+        return "no", None
+    need = _one_pass_bytes_from_unigram(tokens, shards, lags, head)
+    if need is None:
+        return "maybe", None
+    return ("yes" if need <= room else "no"), need
+
+
 def _one_pass_bytes_from_unigram(tokens, shards: TokenShards, lags: int, head: int | None) -> int | None:
     """Memory a one-pass count would need, from the unigram the tokens artifact stores (None without one)."""
-    from .formats.npy import load_npy
-
     try:
-        unigram = load_npy(tokens.workspace.fs, f"{tokens.path}/unigram.npy")
+        unigram = read_unigram(tokens)
     except (OSError, ValueError):
         return None
     n = shards.n_tokens
@@ -749,11 +743,11 @@ def _read_all(shards: TokenShards, val_fraction: float | None = None) -> tuple[n
         for g in range(0, len(groups), 4):
             v, o = shards.read(s, groups[g:g + 4])
             if val_fraction is not None:
-                v, o = _training_only(f"{shards.url}/{shard['name']}", groups[g:g + 4], v, o, val_fraction)
+                v, o = _training_only(shards.shard(s), groups[g:g + 4], v, o, val_fraction)
             _release_arrow_memory()
-            _check_ids(v, shards.n_vocab, f"{shards.url}/{shard['name']}")
+            _check_ids(v, shards.n_vocab, str(shards.shard(s)))
             if at + v.size > values.size:
-                raise CtstoreError(f"{shards.url}/{shard['name']}: holds more tokens than its manifest says")
+                raise CtstoreError(f"{shards.shard(s)}: holds more tokens than its manifest says")
             values[at:at + v.size] = v
             at += v.size
             lengths.append(np.diff(o))
@@ -766,17 +760,6 @@ def _read_all(shards: TokenShards, val_fraction: float | None = None) -> tuple[n
     if lengths:
         np.cumsum(np.concatenate(lengths), out=offsets[1:])
     return values, offsets
-
-
-def _write_lag(group, lag: int, V: int, indptr: np.ndarray, indices: np.ndarray, counts: np.ndarray) -> None:
-    g = group.create_group(f"lag_{lag}")
-    g.attrs.update({"encoding-type": "csr_matrix", "encoding-version": "0.1.0", "shape": [V, V], "lag": lag})
-    g.create_array("indptr", data=indptr.astype(np.int64, copy=False), chunks=(min(V + 1, 1 << 20),),
-                   compressors=COMPRESSORS)
-    for name, arr in (("indices", indices.view(np.uint32)), ("data", counts.astype(np.uint32, copy=False))):
-        a = g.create_array(name, shape=arr.shape, dtype=np.uint32, chunks=(ZARR_CHUNK,), compressors=COMPRESSORS)
-        if arr.size:
-            a[:] = arr
 
 
 def _manifest_body(tokens, V, params, n_tokens, nnz_by_lag, timings, rate, budget, extra: dict) -> dict:
@@ -799,9 +782,9 @@ def _manifest_body(tokens, V, params, n_tokens, nnz_by_lag, timings, rate, budge
 # map → reduce → assemble on the cluster (or sync): spilled, resumable
 
 
-def _count_into(ws, path, fp, tokens, shards: TokenShards, params, memory, scheduler, head=None) -> dict:
-    import zarr
-
+def _count_into(ws, store: Location, fp, tokens, shards: TokenShards, params, memory, scheduler, head=None
+                ) -> dict:
+    """Count into ``store`` by map → reduce → assemble tasks on ``scheduler``, spilling to local scratch."""
     timings: dict = {}
     V, L = shards.n_vocab, params.lags
     runner = Runner(memory, scheduler)
@@ -821,7 +804,7 @@ def _count_into(ws, path, fp, tokens, shards: TokenShards, params, memory, sched
                     for s, rgs, _ in plan.map_units]
         with stopwatch(timings, "map_s"):
             results = runner.map(map_task, [
-                (shards.url, shards.shards[s]["name"], rgs, V, L, d, MAP_MAX_HEAD, head, params.val_fraction)
+                (shards.shard(s), rgs, V, L, d, MAP_MAX_HEAD, head, params.val_fraction)
                 for (s, rgs, _), d in zip(plan.map_units, map_dirs)], desc="count map")
         resumed = sum(r["resumed"] for r in results)
         if resumed:
@@ -830,7 +813,6 @@ def _count_into(ws, path, fp, tokens, shards: TokenShards, params, memory, sched
         unigram = np.zeros(V, dtype=np.uint64)
         for d in map_dirs:
             unigram += np.load(f"{d}/unigram.npy")
-        rank = np.argsort(-unigram.astype(np.int64), kind="stable").astype(np.uint32)
 
         reduce_jobs, blocks_by_lag = [], {}
         reduce_dir = f"{scratch}/reduce-v{SPILL_VERSION}"
@@ -845,11 +827,7 @@ def _count_into(ws, path, fp, tokens, shards: TokenShards, params, memory, sched
         with stopwatch(timings, "reduce_s"):
             nnz_pieces = runner.map(reduce_task, reduce_jobs, desc="count reduce")
 
-        group = zarr.open_group(_zarr_url(ws, path), mode="w", storage_options=_so(ws))
-        group.attrs.update({"n_vocab": V, "lags": L, "tokens": tokens.fingerprint,
-                            "format_version": FORMAT_VERSION, "tokenizer": tokens.manifest.get("tokenizer")})
-        group.create_array("unigram", data=unigram, chunks=(min(V, 1 << 20),), compressors=COMPRESSORS)
-        group.create_array("rank", data=rank, chunks=(min(V, 1 << 20),), compressors=COMPRESSORS)
+        writer = CountStoreWriter(store, unigram, L, tokens.fingerprint, tokens.manifest.get("tokenizer"))
         nnz_by_lag, assemble_jobs, it = {}, [], iter(nnz_pieces)
         for lag in range(1, L + 1):
             pieces, offset, rownnz = [], 0, []
@@ -862,15 +840,9 @@ def _count_into(ws, path, fp, tokens, shards: TokenShards, params, memory, sched
             nnz_by_lag[lag] = offset
             indptr = np.zeros(V + 1, dtype=np.int64)
             np.cumsum(np.concatenate(rownnz), out=indptr[1:])
-            g = group.create_group(f"lag_{lag}")
-            g.attrs.update({"encoding-type": "csr_matrix", "encoding-version": "0.1.0",
-                            "shape": [V, V], "lag": lag})
-            g.create_array("indptr", data=indptr, chunks=(min(V + 1, 1 << 20),), compressors=COMPRESSORS)
-            for name, dtype in (("indices", np.uint32), ("data", np.uint32)):
-                g.create_array(name, shape=(offset,), dtype=dtype, chunks=(ZARR_CHUNK,), compressors=COMPRESSORS)
-                url = f"{_zarr_url(ws, path)}/lag_{lag}/{name}"
+            for name, array in writer.create_lag(lag, indptr).items():
                 for s in range(0, offset, plan.assemble_entries):
-                    assemble_jobs.append((url, pieces, s, min(offset, s + plan.assemble_entries), name))
+                    assemble_jobs.append((array, pieces, s, min(offset, s + plan.assemble_entries), name))
         with stopwatch(timings, "assemble_s"):
             runner.map(assemble_task, assemble_jobs, desc="count assemble")
     timings["total_s"] = round(time.perf_counter() - start, 3)
@@ -887,25 +859,12 @@ def _piece(reduce_dir: str, lag: int, lo: int, hi: int) -> str:
     return f"{reduce_dir}/lag{lag:02d}-m{lo:06d}-{hi:06d}"
 
 
-def _zarr_url(ws: Workspace, path: str) -> str:
-    return f"{path}/counts.zarr" if ws.is_local else ws.fs.unstrip_protocol(f"{path}/counts.zarr")
-
-
-def _so(ws: Workspace) -> dict | None:
-    return None if ws.is_local else (ws.storage_options or None)
-
-
-def _training_only(url: str, row_groups: list, values: np.ndarray, offsets: np.ndarray,
+def _training_only(shard: Location, row_groups: list, values: np.ndarray, offsets: np.ndarray,
                    val_fraction: float) -> tuple[np.ndarray, np.ndarray]:
     """Drop the validation documents (``ctstore.split``) from a chunk read by ``read_shard``."""
-    import fsspec
-    import pyarrow.parquet as pq
-
     from .split import train_documents
 
-    with fsspec.open(url, "rb") as f:
-        doc_ids = pq.ParquetFile(f).read_row_groups(row_groups, columns=["doc_id"]).column("doc_id").to_numpy()
-    return train_documents(values, offsets, doc_ids, val_fraction)
+    return train_documents(values, offsets, read_doc_ids(shard, row_groups), val_fraction)
 
 
 def _param_dict(params: CountParams) -> dict:
@@ -926,17 +885,17 @@ def plan_lines(ws, inputs, params: CountParams, opts) -> list[str]:
     lines = [f"count {tokens}: {shards.n_tokens} tokens, V={shards.n_vocab}, lags 1..{params.lags}"
              + (f", training documents only (validation fraction {params.val_fraction})"
                 if params.val_fraction else "")]
-    room = budget - CLIENT_RESERVE
-    coarse = shards.n_tokens * FUSED_BYTES_PER_TOKEN + HeadWork.nbytes(HEAD_CHOICES[-1], HEAD_PIECE)
-    if not opts["spill"] and scheduler == "local" and coarse <= room * 3 // 4:  # _count_one_pass's two checks
-        need = _one_pass_bytes_from_unigram(tokens, shards, params.lags, None)
-        if need is not None and need <= room:
-            lines.append(f"one pass in this process: projected peak {format_bytes(need + CLIENT_RESERVE)} "
-                         f"of the {format_bytes(budget)} budget (no spill, no cluster)")
-            return lines
-        lines.append("one pass does not fit: " + (f"projected {format_bytes(need + CLIENT_RESERVE)} > "
-                                                   f"{format_bytes(budget)}" if need is not None else
-                                                   "no unigram to project from"))
+    if not opts["spill"] and scheduler == "local":
+        outlook, need = _one_pass_outlook(tokens, shards, params.lags, None, budget)
+        projected = f"projected peak {format_bytes(need + CLIENT_RESERVE)}" if need is not None else ""
+        if outlook == "yes":
+            return lines + [f"one pass in this process: {projected} of the {format_bytes(budget)} budget "
+                            "(no spill, no cluster)"]
+        if outlook == "maybe":
+            return lines + ["one pass in this process if the corpus, once read, fits the "
+                            f"{format_bytes(budget)} budget (no unigram to project from); else map/reduce"]
+        lines.append(f"one pass does not fit the {format_bytes(budget)} budget"
+                     + (f" ({projected})" if projected else "") + ": map/reduce")
     cluster = plan_cluster(budget, in_process=scheduler == "sync")
     plan = plan_count(shards.n_vocab, list(shards.shards), params.lags, cluster.task_memory)
     return lines + [plan.describe(), cluster.describe()]

@@ -15,31 +15,32 @@ from __future__ import annotations
 import hashlib
 
 from .errors import CtstoreError
+from .location import Location
 
 __all__ = ["hash_files", "verify_artifact", "verify_lineage", "chunk_error", "ChunkIndex"]
 
 MANIFEST = "manifest.json"
 
 
-def _hash(fs, path: str) -> tuple[str, int]:
+def _hash(file: Location) -> tuple[str, int]:
     h = hashlib.blake2b(digest_size=16)
     size = 0
-    with fs.open(path, "rb") as f:
+    with file.open("rb") as f:
         while block := f.read(8 << 20):
             h.update(block)
             size += len(block)
     return h.hexdigest(), size
 
 
-def hash_files(fs, root: str) -> dict:
-    """``{relative path: "hash:size"}`` for every file under ``root`` except the manifest."""
+def hash_files(directory: Location) -> dict:
+    """``{relative path: "hash:size"}`` for every file under ``directory`` except the manifest."""
     out = {}
-    root = root.rstrip("/")
-    for path in sorted(fs.find(root)):
+    root = directory.path
+    for path in sorted(directory.fs.find(root)):
         rel = path[len(root) + 1:] if path.startswith(root) else path
         if rel == MANIFEST or rel.startswith(MANIFEST):
             continue
-        digest, size = _hash(fs, path)
+        digest, size = _hash(directory.child(rel))
         out[rel] = f"{digest}:{size}"
     return out
 
@@ -49,12 +50,10 @@ def verify_artifact(artifact) -> list[str]:
     expected = artifact.manifest.get("files")
     if expected is None:
         return [f"{artifact}: manifest records no file hashes (written by an older ctstore); cannot verify"]
-    fs, root = artifact.workspace.fs, artifact.workspace.artifact_path(artifact.kind, artifact.fingerprint)
     problems = []
     for rel, want in expected.items():
-        path = f"{root}/{rel}"
         try:
-            digest, size = _hash(fs, path)
+            digest, size = _hash(artifact.location.child(rel))
         except FileNotFoundError:
             problems.append(f"{artifact}: {describe(rel)} is missing")
             continue
@@ -96,28 +95,28 @@ class ChunkIndex:
     written) nothing is known and nothing is checked.
     """
 
-    def __init__(self, url: str, storage_options: dict | None = None, listed: frozenset | None = None):
-        self.url = url.rstrip("/")
-        self.storage_options = storage_options
+    def __init__(self, store: Location | str, storage_options: dict | None = None, listed: frozenset | None = None):
+        """``store``: the Zarr store's location (or its URL, reached with ``storage_options``)."""
+        self.location = store if isinstance(store, Location) else Location(store.rstrip("/"), storage_options or {})
         self._listed = listed
         self._present: dict[str, set[str]] = {}
 
+    @property
+    def url(self) -> str:
+        return self.location.url
+
     @classmethod
-    def from_manifest(cls, url: str, manifest: dict, storage_options: dict | None = None) -> "ChunkIndex":
-        """``url`` is ``<artifact>/<store name>``; chunk keys are taken from ``manifest["files"]``."""
+    def from_manifest(cls, store: Location | str, manifest: dict, storage_options: dict | None = None
+                      ) -> "ChunkIndex":
+        """``store`` is ``<artifact>/<store name>``; chunk keys are taken from ``manifest["files"]``."""
+        index = cls(store, storage_options)
         files = manifest.get("files")
         if files is None:
-            return cls(url, storage_options, frozenset())
-        prefix = url.rstrip("/").rsplit("/", 1)[-1] + "/"
-        return cls(url, storage_options, frozenset(rel[len(prefix):] for rel in files
-                                                   if rel.startswith(prefix) and "/c/" in rel))
-
-    @property
-    def fs_root(self):
-        import fsspec
-
-        fs, root = fsspec.core.url_to_fs(self.url, **(self.storage_options or {}))
-        return fs, root.rstrip("/")
+            index._listed = frozenset()
+            return index
+        prefix = index.url.rstrip("/").rsplit("/", 1)[-1] + "/"
+        index._listed = frozenset(rel[len(prefix):] for rel in files if rel.startswith(prefix) and "/c/" in rel)
+        return index
 
     @property
     def listed(self) -> frozenset:
@@ -125,7 +124,7 @@ class ChunkIndex:
         if self._listed is None:
             import json
 
-            fs, root = self.fs_root
+            fs, root = self.location.fs, self.location.path
             path = root.rsplit("/", 1)[0] + "/" + MANIFEST
             try:
                 info = fs.info(path)
@@ -133,7 +132,7 @@ class ChunkIndex:
                 if key not in _LISTED_CACHE:  # a Dask worker reads one manifest once, not once per task
                     with fs.open(path, "rb") as f:
                         manifest = json.load(f)
-                    listed = (ChunkIndex.from_manifest(self.url, manifest, self.storage_options)._listed
+                    listed = (ChunkIndex.from_manifest(self.location, manifest)._listed
                               if isinstance(manifest, dict) else frozenset())
                     if len(_LISTED_CACHE) > 64:
                         _LISTED_CACHE.clear()
@@ -145,8 +144,7 @@ class ChunkIndex:
 
     def _present_in(self, array: str) -> set[str]:
         if array not in self._present:
-            fs, root = self.fs_root
-            base = f"{root}/{array}/c"
+            fs, base = self.location.fs, f"{self.location.path}/{array}/c"
             try:
                 found = fs.find(base)
             except (FileNotFoundError, NotADirectoryError):

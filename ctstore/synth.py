@@ -19,12 +19,12 @@ from dataclasses import asdict, dataclass
 import numpy as np
 
 from .errors import CtstoreError
-from .formats.npy import save_npy
+from .formats.tokens import DEFAULT_SHARD_TOKENS, FORMAT_VERSION, TokensWriter
 from .log import log, progress, progress_disabled, stopwatch
-from .formats.tokens import DEFAULT_SHARD_TOKENS, FORMAT_VERSION, ShardWriter
 from .stage import Stage, param
 from .units import COUNT, NON_NEGATIVE, number_flag, parse_count, text_flag
 from .workspace import Workspace, build_artifact
+from .location import Location
 
 __all__ = ["SynthParams", "synthesize_tokens"]
 
@@ -56,19 +56,19 @@ class SynthParams:
 def synthesize_tokens(params: SynthParams, workspace: Workspace | None = None, force: bool = False):
     ws = workspace or Workspace()
     fp = STAGE.fingerprint(params, {})
-    artifact, _ = build_artifact(ws, "tokens", fp, lambda path: _synth_into(ws, path, params), force=force)
+    out = ws.artifact_location("tokens", fp)
+    artifact, _ = build_artifact(ws, "tokens", fp, lambda path: _synth_into(out, params), force=force)
     return artifact
 
 
-def _synth_into(ws: Workspace, path: str, p: SynthParams) -> dict:
+def _synth_into(out: Location, p: SynthParams) -> dict:
     rng = np.random.default_rng(p.seed)
     V = p.vocab
     cdf = np.cumsum(1.0 / np.arange(1, V + 1) ** p.zipf)
     cdf /= cdf[-1]
     id_of_rank = rng.permutation(V).astype(np.uint32)
     successor = rng.integers(0, V, size=V).astype(np.uint32)
-    writer = ShardWriter(ws.fs, path, shard_tokens=p.shard_tokens)
-    unigram = np.zeros(V, dtype=np.int64)
+    writer = TokensWriter(out, V, shard_tokens=p.shard_tokens)
     timings: dict = {}
     written = 0
     bar = progress(total=p.tokens, unit="tok", unit_scale=True, desc="synth",
@@ -84,22 +84,16 @@ def _synth_into(ws: Workspace, path: str, p: SynthParams) -> dict:
             tokens[1:][copy[1:]] = successor[drawn[:-1][copy[1:]]]
             lengths = _document_lengths(rng, n, p.doc_tokens)
             writer.add(tokens, lengths)
-            unigram += np.bincount(tokens, minlength=V)
             written += n
             bar.update(n)
-        shards = writer.close()
+        files = writer.close()
     bar.close()
-    save_npy(ws.fs, f"{path}/unigram.npy", unigram.astype(np.uint64))
-    log(f"synth: {written} tokens, V={V}, {sum(s['docs'] for s in shards)} docs, {len(shards)} shard(s)")
+    log(f"synth: {files['tokens']} tokens, V={V}, {files['docs']} docs, {len(files['shards'])} shard(s)")
     return {
-        "format_version": FORMAT_VERSION,
+        **files,
         "params": {"synthetic": asdict(p)},
         "inputs": {},
         "tokenizer": f"synthetic-v{V}",
-        "n_vocab": V,
-        "docs": sum(s["docs"] for s in shards),
-        "tokens": written,
-        "shards": shards,
         "timings": timings,
     }
 

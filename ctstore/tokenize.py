@@ -58,13 +58,13 @@ from dataclasses import asdict, dataclass, replace
 
 import numpy as np
 
+from .encoding import DEFAULT_ENCODING, load_encoding
 from .errors import CtstoreError
-from .formats.npy import save_npy
+from .formats.tokens import DEFAULT_SHARD_TOKENS, FORMAT_VERSION, TokensWriter
+from .hfdata import hf_dataset_files, read_arrow
+from .location import Location
 from .log import log, progress, stopwatch
 from .units import COUNT, POSITIVE, format_bytes, parse_memory
-from .encoding import DEFAULT_ENCODING, load_encoding
-from .hfdata import hf_dataset_files, read_arrow
-from .formats.tokens import DEFAULT_SHARD_TOKENS, FORMAT_VERSION, ShardWriter
 from .stage import Input, Option, Stage, param
 from .workspace import Workspace, build_artifact
 
@@ -843,9 +843,11 @@ def tokenize_corpus(inputs: list[str], workspace: Workspace | None = None, *, pa
     threads = threads or os.cpu_count() or 1
     _check_memory(budget, params, enc.n_vocab, threads)  # before any work: a refusal leaves nothing behind
 
+    out = ws.artifact_location("tokens", fp)
+
     def build(path: str) -> dict:
-        return _tokenize_into(ws, path, files, params, enc, identity, param_dict, sources, total_bytes,
-                              threads, opened)
+        return _tokenize_into(out, files, params, enc, identity, param_dict, sources, total_bytes, threads,
+                              opened)
 
     artifact, _ = build_artifact(ws, "tokens", fp, build, force=force)
     return artifact
@@ -873,14 +875,12 @@ def _check_memory(budget: int | None, params: TokenizeParams, n_vocab: int, thre
                            f"--max-doc-tokens {fit} or less")
 
 
-def _tokenize_into(ws, path, files, params, enc, identity, param_dict, sources, total_bytes, threads,
+def _tokenize_into(out: Location, files, params, enc, identity, param_dict, sources, total_bytes, threads,
                    opened=None) -> dict:
     timings: dict = {}
     stats = {"replaced_bytes": 0, "forced_splits": 0}
     n_vocab = enc.n_vocab
-    unigram = np.zeros(n_vocab, dtype=np.int64)
-    writer = ShardWriter(ws.fs, path, shard_tokens=params.shard_tokens, max_doc_tokens=params.max_doc_tokens)
-    n_docs = n_tokens = n_chars = 0
+    writer = TokensWriter(out, n_vocab, shard_tokens=params.shard_tokens, max_doc_tokens=params.max_doc_tokens)
     log(f"tokenize: {len(files)} file(s), {total_bytes / 1e6:.1f} MB, encoding {identity['name']} "
         f"(V={n_vocab}), {threads} thread(s)")
     bar = progress(total=total_bytes, unit="B", unit_scale=True, desc="tokenize")
@@ -889,36 +889,31 @@ def _tokenize_into(ws, path, files, params, enc, identity, param_dict, sources, 
             pending: deque = deque()
 
             def drain_one():
-                nonlocal n_docs, n_tokens
                 future, nchars, source = pending.popleft()
                 values, lengths, ends = future.result()
-                unigram[:] += np.bincount(values, minlength=n_vocab)
                 splits = writer.split_docs
-                n_docs += writer.add_pieces(values, lengths, ends)
-                n_tokens += int(values.size)
+                writer.add_pieces(values, lengths, ends)
                 if writer.split_docs > splits and not splits:
                     log(f"tokenize: {source}: a document longer than --max-doc-tokens {params.max_doc_tokens} "
                         f"is stored as consecutive documents (same tokens; co-occurrences across each cut are "
                         f"not counted)")
                 bar.update(nchars)
-                bar.set_postfix_str(f"{n_tokens / max(bar.format_dict['elapsed'], 1e-9) / 1e6:.2f}M tok/s")
+                bar.set_postfix_str(f"{writer.tokens / max(bar.format_dict['elapsed'], 1e-9) / 1e6:.2f}M tok/s")
 
             rule = safe_cut_rule(enc._pat_str)
             for texts, ends, nchars, source in _batches(files, params, stats, sources, opened, rule):
                 pending.append((pool.submit(_encode_batch, enc._core_bpe, texts, ends), nchars, source))
-                n_chars += nchars
                 while len(pending) > 2 * threads:
                     drain_one()
             while pending:
                 drain_one()
-            shards = writer.close()
-        if n_tokens == 0:
-            raise CtstoreError(f"{', '.join(files[:3])}: corpus is empty (no tokens after reading)")
-        save_npy(ws.fs, f"{path}/unigram.npy", unigram.astype(np.uint64))
+            if writer.tokens == 0:
+                raise CtstoreError(f"{', '.join(files[:3])}: corpus is empty (no tokens after reading)")
+            written = writer.close()
     except OSError as exc:  # reading errors are CtstoreErrors by now: this is a failed write (full disk, ...)
         from .errors import write_error
 
-        raise write_error(path, "the tokens artifact", exc) from None
+        raise write_error(out.url, "the tokens artifact", exc) from None
     finally:
         bar.close()
     if stats["replaced_bytes"]:
@@ -927,21 +922,18 @@ def _tokenize_into(ws, path, files, params, enc, identity, param_dict, sources, 
         log(f"tokenize: {stats['forced_splits']} run(s) of over {MAX_PIECE_CHARS} characters without a safe "
             f"cut point were cut by force (tokens may differ from whole-document encoding at those cuts)")
     rate = total_bytes / max(timings["tokenize_s"], 1e-9) / 1e6
-    log(f"tokenize: {n_docs} docs, {n_tokens} tokens, {len(shards)} shard(s), {rate:.1f} MB/s")
+    log(f"tokenize: {written['docs']} docs, {written['tokens']} tokens, "
+        f"{len(written['shards'])} shard(s), {rate:.1f} MB/s")
     return {
-        "format_version": FORMAT_VERSION,
+        **written,
         "params": param_dict,
         "inputs": {},
         "tokenizer": identity["name"],
-        "n_vocab": n_vocab,
-        "docs": n_docs,
-        "tokens": n_tokens,
         "source_bytes": total_bytes,
         "replaced_bytes": stats["replaced_bytes"],
         "forced_splits": stats["forced_splits"],
         "split_documents": writer.split_docs,
         "sources": [{"file": f, **s} for f, s in zip(files, sources)],
-        "shards": shards,
         "timings": timings,
         "mb_per_s": round(rate, 2),
     }

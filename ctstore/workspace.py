@@ -8,7 +8,11 @@ artifact is *complete* exactly when its manifest exists. Anything else under
 
 The root is a local path (default ``./ctstore-data`` or ``$CTSTORE_HOME``) or an
 fsspec URL (``s3://bucket/prefix``, ``memory://x``); options for remote file
-systems come from ``$CTSTORE_STORAGE_OPTIONS`` (a JSON object).
+systems (endpoint, credentials) come from the ``storage_options`` argument or
+``$CTSTORE_STORAGE_OPTIONS`` (a JSON object). The workspace turns root and
+options into one :class:`~ctstore.location.Location` (``ws.location``); each
+artifact's is ``artifact.location``, and that object, never a bare URL, is what
+readers, writers and Dask tasks receive, so the options reach every process.
 
 Fingerprints hash the canonical JSON of kind, format version, parameters and
 input fingerprints (plus source-file content hashes for ``tokenize``): never
@@ -24,13 +28,13 @@ import json
 import os
 import socket
 import time
-import uuid
 from dataclasses import dataclass, field
 
 import fsspec
 
 from . import __version__
 from .errors import CtstoreError, one_line, WriteError
+from .location import Location
 
 __all__ = ["Artifact", "Workspace", "fingerprint", "KINDS"]
 
@@ -68,7 +72,12 @@ class Artifact:
 
     @property
     def url(self) -> str:
-        return self.workspace.artifact_url(self.kind, self.fingerprint)
+        return self.location.url
+
+    @property
+    def location(self) -> Location:
+        """The artifact's directory with the workspace's storage options: what readers and tasks open."""
+        return self.workspace.artifact_location(self.kind, self.fingerprint)
 
     def child(self, name: str) -> str:
         return f"{self.url}/{name}"
@@ -84,21 +93,20 @@ class Artifact:
 class Workspace:
     """A directory (local or fsspec URL) of content-addressed artifacts."""
 
-    def __init__(self, root: str | None = None):
+    def __init__(self, root: str | None = None, storage_options: dict | None = None):
         root = root or os.environ.get("CTSTORE_HOME") or "ctstore-data"
-        options = json.loads(os.environ.get("CTSTORE_STORAGE_OPTIONS", "{}") or "{}")
+        options = storage_options if storage_options is not None else _env_storage_options()
         try:
-            self.fs, path = fsspec.core.url_to_fs(root, **options)
+            self.location = Location.of(root, options)
+            self.fs = self.location.fs
         except (ImportError, ValueError) as exc:
             raise CtstoreError(f"workspace {root}: cannot open ({exc})") from None
-        self.storage_options = options
-        self.is_local = "file" in _protocols(self.fs)
-        if self.is_local:
-            path = os.path.abspath(path)
-            if os.path.exists(path) and not os.path.isdir(path):
-                raise CtstoreError(f"workspace {root}: exists and is not a directory")
-        self.root = path.rstrip("/")
-        self.url = path if self.is_local else self.fs.unstrip_protocol(self.root)
+        self.storage_options = self.location.storage_options
+        self.is_local = self.location.is_local
+        self.root = self.location.path
+        self.url = self.location.url
+        if self.is_local and os.path.exists(self.root) and not os.path.isdir(self.root):
+            raise CtstoreError(f"workspace {root}: exists and is not a directory")
         try:
             self.fs.makedirs(self.root, exist_ok=True)
         except (FileExistsError, NotADirectoryError):
@@ -111,8 +119,11 @@ class Workspace:
         return f"{self.root}/{kind}/{fp}"
 
     def artifact_url(self, kind: str, fp: str) -> str:
-        path = self.artifact_path(kind, fp)
-        return path if self.is_local else self.fs.unstrip_protocol(path)
+        return self.artifact_location(kind, fp).url
+
+    def artifact_location(self, kind: str, fp: str) -> Location:
+        """Where artifact ``kind/fp`` lives, with the workspace's storage options (hand this to tasks)."""
+        return self.location.child(kind, fp)
 
     def scratch_dir(self, kind: str, fp: str) -> str:
         """Local directory for spill files of a job; inside the workspace when it is local."""
@@ -269,14 +280,7 @@ class Workspace:
         }
         manifest["path"] = self.artifact_url(kind, fp)
         data = json.dumps(manifest, indent=2, sort_keys=True).encode()
-        final = f"{self.artifact_path(kind, fp)}/{MANIFEST}"
-        tmp = f"{final}.partial-{uuid.uuid4().hex[:8]}"
-        with self.fs.open(tmp, "wb") as f:
-            f.write(data)
-        if self.is_local:
-            os.replace(tmp, final)
-        else:
-            self.fs.mv(tmp, final)
+        self.artifact_location(kind, fp).child(MANIFEST).write_atomic(data)
         return Artifact(self, kind, fp, manifest)
 
     # -- locks (local workspaces) ---------------------------------------------------------
@@ -334,9 +338,18 @@ def _created(manifest: dict) -> float:
     return float(value) if isinstance(value, (int, float)) else 0.0
 
 
-def _protocols(fs) -> tuple:
-    proto = fs.protocol
-    return (proto,) if isinstance(proto, str) else tuple(proto)
+def _env_storage_options() -> dict:
+    """fsspec options from ``$CTSTORE_STORAGE_OPTIONS`` (a JSON object; unset or empty: none)."""
+    text = os.environ.get("CTSTORE_STORAGE_OPTIONS", "").strip()
+    if not text:
+        return {}
+    try:
+        options = json.loads(text)
+    except ValueError as exc:
+        raise CtstoreError(f"CTSTORE_STORAGE_OPTIONS: not valid JSON ({one_line(exc)})") from None
+    if not isinstance(options, dict):
+        raise CtstoreError("CTSTORE_STORAGE_OPTIONS: must be a JSON object of fsspec options")
+    return options
 
 
 def _lock_owner_alive(path: str) -> bool:
@@ -465,7 +478,7 @@ def build_artifact(ws: Workspace, kind: str, fp: str, build, *, force: bool = Fa
             body = build(path)
             from .integrity import hash_files
 
-            body["files"] = hash_files(ws.fs, path)
+            body["files"] = hash_files(ws.artifact_location(kind, fp))
             return ws.publish(kind, fp, body), False
         except BaseException as exc:
             error = _room_error(exc, path, kind)

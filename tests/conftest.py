@@ -49,8 +49,9 @@ def write_tokens(ws, docs: list[list[int]], n_vocab: int, row_group_tokens: int 
     from ctstore.workspace import fingerprint
 
     fp = fingerprint("tokens", 1, {"test_docs": [list(map(int, d)) for d in docs], "V": n_vocab}, {})
-    path = ws.prepare("tokens", fp)
-    writer = ShardWriter(ws.fs, path, shard_tokens=shard_tokens, row_group_tokens=row_group_tokens)
+    ws.prepare("tokens", fp)
+    writer = ShardWriter(ws.artifact_location("tokens", fp), shard_tokens=shard_tokens,
+                         row_group_tokens=row_group_tokens)
     for d in docs:
         writer.add(np.asarray(d, dtype=np.uint32), np.array([len(d)], dtype=np.int64))
     shards = writer.close()

@@ -78,7 +78,7 @@ def test_reduce_with_tiny_caps_merges_incrementally_and_stays_exact(ws, tmp_path
     dirs = []
     for s, shard in enumerate(shards.shards):
         d = str(tmp_path / f"m{s}")
-        map_task(shards.url, shard["name"], tuple(range(len(shard["row_groups"]))), V, 2, d)
+        map_task(shards.shard(s), tuple(range(len(shard["row_groups"]))), V, 2, d)
         dirs.append(d)
     assert len(dirs) > 2
     ref = naive_counts(docs, 2)

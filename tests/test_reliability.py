@@ -288,6 +288,54 @@ def test_real_cluster_on_s3_survives_a_killed_worker(tmp_path, s3_server):
     assert np.array_equal(a.unigram, b.unigram)
 
 
+def options_only_env(s3_server, tmp_path) -> dict:
+    """An environment where the S3 endpoint and credentials exist only in ``CTSTORE_STORAGE_OPTIONS``."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("AWS_", "FSSPEC_"))}
+    options = {"endpoint_url": s3_server["FSSPEC_S3_ENDPOINT_URL"], "key": "test", "secret": "test",
+               "client_kwargs": {"region_name": "us-east-1"}}
+    return {**env, "CTSTORE_STORAGE_OPTIONS": json.dumps(options), "CTSTORE_NO_PROGRESS": "1",
+            "TMPDIR": str(tmp_path)}
+
+
+def cli_in(env: dict, *args) -> dict:
+    """Run the CLI with exactly ``env`` (nothing inherited) and return its --json output."""
+    proc = subprocess.run([sys.executable, "-m", "ctstore.cli", *args, "--json"], capture_output=True, text=True,
+                          env=env)
+    assert proc.returncode == 0, proc.stderr
+    return json.loads(proc.stdout)
+
+
+@pytest.mark.slow
+def test_storage_options_alone_reach_every_count_task_on_a_local_cluster(tmp_path, s3_server):
+    """No AWS_* or FSSPEC_* variable anywhere: workers reach S3 only through the options they are handed."""
+    import pyarrow.parquet as pq
+    import s3fs
+
+    from conftest import naive_counts
+
+    env = options_only_env(s3_server, tmp_path)
+    corpus = tmp_path / "c.txt"
+    corpus.write_text((SAMPLE / "tinyshakespeare.txt").read_text()[:600_000])  # 3 batches of text: 3 shards
+    ws = "s3://ctstore/options-only"
+    tokens = cli_in(env, "tokenize", str(corpus), "--shard-tokens", "10K", "-w", ws)
+    assert len(tokens["shards"]) >= 3
+    counts = cli_in(env, "count", tokens["fingerprint"], "-w", ws, "--lags", "3", "--scheduler", "local",
+                    "--memory", "2GB", "--spill")
+    assert counts["mode"] == "map-reduce" and counts["map_tasks"] >= 3
+    options = json.loads(env["CTSTORE_STORAGE_OPTIONS"])
+    fs = s3fs.S3FileSystem(**options)
+    docs = []  # the documents, read with pyarrow straight from S3: an independent reader
+    for shard in tokens["shards"]:
+        with fs.open(f"{tokens['path'][len('s3://'):]}/{shard['name']}", "rb") as f:
+            docs += pq.read_table(f, columns=["tokens"]).column("tokens").to_pylist()
+    assert sum(map(len, docs)) == tokens["tokens"] > 20_000
+    store = CountStore(counts["path"] + "/counts.zarr", options)
+    for lag in (1, 2, 3):
+        m = store.matrix(lag).tocoo()
+        assert {(int(a), int(b)): int(x) for a, b, x in zip(m.row, m.col, m.data)} == naive_counts(docs, lag)
+    assert np.array_equal(store.unigram, np.bincount(np.concatenate(docs), minlength=tokens["n_vocab"]))
+
+
 def test_disk_full_during_k0_fails_cleanly_and_workspace_stays_usable(tmp_path, tiny_disk):
     subprocess.run(["mount", "-o", "remount,size=60M", str(tiny_disk)], check=True)
     ws = str(tiny_disk / "ws")

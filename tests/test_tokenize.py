@@ -132,3 +132,20 @@ def test_local_tiktoken_file(tmp_path, ws):
     f.write_text("abab")
     art = tokenize_corpus([str(f)], ws, params=TokenizeParams(encoding=str(enc_file)))
     assert all_docs(art) == [[256, 256]] and art.manifest["n_vocab"] == 257
+
+
+def test_synth_and_tokenize_write_the_same_tokens_format(tmp_path, ws):
+    """Both stages write through formats.tokens.TokensWriter: shards, unigram.npy and the manifest's table agree."""
+    from ctstore.synth import SynthParams, synthesize_tokens
+
+    f = tmp_path / "t.txt"
+    f.write_text("one two three\n\nfour five\n\n" * 50)
+    for art in (synthesize_tokens(SynthParams(vocab=500, tokens=30_000, doc_tokens=300, shard_tokens=10_000), ws),
+                tokenize_corpus([str(f)], ws)):
+        docs = all_docs(art)
+        shards = art.manifest["shards"]
+        assert art.manifest["docs"] == len(docs) == sum(s["docs"] for s in shards)
+        assert art.manifest["tokens"] == sum(map(len, docs)) == sum(sum(s["row_groups"]) for s in shards)
+        unigram = np.load(f"{art.path}/unigram.npy")
+        assert unigram.dtype == np.uint64 and unigram.size == art.manifest["n_vocab"]
+        assert np.array_equal(unigram, np.bincount(np.concatenate(docs), minlength=unigram.size))

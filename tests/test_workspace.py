@@ -250,3 +250,28 @@ def test_os_errors_keep_input_colon_problem_on_one_line(tmp_path, capsys, monkey
     assert main(["tokenize", str(tmp_path / "no\nsuch.txt"), "-w", str(tmp_path / "ws2"), "-q"]) == 2
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and "no\\nsuch.txt" in err, err
+
+
+def test_storage_options_from_the_environment_travel_with_every_artifact_location(monkeypatch):
+    import pickle
+
+    from conftest import write_tokens
+    from ctstore.formats.tokens import TokenShards
+
+    monkeypatch.setenv("CTSTORE_STORAGE_OPTIONS", '{"skip_instance_cache": true}')
+    ws = Workspace("memory://ctstore-options-test")
+    assert ws.location.storage_options == {"skip_instance_cache": True}
+    tokens = write_tokens(ws, [[1, 2, 3, 4]] * 3, n_vocab=5)
+    shard = pickle.loads(pickle.dumps(TokenShards.from_artifact(tokens).shard(0)))  # as a Dask task gets it
+    assert shard.storage_options == {"skip_instance_cache": True}
+    assert shard.url == f"{ws.url}/tokens/{tokens.fingerprint}/part-00000.parquet" and shard.exists()
+    explicit = Workspace("memory://ctstore-options-test", storage_options={})
+    assert explicit.location.storage_options == {} and explicit.get(tokens.fingerprint).location == tokens.location
+
+
+@pytest.mark.parametrize("text,problem", [("{not json", "not valid JSON"), ("[1, 2]", "must be a JSON object")])
+def test_bad_storage_options_are_a_one_line_error(tmp_path, capsys, monkeypatch, text, problem):
+    monkeypatch.setenv("CTSTORE_STORAGE_OPTIONS", text)
+    code, _, err = _cli(capsys, "ls", "-w", str(tmp_path / "ws"))
+    assert code == 2 and err.startswith(f"ctstore: error: CTSTORE_STORAGE_OPTIONS: {problem}"), err
+    assert err.count("\n") == 1 and not (tmp_path / "ws").exists()

@@ -1,4 +1,4 @@
-"""Single ``.npy`` arrays through fsspec (``unigram.npy`` of a tokens artifact); never pickled."""
+"""Single ``.npy`` arrays at a :class:`~ctstore.location.Location` (``unigram.npy`` of a tokens artifact)."""
 
 from __future__ import annotations
 
@@ -6,17 +6,18 @@ import io
 
 import numpy as np
 
+from ..location import Location
+
 __all__ = ["load_npy", "save_npy"]
 
 
-def save_npy(fs, path: str, array) -> None:
-    """Write a ``.npy`` file through an fsspec filesystem (never pickled)."""
+def save_npy(location: Location, array) -> None:
+    """Write ``array`` as a ``.npy`` file (never pickled), local or remote."""
     buf = io.BytesIO()
     np.save(buf, array, allow_pickle=False)
-    with fs.open(path, "wb") as f:
+    with location.open("wb") as f:
         f.write(buf.getvalue())
 
 
-def load_npy(fs, path: str):
-    with fs.open(path, "rb") as f:
-        return np.load(io.BytesIO(f.read()), allow_pickle=False)
+def load_npy(location: Location) -> np.ndarray:
+    return np.load(io.BytesIO(location.read_bytes()), allow_pickle=False)

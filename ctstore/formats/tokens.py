@@ -8,8 +8,14 @@ its documents, tokens and per-row-group token counts, so later stages plan
 their tasks without opening a file. ``unigram.npy`` beside the manifest holds
 the token counts (uint64, length ``n_vocab``).
 
-Readers get flat arrays (``values`` uint32, ``offsets`` int64 document starts)
-straight from Arrow buffers: no Python lists of tokens anywhere.
+Writers: :class:`TokensWriter` writes every file of the artifact (shards and
+``unigram.npy``) and returns the manifest's description of them; it is what
+``tokenize`` and ``synth`` use. :class:`ShardWriter` is its Parquet half.
+Readers (:class:`TokenShards`, :func:`read_shard`) get flat arrays (``values``
+uint32, ``offsets`` int64 document starts) straight from Arrow buffers: no
+Python lists of tokens anywhere. Everything is opened through a
+:class:`~ctstore.location.Location`, so a Dask task reads a remote artifact
+with the workspace's storage options.
 """
 
 from __future__ import annotations
@@ -21,25 +27,70 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from ..errors import CtstoreError
+from ..location import Location
+from .npy import load_npy, save_npy
 
-__all__ = ["ShardWriter", "TokenShards", "SCHEMA", "ROW_GROUP_TOKENS", "DEFAULT_SHARD_TOKENS"]
+__all__ = ["TokensWriter", "ShardWriter", "TokenShards", "read_shard", "read_doc_ids", "read_unigram", "SCHEMA",
+           "ROW_GROUP_TOKENS", "DEFAULT_SHARD_TOKENS", "FORMAT_VERSION"]
 
 FORMAT_VERSION = 1
 ROW_GROUP_TOKENS = 1 << 20
 DEFAULT_SHARD_TOKENS = 32 << 20
 SCHEMA = pa.schema([("doc_id", pa.uint64()), ("tokens", pa.large_list(pa.uint32()))])
+UNIGRAM = "unigram.npy"
+
+
+class TokensWriter:
+    """Write a tokens artifact's files at ``location``: Parquet shards and ``unigram.npy``.
+
+    Documents go in through :meth:`add` (whole documents) or :meth:`add_pieces`
+    (documents arriving in parts); every id is counted into the unigram on the
+    way. :meth:`close` writes the rest and returns the manifest's part that
+    describes the files: ``format_version``, ``n_vocab``, ``docs``, ``tokens``
+    and the shard table.
+    """
+
+    def __init__(self, location: Location, n_vocab: int, shard_tokens: int = DEFAULT_SHARD_TOKENS,
+                 max_doc_tokens: int | None = None):
+        self.location, self.n_vocab = location, n_vocab
+        self.shard_writer = ShardWriter(location, shard_tokens=shard_tokens, max_doc_tokens=max_doc_tokens)
+        self.unigram = np.zeros(n_vocab, dtype=np.int64)
+        self.tokens = 0
+
+    @property
+    def split_docs(self) -> int:
+        """Documents stored as several because they reached ``max_doc_tokens`` (see :class:`ShardWriter`)."""
+        return self.shard_writer.split_docs
+
+    def _count(self, values: np.ndarray) -> None:
+        self.unigram += np.bincount(values, minlength=self.n_vocab)
+        self.tokens += int(values.size)
+
+    def add(self, values: np.ndarray, lengths: np.ndarray) -> None:
+        self._count(values)
+        self.shard_writer.add(values, lengths)
+
+    def add_pieces(self, values: np.ndarray, lengths: np.ndarray, ends: np.ndarray) -> None:
+        self._count(values)
+        self.shard_writer.add_pieces(values, lengths, ends)
+
+    def close(self) -> dict:
+        shards = self.shard_writer.close()
+        save_npy(self.location.child(UNIGRAM), self.unigram.astype(np.uint64))
+        return {"format_version": FORMAT_VERSION, "n_vocab": self.n_vocab,
+                "docs": sum(s["docs"] for s in shards), "tokens": self.tokens, "shards": shards}
 
 
 class ShardWriter:
-    """Append documents (flat ids + offsets) and write Parquet shards under ``path``.
+    """Append documents (flat ids + offsets) and write Parquet shards under ``location``.
 
     Documents are never split across row groups or shards, so a reader of one
     row group sees whole documents.
     """
 
-    def __init__(self, fs, path: str, shard_tokens: int = DEFAULT_SHARD_TOKENS,
+    def __init__(self, location: Location, shard_tokens: int = DEFAULT_SHARD_TOKENS,
                  row_group_tokens: int = ROW_GROUP_TOKENS, max_doc_tokens: int | None = None):
-        self.fs, self.path = fs, path
+        self.location = location
         self.max_doc_tokens = max_doc_tokens
         self.split_docs = 0  # documents ended early (at a piece boundary) because they reached max_doc_tokens
         self.shard_tokens, self.row_group_tokens = shard_tokens, min(row_group_tokens, shard_tokens)
@@ -58,24 +109,21 @@ class ShardWriter:
         self._add_docs([np.asarray(values, dtype=np.uint32)], np.asarray(lengths, dtype=np.int64))
         self._maybe_flush()
 
-    def add_pieces(self, values: np.ndarray, lengths: np.ndarray, ends: np.ndarray) -> int:
+    def add_pieces(self, values: np.ndarray, lengths: np.ndarray, ends: np.ndarray) -> None:
         """Add pieces of documents: ``lengths[i]`` ids each, ``ends[i]`` when piece i ends its document.
 
         A document may arrive in pieces over several calls (a long document
         tokenized in parts); it is still written whole, in one row group, unless
         it reaches ``max_doc_tokens``: then it is stored as several consecutive
         documents, cut at piece boundaries (counted in ``split_docs``).
-        Returns the number of non-empty documents stored by this call.
         """
         values = np.asarray(values, dtype=np.uint32)
         offsets = np.zeros(len(lengths) + 1, dtype=np.int64)
         np.cumsum(lengths, out=offsets[1:])
         stops = offsets[np.flatnonzero(np.asarray(ends, dtype=bool)) + 1]  # where each completed document stops
-        done = 0
         if stops.size:
             doc_lengths = np.diff(stops, prepend=0)
             doc_lengths[0] += self.open_tokens
-            done = int((doc_lengths > 0).sum())
             parts, self._open, self.open_tokens = self._open, [], 0
             parts.append(values[: stops[-1]])
             self._add_docs(parts, doc_lengths)
@@ -93,9 +141,7 @@ class ShardWriter:
                 del parts
                 self.open_tokens = 0
                 self.split_docs += 1
-                done += 1
                 self._flush_row_group()
-        return done
 
     def _add_docs(self, parts: list[np.ndarray], lengths: np.ndarray) -> None:
         keep = lengths > 0
@@ -127,7 +173,7 @@ class ShardWriter:
         table = pa.Table.from_arrays([pa.array(doc_ids, type=pa.uint64()), tokens], schema=SCHEMA)
         if self._writer is None:
             name = f"part-{len(self.shards):05d}.parquet"
-            self._file = self.fs.open(f"{self.path}/{name}", "wb")
+            self._file = self.location.child(name).open("wb")
             self._writer = pq.ParquetWriter(self._file, SCHEMA, compression="zstd")
             self.shards.append({"name": name, "docs": 0, "tokens": 0, "row_groups": []})
         self._writer.write_table(table, row_group_size=len(table))
@@ -154,9 +200,9 @@ class ShardWriter:
 
 @dataclass(frozen=True)
 class TokenShards:
-    """Read access to a tokens artifact (local or fsspec URL)."""
+    """Read access to a tokens artifact: its location and the manifest's shard table."""
 
-    url: str
+    location: Location
     n_vocab: int
     shards: tuple
 
@@ -165,31 +211,52 @@ class TokenShards:
         m = artifact.manifest
         if artifact.kind != "tokens":
             raise CtstoreError(f"{artifact}: is a {artifact.kind} artifact, expected tokens")
-        return cls(artifact.url, int(m["n_vocab"]), tuple(m["shards"]))
+        return cls(artifact.location, int(m["n_vocab"]), tuple(m["shards"]))
+
+    @property
+    def url(self) -> str:
+        return self.location.url
 
     @property
     def n_tokens(self) -> int:
         return sum(s["tokens"] for s in self.shards)
 
+    def shard(self, index: int) -> Location:
+        """The Parquet file of shard ``index``."""
+        return self.location.child(self.shards[index]["name"])
+
     def read(self, shard: int, row_groups: list[int] | None = None) -> tuple[np.ndarray, np.ndarray]:
         """Return ``(values uint32, offsets int64)`` of whole documents in the given row groups."""
-        return read_shard(f"{self.url}/{self.shards[shard]['name']}", row_groups)
+        return read_shard(self.shard(shard), row_groups)
 
 
-def read_shard(url: str, row_groups: list[int] | None = None) -> tuple[np.ndarray, np.ndarray]:
-    import fsspec
-
+def _read_column(shard: Location, column: str, row_groups: list[int] | None) -> pa.ChunkedArray:
     try:
-        with fsspec.open(url, "rb") as f:
+        with shard.open("rb") as f:
             pf = pq.ParquetFile(f)
-            table = pf.read_row_groups(row_groups, columns=["tokens"]) if row_groups is not None \
-                else pf.read(columns=["tokens"])
+            table = pf.read_row_groups(row_groups, columns=[column]) if row_groups is not None \
+                else pf.read(columns=[column])
     except (OSError, pa.ArrowException) as exc:
-        raise CtstoreError(f"{url}: cannot read token shard ({exc})") from None
-    column = table.column("tokens").combine_chunks()
+        raise CtstoreError(f"{shard}: cannot read token shard ({exc})") from None
+    return table.column(column)
+
+
+def read_shard(shard: Location, row_groups: list[int] | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """``(values uint32, offsets int64)`` of the documents in ``row_groups`` (None: all) of one shard."""
+    column = _read_column(shard, "tokens", row_groups).combine_chunks()
     if not pa.types.is_large_list(column.type) or column.type.value_type != pa.uint32():
-        raise CtstoreError(f"{url}: column 'tokens' has type {column.type}, expected large_list<uint32>")
+        raise CtstoreError(f"{shard}: column 'tokens' has type {column.type}, expected large_list<uint32>")
     offsets = column.offsets.to_numpy().astype(np.int64, copy=False)
     values = column.values.to_numpy(zero_copy_only=False)
     values = values[offsets[0]:offsets[-1]]
     return values, offsets - offsets[0]
+
+
+def read_doc_ids(shard: Location, row_groups: list[int] | None = None) -> np.ndarray:
+    """The ``doc_id`` of each document in ``row_groups`` (None: all) of one shard."""
+    return _read_column(shard, "doc_id", row_groups).to_numpy()
+
+
+def read_unigram(artifact) -> np.ndarray:
+    """The token counts ``unigram.npy`` of a tokens artifact (uint64, length ``n_vocab``)."""
+    return load_npy(artifact.location.child(UNIGRAM))
