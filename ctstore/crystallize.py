@@ -99,7 +99,8 @@ def _crystallize_into(ws, path, counts, store, params, config, memory, scheduler
 
     from .analysis.harmonic import fit_harmonic
     from .analysis.weights import gmm_1d
-    from .model import PhotonicGPT, save_model
+    from .formats.model import save_model
+    from .model import PhotonicGPT
     from .seed import _rescaled
 
     d, L = config.n_embd, config.n_layer

@@ -57,7 +57,8 @@ import torch
 from .errors import CtstoreError
 from .log import log
 from .analysis.spectral import spectral_gap_ratio
-from .model import PhotonicGPT, get_config, save_model
+from .formats.model import save_model
+from .model import PhotonicGPT, get_config
 from .workspace import Workspace, build_artifact, fingerprint
 
 __all__ = ["SeedParams", "seed_model", "spectral_layer_matrices"]

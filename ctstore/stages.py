@@ -11,8 +11,8 @@ import importlib
 STAGES: dict[str, str] = {
     "k0": "ctstore.k0",
     "seed": "ctstore.seed",
-    "sft": "ctstore.sft",
-    "eval": "ctstore.sft",
+    "sft": "ctstore.sft.stage",
+    "eval": "ctstore.sft.stage",
     "run": "ctstore.pipeline",
     "crystallize": "ctstore.crystallize",
     "export": "ctstore.export",

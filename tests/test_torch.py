@@ -9,7 +9,8 @@ import torch
 
 from ctstore.errors import CtstoreError
 from ctstore.k0 import K0Params, embed_counts
-from ctstore.model import CONFIGS, PhotonicGPT, get_config, load_model, save_model
+from ctstore.formats.model import load_model, save_model
+from ctstore.model import CONFIGS, PhotonicGPT, get_config
 from ctstore.seed import SeedParams, build_seeded_model, eigen_basis, seed_model
 from ctstore.sft import SftParams, train_model
 

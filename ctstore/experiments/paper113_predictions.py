@@ -29,7 +29,7 @@ import numpy as np
 from ..analysis.compare import embedding_agreement
 from ..claims import construction, exact, missing, paired
 from ..k0 import load_embeddings
-from ..model import load_model
+from ..formats.model import load_model
 from ..report import markdown_table, publish_report
 from .common import claims_section, eval_curve, prepare, seeds_of, write_report
 

@@ -25,7 +25,7 @@ from ..analysis.spectral import pairing_fraction, participation_ratio
 from ..analysis.weights import weight_drift
 from ..claims import construction, exact, paired
 from ..k0 import load_embeddings
-from ..model import load_model
+from ..formats.model import load_model
 from ..report import markdown_table, plot_curves, publish_report
 from .common import claims_section, prepare, seeds_of, write_report
 

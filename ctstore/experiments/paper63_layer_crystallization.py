@@ -20,7 +20,7 @@ import torch
 
 from ..analysis.spectral import matrix_participation_ratio
 from ..claims import paired
-from ..model import load_model
+from ..formats.model import load_model
 from ..report import markdown_table, publish_report
 from .common import claims_section, prepare, seeds_of, write_report
 

@@ -26,7 +26,7 @@ from ..analysis.spectral import participation_ratio
 from ..analysis.weights import layer_norms
 from ..claims import construction, exact, paired
 from ..formats.counts import CountStore
-from ..model import load_model
+from ..formats.model import load_model
 from ..report import markdown_table, plot_curves, publish_report
 from .common import claims_section, prepare, seeds_of, write_report
 
