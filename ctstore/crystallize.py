@@ -101,7 +101,7 @@ def _crystallize_into(ws, path, counts, store, params, config, memory, scheduler
     from .analysis.weights import gmm_1d
     from .formats.model import save_model
     from .model import PhotonicGPT
-    from .seed import _rescaled
+    from .seeding import rescaled
 
     d, L = config.n_embd, config.n_layer
     bands = [_band_svd(ws, counts, params, config, layer, memory, scheduler) for layer in range(L)]
@@ -115,7 +115,7 @@ def _crystallize_into(ws, path, counts, store, params, config, memory, scheduler
         wte = model.transformer.wte.weight
         rows = np.zeros((config.vocab_size, d), np.float32)
         rows[: params.vocab] = U0 * np.sqrt(S0)
-        wte.copy_(_rescaled(rows, wte))
+        wte.copy_(rescaled(rows, wte))
         for layer, (U, S, _active, fp) in enumerate(bands):
             gmms = [gmm_1d(positions, params.gmm_components, sample_weight=U[:, k] ** 2 + 1e-12)
                     for k in range(min(8, d))]
@@ -126,10 +126,10 @@ def _crystallize_into(ws, path, counts, store, params, config, memory, scheduler
                                 ("mlp.c_fc.weight", np.concatenate([np.roll(W, j * d // 4, axis=1)
                                                                      for j in range(4)])),):
                 p = model.transformer.h[layer].get_parameter(name)
-                p.copy_(_rescaled(value, p))
+                p.copy_(rescaled(value, p))
             fc = model.transformer.h[layer].mlp.c_fc.weight
             model.transformer.h[layer].mlp.c_proj.weight.copy_(
-                _rescaled(fc.T.numpy(), model.transformer.h[layer].mlp.c_proj.weight))
+                rescaled(fc.T.numpy(), model.transformer.h[layer].mlp.c_proj.weight))
             for key, arr in (("amplitude", fit.amplitude), ("centre", fit.centre), ("width", fit.width)):
                 harmonic[f"h.{layer}.{key}"] = torch.as_tensor(arr, dtype=torch.float32)
             report["layers"].append({"layer": layer, "lags": [layer + 1, layer + len(params.betas)],
