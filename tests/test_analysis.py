@@ -7,7 +7,7 @@ import torch
 from ctstore.analysis.harmonic import HarmonicLinear, fit_harmonic, fit_l2, initial_centres, reconstruct
 from ctstore.analysis.spectral import (matrix_participation_ratio, pairing_fraction, participation_ratio,
                                        rotation_diversity, spectral_gap_ratio)
-from ctstore.analysis.weights import centre_position_correlation, gmm_1d, layer_norms, weight_drift
+from ctstore.analysis.weights import centre_position_correlation, layer_norms, weight_drift
 
 
 def test_participation_ratio_closed_forms():
@@ -74,15 +74,6 @@ def test_l2_fit_succeeds_on_smooth_and_fails_on_shuffled_rows():
     shuffled = fit_l2(shuffled_w, fit_harmonic(shuffled_w, K=K))
     assert smooth.full_r2 > 0.99
     assert shuffled.full_r2 < smooth.full_r2 - 0.3
-
-
-def test_gmm_1d_recovers_two_components():
-    rng = np.random.default_rng(0)
-    x = np.concatenate([rng.normal(-3, 0.5, 3000), rng.normal(2, 1.0, 1000)])
-    g = gmm_1d(x, 2)
-    assert np.allclose(g.means, [-3, 2], atol=0.1)
-    assert np.allclose(g.weights, [0.75, 0.25], atol=0.02)
-    assert np.allclose(np.sqrt(g.variances), [0.5, 1.0], atol=0.06)
 
 
 def test_drift_norms_and_centre_correlation():
