@@ -10,8 +10,9 @@ vocabulary (the top ``V_model`` tokens). Per layer:
    (d × d: the band's left singular subspace seen from the first band's, which
    also gives the embedding ``E = U_0 √S_0``; right singular vectors are not
    kept in embeddings artifacts, so the symmetric form is used), is fitted row by row with K Gaussians (harmonic L1 fit);
-   the model's weights are the fitted reconstructions, i.e. HarmonicLinear
-   parameters (A, μ, σ), stored in ``harmonic.safetensors``:
+   the model's weights are the fitted reconstructions, whose Gaussian
+   parameters (A, μ, σ) are stored in ``harmonic.safetensors``
+   (:func:`ctstore.analysis.harmonic.reconstruct` rebuilds B from them):
    ``c_attn = [B; Bᵀ; B]``, attention ``c_proj = Bᵀ``, ``c_fc`` four copies of B
    rolled by d/4, MLP ``c_proj = c_fcᵀ``.
 

@@ -1,11 +1,8 @@
-"""Weights across checkpoints and layers (Papers 56, 63, 66).
+"""Weights across checkpoints and layers (Papers 56, 66).
 
 * :func:`weight_drift`: RMS, relative and cosine change of every matrix between
   two state dicts (SFT drift of Paper 56);
-* :func:`layer_norms`: Frobenius norm per layer and matrix kind (Paper 66);
-* :func:`centre_position_correlation`: Pearson correlation between each row's
-  dominant fitted centre (the μ_k of the largest |A_k|) and the row's position
-  (its index, i.e. the frequency rank for embedding-aligned matrices).
+* :func:`layer_norms`: Frobenius norm per layer and matrix kind (Paper 66).
 """
 
 from __future__ import annotations
@@ -14,7 +11,7 @@ import re
 
 import numpy as np
 
-__all__ = ["weight_drift", "layer_norms", "centre_position_correlation"]
+__all__ = ["weight_drift", "layer_norms"]
 
 
 def _np(x) -> np.ndarray:
@@ -46,11 +43,3 @@ def layer_norms(state: dict) -> dict:
         if m and _np(w).ndim == 2:
             out.setdefault(int(m.group(1)), {})[m.group(2)] = float(np.linalg.norm(_np(w)))
     return dict(sorted(out.items()))
-
-
-def centre_position_correlation(amplitude: np.ndarray, centre: np.ndarray) -> float:
-    dominant = centre[np.arange(centre.shape[0]), np.argmax(np.abs(amplitude), axis=1)]
-    pos = np.arange(centre.shape[0], dtype=np.float64)
-    if dominant.std() == 0:
-        return 0.0
-    return float(np.corrcoef(pos, dominant)[0, 1])
