@@ -41,8 +41,8 @@ def lr_at(step: int, p: SftParams) -> float:
     """Learning rate of ``step``: linear warmup to ``p.lr``, then cosine decay to ``p.min_lr_ratio · p.lr``."""
     if step < p.warmup:
         return p.lr * (step + 1) / p.warmup
-    progress = (step - p.warmup) / max(1, p.steps - p.warmup)
-    return p.lr * (p.min_lr_ratio + (1 - p.min_lr_ratio) * 0.5 * (1 + math.cos(math.pi * min(1.0, progress))))
+    done = (step - p.warmup) / max(1, p.steps - p.warmup)
+    return p.lr * (p.min_lr_ratio + (1 - p.min_lr_ratio) * 0.5 * (1 + math.cos(math.pi * min(1.0, done))))
 
 
 def optimizer_for(model: PhotonicGPT, p: SftParams) -> torch.optim.AdamW:
