@@ -456,11 +456,12 @@ def bench_train(quick: bool) -> dict:
             opt.step()
 
     def ctstore_loop():
-        from ctstore.sft import SftParams, _optimizer
+        from ctstore.sft import SftParams
+        from ctstore.sft.loop import optimizer_for
 
         model = PhotonicGPT(config)
         p = SftParams()
-        opt = _optimizer(model, p)
+        opt = optimizer_for(model, p)
         for i in range(steps):
             _, loss = model(data[i, :, :-1], data[i, :, 1:])
             opt.zero_grad(set_to_none=True)

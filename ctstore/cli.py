@@ -15,7 +15,7 @@ import sys
 
 from .errors import CtstoreError, one_line
 from .log import log, set_quiet
-from .units import format_bytes, number_flag, parse_count, parse_memory
+from .units import MEMORY, format_bytes, parse_memory
 
 __all__ = ["main"]
 
@@ -27,7 +27,8 @@ def _common(parser: argparse.ArgumentParser, compute: bool = True) -> None:
     parser.add_argument("--quiet", "-q", action="store_true", help="no progress bars or log lines")
     if compute:
         parser.add_argument("--force", action="store_true", help="recompute even if the artifact exists")
-        parser.add_argument("--memory", default="4GB", help="budget for the whole process tree (default 4GB)")
+        parser.add_argument("--memory", default="4GB", type=MEMORY,
+                            help="budget for the whole process tree (default 4GB)")
         parser.add_argument("--scheduler", default=None,
                             help="'local' (LocalCluster, default), 'sync' (in-process) or a scheduler address")
 
@@ -40,76 +41,6 @@ class _Parser(argparse.ArgumentParser):
             name, _, problem = message[len("argument "):].partition(": ")
             message = f"{name.split('/')[0]}: {problem}"
         self.exit(2, f"ctstore: error: {one_line(message, 2000)}\n")
-
-
-def _flag_checks() -> dict:
-    """Parse-time checks of every numeric flag: ``{dest: argparse type}`` (by ``(command, dest)`` first)."""
-    from .units import number_flag, text_flag
-
-    positive = number_flag(int, 1, what="a positive integer")
-    non_negative = number_flag(int, 0, what="a non-negative integer")
-    count = text_flag(parse_count, "a positive count such as 4096, 200K or 32M", minimum=1)
-    return {
-        "memory": text_flag(parse_memory, "a memory size such as 2GB or 512MiB", minimum=1),
-        "threads": positive, "shard_tokens": count, "doc_tokens": count, ("synth", "tokens"): count,
-        ("synth", "vocab"): text_flag(parse_count, "a vocabulary size of at least 2", minimum=2),
-        "seed": non_negative,
-        "zipf": number_flag(float, 0, what="a finite number >= 0"),
-        "local": number_flag(float, 0, 1, what="a probability in [0, 1]"),
-        "lags": positive, "lag_from": positive, "dim": positive,
-        "v_eff": text_flag(parse_count, "auto or a count of at least 2", minimum=2, allowed=("auto",)),
-        "ppmi_alpha": number_flag(float, 0, what="a finite number >= 0"),
-        "oversample": non_negative, "power_iters": non_negative,
-        "weighting": _weighting_flag(),
-        "vocab": positive, "K": positive,
-        "steps": positive, "batch_size": positive, "warmup": non_negative, "eval_every": positive,
-        "block_size": number_flag(int, 2, what="an integer >= 2"),
-        "lr": number_flag(float, 0, low_open=True, what="a positive finite number"),
-        "target_ppl": number_flag(float, 1, what="a finite number >= 1"),
-        "patience": positive,
-        "val_fraction": number_flag(float, 0, 1, low_open=True, high_open=True, what="a number in (0, 1)"),
-        "batches": positive,
-        "eval_tokens": number_flag(int, 2, what="an integer >= 2"),
-        "train_only": number_flag(float, 0, 1, low_open=True, high_open=True, what="a number in (0, 1)"),
-        "max_new_tokens": positive, "top_k": positive, "num_samples": positive,
-        "temperature": number_flag(float, 0, what="a finite number >= 0"),
-    }
-
-
-def _weighting_flag():
-    import math
-
-    def convert(text: str):
-        if text in ("uniform", "inverse-distance"):
-            return text
-        try:
-            weights = [float(x) for x in text.split(",")]
-        except ValueError:
-            weights = None
-        if not weights or not all(math.isfinite(w) for w in weights):
-            raise argparse.ArgumentTypeError(f"must be uniform, inverse-distance or comma-separated finite "
-                                             f"numbers, not {one_line(repr(text))}")
-        return text
-
-    convert.__name__ = "str"
-    return convert
-
-
-def _install_flag_checks(parser: argparse.ArgumentParser) -> None:
-    checks = _flag_checks()
-    for action in parser._actions:
-        if not isinstance(action, argparse._SubParsersAction):
-            continue
-        for command, sub in action.choices.items():
-            for flag in sub._actions:
-                if not flag.option_strings or flag.nargs == 0 or flag.choices:
-                    continue
-                check = checks.get((command, flag.dest), checks.get(flag.dest))
-                numeric = flag.type in (int, float)
-                if check is None and numeric:  # a numeric flag nobody listed: at least finite
-                    check = number_flag(flag.type)
-                if check is not None and (numeric or flag.type is None):
-                    flag.type = check
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -144,7 +75,6 @@ def build_parser() -> argparse.ArgumentParser:
                    help="also remove artifacts whose manifest cannot be read (ls lists them)")
     _common(s, compute=False)
 
-    _install_flag_checks(p)
     return p
 
 

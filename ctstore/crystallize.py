@@ -6,22 +6,27 @@ vocabulary (the top ``V_model`` tokens). Per layer:
 
 1. randomized SVD of ``X_l`` (rank d) through the ``k0 --kernel none`` stage, so
    each band is an embeddings artifact of its own and is reused;
-2. 1-D GMM fits of the singular vectors: each left singular vector's energy
-   ``u²`` over frequency rank is fitted with a K-component mixture (where along
-   the rank axis the direction lives: centres, widths, weights);
-3. the layer operator in embedding coordinates, ``B_l = U_0ᵀ U_l S_l U_lᵀ U_0``
+2. the layer operator in embedding coordinates, ``B_l = U_0ᵀ U_l S_l U_lᵀ U_0``
    (d × d: the band's left singular subspace seen from the first band's, which
    also gives the embedding ``E = U_0 √S_0``; right singular vectors are not
    kept in embeddings artifacts, so the symmetric form is used), is fitted row by row with K Gaussians (harmonic L1 fit);
-   the model's weights are the fitted reconstructions, i.e. HarmonicLinear
-   parameters (A, μ, σ), stored in ``harmonic.safetensors``:
+   the model's weights are the fitted reconstructions, whose Gaussian
+   parameters (A, μ, σ) are stored in ``harmonic.safetensors``
+   (:func:`ctstore.analysis.harmonic.reconstruct` rebuilds B from them):
    ``c_attn = [B; Bᵀ; B]``, attention ``c_proj = Bᵀ``, ``c_fc`` four copies of B
    rolled by d/4, MLP ``c_proj = c_fcᵀ``.
 
 Every matrix is rescaled to the Frobenius norm of the random initialisation it
-replaces (as in :mod:`ctstore.seed`), LayerNorms are identity, the head is tied.
-Choices the paper leaves open (which product maps a band into the residual
-basis, Q/K/V sharing) are the ones above.
+replaces (:func:`ctstore.seeding.rescaled`, as in :mod:`ctstore.seed`),
+LayerNorms are identity, the head is tied. Choices the paper leaves open (which
+product maps a band into the residual basis, Q/K/V sharing) are the ones above.
+
+Paper 51 step 2 fits each right singular vector ``v_k`` over the vocabulary with
+a 1-D Gaussian mixture and builds ``W[i, j] = Σ_{k,m} σ_k u_k[i] A_{k,m}
+N(j; μ_{k,m}, s_{k,m})``, a V-wide matrix. The weights here are d × d and come
+from the Gaussian fit of the rows of ``B_l`` (step 2 above), so per-vector
+mixture fits would describe the band without reaching any weight; they are not
+computed.
 """
 
 from __future__ import annotations
@@ -63,7 +68,6 @@ class CrystallizeParams:
     vocab: int = param(4096, "compact vocabulary size V_model", parse=POSITIVE)
     betas: tuple = param((1.0, 0.5, 0.25), "weights of the lags in each layer's band", parse=_betas)
     K: int = param(4, "Gaussians per weight row", parse=POSITIVE)
-    gmm_components: int = param(3, cli=False)
     power_iters: int = param(3, cli=False)
     seed: int = param(0, "random seed", parse=NON_NEGATIVE)
 
@@ -113,14 +117,13 @@ def _crystallize_into(ws, path, counts, store, params, config, memory, scheduler
     from safetensors.torch import save_file
 
     from .analysis.harmonic import fit_harmonic
-    from .analysis.weights import gmm_1d
-    from .model import PhotonicGPT, save_model
-    from .seed import _rescaled
+    from .formats.model import save_model
+    from .model import PhotonicGPT
+    from .seeding import rescaled
 
     d, L = config.n_embd, config.n_layer
     bands = [_band_svd(ws, counts, params, config, layer, memory, scheduler) for layer in range(L)]
     U0, S0, active, _ = bands[0]
-    positions = np.arange(U0.shape[0], dtype=np.float64)
     torch.manual_seed(params.seed)
     model = PhotonicGPT(config)
     harmonic: dict = {}
@@ -129,10 +132,8 @@ def _crystallize_into(ws, path, counts, store, params, config, memory, scheduler
         wte = model.transformer.wte.weight
         rows = np.zeros((config.vocab_size, d), np.float32)
         rows[: params.vocab] = U0 * np.sqrt(S0)
-        wte.copy_(_rescaled(rows, wte))
+        wte.copy_(rescaled(rows, wte))
         for layer, (U, S, _active, fp) in enumerate(bands):
-            gmms = [gmm_1d(positions, params.gmm_components, sample_weight=U[:, k] ** 2 + 1e-12)
-                    for k in range(min(8, d))]
             B = (U0.T @ U) * S @ (U.T @ U0)
             fit = fit_harmonic(B, K=params.K)
             W = fit.reconstruction
@@ -140,16 +141,15 @@ def _crystallize_into(ws, path, counts, store, params, config, memory, scheduler
                                 ("mlp.c_fc.weight", np.concatenate([np.roll(W, j * d // 4, axis=1)
                                                                      for j in range(4)])),):
                 p = model.transformer.h[layer].get_parameter(name)
-                p.copy_(_rescaled(value, p))
+                p.copy_(rescaled(value, p))
             fc = model.transformer.h[layer].mlp.c_fc.weight
             model.transformer.h[layer].mlp.c_proj.weight.copy_(
-                _rescaled(fc.T.numpy(), model.transformer.h[layer].mlp.c_proj.weight))
+                rescaled(fc.T.numpy(), model.transformer.h[layer].mlp.c_proj.weight))
             for key, arr in (("amplitude", fit.amplitude), ("centre", fit.centre), ("width", fit.width)):
                 harmonic[f"h.{layer}.{key}"] = torch.as_tensor(arr, dtype=torch.float32)
             report["layers"].append({"layer": layer, "lags": [layer + 1, layer + len(params.betas)],
                                      "band_embeddings": fp, "top_singular_value": float(S[0]),
-                                     "l1_r2": fit.r2, "compression_ratio": fit.compression_ratio,
-                                     "gmm_centres_top_vectors": [g.means.round(1).tolist() for g in gmms[:3]]})
+                                     "l1_r2": fit.r2, "compression_ratio": fit.compression_ratio})
             log(f"crystallize: layer {layer} lags {layer + 1}..{layer + len(params.betas)}, L1 fit R² {fit.r2:.4f}")
     vocab_map = np.full(store.n_vocab, params.vocab, np.int64)
     vocab_map[active] = np.arange(params.vocab)
@@ -163,7 +163,7 @@ def _crystallize_into(ws, path, counts, store, params, config, memory, scheduler
 
 STAGE = Stage(
     name="crystallize", kind="model", params=CrystallizeParams, code_version=FORMAT_VERSION,
-    help="counts -> model without training (Paper 51: lag bands, SVD, GMM, harmonic layers)",
+    help="counts -> model without training (Paper 51: lag bands, SVD, harmonic layers)",
     inputs=(Input("counts", "counts", "counts artifact fingerprint (or unique prefix)"),),
     run=lambda ws, inputs, params, opts: crystallize_model(inputs["counts"], ws, params=params, memory=opts["memory"],
                                                            scheduler=opts["scheduler"], force=opts["force"]),

@@ -43,11 +43,13 @@ import numpy as np
 import torch
 
 from .errors import CtstoreError
+from .formats.model import inverse_vocab, load_model, resolve_model_dir
+from .location import atomic_path
 from .log import log
-from .model import PhotonicGPT, load_model
+from .model import PhotonicGPT
 from .stage import Input, Option, Stage
 
-__all__ = ["neox_config", "neox_state_dict", "tokenizer_info", "export_hf", "write_hf", "resolve_model_dir"]
+__all__ = ["neox_config", "neox_state_dict", "tokenizer_info", "export_hf", "write_hf"]
 
 TOKENIZER_FILE = "ctstore_tokenizer.json"
 
@@ -141,23 +143,12 @@ def tokenizer_info(raw_config: dict, vocab_map: np.ndarray | None, vocab_size: i
             "tokenizer_vocab": raw_config.get("tokenizer_vocab"), "model_vocab": vocab_size,
             "compact": vocab_map is not None}
     if vocab_map is not None:
-        from .generate import inverse_vocab
-
         unk = vocab_size - 1
         model_to_tokenizer = inverse_vocab(vocab_map, vocab_size)[:unk]
         info.update(unk_id=int(unk), unk_text="⟨unk⟩", tokenizer_vocab=int(len(vocab_map)),
                     model_to_tokenizer=[int(x) for x in model_to_tokenizer],
                     usage="model id of tokenizer id t: index of t in model_to_tokenizer, else unk_id")
     return info
-
-
-def resolve_model_dir(ref: str, ws) -> str:
-    """A model directory from an artifact reference (model or run) or a directory path."""
-    if os.path.isdir(ref) and os.path.isfile(os.path.join(ref, "model.safetensors")):
-        return ref
-    from .sft import model_dir
-
-    return model_dir(ws.get(ref))
 
 
 def export_hf(model_directory: str, out_dir: str, force: bool = False) -> dict:
@@ -172,35 +163,30 @@ def write_hf(model: PhotonicGPT, vocab_map: np.ndarray | None, raw_config: dict,
              force: bool = False) -> dict:
     """Write ``out_dir`` (config.json, model.safetensors, ctstore_tokenizer.json) atomically.
 
-    The files are written into ``<out_dir>.partial-<pid>`` and renamed into place,
-    so ``out_dir`` either does not exist or is complete. An existing ``out_dir`` is
-    replaced only with ``force``.
+    The files are written into a temporary sibling directory and renamed into
+    place (:func:`~ctstore.location.atomic_path`), so ``out_dir`` either does not
+    exist or is complete. An existing ``out_dir`` is replaced only with ``force``:
+    it is moved aside just before the rename and removed after it.
     """
     from safetensors.torch import save_file
 
     out_dir = os.path.abspath(out_dir.rstrip("/"))
     if os.path.exists(out_dir) and not force:
         raise CtstoreError(f"{out_dir}: already exists (use --force to replace it)")
-    tmp = f"{out_dir}.partial-{os.getpid()}"
-    shutil.rmtree(tmp, ignore_errors=True)
-    os.makedirs(tmp)
-    try:
+    old = None
+    with atomic_path(out_dir) as tmp:
+        os.makedirs(tmp)
         save_file(neox_state_dict(model), os.path.join(tmp, "model.safetensors"), metadata={"format": "pt"})
         config = neox_config(model)
         with open(os.path.join(tmp, "config.json"), "w") as f:
             json.dump(config, f, indent=2)
         with open(os.path.join(tmp, TOKENIZER_FILE), "w", encoding="utf-8") as f:
             json.dump(tokenizer_info(raw_config, vocab_map, model.config.vocab_size), f, ensure_ascii=False)
-        old = None
         if os.path.exists(out_dir):
             old = f"{out_dir}.old-{os.getpid()}"
             os.replace(out_dir, old)
-        os.replace(tmp, out_dir)
-        if old:
-            shutil.rmtree(old, ignore_errors=True)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
+    if old:
+        shutil.rmtree(old, ignore_errors=True)
     log(f"export: GPT-NeoX ({config['num_hidden_layers']}L/{config['num_attention_heads']}H/"
         f"{config['hidden_size']}D, vocab {config['vocab_size']}, "
         f"{'tied' if config['tie_word_embeddings'] else 'untied'} head) at {out_dir}")

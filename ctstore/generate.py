@@ -24,11 +24,12 @@ import numpy as np
 import torch
 
 from .errors import CtstoreError
-from .model import PhotonicGPT, load_model
+from .formats.model import inverse_vocab, load_model, resolve_model_dir
+from .model import PhotonicGPT
 from .stage import Input, Option, Stage, param
 from .units import NON_NEGATIVE, POSITIVE, number_flag
 
-__all__ = ["SampleParams", "inverse_vocab", "encode_prompt", "decode_ids", "sample_ids", "generate_text",
+__all__ = ["SampleParams", "encode_prompt", "decode_ids", "sample_ids", "generate_text",
            "UNK_TEXT"]
 
 UNK_TEXT = "⟨unk⟩"
@@ -52,14 +53,6 @@ class SampleParams:
     @property
     def greedy(self) -> bool:
         return self.temperature == 0 or self.top_k == 1
-
-
-def inverse_vocab(vocab_map: np.ndarray, vocab_size: int) -> np.ndarray:
-    """Tokenizer id of each model id of a compact vocabulary (-1 for the unknown token, the last id)."""
-    inverse = np.full(vocab_size, -1, np.int64)
-    kept = np.flatnonzero(vocab_map != vocab_size - 1)
-    inverse[vocab_map[kept]] = kept
-    return inverse
 
 
 def encode_prompt(enc, text: str, vocab_map: np.ndarray | None) -> list[int]:
@@ -165,8 +158,6 @@ def generate_text(model: PhotonicGPT, vocab_map, enc, prompt: str, params: Sampl
 
 
 def _generate_stage(ws, inputs, params: SampleParams, opts):
-    from .export import resolve_model_dir
-
     directory = resolve_model_dir(inputs["model"], ws)
     model, vocab_map, enc = load_generator(directory, opts["encoding"])
     samples = []

@@ -13,7 +13,7 @@ A config file is JSON with the fields of :class:`GPTConfig`.
 
 Compact vocabulary: a model may use only the ``V_model`` most frequent tokens
 of the corpus plus one unknown token; ``vocab_map`` (tokenizer id → model id)
-is stored with the model. Weights are saved with safetensors only.
+is stored with the model. Saving and loading: :mod:`ctstore.formats.model`.
 """
 
 from __future__ import annotations
@@ -23,14 +23,13 @@ import math
 import os
 from dataclasses import asdict, dataclass, replace
 
-import numpy as np
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
 from .errors import CtstoreError
 
-__all__ = ["GPTConfig", "PhotonicGPT", "CONFIGS", "get_config", "save_model", "load_model"]
+__all__ = ["GPTConfig", "PhotonicGPT", "CONFIGS", "get_config"]
 
 
 @dataclass(frozen=True)
@@ -186,43 +185,3 @@ class PhotonicGPT(nn.Module):
         """Training FLOPs per token: 6N for the weights + attention (PaLM appendix B)."""
         c = self.config
         return 6 * self.num_params() + 12 * c.n_layer * c.n_embd * c.block_size
-
-
-# ---------------------------------------------------------------------------------------
-# persistence (safetensors only; no pickles)
-
-
-def save_model(model: PhotonicGPT, directory: str, vocab_map: np.ndarray | None = None,
-               extra: dict | None = None) -> None:
-    from safetensors.torch import save_file
-
-    os.makedirs(directory, exist_ok=True)
-    state = {k: v.detach().contiguous().cpu() for k, v in model.state_dict().items() if k != "lm_head.weight"}
-    meta = {"tied": "lm_head.weight=transformer.wte.weight"} if model.config.tie_head else {"tied": "none"}
-    save_file(state, os.path.join(directory, "model.safetensors"), metadata=meta)
-    with open(os.path.join(directory, "config.json"), "w") as f:
-        json.dump({**model.config.to_dict(), **(extra or {})}, f, indent=2)
-    if vocab_map is not None:
-        save_file({"vocab_map": torch.from_numpy(vocab_map.astype(np.int64))}, os.path.join(directory, "vocab.safetensors"))
-
-
-def load_model(directory: str, device: str = "cpu") -> tuple[PhotonicGPT, np.ndarray | None, dict]:
-    from safetensors import SafetensorError
-    from safetensors.torch import load_file
-
-    weights = os.path.join(directory, "model.safetensors")
-    if not os.path.isfile(weights):
-        raise CtstoreError(f"{weights}: model weights not found")
-    with open(os.path.join(directory, "config.json")) as f:
-        raw = json.load(f)
-    model = PhotonicGPT(GPTConfig.from_dict(raw))
-    try:
-        state = load_file(weights, device=device)
-    except (SafetensorError, OSError) as exc:
-        raise CtstoreError(f"{weights}: cannot read ({exc})") from None
-    missing, unexpected = model.load_state_dict(state, strict=False)
-    if unexpected or set(missing) - ({"lm_head.weight"} if model.config.tie_head else set()):
-        raise CtstoreError(f"{weights}: weights do not match config (missing {missing}, unexpected {unexpected})")
-    vocab_path = os.path.join(directory, "vocab.safetensors")
-    vocab_map = load_file(vocab_path)["vocab_map"].numpy() if os.path.exists(vocab_path) else None
-    return model.to(device), vocab_map, raw

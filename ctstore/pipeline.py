@@ -129,7 +129,7 @@ class Context:
 
     def derived_model(self, model, label: str, transform):
         """A model artifact made from another by ``transform(torch_model)`` (in place), cached by label."""
-        from .model import load_model, save_model
+        from .formats.model import load_model, save_model
         from .stage import fingerprint
         from .workspace import build_artifact
 

@@ -42,7 +42,12 @@ layers. ``init="embeddings"`` seeds only the token embedding (ablation f).
 Vocabulary. ``vocab=N``: the N most frequent tokens of the counts plus one
 ``<unk>`` row; ``vocab="corpus"``: every token that occurs in the counted
 documents (so ``<unk>`` is only for tokens never seen there); ``None``: the full
-tokenizer vocabulary.
+tokenizer vocabulary. The embeddings' ``active`` ids are the counts' V_eff most
+frequent ids, so N ≤ V_eff is read from them; a larger N, ``"corpus"`` and
+``unigram_prior`` read the unigram and rank of the count store the embeddings
+were computed from (:class:`~ctstore.formats.counts.CountStore`).
+
+The matrix arithmetic lives in :mod:`ctstore.seeding`, shared with ``crystallize``.
 """
 
 from __future__ import annotations
@@ -57,12 +62,14 @@ import torch
 from .errors import CtstoreError
 from .log import log
 from .analysis.spectral import spectral_gap_ratio
-from .model import PhotonicGPT, get_config, save_model
+from .formats.model import save_model
+from .model import PhotonicGPT, get_config
+from .seeding import basis_rotation, eigen_basis, max_row_energy_share, rescaled, spectral_layer_matrices
 from .stage import Input, Stage, param
 from .units import NON_NEGATIVE
 from .workspace import Workspace, build_artifact
 
-__all__ = ["SeedParams", "seed_model", "spectral_layer_matrices"]
+__all__ = ["SeedParams", "seed_model", "build_seeded_model", "corpus_vocab"]
 
 FORMAT_VERSION = 2
 INITS = ("spectral", "random", "embeddings")
@@ -111,51 +118,6 @@ class SeedParams:
             raise CtstoreError(f"--embed-scale must be one of {', '.join(EMBED_SCALES)}, not {self.embed_scale!r}")
         if isinstance(self.vocab, str) and self.vocab != "corpus":
             raise CtstoreError(f"--vocab must be a number or 'corpus', not {self.vocab!r}")
-
-
-def eigen_basis(E: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """Eigenvalues (descending, clipped at 0) and eigenvectors of ``EᵀE``."""
-    lam, U = np.linalg.eigh(E.astype(np.float64).T @ E.astype(np.float64))
-    order = np.argsort(lam)[::-1]
-    return np.clip(lam[order], 0, None), U[:, order]
-
-
-def rolled(U: np.ndarray, lam: np.ndarray, shift: int) -> np.ndarray:
-    """``diag(√Λ_shift) R_shiftᵀ`` with ``R = roll(U, shift, columns)``."""
-    R = np.roll(U, shift, axis=1)
-    return np.sqrt(np.roll(lam, shift))[:, None] * R.T
-
-
-def random_orthogonal(d: int, rng: np.random.Generator) -> np.ndarray:
-    """A Haar-random d × d orthogonal matrix (QR of a Gaussian matrix, signs fixed)."""
-    q, r = np.linalg.qr(rng.standard_normal((d, d)))
-    return q * np.sign(np.diag(r))
-
-
-def spectral_layer_matrices(U: np.ndarray, lam: np.ndarray, layer: int, n_layer: int,
-                            seed: int = 0) -> dict[str, np.ndarray]:
-    """Seeded weights of one block; the MLP blocks j ≥ 1 are mixed by orthogonal ``Q_j`` (no twin units)."""
-    d = U.shape[0]
-    s = layer * d // n_layer
-    M = rolled(U, lam, s)
-    blocks = [M]
-    for j in range(1, 4):
-        Q = random_orthogonal(d, np.random.default_rng([seed, layer, j, 0xC7F]))
-        blocks.append(Q.T @ rolled(U, lam, s + j * d // 4))
-    fc = np.concatenate(blocks, axis=0)
-    return {"attn.c_attn.weight": np.concatenate([M, M, M], axis=0), "attn.c_proj.weight": M.T,
-            "mlp.c_fc.weight": fc, "mlp.c_proj.weight": fc.T}
-
-
-def _rescaled(new: np.ndarray, like: torch.Tensor) -> torch.Tensor:
-    t = torch.as_tensor(new, dtype=like.dtype)
-    norm = t.norm()
-    return t * (like.norm() / norm) if norm > 0 else like.clone()
-
-
-def basis_rotation(d: int, seed: int) -> np.ndarray:
-    """The seeded orthonormal basis of the ``rotated`` recipe."""
-    return random_orthogonal(d, np.random.default_rng([seed, 0xBA515]))
 
 
 def corpus_vocab(unigram: np.ndarray) -> int:
@@ -239,7 +201,7 @@ def _build(E_full: np.ndarray, rank: np.ndarray | None, params: SeedParams, n_vo
         if basis is not None:
             rows = rows @ basis
         rows = rows.astype(np.float32)
-        wte.copy_(_rescaled(rows, wte) if params.embed_scale == "matched" else torch.as_tensor(rows))
+        wte.copy_(rescaled(rows, wte) if params.embed_scale == "matched" else torch.as_tensor(rows))
         lam, U = eigen_basis(rows[: len(kept)])
         report["spectral_gap_ratio"] = spectral_gap_ratio(lam)
         report["eigenvalues_head"] = [float(x) for x in lam[:8]]
@@ -249,7 +211,7 @@ def _build(E_full: np.ndarray, rank: np.ndarray | None, params: SeedParams, n_vo
                 mats = spectral_layer_matrices(U, lam, l, config.n_layer, params.seed)
                 for name, value in mats.items():
                     p = block.get_parameter(name)
-                    p.copy_(_rescaled(value, p))
+                    p.copy_(rescaled(value, p))
                 for ln in (block.ln_1, block.ln_2):
                     ln.weight.fill_(1.0)
                     if ln.bias is not None:
@@ -259,21 +221,6 @@ def _build(E_full: np.ndarray, rank: np.ndarray | None, params: SeedParams, n_vo
             report["max_row_energy_share"] = max_row_energy_share(
                 [b.attn.c_attn.weight[: config.n_embd].numpy() for b in model.transformer.h])
     return model, vocab_map, report, kept
-
-
-def max_row_energy_share(mats: list[np.ndarray]) -> float:
-    """Mean over rows of the largest share of a row's squared norm held by one entry.
-
-    1.0 for a scaled permutation matrix (the literal recipe on SVD-basis embeddings),
-    about ``2 ln d / d`` for a random rotation.
-    """
-    shares = []
-    for m in mats:
-        sq = np.asarray(m, np.float64) ** 2
-        norms = sq.sum(axis=1)
-        ok = norms > 0
-        shares.append(sq[ok].max(axis=1) / norms[ok])
-    return float(np.mean(np.concatenate(shares)))
 
 
 def _pairwise_cosines(mats: list[torch.Tensor]) -> dict:
@@ -295,13 +242,17 @@ def seed_model(embeddings, workspace: Workspace | None = None, *, params: SeedPa
     fp = STAGE.fingerprint(params, {"embeddings": embeddings.fingerprint})
 
     def build(path: str) -> dict:
-        E, _spectrum, _active, attrs = load_embeddings(embeddings)
+        E, _spectrum, active, attrs = load_embeddings(embeddings)
         counts = ws.get(embeddings.manifest["inputs"]["counts"], kind="counts")
-        store = CountStore.from_artifact(counts) if params.vocab or params.unigram_prior else None
+        # k0's active ids are the counts' first V_eff ids by frequency: a compact vocabulary within them
+        # needs nothing else; a larger one, vocab="corpus" and the unigram prior read the count store
+        fits = isinstance(params.vocab, int) and params.vocab <= len(active) and not params.unigram_prior
+        store = CountStore.from_artifact(counts) if (params.vocab or params.unigram_prior) and not fits else None
+        rank = active if fits else store.rank if store else None
         resolved = params
         if params.vocab == "corpus":
             resolved = replace(params, vocab=min(corpus_vocab(store.unigram), E.shape[0] - 1))
-        model, vocab_map, report = build_seeded_model(E, store.rank if store else None, resolved, E.shape[0],
+        model, vocab_map, report = build_seeded_model(E, rank, resolved, E.shape[0],
                                                       store.unigram if params.unigram_prior else None)
         extra = {"tokenizer": embeddings.manifest.get("tokenizer"), "tokenizer_vocab": int(E.shape[0]),
                  "init": params.init, "operator": attrs.get("operator"), "recipe": report["recipe"],

@@ -55,7 +55,8 @@ def param(default: Any = dataclasses.MISSING, help: str = "", *, flag: str | Non
 
 @dataclass(frozen=True)
 class Input:
-    """An input of a stage: an artifact of ``kind`` (by fingerprint or prefix) or, with kind None, text."""
+    """An input of a stage: an artifact of ``kind`` (``"any"``: of any kind) by fingerprint or prefix, or, with
+    kind None, text (a path)."""
 
     name: str
     kind: str | None
@@ -144,7 +145,10 @@ class Stage:
         inputs = {}
         for inp in self.inputs:
             value = getattr(args, inp.name)
-            inputs[inp.name] = ws.get(value, kind=inp.kind) if inp.kind else value
+            if inp.kind is None:
+                inputs[inp.name] = value
+            else:
+                inputs[inp.name] = ws.get(value, kind=None if inp.kind == "any" else inp.kind)
         options = {opt.name: getattr(args, opt.name) for opt in self.options}
         options["json"] = args.json
         if self.compute:

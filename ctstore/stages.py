@@ -2,8 +2,7 @@
 
 A module defines ``STAGE`` (or ``STAGES``, several), :class:`ctstore.stage.Stage`
 records from which :mod:`ctstore.cli` generates the subcommand, its flags and
-its run. Modules not yet described that way expose ``add_parser(sub, common)``
-and ``run_cli(args, ws)``.
+its run.
 """
 
 from __future__ import annotations
@@ -19,36 +18,25 @@ REGISTRY: dict[str, str] = {
     "k0": "ctstore.embed.stage",
     "seed": "ctstore.seed",
     "crystallize": "ctstore.crystallize",
-    "sft": "ctstore.sft",
-    "eval": "ctstore.sft",
+    "sft": "ctstore.sft.stage",
+    "eval": "ctstore.sft.stage",
     "run": "ctstore.pipeline",
     "export": "ctstore.export",
     "generate": "ctstore.generate",
 }
 
 
-def stage(name: str) -> Stage | None:
-    """The :class:`Stage` record of subcommand ``name`` (None for a module with a hand-written parser)."""
+def stage(name: str) -> Stage:
+    """The :class:`Stage` record of subcommand ``name``."""
     module = importlib.import_module(REGISTRY[name])
-    for record in getattr(module, "STAGES", ()) or ((module.STAGE,) if hasattr(module, "STAGE") else ()):
-        if record.name == name:
-            return record
-    return None
+    records = getattr(module, "STAGES", None) or (module.STAGE,)
+    return next(record for record in records if record.name == name)
 
 
 def add_parsers(sub, common) -> None:
-    legacy = []
-    for name, module in REGISTRY.items():
-        record = stage(name)
-        if record is not None:
-            record.add_parser(sub, common)
-        elif module not in legacy:
-            legacy.append(module)
-            importlib.import_module(module).add_parser(sub, common)
+    for name in REGISTRY:
+        stage(name).add_parser(sub, common)
 
 
 def run(args, ws):
-    record = stage(args.command)
-    if record is not None:
-        return record.run_from_args(args, ws)
-    return importlib.import_module(REGISTRY[args.command]).run_cli(args, ws)
+    return stage(args.command).run_from_args(args, ws)

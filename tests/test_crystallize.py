@@ -5,7 +5,7 @@ import torch
 from ctstore.errors import CtstoreError
 from ctstore.analysis.harmonic import reconstruct
 from ctstore.crystallize import CrystallizeParams, crystallize_model
-from ctstore.model import load_model
+from ctstore.formats.model import load_model
 
 
 def test_crystallized_model_weights_are_its_harmonic_parameters(session_ws, sample_counts):

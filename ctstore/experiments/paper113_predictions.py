@@ -29,7 +29,7 @@ import numpy as np
 from ..analysis.compare import embedding_agreement
 from ..claims import construction, exact, missing, paired
 from ..formats.embeddings import load_embeddings
-from ..model import load_model
+from ..formats.model import load_model, model_dir
 from ..report import markdown_table, publish_report
 from .common import claims_section, eval_curve, prepare, seeds_of, write_report
 
@@ -118,7 +118,7 @@ def run(config: dict, ctx):
         sizes = list(dict.fromkeys(size for _, size in size_runs))
         step_rows, reach = [], {}
         for (seed, size), (ct_run, long_random) in size_runs.items():
-            n_params = load_model(os.path.join(ct_run.path, "model"))[0].num_params()
+            n_params = load_model(model_dir(ct_run))[0].num_params()
             target = (1 + target_gap) * ppl(long_random)
             reach[(seed, size)] = (n_params, steps_within(ct_run, target))
             random_steps, random_loss = eval_curve(long_random)

@@ -25,7 +25,7 @@ from ..analysis.spectral import pairing_fraction, participation_ratio
 from ..analysis.weights import weight_drift
 from ..claims import construction, exact, paired
 from ..formats.embeddings import load_embeddings
-from ..model import load_model
+from ..formats.model import load_model, model_dir
 from ..report import markdown_table, plot_curves, publish_report
 from .common import claims_section, prepare, seeds_of, write_report
 
@@ -104,7 +104,7 @@ def run(config: dict, ctx):
         per_seed, memo = {}, {}
         for seed, (emb, model_art, run_art) in arts.items():
             seeded, _, _ = load_model(model_art.path)
-            trained, _, _ = load_model(os.path.join(run_art.path, "model"))
+            trained, _, _ = load_model(model_dir(run_art))
             n_active = min(int(config.get("model", {}).get("vocab") or 4096), trained.config.vocab_size - 1)
             per_seed[seed] = {"seeded": fit_matrices(seeded, n_active, K, K2, ridge, memo),
                               "trained": fit_matrices(trained, n_active, K, K2, ridge, memo),

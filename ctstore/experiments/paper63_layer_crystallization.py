@@ -13,14 +13,12 @@ mode is compared with the trained run of the same seed).
 
 from __future__ import annotations
 
-import os
-
 import numpy as np
 import torch
 
 from ..analysis.spectral import matrix_participation_ratio
 from ..claims import paired
-from ..model import load_model
+from ..formats.model import load_model, model_dir
 from ..report import markdown_table, publish_report
 from .common import claims_section, prepare, seeds_of, write_report
 
@@ -89,7 +87,7 @@ def run(config: dict, ctx):
             losses = {(l, m): runs[(seed, l, m)].manifest["final_val_loss"] for l in layers for m in MODES}
             table[seed] = losses
             costs[seed] = relative_costs(losses, layers)
-            trained, _, _ = load_model(os.path.join(runs[(seed, layers[0], "trained")].path, "model"))
+            trained, _, _ = load_model(model_dir(runs[(seed, layers[0], "trained")]))
             d = trained.config.n_embd
             prs[seed] = {l: {"c_proj": matrix_participation_ratio(h.attn.c_proj.weight.detach().numpy()),
                              "c_attn": matrix_participation_ratio(h.attn.c_attn.weight.detach().numpy())}

@@ -26,7 +26,7 @@ from ..analysis.spectral import participation_ratio
 from ..analysis.weights import layer_norms
 from ..claims import construction, exact, paired
 from ..formats.counts import CountStore
-from ..model import load_model
+from ..formats.model import load_model, model_dir
 from ..report import markdown_table, plot_curves, publish_report
 from .common import claims_section, prepare, seeds_of, write_report
 
@@ -87,7 +87,7 @@ def run(config: dict, ctx):
         r2, comp, amp_pr, norms = {}, {}, {}, {}
         for seed in seeds:
             for d in widths:
-                trained, _, _ = load_model(os.path.join(runs[(seed, d)].path, "model"))
+                trained, _, _ = load_model(model_dir(runs[(seed, d)]))
                 q = trained.transformer.h[0].attn.c_attn.weight.detach().double().numpy()[:d]
                 fc = trained.transformer.h[0].mlp.c_fc.weight.detach().double().numpy()
                 for K in sorted({4, 8, max(1, d // 16)}):
@@ -96,7 +96,7 @@ def run(config: dict, ctx):
                     comp[(d, K)] = fq.compression_ratio
                     if K == 8:
                         amp_pr[(seed, d)] = (amplitude_pr(fq.amplitude), amplitude_pr(ffc.amplitude))
-            widest, _, _ = load_model(os.path.join(runs[(seed, widths[-1])].path, "model"))
+            widest, _, _ = load_model(model_dir(runs[(seed, widths[-1])]))
             norms[seed] = layer_totals(widest.state_dict())
         mean = lambda xs: float(np.mean(xs))  # noqa: E731
         rows = [[d, K, mean([r2[(s, d, K)][0] for s in seeds]), mean([r2[(s, d, K)][1] for s in seeds]), comp[(d, K)]]
