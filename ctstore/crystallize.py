@@ -101,13 +101,16 @@ def _jsonable(d: dict) -> dict:
 
 
 def _band_svd(ws, counts, params, config, layer: int, memory, scheduler):
-    from .embed import K0Params, embed_counts, load_embeddings
+    """The band's truncated SVD, an embeddings artifact of stage k0 (reached through the registry, as a peer)."""
+    from .formats.embeddings import load_embeddings
+    from .stages import stage
 
+    k0 = stage("k0")
     band = len(params.betas)
-    k0 = K0Params(dim=config.n_embd, lags=layer + band, lag_from=layer + 1,
-                  weighting=",".join(str(b) for b in params.betas), v_eff=params.vocab, kernel="none",
-                  power_iters=params.power_iters, seed=params.seed)
-    emb = embed_counts(counts, ws, params=k0, memory=memory, scheduler=scheduler)
+    k0_params = k0.params(dim=config.n_embd, lags=layer + band, lag_from=layer + 1,
+                          weighting=",".join(str(b) for b in params.betas), v_eff=params.vocab, kernel="none",
+                          power_iters=params.power_iters, seed=params.seed)
+    emb = k0.run(ws, {"counts": counts}, k0_params, {"memory": memory, "scheduler": scheduler, "force": False})
     E, spectrum, active, _ = load_embeddings(emb)
     U = E[active].astype(np.float64) / np.sqrt(np.maximum(spectrum, 1e-30))  # rank order, orthonormal columns
     return U, spectrum.astype(np.float64), active, emb.fingerprint
