@@ -135,3 +135,40 @@ def test_k0_plan_writes_nothing_and_names_the_v_eff_and_solver_the_run_uses(tmp_
     assert "1500" in plan and "per task" in plan
     done = json.loads(cli(*args, "--json"))
     assert done["v_eff"] == 1500 and json.dumps(done).count(f'"solver": "{solver}"') >= 1
+
+
+STAGE_MODULES = ("tokenize", "synth", "count", "embed", "seed", "sft", "crystallize", "export", "generate")
+
+
+def _stage_of(module: str) -> str | None:
+    """'ctstore.embed.stage' -> 'embed'; None for a module that is no stage's."""
+    parts = module.split(".")
+    return parts[1] if len(parts) > 1 and parts[0] == "ctstore" and parts[1] in STAGE_MODULES else None
+
+
+def test_no_stage_imports_another_stage():
+    import ast
+    import pathlib
+
+    root = pathlib.Path(__file__).resolve().parents[1] / "ctstore"
+    crossings = []
+    for path in root.rglob("*.py"):
+        name = ".".join(("ctstore",) + path.relative_to(root).with_suffix("").parts).removesuffix(".__init__")
+        own = _stage_of(name)
+        if own is None:
+            continue
+        package = name if path.name == "__init__.py" else name.rsplit(".", 1)[0]
+        for node in ast.walk(ast.parse(path.read_text())):
+            targets = []
+            if isinstance(node, ast.ImportFrom):
+                base = package.split(".")
+                base = base[:len(base) - (node.level - 1)] if node.level else []
+                target = ".".join(base + ([node.module] if node.module else []))
+                targets = [target] + [f"{target}.{a.name}" for a in node.names]
+            elif isinstance(node, ast.Import):
+                targets = [a.name for a in node.names]
+            for target in targets:
+                other = _stage_of(target)
+                if other is not None and other != own:
+                    crossings.append(f"{name} imports {target}")
+    assert crossings == []
