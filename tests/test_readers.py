@@ -26,6 +26,8 @@ from hypothesis import strategies as st
 
 from conftest import SAMPLE
 from ctstore import tokenize as tk
+from ctstore.tokenize import encode, inputs, readers
+from ctstore.tokenize import stage as tokenize_stage
 from ctstore.errors import CtstoreError
 from ctstore.log import set_quiet
 from ctstore.cli import main
@@ -109,15 +111,15 @@ def test_file_changed_after_hashing_fails_and_the_original_is_not_poisoned(tmp_p
             f.write_text(text)
 
     write("the original content")
-    original_hash = tk._file_identity(str(f))
-    identity = tk._file_identity
+    original_hash = inputs._file_identity(str(f))
+    identity = inputs._file_identity
 
     def hash_then_change(path, stats=None):
         result = identity(path, stats)
         write("entirely different content, longer")  # the file changes after its hash was taken
         return result
 
-    monkeypatch.setattr(tk, "_file_identity", hash_then_change)
+    monkeypatch.setattr(tokenize_stage, "_file_identity", hash_then_change)
     ws = Workspace(str(tmp_path / "ws"))
     with pytest.raises(CtstoreError, match=r"c\.\w+(\.gz)?: changed while being tokenized") as info:
         tk.tokenize_corpus([str(f)], ws)
@@ -125,7 +127,7 @@ def test_file_changed_after_hashing_fails_and_the_original_is_not_poisoned(tmp_p
     monkeypatch.undo()
     write("the original content")
     if kind != "parquet":
-        assert tk._file_identity(str(f)) == original_hash
+        assert inputs._file_identity(str(f)) == original_hash
     art = tk.tokenize_corpus([str(f)], ws)
     assert all_docs(art, "") == [ENC.encode_ordinary("the original content")]
 
@@ -156,7 +158,7 @@ def test_glob_matches_like_python_glob_without_loops(tmp_path):
 
     for pattern in ["**/*.txt", "x/**/*.txt", "x/**", "x/*/*.txt", "**/y/*", "x/**/z/*.md"]:
         full = str(tmp_path / pattern)
-        ours = sorted(p for p, _ in tk._glob_files(full))
+        ours = sorted(p for p, _ in inputs._glob_files(full))
         theirs = sorted(p for p in glob.glob(full, recursive=True) if os.path.isfile(p))
         assert ours == theirs, pattern
 
@@ -189,8 +191,8 @@ def test_fifo_in_directory_is_skipped_and_named_fifo_refused(tmp_path):
 
 def encode_pieces(text: str, piece: int, longest: int, enc=ENC) -> tuple[list[int], int, int]:
     stats: dict = {}
-    items = [tk._Part(text[i:i + 37]) for i in range(0, len(text), 37)] + [""]  # arrives in arbitrary parts
-    pieces = list(tk._pieces(items, stats, piece=piece, longest=longest, rule=tk.safe_cut_rule(enc._pat_str)))
+    items = [readers._Part(text[i:i + 37]) for i in range(0, len(text), 37)] + [""]  # arrives in arbitrary parts
+    pieces = list(encode._pieces(items, stats, piece=piece, longest=longest, rule=tk.safe_cut_rule(enc._pat_str)))
     assert all(not last for _, last in pieces[:-1]) and pieces[-1][1]
     assert "".join(t for t, _ in pieces) == text
     tokens = [t for text_, _ in pieces for t in enc.encode_ordinary(text_)]

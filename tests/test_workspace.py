@@ -24,12 +24,12 @@ def test_fingerprint_is_stable_across_processes():
 
 
 def test_second_count_reuses_without_recounting(session_ws, sample_tokens, sample_counts, monkeypatch):
-    from ctstore import count as count_module
+    from ctstore.count import stage as count_stage
 
     def boom(*a, **k):
         raise AssertionError("recounted")
 
-    monkeypatch.setattr(count_module, "_count_into", boom)
+    monkeypatch.setattr(count_stage, "_count_into", boom)
     again = count_cooccurrences(sample_tokens, session_ws, params=CountParams(lags=10), scheduler="sync")
     assert again.fingerprint == sample_counts.fingerprint
 

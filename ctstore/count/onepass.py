@@ -1,0 +1,178 @@
+"""The one-pass engine of ``count``: the whole corpus in this process, lags on threads, no spill, no cluster.
+
+Chosen by default (scheduler ``local``, no ``--spill``) when the corpus fits
+``--memory``: decided from the tokens' stored unigram before anything is read
+(:func:`_one_pass_outlook`, also behind ``ctstore count --plan``), and checked
+again once the corpus is read. Lags run on threads under a :class:`_MemoryGate`;
+each lag's CSR is written straight to Zarr.
+"""
+
+from __future__ import annotations
+
+import os
+import threading
+import time
+from concurrent.futures import FIRST_COMPLETED, ThreadPoolExecutor, wait
+
+import numpy as np
+
+from ..cluster import CLIENT_RESERVE
+from ..errors import CtstoreError
+from ..formats.counts import CountStoreWriter
+from ..formats.tokens import TokenShards, read_unigram
+from ..location import Location
+from ..log import log, stopwatch
+from ..units import format_bytes, parse_memory
+from .kernel import ENTRY_BYTES, HEAD_CHOICES, HEAD_PIECE, ChunkPairs, HeadWork, _write_error, choose_head, read_chunk
+from .plan import FUSED_BYTES_PER_TOKEN, MINI_ROWS
+
+
+class _MemoryGate:
+    """Reserve bytes before a lag's work; a reservation larger than the rest waits until it runs alone."""
+
+    def __init__(self, capacity: int):
+        self.capacity, self.used = capacity, 0
+        self.cond = threading.Condition()
+
+    def acquire(self, n: int) -> None:
+        with self.cond:
+            while self.used and self.used + n > self.capacity:
+                self.cond.wait()
+            self.used += n
+
+    def release(self, n: int) -> None:
+        with self.cond:
+            self.used -= n
+            self.cond.notify_all()
+
+
+def _count_one_pass(store: Location, tokens, shards: TokenShards, params, memory, head) -> dict | None:
+    """Count into ``store`` in this process when the corpus fits one pass in ``memory``; None when it does not.
+
+    Returns the manifest fields this engine knows (``nnz`` keyed by lag), like
+    :func:`ctstore.count.mapreduce._count_into`.
+    """
+    budget = parse_memory(memory)
+    V, L = shards.n_vocab, params.lags
+    room = budget - CLIENT_RESERVE
+    if _one_pass_outlook(tokens, shards, L, head, budget)[0] == "no":
+        return None
+    timings: dict = {}
+    start = time.perf_counter()
+    with stopwatch(timings, "read_s"):
+        values, offsets = _read_all(shards, params.val_fraction)
+        n_tokens = int(values.size)  # training documents only when params.val_fraction is set
+        unigram = np.bincount(values, minlength=V).astype(np.uint64)
+        pairs = ChunkPairs(values, offsets, V, L, head=head, unigram=unigram)
+        del values, offsets
+    shared = pairs.stream.nbytes + pairs.code.nbytes + pairs.tail_pos.nbytes + 3 * V * 8
+    per_lag = pairs.entry_bytes_bound()
+    per_thread = HeadWork.nbytes(pairs.head, pairs.size)
+    if shared + per_thread + per_lag > room:
+        log(f"count: one pass needs up to {format_bytes(shared + per_thread + per_lag + CLIENT_RESERVE)}; "
+            f"the budget is {format_bytes(budget)}: map/reduce instead")
+        return None
+    threads = max(1, min(os.cpu_count() or 1, L, (room - shared - per_lag) // max(per_thread, 1)))
+    gate = _MemoryGate(room - shared - threads * per_thread)
+    log(f"count: one pass in this process: {n_tokens} tokens, V={V}, lags 1..{L}, dense head {pairs.head} "
+        f"ids, {threads} thread(s), memory budget {format_bytes(budget)}")
+    writer = CountStoreWriter(store, unigram, L, tokens.fingerprint, tokens.manifest.get("tokenizer"))
+    local = threading.local()
+
+    def one_lag(lag: int):
+        work = getattr(local, "work", None)
+        if work is None:
+            work = local.work = pairs.work()
+        csr, need = pairs.lag(lag, work, gate)
+        return [lag, need, csr]  # a list, so the caller can take the arrays out of it
+
+    nnz_by_lag = {}
+    with stopwatch(timings, "count_s"):
+        pool = ThreadPoolExecutor(max_workers=threads, thread_name_prefix="ctstore-count")
+        try:
+            pending = {pool.submit(one_lag, lag) for lag in range(1, L + 1)}
+            while pending:
+                finished, pending = wait(pending, return_when=FIRST_COMPLETED)
+                for future in finished:
+                    result = future.result()
+                    indptr, indices, counts = result.pop()
+                    lag, need = result
+                    nnz_by_lag[lag] = int(indptr[-1])
+                    try:
+                        writer.write_lag(lag, indptr, indices, counts)
+                    except OSError as exc:
+                        raise _write_error(store.url, "count store", exc) from None
+                    finally:
+                        del indptr, indices, counts
+                        gate.release(need)
+        finally:
+            pool.shutdown(wait=True, cancel_futures=True)
+    timings["total_s"] = round(time.perf_counter() - start, 3)
+    rate = n_tokens / max(timings["total_s"], 1e-9)
+    log(f"count: {n_tokens} tokens in {timings['total_s']:.1f} s ({rate / 1e6:.2f}M tokens/s, one pass); "
+        f"nnz per lag {min(nnz_by_lag.values())}..{max(nnz_by_lag.values())}")
+    return {"n_vocab": V, "tokens": n_tokens, "nnz": nnz_by_lag, "mode": "one-pass", "threads": threads,
+            "dense_head": pairs.head, "timings": timings, "tokens_per_s": round(rate), "memory_budget": budget}
+
+
+def _one_pass_outlook(tokens, shards: TokenShards, lags: int, head: int | None, budget: int) -> tuple[str, int | None]:
+    """Whether a one-pass count fits ``budget``, decided before reading the corpus, and its projected bytes.
+
+    ``"no"``: map/reduce without reading (too many tokens for any head, or the
+    tokens' unigram projects too much); ``"yes"``: the unigram projects it fits;
+    ``"maybe"``: no unigram to project from, decided after reading.
+    """
+    room = budget - CLIENT_RESERVE
+    n = shards.n_tokens
+    if n * FUSED_BYTES_PER_TOKEN + HeadWork.nbytes(HEAD_CHOICES[-1], HEAD_PIECE) > room * 3 // 4:
+        return "no", None  # cannot fit with room for the lags: not worth reading the corpus to find out
+    if n >= 2**31 - 1 or shards.n_vocab * MINI_ROWS >= 2**32:
+        return "no", None
+    need = _one_pass_bytes_from_unigram(tokens, shards, lags, head)
+    if need is None:
+        return "maybe", None
+    return ("yes" if need <= room else "no"), need
+
+
+def _one_pass_bytes_from_unigram(tokens, shards: TokenShards, lags: int, head: int | None) -> int | None:
+    """Memory a one-pass count would need, from the unigram the tokens artifact stores (None without one)."""
+    try:
+        unigram = read_unigram(tokens)
+    except (OSError, ValueError):
+        return None
+    n = shards.n_tokens
+    if unigram.shape != (shards.n_vocab,) or int(unigram.sum()) != n:
+        return None
+    H = min(shards.n_vocab, choose_head(unigram, n * lags) if head is None else max(0, int(head)))
+    n_tail = n - int(np.sort(unigram)[::-1][:H].sum())
+    m = n + lags * int(sum(s.get("docs", 0) for s in shards.shards) or tokens.manifest.get("docs", 0))
+    shared = 10 * m + 4 * n_tail + 24 * shards.n_vocab  # stream, codes, tail positions, unigram and rank
+    per_lag = ENTRY_BYTES * (min(m, 2 * n_tail) + min(H * H, m)) + 16 * (shards.n_vocab + 1)
+    return max(n * FUSED_BYTES_PER_TOKEN, shared + HeadWork.nbytes(H, m) + per_lag)
+
+
+def _read_all(shards: TokenShards, val_fraction: float | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """Every document of every shard: (values uint32, offsets int64), read a few row groups at a time.
+
+    With ``val_fraction``, the validation documents of ``ctstore.split`` are left out.
+    """
+    values = np.empty(shards.n_tokens, np.uint32)
+    lengths, at = [], 0
+    for s, shard in enumerate(shards.shards):
+        groups = list(range(len(shard["row_groups"])))
+        for g in range(0, len(groups), 4):
+            v, o = read_chunk(shards.shard(s), groups[g:g + 4], shards.n_vocab, val_fraction)
+            if at + v.size > values.size:
+                raise CtstoreError(f"{shards.shard(s)}: holds more tokens than its manifest says")
+            values[at:at + v.size] = v
+            at += v.size
+            lengths.append(np.diff(o))
+            del v, o
+    if val_fraction is not None:
+        values = values[:at].copy()
+    elif at != values.size:
+        raise CtstoreError(f"{shards.url}: holds {at} tokens, its manifest says {values.size}")
+    offsets = np.zeros(sum(x.size for x in lengths) + 1, np.int64)
+    if lengths:
+        np.cumsum(np.concatenate(lengths), out=offsets[1:])
+    return values, offsets
