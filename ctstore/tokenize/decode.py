@@ -18,8 +18,6 @@ import zlib
 
 from ..errors import CtstoreError
 
-
-
 COMPRESSION = {".gz": gzip.GzipFile, ".bz2": bz2.BZ2File, ".xz": lzma.LZMAFile}
 READ_BLOCK = 8 << 20  # bytes read (after decompression) per step
 

@@ -32,8 +32,6 @@ from .readers import MAX_PIECE_CHARS, PIECE_CHARS, _checked_documents, _Part, it
 if TYPE_CHECKING:
     from .stage import TokenizeParams
 
-
-
 TEXT_BATCH_BYTES = 256 << 10
 
 
@@ -174,6 +172,7 @@ def _encode_batch(core, texts: list[str], ends: list[bool]) -> tuple[np.ndarray,
 
 def _tokenize_into(out: Location, files, params, enc, identity, param_dict, sources, total_bytes, threads,
                    opened=None) -> dict:
+    """Read, encode (``threads`` threads) and write every file into ``out``; returns the tokens manifest body."""
     timings: dict = {}
     stats = {"replaced_bytes": 0, "forced_splits": 0}
     n_vocab = enc.n_vocab

@@ -25,7 +25,6 @@ from ..log import log
 from .decode import READ_BLOCK
 
 
-
 def expand_inputs(inputs: list[str]) -> list[str]:
     """Files named by paths, directories and glob patterns, sorted, without duplicates.
 

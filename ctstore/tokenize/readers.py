@@ -25,8 +25,6 @@ from .inputs import _HashedFile, _stat_or_none
 if TYPE_CHECKING:
     from .stage import TokenizeParams
 
-
-
 PIECE_CHARS = 256 << 10  # long documents are encoded in pieces of about this many characters
 MAX_PIECE_CHARS = 1 << 20  # a run this long without a safe cut point is cut by force (tiktoken is superlinear in it)
 

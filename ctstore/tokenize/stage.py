@@ -21,8 +21,6 @@ from .encode import TEXT_BATCH_BYTES, _tokenize_into
 from .inputs import _file_identity, expand_inputs
 from .readers import MAX_PIECE_CHARS
 
-
-
 BYTES_PER_OPEN_TOKEN = 40  # peak bytes per token of a document being written (pieces, concatenation, Arrow's writer)
 DEFAULT_MAX_DOC_TOKENS = 8 << 20
 
