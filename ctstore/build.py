@@ -50,7 +50,7 @@ def build_artifact(ws: Workspace, kind: str, fp: str, build, *, force: bool = Fa
         if existing is not None and not force:
             log(f"reusing {kind}/{fp} (written by another process)")
             return existing, True
-        if existing is not None or ws._read_manifest(kind, fp)[1] is not None:
+        if existing is not None or ws.read_manifest(kind, fp)[1] is not None:
             ws.remove(kind, fp)
         path = ws.prepare(kind, fp, keep_partial=keep_partial)
         try:
@@ -68,7 +68,7 @@ def build_artifact(ws: Workspace, kind: str, fp: str, build, *, force: bool = Fa
 
 def _reusable(ws: Workspace, kind: str, fp: str) -> Artifact | None:
     """The complete artifact, or None (also when its manifest is unreadable: it is rebuilt)."""
-    manifest, problem = ws._read_manifest(kind, fp)
+    manifest, problem = ws.read_manifest(kind, fp)
     if problem is not None:
         log(f"{problem}; rebuilding it")
     return None if manifest is None else Artifact(ws, kind, fp, manifest)

@@ -202,7 +202,7 @@ def verify_lineage(artifact) -> tuple[list[str], list[str]]:
             for kind in KINDS:
                 if len(fp) != len(art.fingerprint):
                     break
-                manifest, problem = ws._read_manifest(kind, fp)
+                manifest, problem = ws.read_manifest(kind, fp)
                 if problem is not None:
                     problems.append(f"input {problem}")
                     break

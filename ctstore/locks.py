@@ -72,9 +72,8 @@ class ArtifactLock:
     manifest alone: two writers compute the same content, the last manifest wins.
     """
 
-    def __init__(self, ws: Workspace, kind: str, fp: str, timeout: float, path: str | None = None):
-        self.ws, self.kind, self.fp, self.timeout = ws, kind, fp, timeout
-        self.path = path or ws._lock_path(kind, fp)
+    def __init__(self, ws: Workspace, kind: str, fp: str, timeout: float, path: str):
+        self.ws, self.kind, self.fp, self.timeout, self.path = ws, kind, fp, timeout, path
         self.fd: int | None = None
 
     def __enter__(self) -> "ArtifactLock":

@@ -83,12 +83,12 @@ class Workspace:
     # -- lookup --------------------------------------------------------------------------
     def find(self, kind: str, fp: str) -> Artifact | None:
         """The complete artifact ``kind/fp``, or None; an unreadable manifest is a one-line error."""
-        manifest, problem = self._read_manifest(kind, fp)
+        manifest, problem = self.read_manifest(kind, fp)
         if problem is not None:
             raise CtstoreError(f"{problem}; `ctstore gc --unreadable` removes it")
         return None if manifest is None else Artifact(self, kind, fp, manifest)
 
-    def _read_manifest(self, kind: str, fp: str) -> tuple[dict | None, str | None]:
+    def read_manifest(self, kind: str, fp: str) -> tuple[dict | None, str | None]:
         """``(manifest, None)``, ``(None, None)`` when there is none, or ``(None, problem)`` when it is unreadable.
 
         Unreadable: not UTF-8 JSON (a truncated write, a damaged disk), not a JSON
@@ -122,7 +122,7 @@ class Workspace:
         out = []
         for k in [kind] if kind else KINDS:
             for fp in self._children(f"{self.root}/{k}"):
-                _, problem = self._read_manifest(k, fp)
+                _, problem = self.read_manifest(k, fp)
                 if problem is not None:
                     out.append((k, fp, problem))
         return out
@@ -169,7 +169,7 @@ class Workspace:
         out = []
         for k in [kind] if kind else KINDS:
             for fp in self._children(f"{self.root}/{k}"):
-                manifest, _ = self._read_manifest(k, fp)
+                manifest, _ = self.read_manifest(k, fp)
                 if manifest is not None:
                     out.append(Artifact(self, k, fp, manifest))
         return sorted(out, key=lambda a: (KINDS.index(a.kind), _created(a.manifest)))
@@ -230,7 +230,7 @@ class Workspace:
 
     # -- locks (local workspaces) ---------------------------------------------------------
     def lock(self, kind: str, fp: str, timeout: float = 24 * 3600) -> ArtifactLock:
-        return ArtifactLock(self, kind, fp, timeout)
+        return ArtifactLock(self, kind, fp, timeout, self._lock_path(kind, fp))
 
     def _lock_path(self, kind: str, fp: str) -> str:
         return f"{self.root}/.locks/{kind}-{fp}.lock"
@@ -242,7 +242,7 @@ class Workspace:
 
     def scratch_lock(self, name: str, timeout: float = 24 * 3600) -> ArtifactLock:
         """Exclusive lock on the scratch area ``<workspace>/tmp/<name>`` (gc leaves a locked one alone)."""
-        return ArtifactLock(self, "scratch", name, timeout, path=self._scratch_lock_path(name))
+        return ArtifactLock(self, "scratch", name, timeout, self._scratch_lock_path(name))
 
     def _scratch_lock_path(self, name: str) -> str:
         return f"{self.root}/.locks/{name}.lock"
