@@ -14,13 +14,11 @@ from __future__ import annotations
 
 import hashlib
 
+from .artifact import KINDS, MANIFEST
 from .errors import CtstoreError
 from .location import Location
 
 __all__ = ["hash_files", "verify_artifact", "verify_lineage", "chunk_error", "ChunkIndex"]
-
-MANIFEST = "manifest.json"
-
 
 def _hash(file: Location) -> tuple[str, int]:
     h = hashlib.blake2b(digest_size=16)
@@ -189,8 +187,6 @@ def verify_lineage(artifact) -> tuple[list[str], list[str]]:
     ``input <kind>/<fp>: ...``, because a result is only as sound as what it was
     computed from (and a re-run would read the damaged input).
     """
-    from .workspace import KINDS
-
     ws = artifact.workspace
     problems, checked, seen = [], [], set()
     todo = [(artifact, False)]
@@ -206,7 +202,7 @@ def verify_lineage(artifact) -> tuple[list[str], list[str]]:
             for kind in KINDS:
                 if len(fp) != len(art.fingerprint):
                     break
-                manifest, problem = ws._read_manifest(kind, fp)
+                manifest, problem = ws.read_manifest(kind, fp)
                 if problem is not None:
                     problems.append(f"input {problem}")
                     break

@@ -14,80 +14,25 @@ options into one :class:`~ctstore.location.Location` (``ws.location``); each
 artifact's is ``artifact.location``, and that object, never a bare URL, is what
 readers, writers and Dask tasks receive, so the options reach every process.
 
-Fingerprints hash the canonical JSON of kind, format version, parameters and
-input fingerprints (plus source-file content hashes for ``tokenize``): never
-paths or modification times, so the same computation gets the same key on every
-machine and in every process.
+Fingerprints are computed by :func:`ctstore.stage.fingerprint`; the artifact
+handle and manifest names are in :mod:`ctstore.artifact`, the locks in
+:mod:`ctstore.locks`, build-or-reuse in :mod:`ctstore.build` (re-exported here).
 """
 
 from __future__ import annotations
 
-import hashlib
-import fcntl
 import json
 import os
-import socket
 import time
-from dataclasses import dataclass, field
-
-import fsspec
 
 from . import __version__
-from .errors import CtstoreError, one_line, WriteError
+from .artifact import KINDS, MANIFEST, Artifact
+from .build import build_artifact
+from .errors import CtstoreError, one_line
 from .location import Location
+from .locks import ArtifactLock, lock_owner_alive
 
-__all__ = ["Artifact", "Workspace", "fingerprint", "KINDS"]
-
-KINDS = ("tokens", "counts", "embeddings", "model", "run", "report")  # run: an SFT run; report: an experiment's
-MANIFEST = "manifest.json"
-FINGERPRINT_CHARS = 20
-
-
-def canonical_json(obj: object) -> str:
-    """JSON with sorted keys and no whitespace: the input of every fingerprint."""
-    return json.dumps(obj, sort_keys=True, separators=(",", ":"), ensure_ascii=True)
-
-
-def fingerprint(kind: str, format_version: int, params: dict, inputs: dict,
-                sources: list | None = None) -> str:
-    """Stable content key of an artifact: sha256 of the canonical JSON, 20 hex chars."""
-    payload = {"kind": kind, "format_version": format_version, "params": params, "inputs": inputs}
-    if sources is not None:
-        payload["sources"] = sources
-    return hashlib.sha256(canonical_json(payload).encode()).hexdigest()[:FINGERPRINT_CHARS]
-
-
-@dataclass
-class Artifact:
-    """Handle on a complete artifact: its manifest plus where it lives."""
-
-    workspace: "Workspace"
-    kind: str
-    fingerprint: str
-    manifest: dict = field(repr=False)
-
-    @property
-    def path(self) -> str:
-        return self.workspace.artifact_path(self.kind, self.fingerprint)
-
-    @property
-    def url(self) -> str:
-        return self.location.url
-
-    @property
-    def location(self) -> Location:
-        """The artifact's directory with the workspace's storage options: what readers and tasks open."""
-        return self.workspace.artifact_location(self.kind, self.fingerprint)
-
-    def child(self, name: str) -> str:
-        return f"{self.url}/{name}"
-
-    @property
-    def params(self) -> dict:
-        return self.manifest.get("params", {})
-
-    def __str__(self) -> str:
-        return f"{self.kind}/{self.fingerprint}"
+__all__ = ["Artifact", "KINDS", "Workspace", "build_artifact"]
 
 
 class Workspace:
@@ -138,12 +83,12 @@ class Workspace:
     # -- lookup --------------------------------------------------------------------------
     def find(self, kind: str, fp: str) -> Artifact | None:
         """The complete artifact ``kind/fp``, or None; an unreadable manifest is a one-line error."""
-        manifest, problem = self._read_manifest(kind, fp)
+        manifest, problem = self.read_manifest(kind, fp)
         if problem is not None:
             raise CtstoreError(f"{problem}; `ctstore gc --unreadable` removes it")
         return None if manifest is None else Artifact(self, kind, fp, manifest)
 
-    def _read_manifest(self, kind: str, fp: str) -> tuple[dict | None, str | None]:
+    def read_manifest(self, kind: str, fp: str) -> tuple[dict | None, str | None]:
         """``(manifest, None)``, ``(None, None)`` when there is none, or ``(None, problem)`` when it is unreadable.
 
         Unreadable: not UTF-8 JSON (a truncated write, a damaged disk), not a JSON
@@ -177,7 +122,7 @@ class Workspace:
         out = []
         for k in [kind] if kind else KINDS:
             for fp in self._children(f"{self.root}/{k}"):
-                _, problem = self._read_manifest(k, fp)
+                _, problem = self.read_manifest(k, fp)
                 if problem is not None:
                     out.append((k, fp, problem))
         return out
@@ -224,7 +169,7 @@ class Workspace:
         out = []
         for k in [kind] if kind else KINDS:
             for fp in self._children(f"{self.root}/{k}"):
-                manifest, _ = self._read_manifest(k, fp)
+                manifest, _ = self.read_manifest(k, fp)
                 if manifest is not None:
                     out.append(Artifact(self, k, fp, manifest))
         return sorted(out, key=lambda a: (KINDS.index(a.kind), _created(a.manifest)))
@@ -284,8 +229,8 @@ class Workspace:
         return Artifact(self, kind, fp, manifest)
 
     # -- locks (local workspaces) ---------------------------------------------------------
-    def lock(self, kind: str, fp: str, timeout: float = 24 * 3600) -> "ArtifactLock":
-        return ArtifactLock(self, kind, fp, timeout)
+    def lock(self, kind: str, fp: str, timeout: float = 24 * 3600) -> ArtifactLock:
+        return ArtifactLock(self, kind, fp, timeout, self._lock_path(kind, fp))
 
     def _lock_path(self, kind: str, fp: str) -> str:
         return f"{self.root}/.locks/{kind}-{fp}.lock"
@@ -293,17 +238,17 @@ class Workspace:
     def _locked(self, kind: str, fp: str) -> bool:
         if not self.is_local:
             return False
-        return _lock_owner_alive(self._lock_path(kind, fp))
+        return lock_owner_alive(self._lock_path(kind, fp))
 
-    def scratch_lock(self, name: str, timeout: float = 24 * 3600) -> "ArtifactLock":
+    def scratch_lock(self, name: str, timeout: float = 24 * 3600) -> ArtifactLock:
         """Exclusive lock on the scratch area ``<workspace>/tmp/<name>`` (gc leaves a locked one alone)."""
-        return ArtifactLock(self, "scratch", name, timeout, path=self._scratch_lock_path(name))
+        return ArtifactLock(self, "scratch", name, timeout, self._scratch_lock_path(name))
 
     def _scratch_lock_path(self, name: str) -> str:
         return f"{self.root}/.locks/{name}.lock"
 
     def _scratch_locked(self, name: str) -> bool:
-        return self.is_local and _lock_owner_alive(self._scratch_lock_path(name))
+        return self.is_local and lock_owner_alive(self._scratch_lock_path(name))
 
     # -- maintenance ---------------------------------------------------------------------
     def gc(self, dry_run: bool = False, unreadable: bool = False) -> list[str]:
@@ -322,7 +267,7 @@ class Workspace:
                     continue
                 victims.append(os.path.join(tmp, name))
             for name in self._children(f"{self.root}/.locks"):
-                if not _lock_owner_alive(f"{self.root}/.locks/{name}"):
+                if not lock_owner_alive(f"{self.root}/.locks/{name}"):
                     victims.append(f"{self.root}/.locks/{name}")
         if not dry_run:
             for path in victims:
@@ -352,179 +297,3 @@ def _env_storage_options() -> dict:
     return options
 
 
-def _lock_owner_alive(path: str) -> bool:
-    """True while some process holds the lock file ``path`` (the kernel drops a dead process's lock)."""
-    try:
-        fd = os.open(path, os.O_RDONLY)
-    except (FileNotFoundError, IsADirectoryError):
-        return False
-    try:
-        fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
-    except BlockingIOError:
-        return True
-    finally:
-        os.close(fd)
-    return False
-
-
-def _try_lock(path: str) -> int | None:
-    """An fd holding ``path`` exclusively, or None when another process holds it.
-
-    The file is opened, then locked; if it was removed or replaced in between
-    (its holder released it, or gc removed it as stale), the lock is on a
-    file nobody else will ever see, so it is dropped and taken again.
-    """
-    while True:
-        fd = os.open(path, os.O_CREAT | os.O_RDWR, 0o644)
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            os.close(fd)
-            return None
-        try:
-            current = os.stat(path).st_ino
-        except FileNotFoundError:
-            current = None
-        if current == os.fstat(fd).st_ino:
-            return fd
-        os.close(fd)
-
-
-class ArtifactLock:
-    """Exclusive right to write one artifact: an flock on ``.locks/<kind>-<fp>.lock``.
-
-    A second process asking for the same artifact waits until the lock is
-    released (then finds the complete artifact and reuses it). The kernel
-    releases the lock of a process that dies, so a killed job never leaves a
-    lock behind that needs taking over. Remote workspaces rely on the atomic
-    manifest alone: two writers compute the same content, the last manifest wins.
-    """
-
-    def __init__(self, ws: Workspace, kind: str, fp: str, timeout: float, path: str | None = None):
-        self.ws, self.kind, self.fp, self.timeout = ws, kind, fp, timeout
-        self.path = path or ws._lock_path(kind, fp)
-        self.fd: int | None = None
-
-    def __enter__(self) -> "ArtifactLock":
-        if not self.ws.is_local:
-            return self
-        os.makedirs(os.path.dirname(self.path), exist_ok=True)
-        deadline = time.monotonic() + self.timeout
-        announced = False
-        while (fd := _try_lock(self.path)) is None:
-            if not announced:
-                from .log import log
-                log(f"waiting for another process writing {self.kind}/{self.fp} ...")
-                announced = True
-            if time.monotonic() > deadline:
-                raise CtstoreError(f"{self.path}: still locked after {self.timeout:.0f} s") from None
-            time.sleep(0.2)
-        try:  # who holds it, for a person looking at .locks/ (the lock itself is the flock)
-            os.ftruncate(fd, 0)
-            os.write(fd, f"{socket.gethostname()} {os.getpid()}\n".encode())
-        except OSError as exc:  # a full disk: no room even for the lock's one line
-            self._release(fd)
-            from .errors import write_error
-
-            raise write_error(self.path, "lock file", exc) from None
-        self.fd = fd
-        return self
-
-    def _release(self, fd: int) -> None:
-        try:  # remove while still holding it: a waiter that opened this file sees it is gone and retries
-            os.remove(self.path)
-        except FileNotFoundError:
-            pass
-        os.close(fd)
-
-    def __exit__(self, *exc) -> None:
-        if self.fd is not None:
-            self._release(self.fd)
-            self.fd = None
-
-
-def build_artifact(ws: Workspace, kind: str, fp: str, build, *, force: bool = False,
-                   keep_partial: bool = False) -> tuple[Artifact, bool]:
-    """Return the complete artifact ``kind/fp``, building it with ``build(path)`` if needed.
-
-    ``build`` writes the artifact's files under ``path`` and returns the manifest
-    body; the manifest is published last. Returns ``(artifact, reused)``.
-
-    A failed build (any exception, Ctrl-C included) leaves no manifest, so
-    nothing that looks complete. Its partial directory and its scratch
-    directory are removed, unless the stage resumes from them
-    (``keep_partial``: count, sft) and they hold something to resume from; a
-    build refused before writing anything (a plan that does not fit
-    ``--memory``) leaves no directory at all. A write that fails for lack of
-    room becomes the one-line error ``<path>: cannot write … (<N> free on that
-    disk)`` and removes the partial output even of a resumable stage (it is
-    what fills the disk).
-    """
-    from .log import log
-
-    existing = _reusable(ws, kind, fp)
-    if existing is not None and not force:
-        log(f"reusing {kind}/{fp} (complete; --force recomputes)")
-        return existing, True
-    with ws.lock(kind, fp):
-        existing = _reusable(ws, kind, fp)
-        if existing is not None and not force:
-            log(f"reusing {kind}/{fp} (written by another process)")
-            return existing, True
-        if existing is not None or ws._read_manifest(kind, fp)[1] is not None:
-            ws.remove(kind, fp)
-        path = ws.prepare(kind, fp, keep_partial=keep_partial)
-        try:
-            body = build(path)
-            from .integrity import hash_files
-
-            body["files"] = hash_files(ws.artifact_location(kind, fp))
-            return ws.publish(kind, fp, body), False
-        except BaseException as exc:
-            error = _room_error(exc, path, kind)
-            # out of room: even a resumable stage removes what it wrote (it is what fills the disk)
-            _discard_partial(ws, kind, fp, keep_partial and error is None and not isinstance(exc, WriteError))
-            if error is not None:
-                raise error from None
-            raise
-
-
-def _reusable(ws: Workspace, kind: str, fp: str) -> Artifact | None:
-    """The complete artifact, or None (also when its manifest is unreadable: it is rebuilt)."""
-    from .log import log
-
-    manifest, problem = ws._read_manifest(kind, fp)
-    if problem is not None:
-        log(f"{problem}; rebuilding it")
-    return None if manifest is None else Artifact(ws, kind, fp, manifest)
-
-
-def _discard_partial(ws: Workspace, kind: str, fp: str, keep_partial: bool) -> None:
-    """Remove a failed build's directory and scratch (a resumable stage keeps them if they hold files)."""
-    targets = [(ws.fs, ws.artifact_path(kind, fp))]
-    if ws.is_local:
-        targets.append((fsspec.filesystem("file"), os.path.join(ws.root, "tmp", f"{kind}-{fp}")))
-    for fs, target in targets:
-        try:
-            if keep_partial and fs.exists(target) and fs.find(target):
-                continue
-            if fs.exists(target):
-                fs.rm(target, recursive=True)
-        except (OSError, ValueError):  # cleaning up must never hide the original error
-            pass
-
-
-def _room_error(exc: BaseException, path: str, kind: str):
-    """A one-line ``cannot write`` error when ``exc`` says the disk (or quota) is full, else None."""
-    import errno
-
-    from .errors import write_error
-
-    if isinstance(exc, CtstoreError):
-        return None
-    if isinstance(exc, OSError) and exc.errno in (errno.ENOSPC, errno.EDQUOT, errno.EFBIG):
-        return write_error(exc.filename or path, f"{kind} artifact", exc)
-    text = str(exc)
-    if type(exc).__name__ == "SafetensorError" and ("No space left" in text or "StorageFull" in text):
-        return write_error(path, f"{kind} artifact", exc)
-    return None

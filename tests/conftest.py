@@ -46,7 +46,7 @@ def ws(tmp_path):
 def write_tokens(ws, docs: list[list[int]], n_vocab: int, row_group_tokens: int = 64, shard_tokens: int = 256):
     """Publish a tokens artifact holding exactly ``docs`` (for counting tests)."""
     from ctstore.formats.tokens import ShardWriter
-    from ctstore.workspace import fingerprint
+    from ctstore.stage import fingerprint
 
     fp = fingerprint("tokens", 1, {"test_docs": [list(map(int, d)) for d in docs], "V": n_vocab}, {})
     ws.prepare("tokens", fp)

@@ -92,7 +92,7 @@ def synthetic_runs(tmp_path, seeds):
 
 
 def test_ct_vs_random_claims_from_synthetic_runs(tmp_path):
-    from ctstore.experiments.ct_vs_random import claim_measurements
+    from ctstore.experiments.ct_vs_random_summary import claim_measurements
 
     rows = {m.claim.id: m for m in claim_measurements(synthetic_runs(tmp_path, [0, 1, 2]))}
     head = rows["p113.head_start"]  # k0 − random per seed: −50 + 0.5s
@@ -110,9 +110,9 @@ def test_ct_vs_random_claims_from_synthetic_runs(tmp_path):
 
 
 def test_ct_vs_random_report_table_from_synthetic_runs(tmp_path):
-    from ctstore.experiments.ct_vs_random import _claims_section
+    from ctstore.experiments.ct_vs_random_summary import claims_table
 
-    text, rows = _claims_section(synthetic_runs(tmp_path, [0, 1, 2]))
+    text, rows = claims_table(synthetic_runs(tmp_path, [0, 1, 2]))
     line = next(x for x in text.splitlines() if x.startswith("| `p113.head_start`"))
     assert "-49 [" in line and "(95% CI, 3 seeds)" in line and "| consistent |" in line
     assert "massive head start" in line  # the paper's own words
@@ -177,13 +177,13 @@ def test_paper_pipelines_run_tiny_and_report_every_claim(session_ws, name, seeds
 
 
 def test_ct_vs_random_optional_columns_from_manifests_or_summary(tmp_path):
-    from ctstore.experiments.ct_vs_random import _extra_columns
+    from ctstore.experiments.ct_vs_random_summary import extra_columns
 
     runs = synthetic_runs(tmp_path, [0, 1])
-    assert _extra_columns(runs, {}) == {}  # older runs: no column
+    assert extra_columns(runs, {}) == {}  # older runs: no column
     for i, r in enumerate(runs["k0"]):
         r.manifest.update(unk_rate=0.1 + 0.1 * i, recipe="rotated")
-    extra = _extra_columns(runs, {"random": {"coverage": 0.9}})
+    extra = extra_columns(runs, {"random": {"coverage": 0.9}})
     assert extra == {"recipe": {"k0": "rotated"}, "unk_rate": {"k0": pytest.approx(0.15)}, "coverage": {"random": 0.9}}
 
 

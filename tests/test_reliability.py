@@ -403,7 +403,7 @@ def _tiny_run_inputs(ws):
     from conftest import write_tokens
     from ctstore.formats.model import save_model
     from ctstore.model import PhotonicGPT, get_config
-    from ctstore.workspace import fingerprint
+    from ctstore.stage import fingerprint
 
     rng = np.random.default_rng(0)
     tokens = write_tokens(ws, [list(rng.integers(0, 100, 40)) for _ in range(120)], n_vocab=100,
@@ -413,7 +413,8 @@ def _tiny_run_inputs(ws):
     fp = fingerprint("model", 1, {"test": "tiny-random"}, {})
     path = ws.prepare("model", fp)
     save_model(model, path, None, {"tokenizer": "test", "init": "random"})
-    return ws.publish("model", fp, {"params": {}, "inputs": {}, "tokenizer": "test", "init": "random"}), tokens
+    return ws.publish("model", fp, {"format_version": 1, "params": {}, "inputs": {}, "tokenizer": "test",
+                                    "init": "random"}), tokens
 
 
 def _weights(run):

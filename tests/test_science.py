@@ -211,7 +211,8 @@ def test_unscaled_embedding_and_untied_head(tmp_path):
 
 
 def _publish_model(ws, vocab: int, tokenizer: str):
-    from ctstore.workspace import build_artifact, fingerprint
+    from ctstore.stage import fingerprint
+    from ctstore.workspace import build_artifact
 
     def build(path):
         torch.manual_seed(0)
@@ -264,7 +265,7 @@ class _FakeRun:
 
 
 def test_summary_pairs_each_seed_with_the_random_run_of_the_same_seed(tmp_path):
-    from ctstore.experiments.ct_vs_random import summarize
+    from ctstore.experiments.ct_vs_random_summary import summarize
 
     runs = {
         "random": [_FakeRun(tmp_path, "r0", 0, 30, [(0, 100), (10, 50), (20, 40), (30, 30)]),
@@ -317,7 +318,8 @@ def test_frozen_embedding_keeps_statistical_rows_and_trains_the_unk_row_like_eve
     from conftest import write_tokens
 
     from ctstore.sft import SftParams, train_model
-    from ctstore.workspace import build_artifact, fingerprint
+    from ctstore.stage import fingerprint
+    from ctstore.workspace import build_artifact
 
     rng = np.random.default_rng(2)
     tokens = write_tokens(ws, [list(rng.integers(0, 60, 150)) for _ in range(30)], n_vocab=60,

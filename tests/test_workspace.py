@@ -7,13 +7,14 @@ import pytest
 
 from ctstore.errors import CtstoreError
 from ctstore.count import CountParams, count_cooccurrences
-from ctstore.workspace import Workspace, build_artifact, fingerprint
+from ctstore.stage import fingerprint
+from ctstore.workspace import Workspace, build_artifact
 
 
 def test_fingerprint_is_stable_across_processes():
     args = ("counts", 1, {"lags": 10}, {"tokens": "abc"})
     here = fingerprint(*args)
-    code = ("from ctstore.workspace import fingerprint; "
+    code = ("from ctstore.stage import fingerprint; "
             "print(fingerprint('counts', 1, {'lags': 10}, {'tokens': 'abc'}))")
     other = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True,
                            env={**os.environ, "PYTHONHASHSEED": "123"}).stdout.strip()
@@ -275,3 +276,81 @@ def test_bad_storage_options_are_a_one_line_error(tmp_path, capsys, monkeypatch,
     code, _, err = _cli(capsys, "ls", "-w", str(tmp_path / "ws"))
     assert code == 2 and err.startswith(f"ctstore: error: CTSTORE_STORAGE_OPTIONS: {problem}"), err
     assert err.count("\n") == 1 and not (tmp_path / "ws").exists()
+
+
+# ---------------------------------------------------------------------------------------
+# issue 11: an artifact of a format version this ctstore does not read is a one-line error
+
+
+def _set_format_version(artifact, version) -> None:
+    path = os.path.join(artifact.path, "manifest.json")
+    with open(path) as f:
+        manifest = json.load(f)
+    manifest["format_version"] = version
+    with open(path, "w") as f:
+        json.dump(manifest, f)
+
+
+def test_every_stage_writes_a_format_version_its_readers_accept():
+    from ctstore.formats import READABLE_VERSIONS
+    from ctstore.stages import REGISTRY, stage
+
+    written = {name: (stage(name).kind, stage(name).code_version) for name in REGISTRY if stage(name).kind}
+    assert set(kind for kind, _ in written.values()) == {"tokens", "counts", "embeddings", "model", "run", "report"}
+    for name, (kind, version) in written.items():
+        assert version in READABLE_VERSIONS[kind], (name, kind, version)
+
+
+def test_counts_of_an_unknown_format_version_fail_in_one_line_naming_it(ws, capsys):
+    from conftest import write_tokens
+    from ctstore.formats.counts import CountStore
+
+    tokens = write_tokens(ws, [[1, 2, 3, 4, 5, 6] * 5] * 4, n_vocab=30)
+    counts = count_cooccurrences(tokens, ws, params=CountParams(lags=2), scheduler="sync")
+    assert counts.manifest["format_version"] == 1
+    _set_format_version(counts, 3)
+    with pytest.raises(CtstoreError, match=rf"^counts/{counts.fingerprint}: format version 3, this ctstore reads 1;"):
+        CountStore.from_artifact(ws.get(counts.fingerprint))
+    rc, _, err = _cli(capsys, "k0", counts.fingerprint, "-w", ws.root, "--dim", "4", "--kernel", "none",
+                      "--scheduler", "sync", "-q")
+    assert rc == 2 and err.count("\n") == 1, err
+    assert f"counts/{counts.fingerprint}: format version 3, this ctstore reads 1; recompute it" in err
+    assert "ctstore 0.1.0, which wrote it" in err
+    assert not os.path.exists(f"{ws.root}/embeddings") or not os.listdir(f"{ws.root}/embeddings")
+    rc, out, _ = _cli(capsys, "show", counts.fingerprint, "-w", ws.root, "--json")  # still listed and shown
+    assert rc == 0 and json.loads(out)["format_version"] == 3
+    _set_format_version(counts, 1)  # the current version reads
+    rc, out, err = _cli(capsys, "k0", counts.fingerprint, "-w", ws.root, "--dim", "4", "--kernel", "none",
+                        "--scheduler", "sync", "--json", "-q")
+    assert rc == 0 and json.loads(out)["dim"] == 4, err
+
+
+def test_model_of_an_unknown_format_version_fails_in_one_line_and_older_versions_read(ws, capsys):
+    import numpy as np
+    import torch
+
+    from conftest import write_tokens
+    from ctstore.formats.model import load_model, model_dir, save_model
+    from ctstore.model import PhotonicGPT, get_config
+
+    tokens = write_tokens(ws, [list(np.random.default_rng(1).integers(0, 50, 40)) for _ in range(30)], n_vocab=50)
+    torch.manual_seed(0)
+    saved = PhotonicGPT(get_config("tiny", vocab_size=50))
+    fp = fingerprint("model", 1, {"test": "format-version"}, {})
+    save_model(saved, ws.prepare("model", fp), None, {"tokenizer": "test", "init": "random"})
+    model = ws.publish("model", fp, {"format_version": 1, "params": {}, "inputs": {}, "tokenizer": "test",
+                                     "init": "random"})
+    for version in (1, 2):  # seed 1 and 2 and crystallize 1 wrote the same layout: both read
+        _set_format_version(model, version)
+        loaded = load_model(model_dir(ws.get(fp)))[0].state_dict()
+        assert all(torch.equal(loaded[k], v) for k, v in saved.state_dict().items())
+    _set_format_version(model, 3)
+    for argv in (["sft", fp, "--tokens", tokens.fingerprint, "--steps", "1"],
+                 ["eval", fp, "--tokens", tokens.fingerprint]):
+        rc, _, err = _cli(capsys, *argv, "-w", ws.root, "-q")
+        assert rc == 2 and err.count("\n") == 1, err
+        assert f"model/{fp}: format version 3, this ctstore reads 1, 2; recompute it" in err, err
+    assert not os.path.exists(f"{ws.root}/run") or not os.listdir(f"{ws.root}/run")
+    _set_format_version(model, "2")  # a version that is not an integer is not a version this ctstore reads
+    with pytest.raises(CtstoreError, match=f'model/{fp}: format version "2", this ctstore reads 1, 2'):
+        model_dir(ws.get(fp))

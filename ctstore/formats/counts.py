@@ -33,6 +33,7 @@ from zarr.codecs import BloscCodec, Crc32cCodec
 
 from ..errors import CtstoreError
 from ..location import Location
+from . import require
 
 __all__ = ["COMPRESSORS", "ZARR_CHUNK", "FORMAT_VERSION", "STORE", "CountStore", "CountStoreWriter",
            "write_elements"]
@@ -108,8 +109,7 @@ class CountStore:
     def from_artifact(cls, artifact) -> "CountStore":
         from ..integrity import ChunkIndex
 
-        if artifact.kind != "counts":
-            raise CtstoreError(f"{artifact}: is a {artifact.kind} artifact, expected counts")
+        require(artifact, "counts")
         location = artifact.location.child(STORE)
         return cls.at(location, ChunkIndex.from_manifest(location, artifact.manifest).listed)
 

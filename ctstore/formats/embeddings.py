@@ -18,6 +18,7 @@ import numpy as np
 
 from ..errors import CtstoreError
 from ..location import Location
+from . import require
 from .counts import COMPRESSORS
 
 __all__ = ["FORMAT_VERSION", "write_embeddings", "load_embeddings"]
@@ -44,8 +45,7 @@ def load_embeddings(artifact):
     Every chunk the manifest lists must be present (Zarr would read an absent
     one as zeros); a missing or damaged chunk is a one-line error.
     """
-    if artifact.kind != "embeddings":
-        raise CtstoreError(f"{artifact}: is a {artifact.kind} artifact, expected embeddings")
+    require(artifact, "embeddings")
     from ..integrity import ChunkIndex
 
     so = None if artifact.workspace.is_local else (artifact.workspace.storage_options or None)

@@ -26,6 +26,7 @@ import torch
 
 from ..errors import CtstoreError
 from ..model import GPTConfig, PhotonicGPT
+from . import require
 
 __all__ = ["save_model", "load_model", "model_dir", "resolve_model_dir", "inverse_vocab", "WEIGHTS", "CONFIG",
            "VOCAB"]
@@ -75,12 +76,9 @@ def load_model(directory: str, device: str = "cpu") -> tuple[PhotonicGPT, np.nda
 
 
 def model_dir(artifact) -> str:
-    """Directory holding model.safetensors for a model or run artifact."""
-    if artifact.kind == "model":
-        return artifact.path
-    if artifact.kind == "run":
-        return os.path.join(artifact.path, RUN_MODEL)
-    raise CtstoreError(f"{artifact}: is a {artifact.kind} artifact, expected a model or a run")
+    """Directory holding model.safetensors for a model or run artifact (of a format version this ctstore reads)."""
+    require(artifact, "model", "run", expected="a model or a run")
+    return artifact.path if artifact.kind == "model" else os.path.join(artifact.path, RUN_MODEL)
 
 
 def resolve_model_dir(ref: str, ws) -> str:

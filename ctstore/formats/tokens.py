@@ -28,6 +28,7 @@ import pyarrow.parquet as pq
 
 from ..errors import CtstoreError
 from ..location import Location
+from . import require
 from .npy import load_npy, save_npy
 
 __all__ = ["TokensWriter", "ShardWriter", "TokenShards", "read_shard", "read_doc_ids", "read_unigram", "SCHEMA",
@@ -209,8 +210,7 @@ class TokenShards:
     @classmethod
     def from_artifact(cls, artifact) -> "TokenShards":
         m = artifact.manifest
-        if artifact.kind != "tokens":
-            raise CtstoreError(f"{artifact}: is a {artifact.kind} artifact, expected tokens")
+        require(artifact, "tokens")
         return cls(artifact.location, int(m["n_vocab"]), tuple(m["shards"]))
 
     @property

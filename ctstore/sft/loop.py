@@ -24,7 +24,7 @@ from typing import TYPE_CHECKING
 import torch
 
 from ..errors import CtstoreError
-from ..formats.model import RUN_MODEL, load_model, save_model
+from ..formats.model import RUN_MODEL, load_model, model_dir, save_model
 from ..log import log, progress
 from ..model import PhotonicGPT
 from .checkpoint import load_checkpoint, save_checkpoint
@@ -57,7 +57,7 @@ def optimizer_for(model: PhotonicGPT, p: SftParams) -> torch.optim.AdamW:
 def train_into(ws, path, model_artifact, tokens, p: SftParams, device, stop_at) -> dict:
     """Train in the run directory ``path`` (resuming from its checkpoint); returns the run's manifest fields."""
     device = device or ("cuda" if torch.cuda.is_available() else "cpu")
-    model, vocab_map, raw = load_model(model_artifact.path, device)
+    model, vocab_map, raw = load_model(model_dir(model_artifact), device)
     T = min(p.block_size or model.config.block_size, model.config.block_size)
     split = TokenSplit(tokens, p.val_fraction,
                        ws.scratch_dir("tokens", f"{tokens.fingerprint}-val{p.val_fraction}"))
