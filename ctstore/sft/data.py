@@ -17,6 +17,7 @@ import numpy as np
 import torch
 
 from ..errors import CtstoreError, write_error
+from ..formats.tokens import TokenShards, read_doc_ids
 from ..location import atomic_path
 from ..split import in_validation
 from ..workspace import Workspace
@@ -65,17 +66,10 @@ class TokenSplit:
             raise
 
     def _write(self, files: dict, fraction: float) -> None:
-        import fsspec
-        import pyarrow.parquet as pq
-
-        for shard in self.tokens.manifest["shards"]:
-            with fsspec.open(f"{self.tokens.url}/{shard['name']}", "rb") as f:
-                table = pq.read_table(f)
-            doc_ids = table.column("doc_id").to_numpy()
-            col = table.column("tokens").combine_chunks()
-            offsets = col.offsets.to_numpy()
-            values = col.values.to_numpy()
-            val = in_validation(doc_ids, fraction)
+        shards = TokenShards.from_artifact(self.tokens)  # format-version check; storage options travel
+        for i in range(len(shards.shards)):
+            values, offsets = shards.read(i)
+            val = in_validation(read_doc_ids(shards.shard(i)), fraction)
             per_token = np.repeat(val, np.diff(offsets))
             values = values[offsets[0]:offsets[-1]]
             files["val"].write(values[per_token].tobytes())
