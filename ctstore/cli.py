@@ -183,9 +183,10 @@ def _verdict_counts(artifact) -> str:
     except (OSError, ValueError, AttributeError):
         return "no results.json"
     counts: dict[str, int] = {}
-    for row in claims:
-        if isinstance(row, list) and row and isinstance(row[-1], str):
-            counts[row[-1]] = counts.get(row[-1], 0) + 1
+    for row in claims:  # rows are claim records (dicts); reports before the claims registry wrote lists
+        verdict = row.get("verdict") if isinstance(row, dict) else row[-1] if isinstance(row, list) and row else None
+        if isinstance(verdict, str):
+            counts[verdict] = counts.get(verdict, 0) + 1
     return ", ".join(f"{n} {v}" for v, n in sorted(counts.items(), key=lambda kv: -kv[1])) or "no claims"
 
 

@@ -215,10 +215,18 @@ def test_ls_runs_by_time_with_headline_and_show_report_path(ws, capsys):
     created = sorted((a.manifest["created"], a.fingerprint) for a in (first, last))
     assert [r.split()[1] for r in rows] == [fp for _, fp in created], "SFT runs only, oldest first"
     assert "ppl 123.46" in rows[0] and "ppl 45.60" in rows[1]
+    def write_records(path):  # what reports write since the claims registry: one record per claim
+        Path(path, "report.md").write_text("# report\n")
+        return {"summary": {}, "claims": [{"id": "a", "verdict": "consistent"}, {"id": "b", "verdict": "inconclusive"},
+                                          {"id": "c", "verdict": "inconclusive"}]}
+
+    time.sleep(0.01)
+    newer = publish_report(ws, "paper56_recursive", {"x": 2}, {}, write_records)
     assert cli_main(["ls", "--kind", "report", "-w", ws.root]) == 0
     rows = capsys.readouterr().out.splitlines()
-    assert len(rows) == 1 and rows[0].split()[:2] == ["report", report.fingerprint]
+    assert [r.split()[:2] for r in rows] == [["report", report.fingerprint], ["report", newer.fingerprint]]
     assert "ct_vs_random: 2 supported, 1 not supported" in rows[0]
+    assert "paper56_recursive: 2 inconclusive, 1 consistent" in rows[1]
     assert cli_main(["show", report.fingerprint, "-w", ws.root]) == 0
     out, err = capsys.readouterr()
     assert json.loads(out)["fingerprint"] == report.fingerprint
