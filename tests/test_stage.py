@@ -3,6 +3,10 @@
 import dataclasses
 import hashlib
 import json
+import os
+import re
+import subprocess
+import sys
 
 import pytest
 
@@ -90,17 +94,17 @@ def test_generated_flags_refuse_bad_values_in_one_line(argv, flag, capsys):
     assert exit_.value.code == 2 and err.count("\n") == 1 and err.startswith(f"ctstore: error: {flag}")
 
 
-def test_count_plan_writes_nothing_and_predicts_what_the_run_does(tmp_path):
-    import os
-    import re
-    import subprocess
-    import sys
+def _cli(ws, *args) -> str:
+    """Run ``ctstore ARGS -w WS`` in a fresh process; its stdout (it must succeed)."""
+    proc = subprocess.run([sys.executable, "-m", "ctstore.cli", *args, "-w", str(ws)],
+                          capture_output=True, text=True, env={**os.environ, "CTSTORE_NO_PROGRESS": "1"})
+    assert proc.returncode == 0, proc.stderr
+    return proc.stdout
 
+
+def test_count_plan_writes_nothing_and_predicts_what_the_run_does(tmp_path):
     def cli(*args):
-        proc = subprocess.run([sys.executable, "-m", "ctstore.cli", *args, "-w", str(tmp_path / "ws")],
-                              capture_output=True, text=True, env={**os.environ, "CTSTORE_NO_PROGRESS": "1"})
-        assert proc.returncode == 0, proc.stderr
-        return proc.stdout
+        return _cli(tmp_path / "ws", *args)
 
     tokens = json.loads(cli("synth", "--vocab", "3000", "--tokens", "300K", "--json"))["fingerprint"]
     plan = cli("count", tokens, "--lags", "3", "--plan")
@@ -115,16 +119,8 @@ def test_count_plan_writes_nothing_and_predicts_what_the_run_does(tmp_path):
 
 
 def test_k0_plan_writes_nothing_and_names_the_v_eff_and_solver_the_run_uses(tmp_path):
-    import os
-    import re
-    import subprocess
-    import sys
-
     def cli(*args):
-        proc = subprocess.run([sys.executable, "-m", "ctstore.cli", *args, "-w", str(tmp_path / "ws")],
-                              capture_output=True, text=True, env={**os.environ, "CTSTORE_NO_PROGRESS": "1"})
-        assert proc.returncode == 0, proc.stderr
-        return proc.stdout
+        return _cli(tmp_path / "ws", *args)
 
     tokens = json.loads(cli("synth", "--vocab", "2000", "--tokens", "200K", "--json"))["fingerprint"]
     counts = json.loads(cli("count", tokens, "--lags", "2", "--json"))["fingerprint"]
