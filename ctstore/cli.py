@@ -23,6 +23,9 @@ __all__ = ["main"]
 def _common(parser: argparse.ArgumentParser, compute: bool = True) -> None:
     parser.add_argument("--workspace", "-w", default=None,
                         help="artifact workspace: a path or fsspec URL (default $CTSTORE_HOME or ./ctstore-data)")
+    parser.add_argument("--scratch", default=None,
+                        help="where jobs' spills and blocks go: a path every worker sees or an fsspec URL "
+                             "(default $CTSTORE_SCRATCH, else <workspace>/tmp)")
     parser.add_argument("--json", action="store_true", help="print the result manifest as JSON on stdout")
     parser.add_argument("--quiet", "-q", action="store_true", help="no progress bars or log lines")
     if compute:
@@ -91,6 +94,7 @@ def _run(args) -> int:
     if hasattr(args, "memory"):
         parse_memory(args.memory)  # fail on a bad budget before any work
     ws = Workspace(args.workspace)
+    ws.scratch_url = args.scratch
     cmd = args.command
     if cmd == "ls":
         arts = ws.list(args.kind)

@@ -38,6 +38,8 @@ __all__ = ["Artifact", "KINDS", "Workspace", "build_artifact"]
 class Workspace:
     """A directory (local or fsspec URL) of content-addressed artifacts."""
 
+    scratch_url: str | None = None  # --scratch: where jobs' scratch goes instead of <workspace>/tmp
+
     def __init__(self, root: str | None = None, storage_options: dict | None = None):
         root = root or os.environ.get("CTSTORE_HOME") or "ctstore-data"
         options = storage_options if storage_options is not None else _env_storage_options()
@@ -79,6 +81,17 @@ class Workspace:
         path = os.path.join(base, f"{kind}-{fp}")
         os.makedirs(path, exist_ok=True)
         return path
+
+    def scratch_location(self, kind: str, fp: str) -> Location:
+        """Where the tasks of job ``kind/fp`` put scratch pieces, reachable by every worker (hand this to tasks).
+
+        ``<workspace>/tmp/<kind>-<fp>`` (local or remote, with the workspace's
+        storage options), or under ``scratch_url`` / ``$CTSTORE_SCRATCH`` when
+        set; see :mod:`ctstore.formats.scratch`.
+        """
+        from .formats.scratch import scratch_root
+
+        return scratch_root(self).child(f"{kind}-{fp}")
 
     # -- lookup --------------------------------------------------------------------------
     def find(self, kind: str, fp: str) -> Artifact | None:
@@ -269,6 +282,12 @@ class Workspace:
             for name in self._children(f"{self.root}/.locks"):
                 if not lock_owner_alive(f"{self.root}/.locks/{name}"):
                     victims.append(f"{self.root}/.locks/{name}")
+        else:  # remote scratch holds no locks: stale when its artifact is complete or it lies untouched
+            from .formats.scratch import scratch_root, stale_entries
+
+            root = scratch_root(self)
+            if not root.is_local:
+                victims += [e.path for e in stale_entries(root, self._has_manifest)]
         if not dry_run:
             for path in victims:
                 try:

@@ -7,7 +7,7 @@ with ``--scheduler sync`` or an address. Every phase is independent tasks on a
 1. **map** (one task per group of row groups, :func:`map_task`): the kernel per lag;
    spill one file per lag: an index of where each *mini-block* of ``MINI_ROWS`` rows
    starts, keys as uint32 offsets within their mini-block, counts. A finished map
-   task renames its directory into place, so a rerun after an interruption skips it.
+   task writes its marker last, so a rerun after an interruption skips it.
 2. **reduce** (one task per lag and row block, :func:`reduce_task`; blocks formed
    from the real entry counts of mini-blocks): memory-map the slices of every spill,
    merge the sorted runs (packed key|count, stable sort: timsort finds the runs),
@@ -18,14 +18,14 @@ with ``--scheduler sync`` or an address. Every phase is independent tasks on a
 
 Every scratch piece is named by exactly what it covers (map: shard and row groups;
 reduce: lag and mini-block range), so a rerun with another plan never reads
-another chunking's output. The spill directory (``<workspace>/tmp/counts-<fp>``,
-always on a local disk) lets a rerun resume.
+another chunking's output. The spill directory (``Workspace.scratch_location``:
+``<workspace>/tmp/counts-<fp>`` on the workspace's own storage, or ``--scratch``)
+is reached by every worker and lets a rerun resume; a map piece is complete
+when its marker object exists (written last: see :mod:`ctstore.formats.scratch`).
 """
 
 from __future__ import annotations
 
-import os
-import shutil
 import time
 
 import numpy as np
@@ -34,69 +34,87 @@ from ..cluster import Runner
 from ..errors import CtstoreError
 from ..formats.counts import CountStoreWriter, write_elements
 from ..formats.tokens import TokenShards
-from ..location import Location, atomic_path
+from ..formats.scratch import (free_bytes, is_complete, load_array, mark_complete, npy_layout, read_slice, remove,
+                               save_array, save_arrays, suffixed)
+from ..location import Location
 from ..log import log, stopwatch
 from ..units import format_bytes
 from .kernel import HEAD_CHOICES, ChunkPairs, _write_error, read_chunk
 from .plan import MAP_MAX_HEAD, MINI_ROWS, plan_count, plan_row_blocks
 
-SPILL_VERSION = 3  # in spill directory names: a resumed run never reads another format
+SPILL_VERSION = 4  # in spill directory names: a resumed run never reads another format (4: marker objects)
 
 
-def map_task(shard: Location, row_groups: tuple, n_vocab: int, lags: int, out_dir: str,
+def map_task(shard: Location, row_groups: tuple, n_vocab: int, lags: int, out_dir: Location,
              max_head: int = HEAD_CHOICES[-1], head: int | None = None, val_fraction: float | None = None) -> dict:
-    """Count one chunk of a token shard; spill per-lag sorted partial counts to the local ``out_dir``.
+    """Count one chunk of a token shard; spill per-lag sorted partial counts to the scratch ``out_dir``.
 
-    The spills are written under a temporary name and renamed to ``out_dir`` when
-    complete, so a rerun skips a finished task and redoes an interrupted one.
+    ``out_dir`` is a :class:`~ctstore.location.Location` every worker reaches
+    (a local directory beside a local workspace, else an object-store prefix).
+    Its marker object is written last, so a rerun skips a finished task
+    (reading back only the small index it returns) and redoes an interrupted one.
+
+    Returns the unigram of the chunk and, per lag, the entries of each
+    mini-block, so the client plans the reduce without opening a spill.
     """
-    if os.path.isdir(out_dir):
-        return {"dir": out_dir, "resumed": True}
+    out_dir = _as_location(out_dir)
+    if is_complete(out_dir):
+        unigram = load_array(out_dir.child("unigram.npy"))
+        minis = [np.diff(_spill_index(out_dir.child(_spill_name(lag)))) for lag in range(1, lags + 1)]
+        return {"resumed": 1, "unigram": unigram, "mini_entries": minis, "bytes": 0}
     values, offsets = read_chunk(shard, list(row_groups), n_vocab, val_fraction)
     n_mini = -(-n_vocab // MINI_ROWS)
     mini_starts = np.minimum(np.arange(n_mini + 1, dtype=np.int64) * MINI_ROWS, n_vocab)
     # row of each CSR row within its mini-block, times V: local key = that + column (< MINI_ROWS·V ≤ 2^32)
     local_row = (np.arange(n_vocab, dtype=np.uint32) % MINI_ROWS) * np.uint32(n_vocab)
+    minis, written = [], 0
     try:
-        with atomic_path(out_dir) as tmp:
-            os.makedirs(tmp)
-            unigram = np.bincount(values, minlength=n_vocab)
-            np.save(f"{tmp}/unigram.npy", unigram.astype(np.uint64))
-            pairs = ChunkPairs(values, offsets, n_vocab, lags, head=head, max_head=max_head, unigram=unigram)
-            del values, offsets
-            work = pairs.work()
-            for lag in range(1, lags + 1):
-                (indptr, indices, counts), _ = pairs.lag(lag, work)
-                local = np.repeat(local_row, np.diff(indptr))
-                local += indices.view(np.uint32)
-                del indices
-                # one file per lag: index (mini-block starts), local keys, counts; fewer, larger writes
-                with open(f"{tmp}/lag{lag:02d}.spill", "wb") as f:
-                    np.save(f, indptr[mini_starts])
-                    np.save(f, local)
-                    np.save(f, counts)
-                del local, counts, indptr
+        unigram = np.bincount(values, minlength=n_vocab).astype(np.uint64)
+        written += save_array(out_dir.child("unigram.npy"), unigram)
+        pairs = ChunkPairs(values, offsets, n_vocab, lags, head=head, max_head=max_head, unigram=unigram)
+        del values, offsets
+        work = pairs.work()
+        for lag in range(1, lags + 1):
+            (indptr, indices, counts), _ = pairs.lag(lag, work)
+            local = np.repeat(local_row, np.diff(indptr))
+            local += indices.view(np.uint32)
+            del indices
+            index = indptr[mini_starts]
+            # one file per lag: index (mini-block starts), local keys, counts; fewer, larger writes
+            written += save_arrays(out_dir.child(_spill_name(lag)), [index, local, counts])
+            minis.append(np.diff(index))
+            del local, counts, indptr
+        mark_complete(out_dir)
     except OSError as exc:
-        if not os.path.isdir(out_dir):  # else another attempt of this task finished first: keep its result
-            raise _write_error(out_dir, "spill", exc) from None
-    return {"dir": out_dir, "resumed": False}
+        if not is_complete(out_dir):  # else another attempt of this task finished first: keep its result
+            raise _write_error(out_dir.url, "spill", exc) from None
+    return {"resumed": 0, "unigram": unigram, "mini_entries": minis, "bytes": written}
 
 
-def _read_spill(path: str):
-    """(index, local keys, counts) of one lag spill, the large arrays memory-mapped."""
-    with open(path, "rb") as f:
-        index = np.load(f)
-        starts = []
-        for _ in range(2):
-            fmt = np.lib.format
-            version = fmt.read_magic(f)
-            read_header = fmt.read_array_header_1_0 if version == (1, 0) else fmt.read_array_header_2_0
-            shape, _fortran, dtype = read_header(f)
-            starts.append((f.tell(), shape, dtype))
-            f.seek(int(np.prod(shape)) * dtype.itemsize, os.SEEK_CUR)
-    arrays = [np.memmap(path, dtype=dt, mode="r", offset=off, shape=shape) if shape[0] else np.empty(0, dt)
-              for off, shape, dt in starts]
-    return index, arrays[0], arrays[1]
+def _as_location(where: Location | str) -> Location:
+    return where if isinstance(where, Location) else Location.of(where)
+
+
+def _spill_name(lag: int) -> str:
+    return f"lag{lag:02d}.spill"
+
+
+def _spill_index(spill: Location) -> np.ndarray:
+    """Where each mini-block starts in one lag spill (the first array of the file)."""
+    layout = npy_layout(spill)
+    return np.array(read_slice(spill, layout[0], 0, layout[0][1][0]))
+
+
+def _fold_maps(acc, result):
+    """Sum map results in task order: unigram, entries per mini-block and lag, resumed tasks, bytes."""
+    if acc is None:
+        return result
+    acc["unigram"] += result["unigram"]
+    for mine, theirs in zip(acc["mini_entries"], result["mini_entries"]):
+        mine += theirs
+    acc["resumed"] += result["resumed"]
+    acc["bytes"] += result["bytes"]
+    return acc
 
 
 COUNT_BITS = 28  # counts packed under keys: keys < V² ≤ 2^36, so key << 28 | count fits 64 bits
@@ -140,12 +158,18 @@ def merge_sorted_counts(parts: list[tuple[np.ndarray, np.ndarray]], n_vocab: int
     return keys[starts], np.add.reduceat(counts, starts)
 
 
-def reduce_task(map_dirs: list[str], lag: int, mini_lo: int, mini_hi: int, n_vocab: int,
-                max_entries: int, out_prefix: str) -> int:
-    """Merge the spills of rows ``[mini_lo, mini_hi) * MINI_ROWS`` for one lag into CSR pieces."""
-    done = f"{out_prefix}.rownnz.npy"
-    if os.path.exists(done):
-        return int(np.load(done).sum())
+def reduce_task(map_dirs: list[Location], lag: int, mini_lo: int, mini_hi: int, n_vocab: int,
+                max_entries: int, out_prefix: Location) -> tuple[np.ndarray, int]:
+    """Merge the spills of rows ``[mini_lo, mini_hi) * MINI_ROWS`` for one lag into CSR pieces.
+
+    Reads only its rows of each spill (a memory map, or ranged reads on an
+    object store). Returns ``(entries per row, bytes written)``; the row counts
+    are written last and mark the piece complete, so a rerun returns them at once.
+    """
+    map_dirs, out_prefix = [_as_location(d) for d in map_dirs], _as_location(out_prefix)
+    done = suffixed(out_prefix, ".rownnz.npy")
+    if done.exists():
+        return load_array(done), 0
     r0 = mini_lo * MINI_ROWS
     r1 = min(mini_hi * MINI_ROWS, n_vocab)
     running: tuple | None = None
@@ -153,18 +177,19 @@ def reduce_task(map_dirs: list[str], lag: int, mini_lo: int, mini_hi: int, n_voc
     # keys relative to the block's first row: < (r1 - r0)·V, so they pack with counts into one uint64
     bases = np.arange(mini_hi - mini_lo, dtype=np.uint64) * np.uint64(MINI_ROWS * n_vocab)
     for d in map_dirs:
-        index, local, counts = _read_spill(f"{d}/lag{lag:02d}.spill")
-        lo, hi = int(index[mini_lo]), int(index[mini_hi])
+        spill = d.child(_spill_name(lag))
+        layout = npy_layout(spill)
+        index = np.asarray(read_slice(spill, layout[0], mini_lo, mini_hi + 1))
+        lo, hi = int(index[0]), int(index[-1])
         if hi == lo:
             continue
-        keys = local[lo:hi].astype(np.uint64)
-        keys += np.repeat(bases, np.diff(index[mini_lo:mini_hi + 1]))
+        keys = read_slice(spill, layout[1], lo, hi).astype(np.uint64)
+        keys += np.repeat(bases, np.diff(index))
         if batch and batch_entries + (hi - lo) > max_entries:
             running = merge_sorted_counts(batch + ([running] if running else []), n_vocab)
             batch, batch_entries = [], 0
-        batch.append((keys, np.array(counts[lo:hi])))
+        batch.append((keys, np.array(read_slice(spill, layout[2], lo, hi))))
         batch_entries += hi - lo
-        del local, counts
     keys, counts = merge_sorted_counts(batch + ([running] if running else []), n_vocab)
     del batch, running
     if counts.size and int(counts.max()) > np.iinfo(np.uint32).max:
@@ -173,37 +198,40 @@ def reduce_task(map_dirs: list[str], lag: int, mini_lo: int, mini_hi: int, n_voc
     rownnz = np.bincount(rows, minlength=r1 - r0).astype(np.int64)
     del rows
     try:
-        np.save(f"{out_prefix}.indices.npy", (keys % np.uint64(n_vocab)).astype(np.uint32))
-        np.save(f"{out_prefix}.data.npy", counts.astype(np.uint32))
-        with atomic_path(done) as tmp, open(tmp, "wb") as f:  # written last: marks the piece complete
-            np.save(f, rownnz)
+        written = save_array(suffixed(out_prefix, ".indices.npy"), (keys % np.uint64(n_vocab)).astype(np.uint32))
+        written += save_array(suffixed(out_prefix, ".data.npy"), counts.astype(np.uint32))
+        written += save_array(done, rownnz)  # written last: marks the piece complete
     except OSError as exc:
-        raise _write_error(out_prefix, "reduce output", exc) from None
-    return int(rownnz.sum())
+        raise _write_error(out_prefix.url, "reduce output", exc) from None
+    return rownnz, written
 
 
-def assemble_task(array: Location, pieces: list[tuple[str, int, int]], start: int, stop: int, suffix: str) -> int:
+def assemble_task(array: Location, pieces: list[tuple[Location, int, int]], start: int, stop: int,
+                  suffix: str) -> int:
     """Write elements ``[start, stop)`` of a flat CSR array (``indices`` or ``data``) from reduce pieces.
 
-    ``pieces`` lists ``(prefix, global_offset, nnz)`` in row order; only the pieces
-    overlapping the range are read. ``start``/``stop`` are chunk-aligned (except
-    the array end), so this task owns every chunk it writes.
+    ``pieces`` lists ``(prefix, global_offset, nnz)`` in row order; only the
+    overlapping range of each overlapping piece is read. ``start``/``stop`` are
+    chunk-aligned (except the array end), so this task owns every chunk it writes.
     """
     out = np.empty(stop - start, dtype=np.uint32)
     for prefix, offset, nnz in pieces:
         lo, hi = max(start, offset), min(stop, offset + nnz)
         if lo >= hi:
             continue
-        src = np.load(f"{prefix}.{suffix}.npy", mmap_mode="r")
-        out[lo - start: hi - start] = src[lo - offset: hi - offset]
+        src = suffixed(prefix, f".{suffix}.npy")
+        out[lo - start: hi - start] = read_slice(src, npy_layout(src)[0], lo - offset, hi - offset)
     write_elements(array, start, out)
     return stop - start
 
 
 def _count_into(ws, store: Location, fp, tokens, shards: TokenShards, params, memory, scheduler, head=None
                 ) -> dict:
-    """Count into ``store`` by map → reduce → assemble tasks on ``scheduler``, spilling to local scratch.
+    """Count into ``store`` by map → reduce → assemble tasks on ``scheduler``, spilling to the job's scratch.
 
+    Scratch is ``ws.scratch_location("counts", fp)``: every task and the client
+    reach it (see :mod:`ctstore.formats.scratch`); the client itself opens no
+    scratch file: map and reduce tasks return the small arrays it plans with.
     Returns the manifest fields this engine knows (``nnz`` keyed by lag), for
     :func:`ctstore.count.stage.count_cooccurrences` to publish.
     """
@@ -211,53 +239,47 @@ def _count_into(ws, store: Location, fp, tokens, shards: TokenShards, params, me
     V, L = shards.n_vocab, params.lags
     runner = Runner(memory, scheduler)
     plan = plan_count(V, list(shards.shards), L, runner.plan.task_memory)
-    scratch = ws.scratch_dir("counts", fp)
-    free = shutil.disk_usage(scratch).free
+    scratch = ws.scratch_location("counts", fp)
+    free = free_bytes(scratch)
     log(plan.describe())
-    log(f"{runner.plan.describe()}; scratch {scratch} ({format_bytes(free)} free)")
-    if plan.spill_bytes_max > free:
+    log(f"{runner.plan.describe()}; scratch {scratch}" + (f" ({format_bytes(free)} free)" if free is not None else ""))
+    if free is not None and plan.spill_bytes_max > free:
         log(f"warning: projected spill upper bound {format_bytes(plan.spill_bytes_max)} exceeds free disk "
             f"{format_bytes(free)}; continuing because spills are usually far smaller (unique pairs only)")
     start = time.perf_counter()
     with runner:
         # every scratch piece is named by exactly the data it covers, so a rerun with a
         # different plan never mistakes another chunking's output for its own
-        map_dirs = [f"{scratch}/map-v{SPILL_VERSION}-s{s:05d}-rg{rgs[0]:05d}-{rgs[-1]:05d}"
+        map_dirs = [scratch.child(f"map-v{SPILL_VERSION}-s{s:05d}-rg{rgs[0]:05d}-{rgs[-1]:05d}")
                     for s, rgs, _ in plan.map_units]
         with stopwatch(timings, "map_s"):
-            results = runner.map(map_task, [
+            maps = runner.map_reduce(map_task, [
                 (shards.shard(s), rgs, V, L, d, MAP_MAX_HEAD, head, params.val_fraction)
-                for (s, rgs, _), d in zip(plan.map_units, map_dirs)], desc="count map")
-        resumed = sum(r["resumed"] for r in results)
-        if resumed:
-            log(f"count: resumed {resumed} finished map task(s) from an earlier run")
-
-        unigram = np.zeros(V, dtype=np.uint64)
-        for d in map_dirs:
-            unigram += np.load(f"{d}/unigram.npy")
+                for (s, rgs, _), d in zip(plan.map_units, map_dirs)], _fold_maps, desc="count map")
+        if maps["resumed"]:
+            log(f"count: resumed {maps['resumed']} finished map task(s) from an earlier run")
+        unigram = maps["unigram"]
 
         reduce_jobs, blocks_by_lag = [], {}
-        reduce_dir = f"{scratch}/reduce-v{SPILL_VERSION}"
-        os.makedirs(reduce_dir, exist_ok=True)
+        reduce_dir = scratch.child(f"reduce-v{SPILL_VERSION}")
         for lag in range(1, L + 1):
-            mini_entries = sum(np.diff(_read_spill(f"{d}/lag{lag:02d}.spill")[0]) for d in map_dirs)
-            blocks = plan_row_blocks(mini_entries, plan.reduce_entries)
+            blocks = plan_row_blocks(maps["mini_entries"][lag - 1], plan.reduce_entries)
             blocks_by_lag[lag] = blocks
             for lo, hi in blocks:
                 reduce_jobs.append((map_dirs, lag, lo, hi, V, plan.reduce_entries, _piece(reduce_dir, lag, lo, hi)))
         log(f"count: {len(reduce_jobs)} reduce task(s) over {L} lag(s)")
         with stopwatch(timings, "reduce_s"):
-            nnz_pieces = runner.map(reduce_task, reduce_jobs, desc="count reduce")
+            reduced = runner.map(reduce_task, reduce_jobs, desc="count reduce")
 
         writer = CountStoreWriter(store, unigram, L, tokens.fingerprint, tokens.manifest.get("tokenizer"))
-        nnz_by_lag, assemble_jobs, it = {}, [], iter(nnz_pieces)
+        nnz_by_lag, assemble_jobs, it = {}, [], iter(reduced)
         for lag in range(1, L + 1):
             pieces, offset, rownnz = [], 0, []
             for lo, hi in blocks_by_lag[lag]:
-                nnz = next(it)
-                prefix = _piece(reduce_dir, lag, lo, hi)
-                pieces.append((prefix, offset, nnz))
-                rownnz.append(np.load(f"{prefix}.rownnz.npy"))
+                rows, _ = next(it)
+                nnz = int(rows.sum())
+                pieces.append((_piece(reduce_dir, lag, lo, hi), offset, nnz))
+                rownnz.append(rows)
                 offset += nnz
             nnz_by_lag[lag] = offset
             indptr = np.zeros(V + 1, dtype=np.int64)
@@ -268,16 +290,17 @@ def _count_into(ws, store: Location, fp, tokens, shards: TokenShards, params, me
         with stopwatch(timings, "assemble_s"):
             runner.map(assemble_task, assemble_jobs, desc="count assemble")
     timings["total_s"] = round(time.perf_counter() - start, 3)
-    shutil.rmtree(scratch, ignore_errors=True)
+    scratch_written = maps["bytes"] + sum(b for _, b in reduced)
+    remove(scratch)
     rate = plan.n_tokens / max(timings["total_s"], 1e-9)
     log(f"count: {plan.n_tokens} tokens in {timings['total_s']:.1f} s ({rate / 1e6:.2f}M tokens/s); "
-        f"nnz per lag {min(nnz_by_lag.values())}..{max(nnz_by_lag.values())}")
+        f"nnz per lag {min(nnz_by_lag.values())}..{max(nnz_by_lag.values())}; "
+        f"{format_bytes(scratch_written)} written to scratch")
     return {"n_vocab": V, "tokens": int(unigram.sum()), "nnz": nnz_by_lag, "mode": "map-reduce",
             "map_tasks": len(plan.map_units), "reduce_tasks": len(reduce_jobs), "timings": timings,
-            "tokens_per_s": round(rate), "memory_budget": runner.plan.memory}
+            "tokens_per_s": round(rate), "memory_budget": runner.plan.memory, "scratch_bytes": int(scratch_written)}
 
 
-def _piece(reduce_dir: str, lag: int, lo: int, hi: int) -> str:
+def _piece(reduce_dir: Location, lag: int, lo: int, hi: int) -> Location:
     """Prefix of a reduce piece, named by the lag and the exact mini-block range it covers."""
-    return f"{reduce_dir}/lag{lag:02d}-m{lo:06d}-{hi:06d}"
-
+    return reduce_dir.child(f"lag{lag:02d}-m{lo:06d}-{hi:06d}")

@@ -1,0 +1,209 @@
+"""Scratch pieces of a job (count spills, k0 operator blocks, fft2 bands) at a :class:`~ctstore.location.Location`.
+
+Scratch belongs to the workspace, not to a stage: ``Workspace.scratch_location(kind, fp)``
+says where a job's pieces go (:func:`scratch_root`), and every task receives
+that Location (URL + storage options), never a path on its own disk. So the
+same code runs when client and workers share one disk (a local workspace:
+``<workspace>/tmp/<kind>-<fp>/``, plain files, memory-mapped on read) and when
+they share nothing but an object store (a remote workspace: the pieces go
+under ``<workspace>/tmp/<kind>-<fp>/`` there, or under ``--scratch URL`` /
+``$CTSTORE_SCRATCH``).
+
+Visibility. A local file is written under a temporary name and renamed. On an
+object store a single object appears whole when its upload completes, but a
+*set* of objects does not: a piece made of several files is complete only when
+its marker object (:data:`MARKER`, written last by :func:`mark_complete`)
+exists, and a resumed job reuses only pieces whose marker it finds.
+
+Reads are ranged where the caller needs a slice (:func:`npy_layout` and
+:func:`read_slice`): a reduce task reads its rows of every map spill, not the
+whole spill, from a local memory map or with HTTP range requests.
+"""
+
+from __future__ import annotations
+
+import io
+import os
+import shutil
+import time
+from contextlib import contextmanager
+
+import numpy as np
+
+from ..location import Location, atomic_path
+
+__all__ = ["MARKER", "scratch_root", "suffixed", "write_file", "save_array", "save_arrays", "load_array",
+           "npy_layout", "read_slice", "mark_complete", "is_complete", "remove", "free_bytes", "stale_entries",
+           "tree_bytes"]
+
+MARKER = "_complete"
+STALE_AFTER_S = 24 * 3600  # remote scratch untouched this long belongs to no running job (gc)
+
+
+def scratch_root(ws) -> Location:
+    """Where a workspace's jobs put scratch: ``--scratch``/``$CTSTORE_SCRATCH``, else ``<workspace>/tmp``.
+
+    A local workspace keeps today's fast path (plain files beside the
+    artifacts, on a disk the client and a LocalCluster share). A remote
+    workspace puts scratch under its own URL, with its storage options, so every
+    worker and the client reach the same pieces.
+    """
+    explicit = getattr(ws, "scratch_url", None) or os.environ.get("CTSTORE_SCRATCH", "").strip()
+    if explicit:
+        return Location.of(explicit, None if "://" not in explicit else ws.storage_options)
+    return ws.location.child("tmp")
+
+
+def suffixed(loc: Location, suffix: str) -> Location:
+    """``loc`` with ``suffix`` appended to its last name (``prefix`` → ``prefix.data.npy``)."""
+    return Location(loc.url + suffix, loc.storage_options)
+
+
+@contextmanager
+def write_file(loc: Location):
+    """A binary file object at ``loc`` that readers see whole or not at all.
+
+    Local: a temporary sibling renamed on success. Remote: the object store's
+    own upload (an object appears when its upload completes); on failure the
+    upload is discarded where the file system allows it. A piece of several
+    files still needs :func:`mark_complete`.
+    """
+    if loc.is_local:
+        os.makedirs(os.path.dirname(loc.path), exist_ok=True)
+        with atomic_path(loc.path) as tmp, open(tmp, "wb") as f:
+            yield f
+        return
+    f = loc.fs.open(loc.path, "wb")
+    try:
+        yield f
+    except BaseException:
+        discard = getattr(f, "discard", None)
+        if discard is not None:
+            discard()
+        raise
+    f.close()
+
+
+def save_array(loc: Location, array) -> int:
+    """Write one ``.npy`` (never pickled); returns the bytes written."""
+    return save_arrays(loc, [array])
+
+
+def save_arrays(loc: Location, arrays) -> int:
+    """Write several ``.npy`` arrays one after another in one file (one object); returns the bytes written."""
+    with write_file(loc) as f:
+        for a in arrays:
+            np.save(f, np.asarray(a), allow_pickle=False)
+        return f.tell()
+
+
+def load_array(loc: Location, mmap: bool = False) -> np.ndarray:
+    """One ``.npy``; ``mmap`` memory-maps a local file (a remote one is read whole)."""
+    if loc.is_local:
+        return np.load(loc.path, mmap_mode="r" if mmap else None, allow_pickle=False)
+    return np.load(io.BytesIO(loc.read_bytes()), allow_pickle=False)
+
+
+def npy_layout(loc: Location) -> list[tuple[int, tuple, np.dtype]]:
+    """``(data offset, shape, dtype)`` of each ``.npy`` array stored one after another at ``loc``."""
+    fmt = np.lib.format
+    out = []
+    size = loc.fs.size(loc.path)
+    with loc.open("rb") as f:
+        while f.tell() < size:
+            version = fmt.read_magic(f)
+            read_header = fmt.read_array_header_1_0 if version == (1, 0) else fmt.read_array_header_2_0
+            shape, fortran, dtype = read_header(f)
+            if fortran and len(shape) > 1:
+                raise ValueError(f"{loc}: Fortran-ordered array in scratch")
+            out.append((f.tell(), shape, dtype))
+            f.seek(int(np.prod(shape)) * dtype.itemsize, os.SEEK_CUR)
+    return out
+
+
+def read_slice(loc: Location, entry: tuple[int, tuple, np.dtype], lo: int, hi: int) -> np.ndarray:
+    """Rows ``[lo, hi)`` (along the first axis) of the array ``entry`` of :func:`npy_layout` at ``loc``.
+
+    Local: a read-only memory-mapped view. Remote: one ranged read of exactly those bytes.
+    """
+    offset, shape, dtype = entry
+    row = int(np.prod(shape[1:])) * dtype.itemsize
+    out_shape = (hi - lo, *shape[1:])
+    if hi <= lo:
+        return np.empty(out_shape, dtype)
+    if loc.is_local:
+        return np.memmap(loc.path, dtype=dtype, mode="r", offset=offset + lo * row, shape=out_shape)
+    data = loc.fs.cat_file(loc.path, start=offset + lo * row, end=offset + hi * row)
+    return np.frombuffer(data, dtype=dtype).reshape(out_shape)
+
+
+def mark_complete(directory: Location) -> None:
+    """Write the marker of a piece directory last: from now on a rerun may reuse it."""
+    with write_file(directory.child(MARKER)):
+        pass
+
+
+def is_complete(directory: Location) -> bool:
+    return directory.child(MARKER).exists()
+
+
+def remove(loc: Location) -> None:
+    """Remove a scratch directory (or file) and everything under it; missing is fine."""
+    if loc.is_local:
+        shutil.rmtree(loc.path, ignore_errors=True)
+        return
+    try:
+        if loc.fs.exists(loc.path):
+            loc.fs.rm(loc.path, recursive=True)
+    except FileNotFoundError:
+        pass
+
+
+def free_bytes(loc: Location) -> int | None:
+    """Free space under a local scratch directory (created if needed); None for an object store."""
+    if not loc.is_local:
+        return None
+    os.makedirs(loc.path, exist_ok=True)
+    return shutil.disk_usage(loc.path).free
+
+
+def tree_bytes(loc: Location) -> int:
+    """Bytes currently stored under a scratch directory."""
+    if loc.is_local:
+        return sum(os.path.getsize(os.path.join(d, f)) for d, _, files in os.walk(loc.path) for f in files)
+    try:
+        return int(sum(loc.fs.du(loc.path, total=False).values()))
+    except FileNotFoundError:
+        return 0
+
+
+def stale_entries(root: Location, complete, now: float | None = None) -> list[Location]:
+    """Job directories under a remote scratch ``root`` that no running job uses.
+
+    An entry ``<kind>-<fp>`` is stale when ``complete(kind, fp)`` (its artifact
+    is published) or when nothing under it changed for :data:`STALE_AFTER_S`
+    (object stores hold no locks; a job writes pieces continually).
+    """
+    fs = root.fs
+    now = time.time() if now is None else now
+    try:
+        names = sorted(os.path.basename(p.rstrip("/")) for p in fs.ls(root.path, detail=False))
+    except FileNotFoundError:
+        return []
+    out = []
+    for name in names:
+        kind, _, fp = name.partition("-")
+        entry = root.child(name)
+        if complete(kind, fp) or _newest(entry) < now - STALE_AFTER_S:
+            out.append(entry)
+    return out
+
+
+def _newest(loc: Location) -> float:
+    newest = 0.0
+    for info in loc.fs.find(loc.path, detail=True).values():
+        stamp = info.get("LastModified") or info.get("mtime") or info.get("created")
+        if hasattr(stamp, "timestamp"):
+            stamp = stamp.timestamp()
+        newest = max(newest, float(stamp or 0))
+    return newest
