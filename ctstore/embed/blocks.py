@@ -4,8 +4,9 @@
 (the top ``V_eff`` tokens by frequency rank), then a transform: ``log1p`` or
 PPMI (``max(0, log P(a,b) / (P(a) P_α(b)))`` with context smoothing α).
 
-The matrix stays in token-id row blocks, as sparse CSR *pieces* in a scratch
-directory (:mod:`ctstore.formats.csr`), so no step holds more than one block
+The matrix stays in token-id row blocks, as sparse CSR *pieces* in the job's
+scratch (:mod:`ctstore.formats.csr` at a Location every task reaches:
+:mod:`ctstore.formats.scratch`), so no step holds more than one block
 plus dense panels. Block sizes (non-zeros per block) come from the memory plan
 (:mod:`ctstore.embed.budget`). The transform is applied when a piece is read
 (:func:`load_block`), since PPMI needs global row/column sums gathered while
@@ -16,7 +17,6 @@ adds them in.
 
 from __future__ import annotations
 
-import os
 from dataclasses import dataclass
 
 import numpy as np
@@ -25,6 +25,8 @@ import scipy.sparse as sp
 from ..errors import CtstoreError
 from ..formats.counts import CountStore
 from ..formats.csr import load_csr, save_csr
+from ..formats.scratch import load_array, save_array, suffixed
+from ..location import Location
 
 __all__ = ["OperatorSpec", "build_operator", "load_block", "lag_weights", "row_entries", "plan_row_blocks_by_nnz"]
 
@@ -41,15 +43,15 @@ def lag_weights(lags: list[int], weighting: str) -> list[float]:
 class OperatorSpec:
     """Everything a task needs to read transformed operator blocks."""
 
-    scratch: str
+    scratch: Location
     n_vocab: int
     blocks: tuple  # ((r0, r1), ...) token-id row ranges
     transform: str  # log1p | ppmi
     ppmi_alpha: float
     total: float = 0.0
 
-    def piece(self, r0: int) -> str:
-        return f"{self.scratch}/op-{r0:07d}"
+    def piece(self, r0: int) -> Location:
+        return self.scratch.child(f"op-{r0:07d}")
 
 
 def _read_weighted_block(store: CountStore, r0: int, r1: int, lags: list[int], weights: list[float],
@@ -82,9 +84,9 @@ def weighted_block_task(store: CountStore, r0, r1, lags, weights, is_active, pre
             cols = coo.col
             for b0, b1 in blocks:
                 sel = (cols >= b0) & (cols < b1)
-                np.save(f"{prefix}.T{b0:07d}.npy",
-                        np.stack([cols[sel] - b0, coo.row[sel] + r0]).astype(np.int64))
-                np.save(f"{prefix}.T{b0:07d}.val.npy", coo.data[sel])
+                save_array(suffixed(prefix, f".T{b0:07d}.npy"),
+                           np.stack([cols[sel] - b0, coo.row[sel] + r0]).astype(np.int64))
+                save_array(suffixed(prefix, f".T{b0:07d}.val.npy"), coo.data[sel])
     except OSError as exc:
         raise CtstoreError(f"{prefix}: cannot write operator block ({exc.strerror or exc})") from None
     rowsum = np.zeros(m.shape[1], np.float64)
@@ -93,15 +95,15 @@ def weighted_block_task(store: CountStore, r0, r1, lags, weights, is_active, pre
     return rowsum, colsum
 
 
-def symmetric_block_task(spec_prefixes: list[str], r0: int, r1: int, n_vocab: int, out_prefix: str) -> int:
+def symmetric_block_task(spec_prefixes: tuple, r0: int, r1: int, n_vocab: int, out_prefix: Location) -> int:
     """Pass B: D[r0:r1] + (Dᵀ)[r0:r1] from the own piece and every block's transposed bucket."""
     own = load_csr(spec_prefixes[0], (r1 - r0, n_vocab)).tocoo()
     rows, cols, vals = [own.row], [own.col], [own.data]
     for prefix in spec_prefixes[1]:
-        rc = np.load(f"{prefix}.T{r0:07d}.npy")
+        rc = load_array(suffixed(prefix, f".T{r0:07d}.npy"))
         rows.append(rc[0])
         cols.append(rc[1])
-        vals.append(np.load(f"{prefix}.T{r0:07d}.val.npy"))
+        vals.append(load_array(suffixed(prefix, f".T{r0:07d}.val.npy")))
     m = sp.csr_matrix((np.concatenate(vals), (np.concatenate(rows), np.concatenate(cols))),
                       shape=(r1 - r0, n_vocab))
     m.sum_duplicates()
@@ -133,13 +135,14 @@ def plan_row_blocks_by_nnz(row_nnz: np.ndarray, target: int) -> tuple:
     return tuple(blocks)
 
 
-def build_operator(store: CountStore, runner, scratch: str, *, lags: list[int], weights: list[float],
+def build_operator(store: CountStore, runner, scratch: Location | str, *, lags: list[int], weights: list[float],
                    symmetric: bool, active: np.ndarray, transform: str, ppmi_alpha: float,
                    block_entries: int, row_nnz: np.ndarray | None = None) -> OperatorSpec:
     """Write operator pieces for the active set in row blocks of about ``block_entries`` non-zeros.
 
     ``lags`` and ``weights`` give ``D = Σ weights[i] · lag_{lags[i]}``; ``row_nnz``
-    is :func:`row_entries` when the caller already has it.
+    is :func:`row_entries` when the caller already has it. ``scratch`` is where
+    tasks write the pieces (a Location every worker reaches; a string is a local path).
     """
     V = store.n_vocab
     if max(lags) > store.lags or min(lags) < 1:
@@ -148,8 +151,10 @@ def build_operator(store: CountStore, runner, scratch: str, *, lags: list[int], 
     is_active[active] = True
     row_nnz = row_entries(store, lags) if row_nnz is None else row_nnz
     blocks = plan_row_blocks_by_nnz(row_nnz, block_entries)
-    os.makedirs(scratch, exist_ok=True)
-    prefixes = [f"{scratch}/d-{r0:07d}" for r0, _ in blocks]
+    scratch = scratch if isinstance(scratch, Location) else Location.of(scratch)
+    spec = OperatorSpec(scratch, V, blocks, transform, ppmi_alpha)
+    # unsymmetric: pass A writes the final pieces (no rename: object stores have none)
+    prefixes = [scratch.child(f"d-{r0:07d}") if symmetric else spec.piece(r0) for r0, _ in blocks]
     portable = _portable(store)
     jobs = [(portable, r0, r1, lags, weights, is_active, p, symmetric, blocks)
             for (r0, r1), p in zip(blocks, prefixes)]
@@ -157,20 +162,15 @@ def build_operator(store: CountStore, runner, scratch: str, *, lags: list[int], 
                              lambda acc, x: x if acc is None else (acc[0] + x[0], acc[1] + x[1]),
                              desc="k0 operator")
     rowsum, colsum = sums
-    spec = OperatorSpec(scratch, V, blocks, transform, ppmi_alpha)
     if symmetric:
         jobs = [((p, prefixes), r0, r1, V, spec.piece(r0)) for (r0, r1), p in zip(blocks, prefixes)]
         runner.map(symmetric_block_task, jobs, desc="k0 symmetric")
         rowsum = colsum = rowsum + colsum
-    else:
-        for (r0, _), p in zip(blocks, prefixes):
-            for suffix in ("indptr", "indices", "data"):
-                os.replace(f"{p}.{suffix}.npy", f"{spec.piece(r0)}.{suffix}.npy")
     total = float(rowsum.sum())
     if total <= 0:
         raise CtstoreError(f"{store.url}: no co-occurrences among the {len(active)} active tokens")
-    np.save(f"{scratch}/rowsum.npy", rowsum)
-    np.save(f"{scratch}/colsum.npy", colsum)
+    save_array(scratch.child("rowsum.npy"), rowsum)
+    save_array(scratch.child("colsum.npy"), colsum)
     return OperatorSpec(scratch, V, blocks, transform, ppmi_alpha, total)
 
 
@@ -180,8 +180,8 @@ def load_block(spec: OperatorSpec, r0: int, r1: int) -> sp.csr_matrix:
     if spec.transform == "log1p":
         np.log1p(m.data, out=m.data)
     elif spec.transform == "ppmi":
-        rowsum = np.load(f"{spec.scratch}/rowsum.npy", mmap_mode="r")
-        colsum = np.load(f"{spec.scratch}/colsum.npy")
+        rowsum = load_array(spec.scratch.child("rowsum.npy"), mmap=True)
+        colsum = load_array(spec.scratch.child("colsum.npy"))
         ctx = colsum ** spec.ppmi_alpha
         ctx /= ctx.sum()
         rows = np.repeat(np.arange(r0, r1), np.diff(m.indptr))

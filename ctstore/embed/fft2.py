@@ -29,8 +29,6 @@ per transform than ``numpy.fft`` here).
 
 from __future__ import annotations
 
-import os
-import shutil
 from dataclasses import dataclass
 from functools import partial
 
@@ -40,6 +38,7 @@ import scipy.sparse as sp
 
 from ..errors import CtstoreError
 from ..formats.csr import load_csr
+from ..formats.scratch import free_bytes, load_array, npy_layout, read_slice, save_array
 from ..location import Location
 from ..log import log
 from ..units import format_bytes
@@ -85,19 +84,29 @@ def plan_fft2(n: int, task_memory: int, free_disk: int, spill_bytes: int = 0) ->
     return Fft2Plan(n, row_chunk, col_chunk, disk)
 
 
+def _as_location(where: Location | str) -> Location:
+    return where if isinstance(where, Location) else Location.of(where)
+
+
 def _dense_rows(source, i0: int, i1: int, n: int) -> np.ndarray:
-    """Rows [i0, i1) of a source as float32 (a view where the source allows it)."""
+    """Rows [i0, i1) of a source as float32 (a view where the source allows it).
+
+    Sources name Locations (a string is a local path): ``("csr", prefix)``,
+    ``("bands", (scratch, {band start: block starts}))``, ``("circulant", k.npy)``,
+    ``("dense", K.npy)`` (rows read by range).
+    """
     kind, arg = source
     if kind == "csr":  # a whole X in one CSR file (tests, benchmarks)
         return load_csr(arg, (n, n), mmap=True)[i0:i1].toarray().astype(np.float32, copy=False)
     if kind == "bands":  # pieces spilled by band_spill_task: (scratch, first rows of the operator blocks)
         return _band_rows(arg[0], arg[1], i0, i1, n)
     if kind == "circulant":  # first row k: row i is k shifted right by i, a window of k twice over
-        k = np.load(arg).astype(np.float32)
+        k = load_array(_as_location(arg)).astype(np.float32)
         windows = np.lib.stride_tricks.sliding_window_view(np.concatenate([k, k]), n)
         return windows[n - i1 + 1: n - i0 + 1][::-1]  # row i is window n − i
     if kind == "dense":
-        return np.asarray(np.load(arg, mmap_mode="r")[i0:i1], dtype=np.float32)
+        loc = _as_location(arg)
+        return np.asarray(read_slice(loc, npy_layout(loc)[0], i0, i1), dtype=np.float32)
     raise ValueError(kind)
 
 
@@ -112,7 +121,7 @@ def _kernel_row_spectra(k_source, c0: int, c1: int, n: int) -> np.ndarray:
     kind, arg = k_source
     if kind == "zarr":
         return arg.open_array("r")[:, c0:c1]
-    khat = scipy.fft.rfft(np.load(arg).astype(np.float64))[c0:c1]
+    khat = scipy.fft.rfft(load_array(_as_location(arg)).astype(np.float64))[c0:c1]
     # exp(−2πi·q·i/n) with i = 128·h + l factors into a (q, h) and a (q, l) table: one outer product
     # per column, every phase from an exact integer index q·i mod n
     twiddle = np.exp(-2j * np.pi * np.arange(n) / n).astype(np.complex64)
@@ -144,12 +153,13 @@ def read_w_rows(w: Location, r0: int, r1: int) -> tuple[np.ndarray, np.ndarray]:
     return np.arange(r0, r1), w.open_array("r")[r0:r1]
 
 
-def fft2_convolve(runner, x_source, k_source, n: int, scratch: str, plan: Fft2Plan) -> str:
-    """Compute W into ``scratch/W.zarr`` and return its URL (tasks get Locations)."""
+def fft2_convolve(runner, x_source, k_source, n: int, scratch: Location | str, plan: Fft2Plan) -> str:
+    """Compute W into ``scratch/W.zarr`` and return its URL (tasks get Locations; a string is a local path)."""
     import zarr
 
     half = n // 2 + 1
-    locs = {name: Location.of(os.path.join(scratch, f"{name}.zarr")) for name in ("FX", "FK", "W")}
+    scratch = _as_location(scratch)
+    locs = {name: scratch.child(f"{name}.zarr") for name in ("FX", "FK", "W")}
     stored = [("FX", x_source)] + ([("FK", k_source)] if k_source[0] != "circulant" else [])
     for name, _ in stored:  # scratch: no compression (random spectra do not compress; zstd cost ~2x time)
         zarr.create_array(locs[name].url, shape=(n, half), dtype=np.complex64, chunks=(plan.row_chunk, plan.col_chunk),
@@ -183,9 +193,14 @@ def plan(n: int, nnz: int, params, memory, scheduler, **fit_args) -> MemoryPlan:
                hint="lower --v-eff, --dim or --oversample, or use --method exact", **fit_args)
 
 
-def band_spill_task(spec, block_group, inv_rank: np.ndarray, row_chunk: int, scratch: str) -> int:
-    """Spill each block's rank-ordered entries by rank-row band: one piece per (band, block)."""
-    total = 0
+def band_spill_task(spec, block_group, inv_rank: np.ndarray, row_chunk: int, scratch: Location | str) -> list:
+    """Spill each block's rank-ordered entries by rank-row band: one piece per (band, block).
+
+    Returns the ``(band start, block start)`` of every piece written, so row
+    tasks are told which pieces exist instead of probing the store.
+    """
+    scratch = _as_location(scratch)
+    written = []
     for r0, r1 in block_group:
         coo = load_block(spec, r0, r1).tocoo()
         rows, cols = inv_rank[coo.row + r0], inv_rank[coo.col]
@@ -194,49 +209,64 @@ def band_spill_task(spec, block_group, inv_rank: np.ndarray, row_chunk: int, scr
         bounds = np.flatnonzero(np.diff(band[order])) + 1
         for sel in np.split(order, bounds) if order.size else []:
             i0 = int(band[sel[0]]) * row_chunk
-            prefix = f"{scratch}/xband-{i0:07d}-{r0:07d}"
-            np.save(f"{prefix}.rc.npy", np.stack([rows[sel] - i0, cols[sel]]).astype(np.int32))
-            np.save(f"{prefix}.val.npy", coo.data[sel].astype(np.float32))
-        total += coo.nnz
-    return total
+            save_array(scratch.child(f"xband-{i0:07d}-{r0:07d}.rc.npy"),
+                       np.stack([rows[sel] - i0, cols[sel]]).astype(np.int32))
+            save_array(scratch.child(f"xband-{i0:07d}-{r0:07d}.val.npy"), coo.data[sel].astype(np.float32))
+            written.append((i0, r0))
+    return written
 
 
-def _band_rows(scratch: str, block_starts: tuple, i0: int, i1: int, n: int) -> np.ndarray:
+def band_pieces(spilled: list) -> dict:
+    """``{band start: (block starts…)}`` from what :func:`band_spill_task` calls returned."""
+    out: dict = {}
+    for written in spilled:
+        for i0, r0 in written:
+            out.setdefault(i0, []).append(r0)
+    return {i0: tuple(sorted(r0s)) for i0, r0s in out.items()}
+
+
+def _band_rows(scratch: Location | str, pieces: dict, i0: int, i1: int, n: int) -> np.ndarray:
     """Dense float32 rows [i0, i1) of X from the pieces the spill tasks wrote for that band."""
+    scratch = _as_location(scratch)
     rows, cols, vals = [], [], []
-    for r0 in block_starts:
-        prefix = f"{scratch}/xband-{i0:07d}-{r0:07d}"
-        if os.path.exists(f"{prefix}.val.npy"):
-            rc = np.load(f"{prefix}.rc.npy")
-            rows.append(rc[0])
-            cols.append(rc[1])
-            vals.append(np.load(f"{prefix}.val.npy"))
+    for r0 in pieces.get(i0, ()):
+        rc = load_array(scratch.child(f"xband-{i0:07d}-{r0:07d}.rc.npy"))
+        rows.append(rc[0])
+        cols.append(rc[1])
+        vals.append(load_array(scratch.child(f"xband-{i0:07d}-{r0:07d}.val.npy")))
     if not vals:
         return np.zeros((i1 - i0, n), np.float32)
     m = sp.csr_matrix((np.concatenate(vals), (np.concatenate(rows), np.concatenate(cols))), shape=(i1 - i0, n))
     return m.toarray().astype(np.float32, copy=False)
 
 
-def embed(runner, spec, groups, inv_rank: np.ndarray, n: int, params, scratch: str, memory_plan: MemoryPlan,
+def embed(runner, spec, groups, inv_rank: np.ndarray, n: int, params, scratch: Location, memory_plan: MemoryPlan,
           nnz: int):
-    """``(rows, spectrum, {}, None)``: the literal formula's W, then ``U_d · √S_d`` of W (rank order)."""
+    """``(rows, spectrum, {}, None)``: the literal formula's W, then ``U_d · √S_d`` of W (rank order).
+
+    A kernel file given by the user lives on the client's disk: it is copied
+    into ``scratch`` first, so tasks on other machines read it there.
+    """
+    scratch = _as_location(scratch)
+    k_loc = scratch.child("kernel.npy")
     if params.kernel == "circulant":  # k0 from the diagonal sums, as the exact path computes them
         g = diagonals(runner, spec, groups, inv_rank, n)
-        k_path = os.path.join(scratch, "k0.npy")
-        np.save(k_path, g / n)
-        k_source = ("circulant", k_path)
+        save_array(k_loc, g / n)
+        k_source = ("circulant", k_loc)
     else:
         k = np.load(params.kernel, mmap_mode="r")
-        k_source = ("circulant", params.kernel) if k.ndim == 1 else ("dense", params.kernel)
+        save_array(k_loc, k)
+        k_source = ("circulant", k_loc) if k.ndim == 1 else ("dense", k_loc)
     band_memory = memory_plan.cluster.task_memory - memory_plan.task_bytes + ROW_BYTES_PER_ENTRY * n
-    plan = plan_fft2(n, band_memory, shutil.disk_usage(scratch).free, spill_bytes=nnz * SPILL_BYTES_PER_ENTRY)
+    free = free_bytes(scratch)  # an object store has no disk to fill
+    plan = plan_fft2(n, band_memory, free if free is not None else 1 << 62, spill_bytes=nnz * SPILL_BYTES_PER_ENTRY)
     log(plan.describe())
-    runner.map(band_spill_task, [(spec, grp, inv_rank, plan.row_chunk, scratch) for grp in groups],
-               desc="fft2 spill X")
-    x_source = ("bands", (scratch, tuple(r0 for r0, _ in spec.blocks)))
+    spilled = runner.map(band_spill_task, [(spec, grp, inv_rank, plan.row_chunk, scratch) for grp in groups],
+                         desc="fft2 spill X")
+    x_source = ("bands", (scratch, band_pieces(spilled)))
     w_url = fft2_convolve(runner, x_source, k_source, n, scratch, plan)
     bands = [(i, min(n, i + plan.row_chunk)) for i in range(0, n, plan.row_chunk)]
-    matmul, rmatmul = block_products(runner, partial(read_w_rows, Location.of(w_url)), bands, n)
+    matmul, rmatmul = block_products(runner, partial(read_w_rows, scratch.child("W.zarr")), bands, n)
     u, s = randomized_svd(matmul, rmatmul, n, n, params.dim,
                           RsvdParams(params.oversample, params.power_iters, params.seed))
     return (u * np.sqrt(s)).astype(np.float32), s, {}, None

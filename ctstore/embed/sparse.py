@@ -113,11 +113,11 @@ def rank_block_task(spec, block_group, inv_rank: np.ndarray, n: int) -> int:
     return len(block_group)
 
 
-def _rank_prefix(scratch: str, r0: int) -> str:
-    return f"{scratch}/rank-{r0:07d}"
+def _rank_prefix(scratch, r0: int):
+    return scratch.child(f"rank-{r0:07d}")
 
 
-def _load_rank_block(scratch: str, n: int, r0: int, r1: int):
+def _load_rank_block(scratch, n: int, r0: int, r1: int):
     return load_rank_block(_rank_prefix(scratch, r0), n)
 
 

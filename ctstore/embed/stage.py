@@ -30,7 +30,6 @@ from __future__ import annotations
 
 import hashlib
 import os
-import shutil
 import time
 from dataclasses import asdict, replace
 
@@ -40,6 +39,7 @@ from ..cluster import Runner, round_robin
 from ..errors import CtstoreError
 from ..formats.counts import CountStore
 from ..formats.embeddings import FORMAT_VERSION, write_embeddings
+from ..formats.scratch import remove as remove_scratch
 from ..location import Location
 from ..log import log, stopwatch
 from ..memory import TreeMemorySampler
@@ -146,7 +146,7 @@ def _embed_into(ws, path, fp, counts, store, params: K0Params, plan: K0Plan, par
     active = store.rank[:n].astype(np.int64)
     inv_rank = np.full(store.n_vocab, -1, np.int64)
     inv_rank[active] = np.arange(n)
-    scratch = ws.scratch_dir("embeddings", fp)
+    scratch = ws.scratch_location("embeddings", fp)  # every task reaches it (formats/scratch.py)
     log(plan.describe())
     log(f"operator: {OPERATOR_NOTES[params.operator]}")
     extra_attrs = {}
@@ -160,7 +160,7 @@ def _embed_into(ws, path, fp, counts, store, params: K0Params, plan: K0Plan, par
         with stopwatch(timings, "operator_s"):
             lags, weights = band_weights(params, plan.lags)
             spec = build_operator(
-                store, runner, os.path.join(scratch, "op"), lags=lags, weights=weights,
+                store, runner, scratch.child("op"), lags=lags, weights=weights,
                 symmetric=params.symmetric, active=active, transform=params.transform, ppmi_alpha=params.ppmi_alpha,
                 block_entries=memory_plan.block_entries, row_nnz=row_nnz)
         groups = round_robin(spec.blocks)  # fixed grouping: the same sums on every scheduler
@@ -185,7 +185,7 @@ def _embed_into(ws, path, fp, counts, store, params: K0Params, plan: K0Plan, par
     }
     write_embeddings(Location(url, {} if ws.is_local else dict(ws.storage_options or {})), E,
                      np.asarray(spectrum[: params.dim], np.float32), active, attrs, first_row)
-    shutil.rmtree(scratch, ignore_errors=True)
+    remove_scratch(scratch)
     log(f"k0: E {E.shape} in {timings['total_s']:.1f} s, peak memory {format_bytes(sampler.peak)}")
     return {
         "format_version": FORMAT_VERSION,
