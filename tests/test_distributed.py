@@ -1,0 +1,277 @@
+"""Issue 16: a `dask scheduler` and two `dask worker`s that share nothing but an S3 workspace (moto).
+
+Each worker runs in its own mount namespace with a private tmpfs ``/tmp``
+(``unshare -m``; as root), so a path one worker writes to its local disk does
+not exist for the other worker nor for the client, as on separate machines.
+Where mount namespaces are unavailable the workers get distinct ``TMPDIR``s
+instead. In both cases every worker and the client run with an audit hook
+(``sys.addaudithook``) that refuses to open a path under another process's
+temp directory or under the local reference workspace, so such a read fails the
+run instead of passing silently. The endpoint and keys exist only in the
+client's ``CTSTORE_STORAGE_OPTIONS``: workers get them through the Locations
+they are handed.
+
+The reference is the same commands in-process (``--scheduler sync``) on a local
+workspace: count stores must be identical array by array, K0 (circulant, none,
+hierarchical) embeddings bit for bit (design §4: reductions fold in task order),
+fft2 to its documented tolerance, and the seeded model bit for bit.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+SAMPLE = ROOT / "data" / "sample" / "tinyshakespeare.txt"
+
+# installed first thing in every worker and client process: opening a path under a forbidden
+# directory raises, so a task or the client reading another machine's local disk fails loudly
+AUDIT = """
+import os, sys
+_FORBIDDEN = tuple(p.rstrip('/') + '/' for p in os.environ.get('CTSTORE_TEST_FORBIDDEN', '').split(os.pathsep) if p)
+def _refuse_foreign_paths(event, args):
+    if event == 'open' and _FORBIDDEN and isinstance(args[0], (str, bytes)):
+        path = os.path.abspath(os.fsdecode(args[0])) + '/'
+        if path.startswith(_FORBIDDEN):
+            raise PermissionError(f'test audit: {path[:-1]} is on another machine\\'s disk')
+sys.addaudithook(_refuse_foreign_paths)
+"""
+WORKER = AUDIT + "from distributed.cli.dask_worker import main\nsys.argv[0] = 'dask-worker'\nmain()\n"
+CLIENT = AUDIT + "from ctstore.cli import main\nsys.exit(main())\n"
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _private_tmp_works() -> bool:
+    """True when ``unshare -m`` can give a process a private tmpfs /tmp (root, mount namespaces)."""
+    probe = f"/tmp/ctstore-probe-{os.getpid()}"
+    try:
+        proc = subprocess.run(["unshare", "-m", "bash", "-c", f"mount -t tmpfs tmpfs /tmp && touch {probe}"],
+                              capture_output=True, timeout=20)
+    except (OSError, subprocess.TimeoutExpired):
+        return False
+    return proc.returncode == 0 and not os.path.exists(probe)
+
+
+@pytest.fixture(scope="module")
+def s3_options():
+    """A moto S3 server on 127.0.0.1 with bucket ``ctstore``; its fsspec options (the only credentials)."""
+    moto_server = pytest.importorskip("moto.server")
+    import boto3
+
+    port = _free_port()
+    logging.getLogger("werkzeug").setLevel(logging.ERROR)
+    server = moto_server.ThreadedMotoServer(ip_address="127.0.0.1", port=port, verbose=False)
+    server.start()
+    options = {"endpoint_url": f"http://127.0.0.1:{port}", "key": "test", "secret": "test",
+               "client_kwargs": {"region_name": "us-east-1"}}
+    boto3.client("s3", endpoint_url=options["endpoint_url"], aws_access_key_id="test", aws_secret_access_key="test",
+                 region_name="us-east-1").create_bucket(Bucket="ctstore")
+    yield options
+    server.stop()
+
+
+def _bare_env(tmpdir: Path) -> dict:
+    """This process's environment without any S3 credential or endpoint, with its own TMPDIR."""
+    env = {k: v for k, v in os.environ.items()
+           if not k.startswith(("AWS_", "FSSPEC_", "CTSTORE_STORAGE_OPTIONS", "CTSTORE_SCRATCH", "CTSTORE_HOME"))}
+    tmpdir.mkdir(parents=True, exist_ok=True)
+    return {**env, "TMPDIR": str(tmpdir), "PYTHONPATH": str(ROOT), "CTSTORE_NO_PROGRESS": "1"}
+
+
+class Machines:
+    """Scheduler + two private-disk workers on 127.0.0.1, and the client's environment."""
+
+    def __init__(self, tmp: Path, s3_options: dict):
+        self.tmp = tmp
+        self.private = _private_tmp_works()
+        self.reference_ws = tmp / "local-ws"
+        client_tmp = tmp / "client-tmp"
+        worker_tmps = [tmp / f"worker{i}-tmp" for i in range(2)]
+        self.client_env = {**_bare_env(client_tmp), "CTSTORE_STORAGE_OPTIONS": json.dumps(s3_options)}
+        # the workers' disks: private tmpfs /tmp each (invisible to the client anyway), or distinct TMPDIRs
+        self.client_env["CTSTORE_TEST_FORBIDDEN"] = "" if self.private else os.pathsep.join(map(str, worker_tmps))
+        port = _free_port()
+        self.address = f"tcp://127.0.0.1:{port}"
+        self.scheduler = subprocess.Popen(
+            [sys.executable, "-m", "distributed.cli.dask_scheduler", "--host", "127.0.0.1", "--port", str(port),
+             "--dashboard-address", ":0"], env=_bare_env(tmp / "scheduler-tmp"),
+            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        self.workers = []
+        for i, wtmp in enumerate(worker_tmps):
+            env = _bare_env(wtmp)
+            others = [client_tmp, self.reference_ws, Path("/tmp/ctstore-scratch")] + \
+                [t for t in worker_tmps if t != wtmp]
+            env["CTSTORE_TEST_FORBIDDEN"] = os.pathsep.join(map(str, others))
+            args = [sys.executable, "-c", WORKER, self.address, "--nthreads", "1", "--memory-limit", "1GB",
+                    "--no-nanny", "--host", "127.0.0.1", "--name", f"machine-{i}"]
+            if self.private:
+                env["TMPDIR"] = "/tmp"
+                args = ["unshare", "-m", "bash", "-c", 'mount -t tmpfs tmpfs /tmp && exec "$@"', "bash", *args]
+            self.workers.append(subprocess.Popen(args, env=env, stdout=subprocess.DEVNULL,
+                                                 stderr=subprocess.DEVNULL))
+        self._wait_for_workers(2)
+
+    def _wait_for_workers(self, n: int) -> None:
+        from distributed import Client
+
+        with Client(self.address, timeout="30s") as client:
+            client.wait_for_workers(n, timeout=60)
+
+    def cli(self, *args, ws: str) -> dict:
+        """Run ``ctstore ARGS -w ws --json`` as the client (audited) and return its manifest."""
+        t0 = time.time()
+        proc = subprocess.run([sys.executable, "-c", CLIENT, *args, "-w", ws, "--json", "-q"],
+                              capture_output=True, text=True, env=self.client_env, timeout=600)
+        print(f"TIMING {time.time() - t0:.1f}s {args[:1]} {args[-3:]} {ws}", file=sys.stderr)
+        assert proc.returncode == 0, f"ctstore {' '.join(args)}: {proc.stderr[-3000:]}"
+        return json.loads(proc.stdout)
+
+    def close(self) -> None:
+        for p in [*self.workers, self.scheduler]:
+            if p.poll() is None:
+                p.terminate()
+        for p in [*self.workers, self.scheduler]:
+            try:
+                p.wait(timeout=20)
+            except subprocess.TimeoutExpired:
+                p.kill()
+                p.wait()
+
+
+@pytest.fixture(scope="module")
+def machines(tmp_path_factory, s3_options):
+    m = Machines(tmp_path_factory.mktemp("machines"), s3_options)
+    yield m
+    m.close()
+
+
+@pytest.fixture(scope="module")
+def corpus(tmp_path_factory) -> Path:
+    path = tmp_path_factory.mktemp("corpus") / "c.txt"
+    path.write_text(SAMPLE.read_text()[:300_000])  # ~75K tokens: 8 shards of 10K
+    return path
+
+
+def _count_arrays(url: str, options: dict | None, lags: int) -> dict:
+    import zarr
+
+    print("TIMING", time.time(), file=sys.stderr)
+    group = zarr.open_group(f"{url}/counts.zarr", mode="r", storage_options=options)
+    names = ["unigram", "rank"] + [f"lag_{k}/{x}" for k in range(1, lags + 1) for x in ("indptr", "indices", "data")]
+    return {name: group[name][:] for name in names}
+
+
+def _embeddings(url: str, options: dict | None) -> np.ndarray:
+    import zarr
+
+    return zarr.open_group(f"{url}/embeddings.zarr", mode="r", storage_options=options)["E"][:]
+
+
+def _model(url: str, options: dict | None) -> dict:
+    import fsspec
+    from safetensors.numpy import load
+
+    with fsspec.open(f"{url}/model.safetensors", "rb", **(options or {})) as f:
+        return load(f.read())
+
+
+K0_RUNS = {  # name: (k0 flags, bitwise?)
+    "circulant": ((), True),
+    "none": (("--kernel", "none", "--power-iters", "2"), True),
+    "hierarchical": (("--hierarchical",), True),
+    "fft2": (("--method", "fft2"), False),
+}
+
+
+@pytest.mark.slow
+def test_pipeline_on_separate_machines_matches_in_process(machines, corpus, s3_options):
+    """tokenize → count --spill → k0 (4 methods) → seed on the cluster and S3, against sync on a local disk."""
+    remote, local = "s3://ctstore/ws", str(machines.reference_ws)
+    out = {}
+    for name, ws, scheduler in (("cluster", remote, machines.address), ("sync", local, "sync")):
+        tokens = machines.cli("tokenize", str(corpus), "--shard-tokens", "10K", ws=ws)
+        counts = machines.cli("count", tokens["fingerprint"], "--lags", "3", "--spill", "--scheduler", scheduler,
+                              ws=ws)
+        embeddings = {k: machines.cli("k0", counts["fingerprint"], "--dim", "64", "--v-eff", "1024",
+                                      "--scheduler", scheduler, *flags, ws=ws)
+                      for k, (flags, _) in K0_RUNS.items()}
+        model = machines.cli("seed", embeddings["circulant"]["fingerprint"], "--config", "tiny", ws=ws)
+        out[name] = (tokens, counts, embeddings, model)
+    (tc, cc, ec, mc), (ts, cs, es, ms) = out["cluster"], out["sync"]
+    assert cc["mode"] == cs["mode"] == "map-reduce" and cc["map_tasks"] >= 2
+    assert (tc["fingerprint"], cc["fingerprint"]) == (ts["fingerprint"], cs["fingerprint"])
+    assert cc["path"].startswith("s3://ctstore/ws/counts/")
+
+    got, want = _count_arrays(cc["path"], s3_options, 3), _count_arrays(cs["path"], None, 3)
+    for name in want:
+        assert got[name].dtype == want[name].dtype and np.array_equal(got[name], want[name]), name
+    assert int(want["unigram"].sum()) == cs["tokens"]
+
+    for k, (_, bitwise) in K0_RUNS.items():
+        a, b = _embeddings(ec[k]["path"], s3_options), _embeddings(es[k]["path"], None)
+        assert a.shape == b.shape == (want["unigram"].size, 64), k
+        if bitwise:
+            assert np.array_equal(a, b), f"{k}: cluster and in-process embeddings differ"
+        else:  # fft2: float32 transforms over bands sized per cluster (docs/design.md §4)
+            assert np.allclose(a, b, rtol=0, atol=1e-4 * np.abs(b).max()), k
+    got_model, want_model = _model(mc["path"], s3_options), _model(ms["path"], None)
+    assert got_model.keys() == want_model.keys()
+    for name in want_model:
+        assert np.array_equal(got_model[name], want_model[name]), name
+
+    # nothing of the jobs' scratch is left behind on the bucket
+    import s3fs
+
+    fs = s3fs.S3FileSystem(**s3_options, skip_instance_cache=True)
+    assert not [p for p in fs.find("ctstore/ws/tmp") if not p.endswith("/")], "scratch left on S3"
+
+
+@pytest.mark.slow
+def test_count_survives_a_killed_worker_exactly(machines, corpus, s3_options):
+    """SIGKILL one worker once map pieces exist; the count finishes on the other and equals the reference.
+
+    Runs last in this module: it leaves one worker.
+    """
+    import s3fs
+
+    ws = "s3://ctstore/kill"
+    tokens = machines.cli("tokenize", str(corpus), "--shard-tokens", "5K", ws=ws)
+    reference = machines.cli("tokenize", str(corpus), "--shard-tokens", "5K", ws=str(machines.reference_ws))
+    want_counts = machines.cli("count", reference["fingerprint"], "--lags", "2", "--spill", "--scheduler", "sync",
+                               ws=str(machines.reference_ws))
+    cmd = [sys.executable, "-c", CLIENT, "count", tokens["fingerprint"], "--lags", "2", "--spill",
+           "--scheduler", machines.address, "-w", ws, "--json", "-q"]
+    count = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=machines.client_env)
+    fs = s3fs.S3FileSystem(**s3_options, skip_instance_cache=True)
+    deadline, done = time.time() + 120, []
+    while time.time() < deadline and count.poll() is None and not done:
+        fs.invalidate_cache()
+        done = fs.glob("ctstore/kill/tmp/counts-*/map-*/_complete")
+        time.sleep(0.05)
+    assert done and count.poll() is None, "the count ended before a worker could be killed mid-way"
+    victim = machines.workers[1]
+    os.kill(victim.pid, signal.SIGKILL)
+    victim.wait(timeout=30)
+    stdout, stderr = count.communicate(timeout=600)
+    assert count.returncode == 0, stderr[-3000:]
+    got_counts = json.loads(stdout)
+    assert got_counts["fingerprint"] == want_counts["fingerprint"]
+    got, want = _count_arrays(got_counts["path"], s3_options, 2), _count_arrays(want_counts["path"], None, 2)
+    for name in want:
+        assert np.array_equal(got[name], want[name]), name
