@@ -135,10 +135,8 @@ class Machines:
 
     def cli(self, *args, ws: str) -> dict:
         """Run ``ctstore ARGS -w ws --json`` as the client (audited) and return its manifest."""
-        t0 = time.time()
         proc = subprocess.run([sys.executable, "-c", CLIENT, *args, "-w", ws, "--json", "-q"],
                               capture_output=True, text=True, env=self.client_env, timeout=600)
-        print(f"TIMING {time.time() - t0:.1f}s {args[:1]} {args[-3:]} {ws}", file=sys.stderr)
         assert proc.returncode == 0, f"ctstore {' '.join(args)}: {proc.stderr[-3000:]}"
         return json.loads(proc.stdout)
 
@@ -171,7 +169,6 @@ def corpus(tmp_path_factory) -> Path:
 def _count_arrays(url: str, options: dict | None, lags: int) -> dict:
     import zarr
 
-    print("TIMING", time.time(), file=sys.stderr)
     group = zarr.open_group(f"{url}/counts.zarr", mode="r", storage_options=options)
     names = ["unigram", "rank"] + [f"lag_{k}/{x}" for k in range(1, lags + 1) for x in ("indptr", "indices", "data")]
     return {name: group[name][:] for name in names}
@@ -191,39 +188,53 @@ def _model(url: str, options: dict | None) -> dict:
         return load(f.read())
 
 
-K0_RUNS = {  # name: (k0 flags, bitwise?)
-    "circulant": ((), True),
-    "none": (("--kernel", "none", "--power-iters", "2"), True),
-    "hierarchical": (("--hierarchical",), True),
-    "fft2": (("--method", "fft2"), False),
+K0_RUNS = {  # name: (k0 flags, the same as parameters, bitwise?)
+    "circulant": ((), {}, True),
+    "none": (("--kernel", "none", "--power-iters", "2"), {"kernel": "none", "power_iters": 2}, True),
+    "hierarchical": (("--hierarchical",), {"hierarchical": True}, True),
+    "fft2": (("--method", "fft2"), {"method": "fft2"}, False),
 }
+
+
+def _in_process(corpus: Path, ws_root: Path) -> tuple:
+    """The reference: the same stages in this process, tasks run one after another (sync), on a local disk."""
+    from ctstore.count import CountParams, count_cooccurrences
+    from ctstore.embed.plan import K0Params
+    from ctstore.embed.stage import embed_counts
+    from ctstore.seed import SeedParams, seed_model
+    from ctstore.tokenize import TokenizeParams, tokenize_corpus
+    from ctstore.workspace import Workspace
+
+    ws = Workspace(str(ws_root), storage_options={})
+    tokens = tokenize_corpus([str(corpus)], ws, params=TokenizeParams(shard_tokens=10_000))
+    counts = count_cooccurrences(tokens, ws, params=CountParams(lags=3), scheduler="sync", spill=True)
+    embeddings = {k: embed_counts(counts, ws, params=K0Params(dim=64, v_eff=1024, **fields), scheduler="sync")
+                  for k, (_, fields, _) in K0_RUNS.items()}
+    model = seed_model(embeddings["circulant"], ws, params=SeedParams(config="tiny"))
+    return tokens.manifest, counts.manifest, {k: e.manifest for k, e in embeddings.items()}, model.manifest
 
 
 @pytest.mark.slow
 def test_pipeline_on_separate_machines_matches_in_process(machines, corpus, s3_options):
     """tokenize → count --spill → k0 (4 methods) → seed on the cluster and S3, against sync on a local disk."""
-    remote, local = "s3://ctstore/ws", str(machines.reference_ws)
-    out = {}
-    for name, ws, scheduler in (("cluster", remote, machines.address), ("sync", local, "sync")):
-        tokens = machines.cli("tokenize", str(corpus), "--shard-tokens", "10K", ws=ws)
-        counts = machines.cli("count", tokens["fingerprint"], "--lags", "3", "--spill", "--scheduler", scheduler,
-                              ws=ws)
-        embeddings = {k: machines.cli("k0", counts["fingerprint"], "--dim", "64", "--v-eff", "1024",
-                                      "--scheduler", scheduler, *flags, ws=ws)
-                      for k, (flags, _) in K0_RUNS.items()}
-        model = machines.cli("seed", embeddings["circulant"]["fingerprint"], "--config", "tiny", ws=ws)
-        out[name] = (tokens, counts, embeddings, model)
-    (tc, cc, ec, mc), (ts, cs, es, ms) = out["cluster"], out["sync"]
+    ws = "s3://ctstore/ws"
+    tc = machines.cli("tokenize", str(corpus), "--shard-tokens", "10K", ws=ws)
+    cc = machines.cli("count", tc["fingerprint"], "--lags", "3", "--spill", "--scheduler", machines.address, ws=ws)
+    ec = {k: machines.cli("k0", cc["fingerprint"], "--dim", "64", "--v-eff", "1024", "--scheduler",
+                          machines.address, *flags, ws=ws) for k, (flags, _, _) in K0_RUNS.items()}
+    mc = machines.cli("seed", ec["circulant"]["fingerprint"], "--config", "tiny", ws=ws)
+    ts, cs, es, ms = _in_process(corpus, machines.reference_ws)
+
     assert cc["mode"] == cs["mode"] == "map-reduce" and cc["map_tasks"] >= 2
     assert (tc["fingerprint"], cc["fingerprint"]) == (ts["fingerprint"], cs["fingerprint"])
     assert cc["path"].startswith("s3://ctstore/ws/counts/")
-
     got, want = _count_arrays(cc["path"], s3_options, 3), _count_arrays(cs["path"], None, 3)
     for name in want:
         assert got[name].dtype == want[name].dtype and np.array_equal(got[name], want[name]), name
     assert int(want["unigram"].sum()) == cs["tokens"]
 
-    for k, (_, bitwise) in K0_RUNS.items():
+    for k, (_, _, bitwise) in K0_RUNS.items():
+        assert ec[k]["fingerprint"] == es[k]["fingerprint"], k
         a, b = _embeddings(ec[k]["path"], s3_options), _embeddings(es[k]["path"], None)
         assert a.shape == b.shape == (want["unigram"].size, 64), k
         if bitwise:
@@ -243,19 +254,29 @@ def test_pipeline_on_separate_machines_matches_in_process(machines, corpus, s3_o
 
 
 @pytest.mark.slow
-def test_count_survives_a_killed_worker_exactly(machines, corpus, s3_options):
+def test_count_survives_a_killed_worker_exactly(machines, s3_options):
     """SIGKILL one worker once map pieces exist; the count finishes on the other and equals the reference.
 
-    Runs last in this module: it leaves one worker.
+    The same documents are published as tokens on S3 and on the local disk (the same fingerprint), in 20
+    shards (20 map tasks), so the map phase outlasts the kill. Runs last in this module: it leaves one worker.
     """
     import s3fs
 
+    from conftest import write_tokens
+    from ctstore.count import CountParams, count_cooccurrences
+    from ctstore.workspace import Workspace
+
+    rng = np.random.default_rng(16)
+    docs = [rng.zipf(1.3, size=int(rng.integers(50, 2000))).clip(max=4095).tolist() for _ in range(400)]
     ws = "s3://ctstore/kill"
-    tokens = machines.cli("tokenize", str(corpus), "--shard-tokens", "5K", ws=ws)
-    reference = machines.cli("tokenize", str(corpus), "--shard-tokens", "5K", ws=str(machines.reference_ws))
-    want_counts = machines.cli("count", reference["fingerprint"], "--lags", "2", "--spill", "--scheduler", "sync",
-                               ws=str(machines.reference_ws))
-    cmd = [sys.executable, "-c", CLIENT, "count", tokens["fingerprint"], "--lags", "2", "--spill",
+    tokens = write_tokens(Workspace(ws, storage_options=s3_options), docs, 4096, row_group_tokens=5000,
+                          shard_tokens=20_000)
+    assert len(tokens.manifest["shards"]) >= 16
+    local = Workspace(str(machines.reference_ws), storage_options={})
+    reference = write_tokens(local, docs, 4096, row_group_tokens=5000, shard_tokens=20_000)
+    want_counts = count_cooccurrences(reference, local, params=CountParams(lags=2), scheduler="sync", spill=True)
+
+    cmd = [sys.executable, "-c", CLIENT, "count", tokens.fingerprint, "--lags", "2", "--spill",
            "--scheduler", machines.address, "-w", ws, "--json", "-q"]
     count = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=machines.client_env)
     fs = s3fs.S3FileSystem(**s3_options, skip_instance_cache=True)
@@ -271,7 +292,7 @@ def test_count_survives_a_killed_worker_exactly(machines, corpus, s3_options):
     stdout, stderr = count.communicate(timeout=600)
     assert count.returncode == 0, stderr[-3000:]
     got_counts = json.loads(stdout)
-    assert got_counts["fingerprint"] == want_counts["fingerprint"]
-    got, want = _count_arrays(got_counts["path"], s3_options, 2), _count_arrays(want_counts["path"], None, 2)
+    assert got_counts["fingerprint"] == want_counts.fingerprint
+    got, want = _count_arrays(got_counts["path"], s3_options, 2), _count_arrays(want_counts.path, None, 2)
     for name in want:
         assert np.array_equal(got[name], want[name]), name

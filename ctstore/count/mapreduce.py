@@ -55,19 +55,22 @@ def map_task(shard: Location, row_groups: tuple, n_vocab: int, lags: int, out_di
     (reading back only the small index it returns) and redoes an interrupted one.
 
     Returns the unigram of the chunk and, per lag, the entries of each
-    mini-block, so the client plans the reduce without opening a spill.
+    mini-block and where the spill's arrays start (``layouts``), so the client
+    plans the reduce without opening a spill and reduce tasks read only data.
     """
     out_dir = _as_location(out_dir)
     if is_complete(out_dir):
         unigram = load_array(out_dir.child("unigram.npy"))
-        minis = [np.diff(_spill_index(out_dir.child(_spill_name(lag)))) for lag in range(1, lags + 1)]
-        return {"resumed": 1, "unigram": unigram, "mini_entries": minis, "bytes": 0}
+        layouts = [npy_layout(out_dir.child(_spill_name(lag))) for lag in range(1, lags + 1)]
+        minis = [np.diff(_spill_index(out_dir.child(_spill_name(lag)), layout))
+                 for lag, layout in zip(range(1, lags + 1), layouts)]
+        return {"resumed": 1, "unigram": unigram, "mini_entries": minis, "layouts": [layouts], "bytes": 0}
     values, offsets = read_chunk(shard, list(row_groups), n_vocab, val_fraction)
     n_mini = -(-n_vocab // MINI_ROWS)
     mini_starts = np.minimum(np.arange(n_mini + 1, dtype=np.int64) * MINI_ROWS, n_vocab)
     # row of each CSR row within its mini-block, times V: local key = that + column (< MINI_ROWS·V ≤ 2^32)
     local_row = (np.arange(n_vocab, dtype=np.uint32) % MINI_ROWS) * np.uint32(n_vocab)
-    minis, written = [], 0
+    minis, layouts, written = [], [], 0
     try:
         unigram = np.bincount(values, minlength=n_vocab).astype(np.uint64)
         written += save_array(out_dir.child("unigram.npy"), unigram)
@@ -81,14 +84,16 @@ def map_task(shard: Location, row_groups: tuple, n_vocab: int, lags: int, out_di
             del indices
             index = indptr[mini_starts]
             # one file per lag: index (mini-block starts), local keys, counts; fewer, larger writes
-            written += save_arrays(out_dir.child(_spill_name(lag)), [index, local, counts])
+            nbytes, layout = save_arrays(out_dir.child(_spill_name(lag)), [index, local, counts])
+            written += nbytes
+            layouts.append(layout)
             minis.append(np.diff(index))
             del local, counts, indptr
         mark_complete(out_dir)
     except OSError as exc:
         if not is_complete(out_dir):  # else another attempt of this task finished first: keep its result
             raise _write_error(out_dir.url, "spill", exc) from None
-    return {"resumed": 0, "unigram": unigram, "mini_entries": minis, "bytes": written}
+    return {"resumed": 0, "unigram": unigram, "mini_entries": minis, "layouts": [layouts], "bytes": written}
 
 
 def _as_location(where: Location | str) -> Location:
@@ -99,19 +104,20 @@ def _spill_name(lag: int) -> str:
     return f"lag{lag:02d}.spill"
 
 
-def _spill_index(spill: Location) -> np.ndarray:
+def _spill_index(spill: Location, layout: list) -> np.ndarray:
     """Where each mini-block starts in one lag spill (the first array of the file)."""
-    layout = npy_layout(spill)
     return np.array(read_slice(spill, layout[0], 0, layout[0][1][0]))
 
 
 def _fold_maps(acc, result):
-    """Sum map results in task order: unigram, entries per mini-block and lag, resumed tasks, bytes."""
+    """Sum map results in task order: unigram, entries per mini-block and lag, resumed tasks, bytes;
+    collect the spill layouts (one list per map task, in task order)."""
     if acc is None:
         return result
     acc["unigram"] += result["unigram"]
     for mine, theirs in zip(acc["mini_entries"], result["mini_entries"]):
         mine += theirs
+    acc["layouts"] += result["layouts"]
     acc["resumed"] += result["resumed"]
     acc["bytes"] += result["bytes"]
     return acc
@@ -159,11 +165,12 @@ def merge_sorted_counts(parts: list[tuple[np.ndarray, np.ndarray]], n_vocab: int
 
 
 def reduce_task(map_dirs: list[Location], lag: int, mini_lo: int, mini_hi: int, n_vocab: int,
-                max_entries: int, out_prefix: Location) -> tuple[np.ndarray, int]:
+                max_entries: int, out_prefix: Location, layouts: list | None = None) -> tuple[np.ndarray, int]:
     """Merge the spills of rows ``[mini_lo, mini_hi) * MINI_ROWS`` for one lag into CSR pieces.
 
     Reads only its rows of each spill (a memory map, or ranged reads on an
-    object store). Returns ``(entries per row, bytes written)``; the row counts
+    object store; ``layouts``, the map tasks' spill layouts for this lag, spare
+    reading each spill's headers). Returns ``(entries per row, bytes written)``; the row counts
     are written last and mark the piece complete, so a rerun returns them at once.
     """
     map_dirs, out_prefix = [_as_location(d) for d in map_dirs], _as_location(out_prefix)
@@ -176,9 +183,9 @@ def reduce_task(map_dirs: list[Location], lag: int, mini_lo: int, mini_hi: int, 
     batch, batch_entries = [], 0
     # keys relative to the block's first row: < (r1 - r0)·V, so they pack with counts into one uint64
     bases = np.arange(mini_hi - mini_lo, dtype=np.uint64) * np.uint64(MINI_ROWS * n_vocab)
-    for d in map_dirs:
+    for i, d in enumerate(map_dirs):
         spill = d.child(_spill_name(lag))
-        layout = npy_layout(spill)
+        layout = layouts[i] if layouts is not None else npy_layout(spill)
         index = np.asarray(read_slice(spill, layout[0], mini_lo, mini_hi + 1))
         lo, hi = int(index[0]), int(index[-1])
         if hi == lo:
@@ -266,7 +273,8 @@ def _count_into(ws, store: Location, fp, tokens, shards: TokenShards, params, me
             blocks = plan_row_blocks(maps["mini_entries"][lag - 1], plan.reduce_entries)
             blocks_by_lag[lag] = blocks
             for lo, hi in blocks:
-                reduce_jobs.append((map_dirs, lag, lo, hi, V, plan.reduce_entries, _piece(reduce_dir, lag, lo, hi)))
+                reduce_jobs.append((map_dirs, lag, lo, hi, V, plan.reduce_entries, _piece(reduce_dir, lag, lo, hi),
+                                    [task_layouts[lag - 1] for task_layouts in maps["layouts"]]))
         log(f"count: {len(reduce_jobs)} reduce task(s) over {L} lag(s)")
         with stopwatch(timings, "reduce_s"):
             reduced = runner.map(reduce_task, reduce_jobs, desc="count reduce")

@@ -39,7 +39,7 @@ from ..cluster import Runner, round_robin
 from ..errors import CtstoreError
 from ..formats.counts import CountStore
 from ..formats.embeddings import FORMAT_VERSION, write_embeddings
-from ..formats.scratch import remove as remove_scratch
+from ..formats.scratch import remove as remove_scratch, tree_bytes
 from ..location import Location
 from ..log import log, stopwatch
 from ..memory import TreeMemorySampler
@@ -185,6 +185,7 @@ def _embed_into(ws, path, fp, counts, store, params: K0Params, plan: K0Plan, par
     }
     write_embeddings(Location(url, {} if ws.is_local else dict(ws.storage_options or {})), E,
                      np.asarray(spectrum[: params.dim], np.float32), active, attrs, first_row)
+    scratch_bytes = tree_bytes(scratch)  # operator, rank blocks, bands: what went through scratch
     remove_scratch(scratch)
     log(f"k0: E {E.shape} in {timings['total_s']:.1f} s, peak memory {format_bytes(sampler.peak)}")
     return {
@@ -201,6 +202,7 @@ def _embed_into(ws, path, fp, counts, store, params: K0Params, plan: K0Plan, par
         "spectrum_head": [float(x) for x in np.asarray(spectrum[:8])],
         "timings": timings,
         "peak_memory_bytes": int(sampler.peak),
+        "scratch_bytes": int(scratch_bytes),
         **extra_attrs,
         **extra,
     }

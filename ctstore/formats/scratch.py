@@ -86,15 +86,22 @@ def write_file(loc: Location):
 
 def save_array(loc: Location, array) -> int:
     """Write one ``.npy`` (never pickled); returns the bytes written."""
-    return save_arrays(loc, [array])
+    return save_arrays(loc, [array])[0]
 
 
-def save_arrays(loc: Location, arrays) -> int:
-    """Write several ``.npy`` arrays one after another in one file (one object); returns the bytes written."""
+def save_arrays(loc: Location, arrays) -> tuple[int, list]:
+    """Write several ``.npy`` arrays one after another in one file (one object).
+
+    Returns ``(bytes written, layout)``, the layout as :func:`npy_layout` would
+    read it back, so a writer can hand it to readers (saving them a request).
+    """
+    layout = []
     with write_file(loc) as f:
         for a in arrays:
-            np.save(f, np.asarray(a), allow_pickle=False)
-        return f.tell()
+            a = np.ascontiguousarray(a)
+            np.save(f, a, allow_pickle=False)
+            layout.append((f.tell() - a.nbytes, a.shape, a.dtype))
+        return f.tell(), layout
 
 
 def load_array(loc: Location, mmap: bool = False) -> np.ndarray:
@@ -109,7 +116,7 @@ def npy_layout(loc: Location) -> list[tuple[int, tuple, np.dtype]]:
     fmt = np.lib.format
     out = []
     size = loc.fs.size(loc.path)
-    with loc.open("rb") as f:
+    with loc.fs.open(loc.path, "rb", block_size=1 << 16) as f:  # headers only: no large read-ahead
         while f.tell() < size:
             version = fmt.read_magic(f)
             read_header = fmt.read_array_header_1_0 if version == (1, 0) else fmt.read_array_header_2_0
