@@ -296,3 +296,88 @@ def test_count_survives_a_killed_worker_exactly(machines, s3_options):
     got, want = _count_arrays(got_counts["path"], s3_options, 2), _count_arrays(want_counts.path, None, 2)
     for name in want:
         assert np.array_equal(got[name], want[name]), name
+
+
+# --- scratch on an object store, without a cluster (fast) ----------------------------------------------------
+
+
+def _s3_scratch(s3_options, name: str):
+    from ctstore.location import Location
+
+    return Location(f"s3://ctstore/unit/{name}", s3_options)
+
+
+def test_ranged_reads_of_remote_spills_equal_local_ones(s3_options, tmp_path):
+    """save_arrays' returned layout equals npy_layout's reading, and ranged remote slices equal local memmaps."""
+    from ctstore.formats.scratch import load_array, npy_layout, read_slice, save_arrays
+    from ctstore.location import Location
+
+    rng = np.random.default_rng(0)
+    arrays = [np.arange(11, dtype=np.int64), rng.integers(0, 2**32, 1000, dtype=np.uint32),
+              rng.random((50, 3)).astype(np.float32)]
+    for loc in (Location.of(str(tmp_path / "x.spill")), _s3_scratch(s3_options, "x.spill")):
+        nbytes, layout = save_arrays(loc, arrays)
+        assert nbytes == loc.fs.size(loc.path)
+        assert [(o, tuple(s), d) for o, s, d in npy_layout(loc)] == [(o, tuple(s), d) for o, s, d in layout]
+        for entry, a in zip(layout, arrays):
+            for lo, hi in ((0, len(a)), (3, 7), (5, 5), (len(a) - 1, len(a))):
+                assert np.array_equal(read_slice(loc, entry, lo, hi), a[lo:hi])
+    assert np.array_equal(load_array(_s3_scratch(s3_options, "x.spill")), arrays[0])  # the first array
+
+
+def test_count_map_piece_on_s3_is_reused_only_with_its_marker(s3_options, tmp_path):
+    """A finished map piece is reused; one whose marker is missing (killed before the end) is redone."""
+    from conftest import write_tokens
+    from ctstore.count import map_task
+    from ctstore.formats.scratch import MARKER
+    from ctstore.formats.tokens import TokenShards
+    from ctstore.workspace import Workspace
+
+    ws = Workspace(str(tmp_path / "ws"), storage_options={})
+    docs = [[1, 2, 3, 1, 2], [3, 3, 1, 0, 2, 1]]
+    shards = TokenShards.from_artifact(write_tokens(ws, docs, n_vocab=8))
+    piece = _s3_scratch(s3_options, "map-piece")
+    first = map_task(shards.shard(0), (0,), 8, 2, piece)
+    assert first["resumed"] == 0 and piece.child(MARKER).exists()
+    again = map_task(shards.shard(0), (0,), 8, 2, piece)
+    assert again["resumed"] == 1 and again["bytes"] == 0
+    assert np.array_equal(again["unigram"], first["unigram"])
+    assert all(np.array_equal(a, b) for a, b in zip(again["mini_entries"], first["mini_entries"]))
+    piece.fs.rm(piece.child(MARKER).path)  # as if the task died after its spills, before its marker
+    redone = map_task(shards.shard(0), (0,), 8, 2, piece)
+    assert redone["resumed"] == 0 and redone["bytes"] > 0
+
+
+def test_scratch_location_follows_workspace_and_scratch_option(s3_options, tmp_path, monkeypatch):
+    from ctstore.workspace import Workspace
+
+    monkeypatch.delenv("CTSTORE_SCRATCH", raising=False)
+    local = Workspace(str(tmp_path / "ws"), storage_options={})
+    assert local.scratch_location("counts", "ab").url == f"{tmp_path}/ws/tmp/counts-ab"
+    remote = Workspace("s3://ctstore/sl", storage_options=s3_options)
+    loc = remote.scratch_location("embeddings", "cd")
+    assert loc.url == "s3://ctstore/sl/tmp/embeddings-cd" and loc.storage_options == s3_options
+    monkeypatch.setenv("CTSTORE_SCRATCH", "s3://ctstore/elsewhere")
+    assert remote.scratch_location("counts", "ab").url == "s3://ctstore/elsewhere/counts-ab"
+    remote.scratch_url = str(tmp_path / "shared")  # --scratch wins over the environment
+    assert remote.scratch_location("counts", "ab").url == f"{tmp_path}/shared/counts-ab"
+
+
+def test_gc_removes_stale_remote_scratch_only(s3_options, monkeypatch):
+    """Scratch of a complete artifact and scratch untouched for a day go; a running job's stays."""
+    import ctstore.formats.scratch as scratch_module
+    from ctstore.formats.scratch import save_array
+    from ctstore.workspace import Workspace
+
+    monkeypatch.delenv("CTSTORE_SCRATCH", raising=False)
+    ws = Workspace("s3://ctstore/gc", storage_options=s3_options)
+    ws.publish("counts", "done0000", {"format_version": 1})
+    for name in ("counts-done0000", "counts-running00"):
+        save_array(ws.scratch_location(*name.split("-")).child("map-0/unigram.npy"), np.zeros(3))
+    removed = ws.gc()
+    assert any(p.endswith("tmp/counts-done0000") for p in removed)
+    assert not any("running00" in p for p in removed)
+    assert ws.scratch_location("counts", "running00").child("map-0/unigram.npy").exists()
+    monkeypatch.setattr(scratch_module, "STALE_AFTER_S", -60)  # everything now counts as untouched for long
+    assert any("running00" in p for p in ws.gc())
+    assert not ws.fs.exists(f"{ws.root}/tmp/counts-running00")
