@@ -237,7 +237,6 @@ def test_s3_workspace_matches_local(tmp_path, s3_server):
 @pytest.mark.slow
 def test_real_cluster_on_s3_survives_a_killed_worker(tmp_path, s3_server):
     """count on `dask scheduler` + 2 `dask worker`s with an S3 workspace; SIGKILL one worker mid-count."""
-    import glob
     import signal
 
     port = _free_port()
@@ -261,8 +260,13 @@ def test_real_cluster_on_s3_survives_a_killed_worker(tmp_path, s3_server):
                "--scheduler", address, "--json", "-q"]
         count = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
         deadline = time.time() + 120
-        while time.time() < deadline and not [d for d in glob.glob(f"{tmp_path}/ctstore-scratch/counts-*/map-*")
-                                              if ".partial" not in d]:
+        import s3fs  # scratch of an S3 workspace lives on S3 (issue 16): wait for a finished map piece there
+
+        fs = s3fs.S3FileSystem(endpoint_url=s3_server["FSSPEC_S3_ENDPOINT_URL"], key="test", secret="test",
+                               skip_instance_cache=True)
+        while time.time() < deadline and count.poll() is None and \
+                not fs.glob("ctstore/cluster/tmp/counts-*/map-*/_complete"):
+            fs.invalidate_cache()
             time.sleep(0.05)
         os.kill(workers[0].pid, signal.SIGKILL)
         out, err = count.communicate(timeout=600)
