@@ -88,8 +88,7 @@ class Cluster:
 
 
 def moto_server() -> tuple[subprocess.Popen, dict]:
-    """A moto S3 server in its own process (in this one it would share the GIL with nothing, but the
-    server's request handling must not be what is measured), with bucket ``ctstore``."""
+    """A moto S3 server in its own process, as a real object store would be, with bucket ``ctstore``."""
     import boto3
 
     port = _free_port()
