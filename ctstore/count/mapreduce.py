@@ -60,11 +60,7 @@ def map_task(shard: Location, row_groups: tuple, n_vocab: int, lags: int, out_di
     """
     out_dir = _as_location(out_dir)
     if is_complete(out_dir):
-        unigram = load_array(out_dir.child("unigram.npy"))
-        layouts = [npy_layout(out_dir.child(_spill_name(lag))) for lag in range(1, lags + 1)]
-        minis = [np.diff(_spill_index(out_dir.child(_spill_name(lag)), layout))
-                 for lag, layout in zip(range(1, lags + 1), layouts)]
-        return {"resumed": 1, "unigram": unigram, "mini_entries": minis, "layouts": [layouts], "bytes": 0}
+        return _finished_map(out_dir, lags)
     values, offsets = read_chunk(shard, list(row_groups), n_vocab, val_fraction)
     n_mini = -(-n_vocab // MINI_ROWS)
     mini_starts = np.minimum(np.arange(n_mini + 1, dtype=np.int64) * MINI_ROWS, n_vocab)
@@ -91,9 +87,19 @@ def map_task(shard: Location, row_groups: tuple, n_vocab: int, lags: int, out_di
             del local, counts, indptr
         mark_complete(out_dir)
     except OSError as exc:
-        if not is_complete(out_dir):  # else another attempt of this task finished first: keep its result
+        if not is_complete(out_dir):
             raise _write_error(out_dir.url, "spill", exc) from None
+        return _finished_map(out_dir, lags)  # another attempt of this task finished first: keep its result
     return {"resumed": 0, "unigram": unigram, "mini_entries": minis, "layouts": [layouts], "bytes": written}
+
+
+def _finished_map(out_dir: Location, lags: int) -> dict:
+    """What :func:`map_task` returns, read back from a complete piece (a resumed run)."""
+    unigram = load_array(out_dir.child("unigram.npy"))
+    layouts = [npy_layout(out_dir.child(_spill_name(lag))) for lag in range(1, lags + 1)]
+    minis = [np.diff(_spill_index(out_dir.child(_spill_name(lag)), layout))
+             for lag, layout in zip(range(1, lags + 1), layouts)]
+    return {"resumed": 1, "unigram": unigram, "mini_entries": minis, "layouts": [layouts], "bytes": 0}
 
 
 def _as_location(where: Location | str) -> Location:
