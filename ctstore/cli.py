@@ -55,7 +55,8 @@ def build_parser() -> argparse.ArgumentParser:
     stages.add_parsers(sub, _common)
 
     s = sub.add_parser("ls", help="list complete artifacts with lineage and size")
-    s.add_argument("--kind", default=None)
+    s.add_argument("--kind", default=None, help="only this kind: tokens, counts, embeddings, model(s), run(s) "
+                                               "or report(s)")
     _common(s, compute=False)
 
     s = sub.add_parser("show", help="print one artifact's manifest")
@@ -93,6 +94,10 @@ def _run(args) -> int:
     ws = Workspace(args.workspace)
     cmd = args.command
     if cmd == "ls":
+        if args.kind:  # singular or plural; an unknown kind is an error, never an empty listing
+            from .formats import kind
+
+            args.kind = kind(args.kind).name
         arts = ws.list(args.kind)
         if args.kind:  # one kind: oldest first, newest last (next to the prompt)
             arts.sort(key=lambda a: a.manifest.get("created", 0))
@@ -151,21 +156,13 @@ def _run(args) -> int:
 
 
 def _what(artifact) -> str:
-    """A few words saying what an artifact is, for ``ls``."""
-    m = artifact.manifest
-    if artifact.kind == "tokens":
-        return f"{m.get('tokens', 0)} tok, {m.get('tokenizer')}"
-    if artifact.kind == "counts":
-        return f"lags 1..{m.get('params', {}).get('lags')}"
-    if artifact.kind == "embeddings":
-        return f"{m.get('operator')} d={m.get('dim')} V_eff={m.get('v_eff')}"
-    if artifact.kind == "model":
-        return f"{m.get('init')}"
-    if artifact.kind == "report":
-        return f"{m.get('params', {}).get('experiment')}: {_verdict_counts(artifact)}"
-    ppl = m.get("final_val_ppl")
-    return f"ppl {ppl:.2f}, sft {m.get('init')} {m.get('steps')} steps" if ppl is not None else \
-        f"sft {m.get('init')} {m.get('steps')} steps"
+    """A few words saying what an artifact is, for ``ls`` (each kind's summary in ``ctstore.formats.KINDS``)."""
+    from .formats import kind
+
+    try:
+        return kind(artifact.kind).summary(artifact)
+    except (KeyError, TypeError, ValueError, AttributeError):  # a manifest from another version: list it anyway
+        return "?"
 
 
 def _when(artifact) -> str:
@@ -175,27 +172,16 @@ def _when(artifact) -> str:
     return time.strftime("%Y-%m-%d %H:%M", time.localtime(created)) if created else "-" * 16
 
 
-def _verdict_counts(artifact) -> str:
-    """'2 supported, 1 not supported' from the claims table in an experiment's results.json."""
-    try:
-        with artifact.workspace.fs.open(artifact.child("results.json"), "r") as f:
-            claims = json.load(f).get("claims", [])
-    except (OSError, ValueError, AttributeError):
-        return "no results.json"
-    counts: dict[str, int] = {}
-    for row in claims:  # rows are claim records (dicts); reports before the claims registry wrote lists
-        verdict = row.get("verdict") if isinstance(row, dict) else row[-1] if isinstance(row, list) and row else None
-        if isinstance(verdict, str):
-            counts[verdict] = counts.get(verdict, 0) + 1
-    return ", ".join(f"{n} {v}" for v, n in sorted(counts.items(), key=lambda kv: -kv[1])) or "no claims"
-
-
 def _run_paths(artifact) -> list[tuple[str, str]]:
     """Where to look inside a report (its report.md) or an SFT run (its trained model and metrics)."""
+    from .formats.model import RUN_MODEL
+    from .formats.report import REPORT
+    from .formats.run import METRICS
+
     if artifact.kind == "report":
-        return [("report", artifact.child(artifact.manifest.get("report", "report.md")))]
+        return [("report", artifact.child(artifact.manifest.get("report", REPORT)))]
     if artifact.kind == "run":
-        return [("model", artifact.child("model")), ("metrics", artifact.child("metrics.jsonl"))]
+        return [("model", artifact.child(RUN_MODEL)), ("metrics", artifact.child(METRICS))]
     return []
 
 
