@@ -43,7 +43,14 @@ class _Parser(argparse.ArgumentParser):
         self.exit(2, f"ctstore: error: {one_line(message, 2000)}\n")
 
 
-def build_parser() -> argparse.ArgumentParser:
+def build_parser(argv: list[str] | None = None) -> argparse.ArgumentParser:
+    """The ``ctstore`` parser; with ``argv``, only the subcommand it names is built from its stage module.
+
+    Stage modules import torch, dask, zarr or pyarrow (seconds). ``main`` passes
+    its arguments, so ``ctstore --help``, ``--version``, ``ls``, ``show``,
+    ``verify`` and ``gc`` import none of them and the subcommand that runs
+    imports only its own. Without ``argv`` every subcommand is built.
+    """
     p = _Parser(prog="ctstore", description=__doc__.splitlines()[0])
     from . import __version__
 
@@ -52,7 +59,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     from . import stages
 
-    stages.add_parsers(sub, _common)
+    only = None if argv is None else {next((a for a in argv if not a.startswith("-")), None)}
+    stages.add_parsers(sub, _common, only)
 
     s = sub.add_parser("ls", help="list complete artifacts with lineage and size")
     s.add_argument("--kind", default=None, help="only this kind: tokens, counts, embeddings, model(s), run(s) "
@@ -204,7 +212,8 @@ def os_error_message(exc: OSError) -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = build_parser()
+    argv = sys.argv[1:] if argv is None else list(argv)
+    parser = build_parser(argv)
     args = parser.parse_args(argv)
     set_quiet(getattr(args, "quiet", False))
     try:
