@@ -267,3 +267,46 @@ class TestStoreConformance:
         from ctstore.integrity import verify_artifact
 
         assert verify_artifact(store.get(art.fingerprint)) == []
+
+
+# -- the stages that write model, run and report artifacts, on a remote workspace ---------------------------------
+
+def _model_artifact(ws, vocab: int):
+    from ctstore.build import build_artifact
+    from ctstore.formats.model import save_model
+    from ctstore.model import PhotonicGPT, get_config
+
+    def build(path):
+        import torch
+
+        torch.manual_seed(0)
+        model = PhotonicGPT(get_config("tiny", vocab_size=vocab, block_size=8))
+        save_model(model, ws.artifact_location("model", "f" * 20), None, {"tokenizer": "test", "init": "random"})
+        return {"format_version": 2, "params": {}, "inputs": {}, "tokenizer": "test", "init": "random"}
+
+    return build_artifact(ws, "model", "f" * 20, build)[0]
+
+
+@pytest.mark.slow
+def test_sft_trains_on_a_memory_workspace_and_publishes_there(tmp_path, monkeypatch):
+    from conftest import write_tokens
+
+    from ctstore.formats.run import read_metrics
+    from ctstore.integrity import verify_artifact
+    from ctstore.sft import SftParams, train_model
+    from ctstore.workspace import Workspace
+
+    monkeypatch.setenv("TMPDIR", str(tmp_path))  # the local working copy goes under tmp_path
+    ws = Workspace(f"memory://sft-{uuid.uuid4().hex[:8]}")
+    rng = np.random.default_rng(0)
+    tokens = write_tokens(ws, [rng.integers(0, 32, 60).tolist() for _ in range(30)], 32)
+    run = train_model(_model_artifact(ws, 32), tokens, ws,
+                      params=SftParams(steps=4, eval_every=2, batch_size=2, block_size=8, warmup=1))
+    assert {"metrics.jsonl", "checkpoint.safetensors", "model/model.safetensors"} <= set(run.manifest["files"])
+    assert verify_artifact(run) == []
+    assert [r["step"] for r in read_metrics(run) if "val_loss" in r] == [0, 2, 4]
+    assert read_metrics(run)[-1]["val_loss"] == pytest.approx(run.manifest["final_val_loss"])
+    formats.kind("model").read(run)  # the trained model loads from the memory store
+    assert not os.path.exists(ws.root)
+    assert not os.path.exists(os.path.join(str(tmp_path), "ctstore-scratch", f"run-{run.fingerprint}"))
+    ws.fs.rm(ws.root, recursive=True)
