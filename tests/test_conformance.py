@@ -310,3 +310,30 @@ def test_sft_trains_on_a_memory_workspace_and_publishes_there(tmp_path, monkeypa
     assert not os.path.exists(ws.root)
     assert not os.path.exists(os.path.join(str(tmp_path), "ctstore-scratch", f"run-{run.fingerprint}"))
     ws.fs.rm(ws.root, recursive=True)
+
+
+@pytest.mark.slow
+def test_crystallize_on_a_memory_workspace_publishes_its_files_there(tmp_path, monkeypatch):
+    """The bug behind this class: crystallize on memory:// published ``"files": {}`` and wrote to a local
+    directory named after the remote path, and verify called it intact."""
+    from conftest import write_tokens
+
+    from ctstore.count import CountParams, count_cooccurrences
+    from ctstore.crystallize import HARMONIC, CrystallizeParams, crystallize_model
+    from ctstore.integrity import verify_artifact
+    from ctstore.workspace import Workspace
+
+    monkeypatch.setenv("TMPDIR", str(tmp_path))
+    ws = Workspace(f"memory://crystallize-{uuid.uuid4().hex[:8]}")
+    rng = np.random.default_rng(1)
+    docs = [(rng.zipf(1.3, 400) % 300).tolist() for _ in range(40)]
+    counts = count_cooccurrences(write_tokens(ws, docs, 300, shard_tokens=4096), ws, params=CountParams(lags=4),
+                                 scheduler="sync")
+    art = crystallize_model(counts, ws, scheduler="sync", params=CrystallizeParams(config="tiny", vocab=96,
+                                                                                   power_iters=1))
+    assert {"model.safetensors", "config.json", "vocab.safetensors", HARMONIC} <= set(art.manifest["files"])
+    assert verify_artifact(art) == []
+    model, vocab_map, raw = formats.kind("model").read(art)
+    assert raw["init"] == "crystallize" and vocab_map.max() == 96
+    assert not os.path.exists(ws.root)
+    ws.fs.rm(ws.root, recursive=True)
