@@ -53,7 +53,6 @@ The matrix arithmetic lives in :mod:`ctstore.seeding`, shared with ``crystallize
 from __future__ import annotations
 
 import itertools
-import os
 from dataclasses import asdict, dataclass, replace
 
 import numpy as np

@@ -95,6 +95,7 @@ def train_into(ws, path, model_artifact, tokens, p: SftParams, device, stop_at) 
     with open(metrics_path, "a") as metrics:
         if step == 0:
             ev = evaluate(model, val, vocab_map, T, p.eval_tokens, p.batch_size, device)
+            log(f"step 0: val loss {ev['loss']:.4f}")
             _write(metrics, {"step": 0, "val_loss": ev["loss"], "val_ppl": ev["ppl"], "val_ppl_known": ev["ppl_known"],
                              "elapsed": 0.0, "flops": 0})
         t_last = time.perf_counter()
@@ -125,7 +126,7 @@ def train_into(ws, path, model_artifact, tokens, p: SftParams, device, stop_at) 
             if step % p.eval_every == 0 or step == p.steps:
                 ev = evaluate(model, val, vocab_map, T, p.eval_tokens, p.batch_size, device)
                 record.update(val_loss=ev["loss"], val_ppl=ev["ppl"], val_ppl_known=ev["ppl_known"])
-                log(f"step {step}: train loss {record['loss']:.4f}, val loss {ev['loss']:.4f}")  # as nanoGPT
+                log(f"step {step}: batch loss {record['loss']:.4f}, val loss {ev['loss']:.4f}")  # as nanoGPT prints
                 _early_stop(meta, ev, p)
                 meta["step"] = step
                 _write(metrics, record)
