@@ -152,12 +152,12 @@ def test_ls_kind_accepts_plural_and_refuses_unknown_kinds(tmp_path):
     ws = str(tmp_path / "ws")
     _fake_artifact(ws, "run", "a" * 20, {"init": "spectral", "steps": 150, "final_val_ppl": 412.5,
                                          "frozen_embedding_rows": "all but <unk>", "tie_head": False,
-                                         "inputs": {"model": "m" * 20}})
+                                         "embed_scale": "unscaled", "inputs": {"model": "b" * 20}})
     _fake_artifact(ws, "model", "b" * 20, {"init": "spectral", "operator": "circulant"})
     for kind in ("run", "runs"):
         lines = ctstore("ls", "--kind", kind, "-w", ws).stdout.splitlines()
         assert len(lines) == 1 and lines[0].startswith("run ") and "a" * 20 in lines[0]
-        assert "init spectral, E frozen, untied head, 150 steps, ppl 412.50" in lines[0]
+        assert "init spectral (circulant), E frozen, unscaled E, untied head, 150 steps, ppl 412.50" in lines[0]
     assert "spectral (circulant)" in ctstore("ls", "--kind", "models", "-w", ws).stdout
     proc = ctstore("ls", "--kind", "rnus", "-w", ws, check=False)
     assert proc.returncode == 2 and proc.stdout == ""

@@ -178,6 +178,16 @@ def test_every_kind_has_an_example():
     assert set(EXAMPLES) == {k.name for k in formats.KINDS}
 
 
+def test_each_kind_reads_through_its_own_format_module():
+    import importlib
+
+    for record in formats.KINDS:
+        assert record.reader.startswith(record.module + ":"), record
+        assert importlib.import_module(record.module).__name__ == record.module
+        assert formats.kind(record.plural) is record and formats.kind(record.name) is record
+    assert formats.READABLE_VERSIONS == {k.name: k.versions for k in formats.KINDS}
+
+
 # -- stores ------------------------------------------------------------------------------------------------------
 
 def _free_port() -> int:

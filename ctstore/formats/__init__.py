@@ -106,10 +106,22 @@ def _run_summary(artifact) -> str:
     m = artifact.manifest
     frozen = m.get("frozen_embedding_rows")
     head = "" if m.get("tie_head", True) else ", untied head"
-    arm = f"init {m.get('init')}, E {'frozen' if frozen else 'trained'}{head}"
+    scale = f", {m['embed_scale']} E" if m.get("embed_scale") not in (None, "matched") else ""
+    arm = f"init {_model_summary_of(artifact)}, E {'frozen' if frozen else 'trained'}{scale}{head}"
     ppl = m.get("final_val_ppl")
     ppl = f", ppl {ppl:.2f}" if isinstance(ppl, (int, float)) else ""
     return f"sft {arm}, {m.get('steps')} steps{ppl}"
+
+
+def _model_summary_of(run) -> str:
+    """The init of a run's model, with the operator its embeddings came from (read from the model's manifest)."""
+    model = run.manifest.get("inputs", {}).get("model")
+    try:
+        manifest = run.workspace.read_manifest("model", model)[0] if isinstance(model, str) else None
+    except OSError:
+        manifest = None
+    return _model_summary(type(run)(run.workspace, "model", model, manifest)) if manifest else str(
+        run.manifest.get("init"))
 
 
 def _report_summary(artifact) -> str:
