@@ -12,6 +12,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
+from .formats import KINDS as _KIND_RECORDS
 from .location import Location
 
 if TYPE_CHECKING:
@@ -19,7 +20,7 @@ if TYPE_CHECKING:
 
 __all__ = ["Artifact", "KINDS", "MANIFEST"]
 
-KINDS = ("tokens", "counts", "embeddings", "model", "run", "report")  # run: an SFT run; report: an experiment's
+KINDS = tuple(k.name for k in _KIND_RECORDS)  # one record per kind in ctstore.formats.KINDS
 MANIFEST = "manifest.json"
 
 

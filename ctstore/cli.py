@@ -46,7 +46,14 @@ class _Parser(argparse.ArgumentParser):
         self.exit(2, f"ctstore: error: {one_line(message, 2000)}\n")
 
 
-def build_parser() -> argparse.ArgumentParser:
+def build_parser(argv: list[str] | None = None) -> argparse.ArgumentParser:
+    """The ``ctstore`` parser; with ``argv``, only the subcommand it names is built from its stage module.
+
+    Stage modules import torch, dask, zarr or pyarrow (seconds). ``main`` passes
+    its arguments, so ``ctstore --help``, ``--version``, ``ls``, ``show``,
+    ``verify`` and ``gc`` import none of them and the subcommand that runs
+    imports only its own. Without ``argv`` every subcommand is built.
+    """
     p = _Parser(prog="ctstore", description=__doc__.splitlines()[0])
     from . import __version__
 
@@ -55,10 +62,12 @@ def build_parser() -> argparse.ArgumentParser:
 
     from . import stages
 
-    stages.add_parsers(sub, _common)
+    only = None if argv is None else {next((a for a in argv if not a.startswith("-")), None)}
+    stages.add_parsers(sub, _common, only)
 
     s = sub.add_parser("ls", help="list complete artifacts with lineage and size")
-    s.add_argument("--kind", default=None)
+    s.add_argument("--kind", default=None, help="only this kind: tokens, counts, embeddings, model(s), run(s) "
+                                               "or report(s)")
     _common(s, compute=False)
 
     s = sub.add_parser("show", help="print one artifact's manifest")
@@ -97,6 +106,10 @@ def _run(args) -> int:
     ws.scratch_url = args.scratch
     cmd = args.command
     if cmd == "ls":
+        if args.kind:  # singular or plural; an unknown kind is an error, never an empty listing
+            from .formats import kind
+
+            args.kind = kind(args.kind).name
         arts = ws.list(args.kind)
         if args.kind:  # one kind: oldest first, newest last (next to the prompt)
             arts.sort(key=lambda a: a.manifest.get("created", 0))
@@ -155,21 +168,13 @@ def _run(args) -> int:
 
 
 def _what(artifact) -> str:
-    """A few words saying what an artifact is, for ``ls``."""
-    m = artifact.manifest
-    if artifact.kind == "tokens":
-        return f"{m.get('tokens', 0)} tok, {m.get('tokenizer')}"
-    if artifact.kind == "counts":
-        return f"lags 1..{m.get('params', {}).get('lags')}"
-    if artifact.kind == "embeddings":
-        return f"{m.get('operator')} d={m.get('dim')} V_eff={m.get('v_eff')}"
-    if artifact.kind == "model":
-        return f"{m.get('init')}"
-    if artifact.kind == "report":
-        return f"{m.get('params', {}).get('experiment')}: {_verdict_counts(artifact)}"
-    ppl = m.get("final_val_ppl")
-    return f"ppl {ppl:.2f}, sft {m.get('init')} {m.get('steps')} steps" if ppl is not None else \
-        f"sft {m.get('init')} {m.get('steps')} steps"
+    """A few words saying what an artifact is, for ``ls`` (each kind's summary in ``ctstore.formats.KINDS``)."""
+    from .formats import kind
+
+    try:
+        return kind(artifact.kind).summary(artifact)
+    except (KeyError, TypeError, ValueError, AttributeError):  # a manifest from another version: list it anyway
+        return "?"
 
 
 def _when(artifact) -> str:
@@ -179,27 +184,16 @@ def _when(artifact) -> str:
     return time.strftime("%Y-%m-%d %H:%M", time.localtime(created)) if created else "-" * 16
 
 
-def _verdict_counts(artifact) -> str:
-    """'2 supported, 1 not supported' from the claims table in an experiment's results.json."""
-    try:
-        with artifact.workspace.fs.open(artifact.child("results.json"), "r") as f:
-            claims = json.load(f).get("claims", [])
-    except (OSError, ValueError, AttributeError):
-        return "no results.json"
-    counts: dict[str, int] = {}
-    for row in claims:  # rows are claim records (dicts); reports before the claims registry wrote lists
-        verdict = row.get("verdict") if isinstance(row, dict) else row[-1] if isinstance(row, list) and row else None
-        if isinstance(verdict, str):
-            counts[verdict] = counts.get(verdict, 0) + 1
-    return ", ".join(f"{n} {v}" for v, n in sorted(counts.items(), key=lambda kv: -kv[1])) or "no claims"
-
-
 def _run_paths(artifact) -> list[tuple[str, str]]:
     """Where to look inside a report (its report.md) or an SFT run (its trained model and metrics)."""
+    from .formats.model import RUN_MODEL
+    from .formats.report import REPORT
+    from .formats.run import METRICS
+
     if artifact.kind == "report":
-        return [("report", artifact.child(artifact.manifest.get("report", "report.md")))]
+        return [("report", artifact.child(artifact.manifest.get("report", REPORT)))]
     if artifact.kind == "run":
-        return [("model", artifact.child("model")), ("metrics", artifact.child("metrics.jsonl"))]
+        return [("model", artifact.child(RUN_MODEL)), ("metrics", artifact.child(METRICS))]
     return []
 
 
@@ -222,7 +216,8 @@ def os_error_message(exc: OSError) -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = build_parser()
+    argv = sys.argv[1:] if argv is None else list(argv)
+    parser = build_parser(argv)
     args = parser.parse_args(argv)
     set_quiet(getattr(args, "quiet", False))
     try:

@@ -31,11 +31,9 @@ computed.
 
 from __future__ import annotations
 
-import os
 from dataclasses import asdict, dataclass
 
 import numpy as np
-import torch
 
 from .errors import CtstoreError
 from .log import log
@@ -46,6 +44,7 @@ from .workspace import Workspace, build_artifact
 __all__ = ["CrystallizeParams", "crystallize_model"]
 
 FORMAT_VERSION = 1
+HARMONIC = "harmonic.safetensors"  # per layer (A, μ, σ) of the Gaussian fits
 
 
 def _betas(text: str) -> tuple:
@@ -91,7 +90,8 @@ def crystallize_model(counts, workspace: Workspace | None = None, *, params: Cry
     fp = STAGE.fingerprint(params, {"counts": counts.fingerprint})
 
     def build(path: str) -> dict:
-        return _crystallize_into(ws, path, counts, store, params, config, memory, scheduler)
+        return _crystallize_into(ws, ws.artifact_location("model", fp), counts, store, params, config, memory,
+                                 scheduler)
 
     return build_artifact(ws, "model", fp, build, force=force)[0]
 
@@ -116,10 +116,13 @@ def _band_svd(ws, counts, params, config, layer: int, memory, scheduler):
     return U, spectrum.astype(np.float64), active, emb.fingerprint
 
 
-def _crystallize_into(ws, path, counts, store, params, config, memory, scheduler) -> dict:
-    from safetensors.torch import save_file
+def _crystallize_into(ws, location, counts, store, params, config, memory, scheduler) -> dict:
+    """Build the model into the artifact directory ``location`` (a Location: local, memory:// or S3)."""
+    import torch
+    from safetensors.torch import save
 
     from .analysis.harmonic import fit_harmonic
+    from .formats import write_file
     from .formats.model import save_model
     from .model import PhotonicGPT
     from .seeding import rescaled
@@ -156,9 +159,9 @@ def _crystallize_into(ws, path, counts, store, params, config, memory, scheduler
             log(f"crystallize: layer {layer} lags {layer + 1}..{layer + len(params.betas)}, L1 fit R² {fit.r2:.4f}")
     vocab_map = np.full(store.n_vocab, params.vocab, np.int64)
     vocab_map[active] = np.arange(params.vocab)
-    save_model(model, path, vocab_map, {"tokenizer": counts.manifest.get("tokenizer"), "init": "crystallize",
+    save_model(model, location, vocab_map, {"tokenizer": counts.manifest.get("tokenizer"), "init": "crystallize",
                                         "tokenizer_vocab": int(store.n_vocab)})
-    save_file(harmonic, os.path.join(path, "harmonic.safetensors"))
+    write_file(location.child(HARMONIC), save(harmonic))
     return {"format_version": FORMAT_VERSION, "params": {"crystallize": _jsonable(asdict(params))},
             "inputs": {"counts": counts.fingerprint}, "tokenizer": counts.manifest.get("tokenizer"),
             "init": "crystallize", "report": report}

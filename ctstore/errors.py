@@ -9,8 +9,6 @@ from __future__ import annotations
 import os
 import shutil
 
-from dask.utils import format_bytes
-
 __all__ = ["CtstoreError", "WriteError", "one_line", "write_error"]
 
 
@@ -53,6 +51,8 @@ def write_error(path: str, what: str, exc: BaseException) -> "CtstoreError":
 
     ``ctstore: error: <path>: cannot write <what> (<reason>; <N> free on that disk)``
     """
+    from .units import format_bytes
+
     room = ""
     probe = path.rstrip("/")
     while probe and not os.path.isdir(probe):

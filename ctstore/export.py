@@ -27,10 +27,18 @@ GPT-NeoX always has biases in its MLP and LayerNorms; a model built with
 An untied output head (a ``lm_head.weight`` not shared with the embedding) is
 exported as ``lm_head.weight`` with ``tie_word_embeddings=false``.
 
-The tokenizer is tiktoken's, which ``transformers`` cannot load as a tokenizer
-class; ``ctstore_tokenizer.json`` names the encoding and, for a compact
-vocabulary, lists the tokenizer id of every model id (the last model id is the
-unknown token). The README's "Use with Hugging Face" shows the few lines needed.
+The tokenizer: ``tokenizer.json`` is a ``tokenizers`` byte-level BPE rebuilt from
+the tiktoken ranks (:mod:`ctstore.hftokenizer`), which encodes text to the same
+ids as ctstore, so ``AutoTokenizer.from_pretrained(OUT_DIR)`` and
+``pipeline("text-generation", model=OUT_DIR)`` work. For a compact vocabulary
+the tokenizer gives each dropped token an id of its own past the model's ids;
+the export appends a copy of the unknown token's embedding row for each, and
+``generation_config.json`` suppresses them in sampling (see
+:mod:`ctstore.hftokenizer`): ids below the model's vocabulary are unchanged, and
+the logits over them are ctstore's. An encoding that cannot be loaded (a model
+made with a test tokenizer) is exported without ``tokenizer.json``, and says so.
+``ctstore_tokenizer.json`` still names the encoding and, for a compact
+vocabulary, lists the tokenizer id of every model id.
 """
 
 from __future__ import annotations
@@ -43,6 +51,7 @@ import numpy as np
 import torch
 
 from .errors import CtstoreError
+from .formats.hf import TOKENIZER_FILE, qkv_row_order, rotary_permutation  # noqa: F401 - re-exported
 from .formats.model import inverse_vocab, load_model, resolve_model_dir
 from .location import atomic_path
 from .log import log
@@ -51,27 +60,11 @@ from .stage import Input, Option, Stage
 
 __all__ = ["neox_config", "neox_state_dict", "tokenizer_info", "export_hf", "write_hf"]
 
-TOKENIZER_FILE = "ctstore_tokenizer.json"
 
 
 def is_tied(model: PhotonicGPT) -> bool:
     """True when the output head shares its storage with the token embedding."""
     return model.lm_head.weight.data_ptr() == model.transformer.wte.weight.data_ptr()
-
-
-def rotary_permutation(head_dim: int) -> torch.Tensor:
-    """Row order that turns interleaved rotary pairs (2i, 2i+1) into halves (i, i + head_dim/2)."""
-    return torch.cat([torch.arange(0, head_dim, 2), torch.arange(1, head_dim, 2)])
-
-
-def qkv_row_order(n_embd: int, n_head: int) -> torch.Tensor:
-    """Rows of PhotonicGPT's ``c_attn`` in the order GPT-NeoX's ``query_key_value`` expects."""
-    hd = n_embd // n_head
-    rot = rotary_permutation(hd)
-    rows = []
-    for h in range(n_head):
-        rows += [0 * n_embd + h * hd + rot, 1 * n_embd + h * hd + rot, 2 * n_embd + h * hd + torch.arange(hd)]
-    return torch.cat(rows)
 
 
 def neox_config(model: PhotonicGPT) -> dict:
@@ -151,6 +144,38 @@ def tokenizer_info(raw_config: dict, vocab_map: np.ndarray | None, vocab_size: i
     return info
 
 
+def hf_tokenizer(raw_config: dict, vocab_map: np.ndarray | None, model_vocab: int):
+    """``(tokenizers.Tokenizer, number of ids)`` for the model's encoding, or ``(None, reason)``."""
+    from .encoding import load_encoding
+    from .hftokenizer import build_tokenizer
+
+    name = raw_config.get("tokenizer")
+    try:
+        import tokenizers  # noqa: F401 - the [hf] extra
+    except ImportError:
+        return None, "the tokenizers package is not installed (pip install 'ctstore[hf]')"
+    if not name:
+        return None, "the model names no encoding"
+    try:
+        enc, _ = load_encoding(name)
+    except CtstoreError as exc:
+        return None, str(exc)
+    if vocab_map is None and model_vocab < enc.n_vocab:
+        return None, f"the model's {model_vocab} ids cannot hold encoding {name!r}'s {enc.n_vocab} tokens"
+    return build_tokenizer(enc, vocab_map, model_vocab)
+
+
+def widen_vocabulary(state: dict[str, torch.Tensor], model_vocab: int, n_ids: int) -> dict[str, torch.Tensor]:
+    """Append ``n_ids - model_vocab`` rows, each a copy of the unknown token's (the last model id), to the
+    embedding and an untied head: the tokenizer's ids for tokens a compact vocabulary dropped."""
+    out = dict(state)
+    for key in ("gpt_neox.embed_in.weight", "embed_out.weight", "lm_head.weight"):
+        if key in out:
+            unk = out[key][model_vocab - 1]
+            out[key] = torch.cat([out[key], unk.expand(n_ids - model_vocab, -1)]).contiguous()
+    return out
+
+
 def export_hf(model_directory: str, out_dir: str, force: bool = False) -> dict:
     """Export the model saved in ``model_directory`` (see :func:`write_hf`)."""
     if os.path.exists(os.path.abspath(out_dir.rstrip("/"))) and not force:
@@ -161,7 +186,8 @@ def export_hf(model_directory: str, out_dir: str, force: bool = False) -> dict:
 
 def write_hf(model: PhotonicGPT, vocab_map: np.ndarray | None, raw_config: dict, out_dir: str,
              force: bool = False) -> dict:
-    """Write ``out_dir`` (config.json, model.safetensors, ctstore_tokenizer.json) atomically.
+    """Write ``out_dir`` (config.json, model.safetensors, generation_config.json, tokenizer.json,
+    tokenizer_config.json, ctstore_tokenizer.json) atomically.
 
     The files are written into a temporary sibling directory and renamed into
     place (:func:`~ctstore.location.atomic_path`), so ``out_dir`` either does not
@@ -173,15 +199,33 @@ def write_hf(model: PhotonicGPT, vocab_map: np.ndarray | None, raw_config: dict,
     out_dir = os.path.abspath(out_dir.rstrip("/"))
     if os.path.exists(out_dir) and not force:
         raise CtstoreError(f"{out_dir}: already exists (use --force to replace it)")
+    from .hftokenizer import tokenizer_config
+
     old = None
+    state, config = neox_state_dict(model), neox_config(model)
+    tokenizer, n_ids = hf_tokenizer(raw_config, vocab_map, model.config.vocab_size)
+    generation = None
+    if tokenizer is None:
+        log(f"export: no tokenizer.json ({n_ids}); {TOKENIZER_FILE} names the encoding")
+    elif n_ids > model.config.vocab_size:  # a compact vocabulary: ids of dropped tokens act as <unk>
+        state = widen_vocabulary(state, model.config.vocab_size, n_ids)
+        generation = {"suppress_tokens": list(range(model.config.vocab_size, n_ids))}
+        config["vocab_size"] = n_ids
     with atomic_path(out_dir) as tmp:
         os.makedirs(tmp)
-        save_file(neox_state_dict(model), os.path.join(tmp, "model.safetensors"), metadata={"format": "pt"})
-        config = neox_config(model)
+        save_file(state, os.path.join(tmp, "model.safetensors"), metadata={"format": "pt"})
         with open(os.path.join(tmp, "config.json"), "w") as f:
             json.dump(config, f, indent=2)
+        if generation is not None:
+            with open(os.path.join(tmp, "generation_config.json"), "w") as f:
+                json.dump(generation, f)
         with open(os.path.join(tmp, TOKENIZER_FILE), "w", encoding="utf-8") as f:
             json.dump(tokenizer_info(raw_config, vocab_map, model.config.vocab_size), f, ensure_ascii=False)
+        if tokenizer is not None:
+            tokenizer.save(os.path.join(tmp, "tokenizer.json"))
+            with open(os.path.join(tmp, "tokenizer_config.json"), "w") as f:
+                json.dump(tokenizer_config(vocab_map is not None, model.config.block_size), f, indent=2,
+                          ensure_ascii=False)
         if os.path.exists(out_dir):
             old = f"{out_dir}.old-{os.getpid()}"
             os.replace(out_dir, old)

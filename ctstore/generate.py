@@ -133,11 +133,14 @@ def _sample_loop(model: PhotonicGPT, prompt_ids: list[int], params: SampleParams
     return new
 
 
-def load_generator(model_directory: str, encoding: str | None = None):
-    """``(model, vocab_map, enc)`` for a model directory; ``encoding`` overrides the config's tokenizer."""
+def load_generator(model_directory, encoding: str | None = None):
+    """``(model, vocab_map, enc)`` for a model directory (a ctstore model, or a ``ctstore export`` output);
+    ``encoding`` overrides the config's tokenizer."""
     from .encoding import load_encoding
+    from .formats.hf import is_exported, load_exported
 
-    model, vocab_map, raw = load_model(model_directory)
+    exported = isinstance(model_directory, str) and is_exported(model_directory)
+    model, vocab_map, raw = load_exported(model_directory) if exported else load_model(model_directory)
     name = encoding or raw.get("tokenizer")
     if not name:
         raise CtstoreError(f"{model_directory}: the model names no tokenizer (pass --encoding)")
@@ -158,7 +161,10 @@ def generate_text(model: PhotonicGPT, vocab_map, enc, prompt: str, params: Sampl
 
 
 def _generate_stage(ws, inputs, params: SampleParams, opts):
-    directory = resolve_model_dir(inputs["model"], ws)
+    from .formats.hf import is_exported
+
+    ref = inputs["model"]
+    directory = ref if is_exported(ref) else resolve_model_dir(ref, ws)
     model, vocab_map, enc = load_generator(directory, opts["encoding"])
     samples = []
     for i in range(opts["num_samples"]):
@@ -175,7 +181,8 @@ def _generate_stage(ws, inputs, params: SampleParams, opts):
 STAGE = Stage(
     name="generate", kind=None, params=SampleParams, compute=False, run=_generate_stage,
     help="sample text from a model or run",
-    inputs=(Input("model", None, "model or run artifact fingerprint (or a model directory)"),),
+    inputs=(Input("model", None, "model or run artifact fingerprint (or a model directory, or a directory "
+                                 "written by ctstore export)"),),
     options=(Option("--prompt", "text to continue", required=True),
              Option("--num-samples", "samples with seeds seed, seed+1, ...", default=1, parse=POSITIVE,
                     short="-n"),

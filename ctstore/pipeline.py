@@ -129,16 +129,16 @@ class Context:
 
     def derived_model(self, model, label: str, transform):
         """A model artifact made from another by ``transform(torch_model)`` (in place), cached by label."""
-        from .formats.model import load_model, save_model
+        from .formats.model import load_model, model_dir, save_model
         from .stage import fingerprint
         from .workspace import build_artifact
 
         fp = fingerprint("derive", 1, {"label": label}, {"model": model.fingerprint})
 
         def build(path: str) -> dict:
-            torch_model, vocab_map, raw = load_model(model.path)
+            torch_model, vocab_map, raw = load_model(model_dir(model))
             transform(torch_model)
-            save_model(torch_model, path, vocab_map, {k: v for k, v in raw.items()
+            save_model(torch_model, self.ws.artifact_location("model", fp), vocab_map, {k: v for k, v in raw.items()
                                                       if k not in torch_model.config.to_dict()})
             return {"format_version": 1, "params": {"derived": label}, "inputs": {"model": model.fingerprint},
                     "tokenizer": model.manifest.get("tokenizer"), "init": f"{model.manifest.get('init')}+{label}"}

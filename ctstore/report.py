@@ -1,11 +1,21 @@
-"""Writing experiment reports: a ``run`` artifact with report.md, results.json and PNG plots."""
+"""Writing experiment reports: a ``report`` artifact with report.md, results.json and PNG plots.
+
+The files are written through the report format (:mod:`ctstore.formats.report`)
+at the artifact's :class:`~ctstore.location.Location`. An experiment renders its
+``report.md`` and plots with ordinary file APIs (matplotlib saves to a path)
+into a directory ``write`` receives: the artifact's own directory on a local
+workspace, a local staging directory on a remote one, whose files are then
+copied into the artifact before the manifest is published.
+"""
 
 from __future__ import annotations
 
 import json
-import os
+import tempfile
 
 from .stage import canonical_json, fingerprint
+from .formats import copy_directory
+from .formats.report import REPORT, write_results
 from .workspace import build_artifact
 
 __all__ = ["markdown_table", "publish_report", "plot_curves"]
@@ -54,10 +64,16 @@ def publish_report(ws, experiment: str, config: dict, inputs: dict, write, force
     fp = fingerprint(f"run/{experiment}", version, {"config": json.loads(canonical_json(config))}, inputs)
 
     def build(path: str) -> dict:
-        results = write(path)
-        with open(os.path.join(path, "results.json"), "w") as f:
-            json.dump(results, f, indent=2, sort_keys=True, default=float)
+        location = ws.artifact_location("report", fp)
+        if ws.is_local:
+            results = write(path)
+        else:
+            with tempfile.TemporaryDirectory(prefix="ctstore-report-") as staging:
+                results = write(staging)
+                copy_directory(staging, location)
+        write_results(location, results)
         return {"format_version": 1, "params": {"experiment": experiment, "config": config}, "inputs": inputs,
-                "report": "report.md", "summary": results.get("summary", {})}
+                "report": REPORT, "summary": results.get("summary", {})}
 
     return build_artifact(ws, "report", fp, build, force=force)[0]
+

@@ -53,7 +53,6 @@ The matrix arithmetic lives in :mod:`ctstore.seeding`, shared with ``crystallize
 from __future__ import annotations
 
 import itertools
-import os
 from dataclasses import asdict, dataclass, replace
 
 import numpy as np
@@ -258,10 +257,7 @@ def seed_model(embeddings, workspace: Workspace | None = None, *, params: SeedPa
                  "init": params.init, "operator": attrs.get("operator"), "recipe": report["recipe"],
                  "embed_scale": report["embed_scale"], "counts_val_fraction":
                  counts.manifest.get("params", {}).get("val_fraction")}
-        local = path if ws.is_local else _local_tmp(path)
-        save_model(model, local, vocab_map, extra)
-        if not ws.is_local:
-            ws.fs.put(local, path, recursive=True)
+        save_model(model, ws.artifact_location("model", fp), vocab_map, extra)
         if "spectral_gap_ratio" in report:
             log(f"seed: spectral gap ratio {report['spectral_gap_ratio']:.4f}"
                 + (f", mean layer cosine {report['layer_cosine']['mean']:.4f}" if "layer_cosine" in report else ""))
@@ -270,12 +266,6 @@ def seed_model(embeddings, workspace: Workspace | None = None, *, params: SeedPa
                 "inputs": {"embeddings": embeddings.fingerprint}, **extra, "report": report}
 
     return build_artifact(ws, "model", fp, build, force=force)[0]
-
-
-def _local_tmp(path: str) -> str:
-    import tempfile
-
-    return os.path.join(tempfile.mkdtemp(prefix="ctstore-model-"), os.path.basename(path))
 
 
 STAGE = Stage(

@@ -2,12 +2,28 @@
 
 from __future__ import annotations
 
-from dask.utils import format_bytes, parse_bytes
-
 from .errors import CtstoreError, one_line
 
 __all__ = ["COUNT", "FRACTION", "MEMORY", "NON_NEGATIVE", "POSITIVE", "format_bytes", "number_flag", "parse_bytes",
            "parse_count", "parse_memory", "text_flag"]
+
+
+def format_bytes(n: int) -> str:
+    """``n`` bytes in binary units, as dask writes them (``1.21 kiB``, ``11.77 MiB``; a unit from 0.9 of it on).
+
+    Written here rather than imported from dask so that the command line starts without importing dask.
+    """
+    for exponent, unit in ((50, "PiB"), (40, "TiB"), (30, "GiB"), (20, "MiB"), (10, "kiB")):
+        if n >= 0.9 * 2 ** exponent:
+            return f"{n / 2 ** exponent:.2f} {unit}"
+    return f"{n} B"
+
+
+def parse_bytes(text: str) -> int:
+    """dask's ``parse_bytes`` (``"4GB"`` = 4·10⁹, ``"4GiB"`` = 4·2³⁰), imported when first needed."""
+    from dask.utils import parse_bytes as dask_parse_bytes
+
+    return dask_parse_bytes(text)
 
 
 _SUFFIXES = {"": 1, "K": 10**3, "M": 10**6, "G": 10**9, "T": 10**12}

@@ -107,3 +107,59 @@ def test_count_killed_midway_then_rerun_is_identical(tmp_path):
     assert np.array_equal(a.unigram, b.unigram)
     for lag in range(1, 5):
         assert (a.matrix(lag) != b.matrix(lag)).nnz == 0
+
+
+HEAVY = ("torch", "dask", "zarr", "pyarrow")
+
+
+@pytest.mark.parametrize("argv", [["--help"], ["--version"], ["ls"], ["show", "x"], ["gc"], ["verify", "x"]])
+def test_parser_and_workspace_tools_import_no_heavy_library(tmp_path, argv):
+    """Structural, not timed: building the parser (and running ls) in a fresh process imports no heavy library."""
+    code = ("import sys\nfrom ctstore.cli import build_parser, main\n"
+            f"parser = build_parser({argv!r})\n"
+            f"if {argv[0]!r} == 'ls':\n    main(['ls', '-w', {str(tmp_path / 'ws')!r}])\n"
+            f"print(sorted(m for m in {HEAVY!r} if m in sys.modules))")
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert proc.stdout.strip().splitlines()[-1] == "[]"
+
+
+def test_a_stage_command_builds_only_its_own_parser():
+    from ctstore.cli import build_parser
+
+    parser = build_parser(["synth", "--vocab", "4K"])
+    assert parser.parse_args(["synth", "--vocab", "4K"]).vocab == 4000
+    help_text = " ".join(parser.format_help().split())
+    from ctstore import stages
+
+    assert all(name in help_text and stages.SUMMARIES[name] in help_text for name in stages.REGISTRY)
+
+
+def test_listed_summaries_are_the_stage_records_help():
+    from ctstore import stages
+
+    assert set(stages.SUMMARIES) == set(stages.REGISTRY)
+    assert {name: stages.stage(name).help for name in stages.REGISTRY} == stages.SUMMARIES
+
+
+def _fake_artifact(ws, kind, fp, manifest):
+    path = os.path.join(ws, kind, fp)
+    os.makedirs(path)
+    with open(os.path.join(path, "manifest.json"), "w") as f:
+        json.dump({"kind": kind, "fingerprint": fp, "format_version": 2, "created": 1.0, **manifest}, f)
+
+
+def test_ls_kind_accepts_plural_and_refuses_unknown_kinds(tmp_path):
+    ws = str(tmp_path / "ws")
+    _fake_artifact(ws, "run", "a" * 20, {"init": "spectral", "steps": 150, "final_val_ppl": 412.5,
+                                         "frozen_embedding_rows": "all but <unk>", "tie_head": False,
+                                         "embed_scale": "unscaled", "inputs": {"model": "b" * 20}})
+    _fake_artifact(ws, "model", "b" * 20, {"init": "spectral", "operator": "circulant"})
+    for kind in ("run", "runs"):
+        lines = ctstore("ls", "--kind", kind, "-w", ws).stdout.splitlines()
+        assert len(lines) == 1 and lines[0].startswith("run ") and "a" * 20 in lines[0]
+        assert "init spectral (circulant), E frozen, unscaled E, untied head, 150 steps, ppl 412.50" in lines[0]
+    assert "spectral (circulant)" in ctstore("ls", "--kind", "models", "-w", ws).stdout
+    proc = ctstore("ls", "--kind", "rnus", "-w", ws, check=False)
+    assert proc.returncode == 2 and proc.stdout == ""
+    assert proc.stderr == ("ctstore: error: --kind rnus: unknown artifact kind (did you mean run?); kinds: tokens, "
+                           "counts, embeddings, model, run, report\n")

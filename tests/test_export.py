@@ -70,8 +70,11 @@ def test_exported_model_gives_ctstore_logits(session_ws, compact_model, trained_
     ids = torch.randint(0, model.config.vocab_size, (4, model.config.block_size),
                         generator=torch.Generator().manual_seed(1))
     ids[0, :5] = model.config.vocab_size - 1  # the unknown token too
-    diff = (hf_logits(str(out), ids) - ctstore_logits(model, ids)).abs().max().item()
+    exported = hf_logits(str(out), ids)
+    V = model.config.vocab_size  # the export appends one row per dropped tokenizer token, copies of <unk>'s
+    diff = (exported[..., :V] - ctstore_logits(model, ids)).abs().max().item()
     assert diff <= TOL, diff
+    assert torch.equal(exported[..., V:], exported[..., V - 1:V].expand_as(exported[..., V:]))
     config = json.loads((out / "config.json").read_text())
     assert config["tie_word_embeddings"] is True and config["use_parallel_residual"] is False
     info = json.loads((out / TOKENIZER_FILE).read_text(encoding="utf-8"))
@@ -115,7 +118,8 @@ def test_export_is_atomic_and_refuses_to_overwrite(compact_model, tmp_path, monk
     assert sorted(os.listdir(tmp_path)) == ["hf"]  # neither the target nor a partial directory
     monkeypatch.undo()
     export_hf(compact_model.path, str(out), force=True)
-    assert sorted(os.listdir(out)) == ["config.json", TOKENIZER_FILE, "model.safetensors"]
+    assert sorted(os.listdir(out)) == ["config.json", TOKENIZER_FILE, "generation_config.json", "model.safetensors",
+                                       "tokenizer.json", "tokenizer_config.json"]
 
 
 # ---------------------------------------------------------------------------------------
@@ -193,3 +197,69 @@ def test_empty_prompt_is_an_error(trained_run):
     model, vocab_map, enc = load_generator(os.path.join(trained_run.path, "model"))
     with pytest.raises(CtstoreError, match="empty"):
         sample_ids(model, encode_prompt(enc, "", vocab_map), SampleParams())
+
+
+# ---------------------------------------------------------------------------------------
+# the exported tokenizer
+
+TEXT = ("First Citizen:\nBefore we proceed any further, hear me speak.\n\n  don't   WON'T 1234567 3.14159 "
+        "naïve café 日本語のテキスト 🙂 <|endoftext|> tabs\tand\r\nwindows lines   \n")
+
+
+@pytest.fixture(scope="module")
+def encoding():
+    from ctstore.encoding import load_encoding
+
+    return load_encoding()[0]
+
+
+def test_tokenizer_from_tiktoken_ranks_encodes_as_tiktoken(encoding):
+    from conftest import SAMPLE
+
+    from ctstore.hftokenizer import build_tokenizer
+
+    tokenizer, n_ids = build_tokenizer(encoding, None, encoding.n_vocab)
+    text = TEXT + (SAMPLE / "tinyshakespeare.txt").read_text()[:20000]
+    ids = tokenizer.encode(text).ids
+    assert ids == encoding.encode_ordinary(text)  # the reference: tiktoken's own encoder
+    assert tokenizer.decode(ids) == text
+
+
+def test_compact_tokenizer_ids_are_model_ids_or_dropped_tokens(encoding):
+    from ctstore.hftokenizer import UNK_TOKEN, build_tokenizer
+
+    rng = np.random.default_rng(0)
+    kept = np.sort(rng.choice(encoding.n_vocab - 100, 3000, replace=False))
+    vocab_map = np.full(encoding.n_vocab, 3000, np.int64)  # model vocabulary: 3,000 kept + <unk> = 3,001
+    vocab_map[kept] = rng.permutation(3000)
+    tokenizer, n_ids = build_tokenizer(encoding, vocab_map, 3001)
+    reference = vocab_map[encoding.encode_ordinary(TEXT)]
+    ids = np.asarray(tokenizer.encode(TEXT).ids)
+    assert len(ids) == len(reference) and (ids >= 3001).any() and (ids < 3000).any()
+    assert np.array_equal(np.where(ids >= 3001, 3000, ids), reference)  # a dropped token's id acts as <unk>
+    assert tokenizer.token_to_id(UNK_TOKEN) == 3000 and tokenizer.encode(UNK_TOKEN).ids == [3000]
+    assert n_ids == 3001 + int((vocab_map[:100256] == 3000).sum())
+
+
+def test_exported_directory_works_with_auto_tokenizer_pipeline_and_generate(session_ws, trained_run, tmp_path,
+                                                                            capsys):
+    from transformers import AutoTokenizer, pipeline
+
+    out = str(tmp_path / "hf")
+    assert cli_main(["export", trained_run.fingerprint, out, "-w", session_ws.root, "-q"]) == 0
+    model, vocab_map, enc = load_generator(os.path.join(trained_run.path, "model"))
+    unk = model.config.vocab_size - 1
+    tokenizer = AutoTokenizer.from_pretrained(out)
+    prompt = "Zymurgy of First Citizen"
+    hf_ids = np.asarray(tokenizer(prompt)["input_ids"])
+    assert np.array_equal(np.where(hf_ids > unk, unk, hf_ids), encode_prompt(enc, prompt, vocab_map))
+    expected = sample_ids(model, encode_prompt(enc, prompt, vocab_map), SampleParams(max_new_tokens=8,
+                                                                                     temperature=0.0))
+    completion = decode_ids(enc, expected, vocab_map, model.config.vocab_size)
+    generator = pipeline("text-generation", model=out, tokenizer=out)
+    text = generator(prompt, max_new_tokens=8, do_sample=False)[0]["generated_text"]
+    assert text == prompt + completion  # the pipeline keeps the prompt as given; the new tokens are ctstore's
+    args = ["generate", out, "--prompt", prompt, "--temperature", "0", "--max-new-tokens", "8", "--json",
+            "-w", session_ws.root]
+    assert cli_main(args) == 0  # generate reads the exported directory back: the same greedy tokens
+    assert json.loads(capsys.readouterr().out)["samples"][0]["ids"] == expected

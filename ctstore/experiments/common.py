@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import os
 
 from ..claims import Measurement, claims_for, claims_table, missing, readings_list
@@ -24,10 +23,9 @@ def prepare(config: dict, ctx):
 
 def eval_curve(run, key: str = "val_loss") -> tuple[list, list]:
     """``(steps, values)`` of a run's evaluations (``val_loss`` or ``val_ppl``), step 0 included."""
-    with open(os.path.join(run.path, "metrics.jsonl")) as f:
-        rows = [json.loads(x) for x in f]
-    evals = [r for r in rows if key in r]
-    return [r["step"] for r in evals], [r[key] for r in evals]
+    from ..formats.run import eval_curve as read_curve
+
+    return read_curve(run, key)
 
 
 def seeds_of(config: dict, default=(0,)) -> list[int]:

@@ -103,7 +103,7 @@ def run(config: dict, ctx):
     def write(path: str) -> dict:
         per_seed, memo = {}, {}
         for seed, (emb, model_art, run_art) in arts.items():
-            seeded, _, _ = load_model(model_art.path)
+            seeded, _, _ = load_model(model_dir(model_art))
             trained, _, _ = load_model(model_dir(run_art))
             n_active = min(int(config.get("model", {}).get("vocab") or 4096), trained.config.vocab_size - 1)
             per_seed[seed] = {"seeded": fit_matrices(seeded, n_active, K, K2, ridge, memo),

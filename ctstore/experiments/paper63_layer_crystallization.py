@@ -67,7 +67,7 @@ def run(config: dict, ctx):
     for seed in seeds:
         emb = ctx.embeddings(counts, {**config.get("k0", {}), "kernel": kernel, "seed": seed})
         base = bases[seed] = ctx.model(emb, {**config.get("model", {}), "init": "spectral", "seed": seed})
-        n_layer = load_model(base.path)[0].config.n_layer
+        n_layer = load_model(model_dir(base))[0].config.n_layer
         layers = [int(l) for l in exp.get("layers", list(range(n_layer)))]
         reference = ctx.run(base, tokens, {**sft, "seed": seed})
         for layer in layers:

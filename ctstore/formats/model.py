@@ -19,17 +19,15 @@ directory; a ``run`` artifact keeps its trained model in ``model/``.
 from __future__ import annotations
 
 import json
-import os
 
 import numpy as np
-import torch
 
 from ..errors import CtstoreError
-from ..model import GPTConfig, PhotonicGPT
-from . import require
+from ..location import Location
+from . import require, write_file
 
-__all__ = ["save_model", "load_model", "model_dir", "resolve_model_dir", "inverse_vocab", "WEIGHTS", "CONFIG",
-           "VOCAB"]
+__all__ = ["save_model", "load_model", "model_dir", "resolve_model_dir", "inverse_vocab", "as_location", "WEIGHTS",
+           "CONFIG", "VOCAB"]
 
 WEIGHTS = "model.safetensors"
 CONFIG = "config.json"
@@ -37,54 +35,84 @@ VOCAB = "vocab.safetensors"
 RUN_MODEL = "model"  # a run artifact's trained model, beside its metrics and checkpoint
 
 
-def save_model(model: PhotonicGPT, directory: str, vocab_map: np.ndarray | None = None,
-               extra: dict | None = None) -> None:
-    """Write ``model`` (and ``vocab_map`` for a compact vocabulary) into ``directory``; ``extra`` joins the config."""
-    from safetensors.torch import save_file
+def as_location(directory: Location | str) -> Location:
+    """``directory`` as a :class:`Location` (a string is a local path or an fsspec URL without options)."""
+    return directory if isinstance(directory, Location) else Location.of(str(directory))
 
-    os.makedirs(directory, exist_ok=True)
+
+def save_model(model, directory: Location | str, vocab_map: np.ndarray | None = None,
+               extra: dict | None = None) -> None:
+    """Write ``model`` (and ``vocab_map`` for a compact vocabulary) into ``directory``; ``extra`` joins the config.
+
+    ``directory`` is a :class:`Location` (or a local path): a remote workspace's
+    model goes to its object store, never to a local directory named after it.
+    """
+    import torch
+    from safetensors.torch import save
+
+    where = as_location(directory)
     state = {k: v.detach().contiguous().cpu() for k, v in model.state_dict().items() if k != "lm_head.weight"}
     meta = {"tied": "lm_head.weight=transformer.wte.weight"} if model.config.tie_head else {"tied": "none"}
-    save_file(state, os.path.join(directory, WEIGHTS), metadata=meta)
-    with open(os.path.join(directory, CONFIG), "w") as f:
-        json.dump({**model.config.to_dict(), **(extra or {})}, f, indent=2)
+    write_file(where.child(WEIGHTS), save(state, metadata=meta))
+    write_file(where.child(CONFIG), json.dumps({**model.config.to_dict(), **(extra or {})}, indent=2).encode())
     if vocab_map is not None:
-        save_file({"vocab_map": torch.from_numpy(vocab_map.astype(np.int64))}, os.path.join(directory, VOCAB))
+        write_file(where.child(VOCAB), save({"vocab_map": torch.from_numpy(vocab_map.astype(np.int64))}))
 
 
-def load_model(directory: str, device: str = "cpu") -> tuple[PhotonicGPT, np.ndarray | None, dict]:
-    """``(model, vocab_map or None, raw config dict)`` of a model directory."""
+def load_model(directory: Location | str, device: str = "cpu"):
+    """``(model, vocab_map or None, raw config dict)`` of a model directory (a :class:`Location` or local path)."""
     from safetensors import SafetensorError
-    from safetensors.torch import load_file
+    from safetensors.torch import load
 
-    weights = os.path.join(directory, WEIGHTS)
-    if not os.path.isfile(weights):
-        raise CtstoreError(f"{weights}: model weights not found")
-    with open(os.path.join(directory, CONFIG)) as f:
-        raw = json.load(f)
+    from ..model import GPTConfig, PhotonicGPT
+
+    where = as_location(directory)
+    weights = where.child(WEIGHTS)
+    try:
+        data = weights.read_bytes()
+    except (FileNotFoundError, IsADirectoryError, NotADirectoryError):
+        raise CtstoreError(f"{weights}: model weights not found") from None
+    try:
+        raw = json.loads(where.child(CONFIG).read_bytes())
+    except FileNotFoundError:
+        raise CtstoreError(f"{where.child(CONFIG)}: model config not found") from None
+    except ValueError as exc:
+        raise CtstoreError(f"{where.child(CONFIG)}: not valid JSON ({exc})") from None
     model = PhotonicGPT(GPTConfig.from_dict(raw))
     try:
-        state = load_file(weights, device=device)
+        state = load(data)
     except (SafetensorError, OSError) as exc:
         raise CtstoreError(f"{weights}: cannot read ({exc})") from None
     missing, unexpected = model.load_state_dict(state, strict=False)
     if unexpected or set(missing) - ({"lm_head.weight"} if model.config.tie_head else set()):
         raise CtstoreError(f"{weights}: weights do not match config (missing {missing}, unexpected {unexpected})")
-    vocab_path = os.path.join(directory, VOCAB)
-    vocab_map = load_file(vocab_path)["vocab_map"].numpy() if os.path.exists(vocab_path) else None
+    vocab = where.child(VOCAB)
+    vocab_map = load(vocab.read_bytes())["vocab_map"].numpy() if vocab.exists() else None
     return model.to(device), vocab_map, raw
 
 
-def model_dir(artifact) -> str:
-    """Directory holding model.safetensors for a model or run artifact (of a format version this ctstore reads)."""
+def model_dir(artifact) -> Location:
+    """Where model.safetensors is for a model or run artifact (of a format version this ctstore reads)."""
     require(artifact, "model", "run", expected="a model or a run")
-    return artifact.path if artifact.kind == "model" else os.path.join(artifact.path, RUN_MODEL)
+    return artifact.location if artifact.kind == "model" else artifact.location.child(RUN_MODEL)
 
 
-def resolve_model_dir(ref: str, ws) -> str:
+def load_from_artifact(artifact, device: str = "cpu"):
+    """``load_model`` of a model or run artifact (the model kind's reader)."""
+    return load_model(model_dir(artifact), device)
+
+
+def is_model_directory(ref: str) -> bool:
+    """True when ``ref`` is a local directory holding a ctstore model (``model.safetensors`` + ``config.json``)."""
+    import os
+
+    return os.path.isdir(ref) and os.path.isfile(os.path.join(ref, WEIGHTS))
+
+
+def resolve_model_dir(ref: str, ws) -> Location:
     """A model directory from an artifact reference (model or run) or a directory path."""
-    if os.path.isdir(ref) and os.path.isfile(os.path.join(ref, WEIGHTS)):
-        return ref
+    if is_model_directory(ref):
+        return Location.of(ref)
     return model_dir(ws.get(ref))
 
 

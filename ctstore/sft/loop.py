@@ -25,6 +25,7 @@ import torch
 
 from ..errors import CtstoreError
 from ..formats.model import RUN_MODEL, load_model, model_dir, save_model
+from ..formats.run import METRICS, format_metrics, parse_metrics
 from ..log import log, progress
 from ..model import PhotonicGPT
 from .checkpoint import load_checkpoint, save_checkpoint
@@ -82,7 +83,7 @@ def train_into(ws, path, model_artifact, tokens, p: SftParams, device, stop_at) 
                                                             "elapsed": 0.0, "stopped": None}
     if meta["step"]:
         log(f"sft: resuming from step {meta['step']}")
-    metrics_path = os.path.join(path, "metrics.jsonl")
+    metrics_path = os.path.join(path, METRICS)
     _truncate_metrics(metrics_path, meta["step"])
     autocast = torch.autocast("cuda", dtype=torch.bfloat16) if device == "cuda" else nullcontext()
     tokens_per_step = p.batch_size * T
@@ -94,6 +95,7 @@ def train_into(ws, path, model_artifact, tokens, p: SftParams, device, stop_at) 
     with open(metrics_path, "a") as metrics:
         if step == 0:
             ev = evaluate(model, val, vocab_map, T, p.eval_tokens, p.batch_size, device)
+            log(f"step 0: val loss {ev['loss']:.4f}")
             _write(metrics, {"step": 0, "val_loss": ev["loss"], "val_ppl": ev["ppl"], "val_ppl_known": ev["ppl_known"],
                              "elapsed": 0.0, "flops": 0})
         t_last = time.perf_counter()
@@ -124,6 +126,7 @@ def train_into(ws, path, model_artifact, tokens, p: SftParams, device, stop_at) 
             if step % p.eval_every == 0 or step == p.steps:
                 ev = evaluate(model, val, vocab_map, T, p.eval_tokens, p.batch_size, device)
                 record.update(val_loss=ev["loss"], val_ppl=ev["ppl"], val_ppl_known=ev["ppl_known"])
+                log(f"step {step}: batch loss {record['loss']:.4f}, val loss {ev['loss']:.4f}")  # as nanoGPT prints
                 _early_stop(meta, ev, p)
                 meta["step"] = step
                 _write(metrics, record)
@@ -168,17 +171,12 @@ def _truncate_metrics(path: str, step: int) -> None:
     """Drop metric lines after the checkpoint we resume from (they will be recomputed)."""
     if not os.path.exists(path):
         return
-    lines = []
-    with open(path) as f:  # from step 0 the step-0 evaluation is written again: keep no line then
-        for ln in f:
-            try:
-                keep = step and json.loads(ln)["step"] <= step
-            except (ValueError, KeyError, TypeError):  # a line cut short by a kill
-                keep = False
-            if keep:
-                lines.append(ln if ln.endswith("\n") else ln + "\n")
-    with open(path, "w") as f:
-        f.writelines(lines)
+    with open(path, encoding="utf-8", errors="replace") as f:  # a line cut short by a kill is dropped
+        rows = parse_metrics(f.read(), strict=False)
+    # from step 0 the step-0 evaluation is written again: keep no line then
+    kept = [r for r in rows if step and isinstance(r["step"], int) and r["step"] <= step]
+    with open(path, "wb") as f:
+        f.write(format_metrics(kept))
 
 
 def _write(f, record: dict) -> None:

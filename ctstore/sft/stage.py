@@ -5,14 +5,22 @@ split by concern: :mod:`~ctstore.sft.data` (the document split and batches),
 :mod:`~ctstore.sft.loop` (optimiser, schedule, early stop),
 :mod:`~ctstore.sft.checkpoint` (the single-file resumable checkpoint) and
 :mod:`~ctstore.sft.eval` (validation perplexity, one definition everywhere).
+
+On a remote workspace (``memory://``, S3) training runs in a local working
+copy (``ws.scratch_dir("run", fp)``: checkpoint, metrics, model), because the
+checkpoint is replaced after every evaluation and object stores have no atomic
+rename; an interrupted run resumes from that copy on the same machine. The
+finished run is copied into the artifact through its Location, then published.
 """
 
 from __future__ import annotations
 
 import json
+import shutil
 from dataclasses import dataclass
 
 from ..errors import CtstoreError
+from ..formats import copy_directory
 from ..stage import Input, Option, Stage, param
 from ..units import FRACTION, NON_NEGATIVE, POSITIVE, number_flag
 from ..workspace import Workspace, build_artifact
@@ -62,16 +70,25 @@ def train_model(model_artifact, tokens, workspace: Workspace | None = None, *, p
     """Fine-tune a model artifact on a tokens artifact; returns a ``run`` artifact."""
     ws = workspace or model_artifact.workspace
     params = params or SftParams()
-    if not ws.is_local:
-        raise CtstoreError("sft writes checkpoints locally: use a local --workspace for runs")
     _check_tokenizer(model_artifact, tokens)
     fp = STAGES[0].fingerprint(params, {"model": model_artifact.fingerprint, "tokens": tokens.fingerprint})
 
     def build(path: str) -> dict:
-        return {"format_version": FORMAT_VERSION,
-                **train_into(ws, path, model_artifact, tokens, params, device, _stop_at)}
+        if ws.is_local:  # train in the artifact's directory: its checkpoint is what a rerun resumes from
+            return {"format_version": FORMAT_VERSION,
+                    **train_into(ws, path, model_artifact, tokens, params, device, _stop_at)}
+        # a remote workspace: train in a local working copy (checkpoints are replaced after every evaluation,
+        # which an object store cannot rename atomically), resumable on this machine, then copy it in
+        work = ws.scratch_dir("run", fp)
+        body = {"format_version": FORMAT_VERSION, **train_into(ws, work, model_artifact, tokens, params, device,
+                                                               _stop_at)}
+        copy_directory(work, ws.artifact_location("run", fp))
+        return body
 
-    return build_artifact(ws, "run", fp, build, force=force, keep_partial=True)[0]
+    run = build_artifact(ws, "run", fp, build, force=force, keep_partial=True)[0]
+    if not ws.is_local:
+        shutil.rmtree(ws.scratch_dir("run", fp), ignore_errors=True)
+    return run
 
 
 def _check_tokenizer(model_artifact, tokens) -> None:
