@@ -6,7 +6,9 @@ settings: ``[corpus]`` (inputs relative to the TOML file, tokenizer options),
 ``[count]``, ``[k0]``, ``[model]``, ``[sft]``, ``[experiment]``. A
 ``[profiles.NAME]`` table holds overrides selected with ``--profile NAME``
 (e.g. the paper-scale settings), and ``--set table.key=value`` overrides one
-value (parsed as TOML, so ``--set sft.steps=2000`` is an int).
+value (parsed as TOML, so ``--set sft.steps=2000`` is an int). The whole file,
+its profiles and every ``--set`` are checked before any stage runs
+(:mod:`ctstore.experiments.config`).
 
 Every stage goes through the workspace, so rerunning a pipeline, or another
 pipeline on the same corpus, reuses tokens, counts, embeddings, models and runs.
