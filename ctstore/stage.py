@@ -169,7 +169,7 @@ class Params:
             try:
                 checked = field_checks(type(self))[f.name](value)
             except argparse.ArgumentTypeError as exc:
-                raise CtstoreError(f"{_flag_of(f)}: {exc}") from None
+                raise CtstoreError(f"{_flag_of(f)} {exc}") from None
             if checked is not value:  # a list becomes a tuple, "4K" a count, 1 a float for a float field
                 object.__setattr__(self, f.name, checked)
 

@@ -98,9 +98,9 @@ def test_flags_files_and_python_share_one_validator_per_field():
         for f in dataclasses.fields(stage.params):
             if f.metadata.get("cli") and actions[f.name].type is not None:
                 assert actions[f.name].type is field_checks(stage.params)[f.name], (name, f.name)
-    with pytest.raises(CtstoreError, match=r"^--lags: must be an integer in \[1, 64\], not True$"):
+    with pytest.raises(CtstoreError, match=r"^--lags must be an integer in \[1, 64\], not True$"):
         CountParams(lags=True)
-    with pytest.raises(CtstoreError, match="^--steps: must be a positive integer, not 1.5$"):
+    with pytest.raises(CtstoreError, match="^--steps must be a positive integer, not 1.5$"):
         SftParams(steps=1.5)
     assert SftParams(lr=1, freeze=["a"]) == SftParams(lr=1.0, freeze=("a",))
     with pytest.raises(CtstoreError, match=r"^\[count\]: must be a table"):
