@@ -67,6 +67,7 @@ def number_flag(kind: type, low: float | None = None, high: float | None = None,
     """
     import argparse
     import math
+    import numbers
 
     top = INT_MAX if kind is int and high is None else high
 
@@ -93,10 +94,10 @@ def number_flag(kind: type, low: float | None = None, high: float | None = None,
                 value = kind(value.replace("_", "")) if kind is int else float(value)
             except (TypeError, ValueError):
                 raise refuse(value) from None
-        elif isinstance(value, bool) or not isinstance(value, int if kind is int else (int, float)):
+        elif isinstance(value, bool) or not isinstance(value, numbers.Integral if kind is int else numbers.Real):
             raise refuse(value)
-        elif kind is float:
-            value = float(value)
+        else:  # numpy scalars too
+            value = kind(value)
         bad = kind is float and not math.isfinite(value)
         if low is not None:
             bad |= value <= low if low_open else value < low
@@ -119,14 +120,15 @@ def text_flag(parse, what: str, minimum: int | None = None, allowed: tuple = (),
     :func:`number_flag`, it takes the flag's text or a value from a file.
     """
     import argparse
+    import numbers
 
     def convert(value):
         if value in allowed and isinstance(value, str):
             return value
-        if isinstance(value, bool) or not isinstance(value, (str, int)):
+        if isinstance(value, bool) or not isinstance(value, (str, numbers.Integral)):
             raise argparse.ArgumentTypeError(f"must be {what}, not {_shown(value)}")
         try:
-            number = parse(value)
+            number = parse(value if isinstance(value, str) else int(value))
         except CtstoreError as exc:
             raise argparse.ArgumentTypeError(str(exc)) from None
         if (minimum is not None and number < minimum) or number > maximum:

@@ -143,10 +143,10 @@ def _check_corpus(corpus, name: Callable[[str], str]) -> dict:
         raise CtstoreError(f"{name('').strip()}: must be a table, not {one_line(repr(corpus))}")
     rest = {k: v for k, v in corpus.items() if k != "inputs"}
     inputs = corpus.get("inputs")
+    if "inputs" not in corpus:
+        raise CtstoreError(f"{name('inputs')}: missing (a list of files, directories or globs)")
     if not isinstance(inputs, list) or not inputs or not all(isinstance(p, str) and p for p in inputs):
-        hint = "" if "inputs" in corpus else did_you_mean("inputs", rest) if rest else ""
-        raise CtstoreError(f"{name('inputs')}: must be a non-empty list of paths, not {one_line(repr(inputs))}"
-                           + (f"; no inputs key{hint}" if "inputs" not in corpus else ""))
+        raise CtstoreError(f"{name('inputs')}: must be a non-empty list of paths, not {one_line(repr(inputs))}")
     params = params_from_dict(TokenizeParams, rest, name)
     return {"inputs": inputs, **{k: getattr(params, k) for k in rest}}
 
@@ -206,7 +206,7 @@ def check_pipeline(config: dict, where: str, overridden: frozenset = frozenset()
     known = {"pipeline", "corpus", "experiment", *stage_tables}
     out = {"pipeline": dict(pipeline)}
     for table, value in config.items():
-        if table in ("pipeline",):
+        if table == "pipeline":
             continue
         if table not in known:
             if not isinstance(value, dict):

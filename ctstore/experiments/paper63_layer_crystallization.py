@@ -58,9 +58,9 @@ def relative_costs(losses: dict, layers: list) -> dict:
 
 
 def run(config: dict, ctx):
-    exp = config.get("experiment", {})
+    exp = config["experiment"]  # checked, defaults included: experiments/config.py Paper63Config
     seeds = seeds_of(config)
-    kernel = exp.get("kernel", "none")
+    kernel = exp["kernel"]
     tokens, counts = prepare(config, ctx)
     sft = config.get("sft", {})
     bases, runs = {}, {}
@@ -68,7 +68,7 @@ def run(config: dict, ctx):
         emb = ctx.embeddings(counts, {**config.get("k0", {}), "kernel": kernel, "seed": seed})
         base = bases[seed] = ctx.model(emb, {**config.get("model", {}), "init": "spectral", "seed": seed})
         n_layer = load_model(base.path)[0].config.n_layer
-        layers = [int(l) for l in exp.get("layers", list(range(n_layer)))]
+        layers = exp.get("layers", list(range(n_layer)))
         reference = ctx.run(base, tokens, {**sft, "seed": seed})
         for layer in layers:
             name = f"transformer.h.{layer}.attn.c_proj"
