@@ -43,6 +43,16 @@ class _Parser(argparse.ArgumentParser):
         self.exit(2, f"ctstore: error: {one_line(message, 2000)}\n")
 
 
+def _known_kind(text: str) -> str:
+    """``ls --kind``: an artifact kind (``runs`` is refused with a suggestion, not listed as nothing)."""
+    from .artifact import KINDS
+    from .stage import did_you_mean
+
+    if text not in KINDS:
+        raise argparse.ArgumentTypeError(f"unknown kind {one_line(repr(text))}{did_you_mean(text, KINDS)}")
+    return text
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = _Parser(prog="ctstore", description=__doc__.splitlines()[0])
     from . import __version__
@@ -55,7 +65,7 @@ def build_parser() -> argparse.ArgumentParser:
     stages.add_parsers(sub, _common)
 
     s = sub.add_parser("ls", help="list complete artifacts with lineage and size")
-    s.add_argument("--kind", default=None)
+    s.add_argument("--kind", default=None, type=_known_kind)
     _common(s, compute=False)
 
     s = sub.add_parser("show", help="print one artifact's manifest")
