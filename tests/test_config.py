@@ -47,6 +47,8 @@ def _pipeline(tmp_path, old: str = "", new: str = "", extra: str = "") -> str:
     ('experiment = "ct_vs_random"', 'experiment = "ct_vs_randon"', "",
      "[pipeline] experiment: unknown experiment 'ct_vs_randon' (did you mean ct_vs_random?)"),
     ("", "", '\n[profiles.fast]\nsft = { stepz = 5 }\n', "[profiles.fast]: [sft] stepz: unknown key"),
+    ("[pipeline]", "steps = 5\n[pipeline]", "", ": steps: a setting must be in a table (TABLE.KEY) (did you mean "
+                                                 "sft.steps?)"),
 ])
 def test_a_mistake_in_the_pipeline_file_is_one_line_naming_the_table_and_key(tmp_path, old, new, extra, message):
     path = _pipeline(tmp_path, old, new, extra)

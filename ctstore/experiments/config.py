@@ -212,10 +212,11 @@ def check_pipeline(config: dict, where: str, overridden: frozenset = frozenset()
             if not isinstance(value, dict):
                 owners = [t for t, cls in stage_tables.items() if table in getattr(cls, "__dataclass_fields__", {})]
                 hint = f" (did you mean {owners[0]}.{table}?)" if owners else ""
-                raise CtstoreError(f"{name(table)}: a setting must be in a table (TABLE.KEY){hint}")
+                place = name(table) if name(table).startswith("--set") else f"{where}: {table}"
+                raise CtstoreError(f"{place}: a setting must be in a table (TABLE.KEY){hint}")
             raise CtstoreError(f"{name(table)}: unknown table for experiment {experiment}"
                                f"{did_you_mean(table, known)}")
-        key_name = (lambda t: lambda key: name(t, key) if key else name(t))(table)
+        key_name = lambda key, t=table: name(t, key)  # noqa: E731 (the place of each key of this table)
         if table == "corpus":
             out[table] = _check_corpus(value, key_name)
         elif table == "experiment":
