@@ -83,7 +83,7 @@ def _vocab_arg(text: str):
 
     if text == "corpus":
         return text
-    if isinstance(text, bool) or not isinstance(text, (str, int)):
+    if isinstance(text, bool) or not isinstance(text, (str, int, np.integer)):
         value = 0
     else:
         try:
