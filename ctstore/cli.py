@@ -107,9 +107,9 @@ def _run(args) -> int:
     cmd = args.command
     if cmd == "ls":
         if args.kind:  # singular or plural; an unknown kind is an error, never an empty listing
-            from .formats import kind
+            from .formats import kind as kind_record
 
-            args.kind = kind(args.kind).name
+            args.kind = kind_record(args.kind).name
         arts = ws.list(args.kind)
         if args.kind:  # one kind: oldest first, newest last (next to the prompt)
             arts.sort(key=lambda a: a.manifest.get("created", 0))

@@ -37,7 +37,7 @@ import numpy as np
 
 from .errors import CtstoreError
 from .log import log
-from .stage import Input, Stage, param
+from .stage import Input, Params, Stage, param
 from .units import NON_NEGATIVE, POSITIVE
 from .workspace import Workspace, build_artifact
 
@@ -53,8 +53,10 @@ def _betas(text: str) -> tuple:
     import math
 
     try:
-        betas = tuple(float(b) for b in text.split(","))
-    except ValueError:
+        items = text.split(",") if isinstance(text, str) else text
+        betas = tuple(float(b) for b in items if not isinstance(b, bool))
+        betas = betas if len(betas) == len(items) else ()
+    except (ValueError, TypeError):
         betas = ()
     if not betas or not all(math.isfinite(b) for b in betas):
         raise argparse.ArgumentTypeError(f"must be comma-separated numbers, not {text!r}")
@@ -62,12 +64,12 @@ def _betas(text: str) -> tuple:
 
 
 @dataclass(frozen=True)
-class CrystallizeParams:
+class CrystallizeParams(Params):
     config: str = param("tiny", "tiny, small, ct-10m, ct-124m or a config JSON file")
     vocab: int = param(4096, "compact vocabulary size V_model", parse=POSITIVE)
     betas: tuple = param((1.0, 0.5, 0.25), "weights of the lags in each layer's band", parse=_betas)
     K: int = param(4, "Gaussians per weight row", parse=POSITIVE)
-    power_iters: int = param(3, cli=False)
+    power_iters: int = param(3, parse=NON_NEGATIVE, cli=False)
     seed: int = param(0, "random seed", parse=NON_NEGATIVE)
 
 
@@ -168,7 +170,7 @@ def _crystallize_into(ws, location, counts, store, params, config, memory, sched
 
 
 STAGE = Stage(
-    name="crystallize", kind="model", params=CrystallizeParams, code_version=FORMAT_VERSION,
+    name="crystallize", kind="model", params=CrystallizeParams, code_version=1, format_version=FORMAT_VERSION,
     help="counts -> model without training (Paper 51: lag bands, SVD, harmonic layers)",
     inputs=(Input("counts", "counts", "counts artifact fingerprint (or unique prefix)"),),
     run=lambda ws, inputs, params, opts: crystallize_model(inputs["counts"], ws, params=params, memory=opts["memory"],

@@ -26,7 +26,7 @@ import torch
 from .errors import CtstoreError
 from .formats.model import inverse_vocab, load_model, resolve_model_dir
 from .model import PhotonicGPT
-from .stage import Input, Option, Stage, param
+from .stage import Input, Option, Params, Stage, param
 from .units import NON_NEGATIVE, POSITIVE, number_flag
 
 __all__ = ["SampleParams", "encode_prompt", "decode_ids", "sample_ids", "generate_text",
@@ -36,19 +36,11 @@ UNK_TEXT = "⟨unk⟩"
 
 
 @dataclass(frozen=True)
-class SampleParams:
+class SampleParams(Params):
     max_new_tokens: int = param(50, "tokens to generate", parse=POSITIVE)
     temperature: float = param(0.8, "0 = greedy", parse=number_flag(float, 0, what="a finite number >= 0"))
     top_k: int | None = param(40, "sample among the k most likely tokens", parse=POSITIVE)
     seed: int = param(0, "random seed of the first sample", parse=NON_NEGATIVE)
-
-    def __post_init__(self):
-        if self.max_new_tokens < 1:
-            raise CtstoreError(f"--max-new-tokens must be positive, not {self.max_new_tokens}")
-        if not self.temperature >= 0:
-            raise CtstoreError(f"--temperature must be >= 0, not {self.temperature}")
-        if self.top_k is not None and self.top_k < 1:
-            raise CtstoreError(f"--top-k must be >= 1, not {self.top_k}")
 
     @property
     def greedy(self) -> bool:

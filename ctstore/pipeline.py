@@ -6,7 +6,9 @@ settings: ``[corpus]`` (inputs relative to the TOML file, tokenizer options),
 ``[count]``, ``[k0]``, ``[model]``, ``[sft]``, ``[experiment]``. A
 ``[profiles.NAME]`` table holds overrides selected with ``--profile NAME``
 (e.g. the paper-scale settings), and ``--set table.key=value`` overrides one
-value (parsed as TOML, so ``--set sft.steps=2000`` is an int).
+value (parsed as TOML, so ``--set sft.steps=2000`` is an int). The whole file,
+its profiles and every ``--set`` are checked before any stage runs
+(:mod:`ctstore.experiments.config`).
 
 Every stage goes through the workspace, so rerunning a pipeline, or another
 pipeline on the same corpus, reuses tokens, counts, embeddings, models and runs.
@@ -22,7 +24,7 @@ import os
 import sys
 import tomllib
 
-from .errors import CtstoreError
+from .errors import CtstoreError, one_line
 from .log import log
 from .stage import Input, Option, Stage
 
@@ -37,19 +39,26 @@ EXPERIMENTS = {
 }
 
 
-def _set(config: dict, assignment: str) -> None:
+def _set(config: dict, assignment: str) -> str:
+    """Apply ``--set table.key=value`` (the value parsed as TOML, a bare word as a string); returns the path."""
     key, sep, raw = assignment.partition("=")
-    if not sep:
-        raise CtstoreError(f"--set {assignment!r}: expected table.key=value")
+    path = key.strip()
+    if not sep or not path:
+        raise CtstoreError(f"--set {one_line(assignment)}: expected TABLE.KEY=VALUE")
     try:
         value = tomllib.loads(f"v = {raw}")["v"]
     except tomllib.TOMLDecodeError:
         value = raw  # a bare word is a string
-    *tables, leaf = key.strip().split(".")
+    *tables, leaf = path.split(".")
+    if not all(tables) or not leaf:
+        raise CtstoreError(f"--set {one_line(path)}: expected TABLE.KEY=VALUE")
     node = config
-    for t in tables:
+    for i, t in enumerate(tables):
         node = node.setdefault(t, {})
+        if not isinstance(node, dict):
+            raise CtstoreError(f"--set {one_line(path)}: {'.'.join(tables[:i + 1])} is a value, not a table")
     node[leaf] = value
+    return path
 
 
 def _merge(base: dict, over: dict) -> dict:
@@ -60,6 +69,13 @@ def _merge(base: dict, over: dict) -> dict:
 
 
 def load_pipeline(path: str, profile: str | None = None, overrides: list[str] = ()) -> dict:
+    """The pipeline's settings (file, then ``--profile``, then each ``--set``), checked before anything runs.
+
+    Every table, key and value is checked (:func:`ctstore.experiments.config.check_pipeline`), the other
+    profiles too, and a mistake is one :class:`CtstoreError` line naming the file or the ``--set``.
+    """
+    from .experiments.config import check_pipeline
+
     try:
         with open(path, "rb") as f:
             config = tomllib.load(f)
@@ -68,64 +84,89 @@ def load_pipeline(path: str, profile: str | None = None, overrides: list[str] = 
     except tomllib.TOMLDecodeError as exc:
         raise CtstoreError(f"{path}: invalid TOML ({exc})") from None
     profiles = config.pop("profiles", {})
+    if not isinstance(profiles, dict) or not all(isinstance(p, dict) for p in profiles.values()):
+        raise CtstoreError(f"{path}: [profiles] must hold tables ([profiles.NAME])")
+    if profile is not None and profile not in profiles:
+        raise CtstoreError(f"{path}: no profile {profile!r} (has: {', '.join(profiles) or 'none'})")
+    check_pipeline(config, path)  # the file's own tables first, then each profile over them
+    for name, over in profiles.items():
+        check_pipeline(_merge(config, over), f"{path} [profiles.{name}]")
     if profile is not None:
-        if profile not in profiles:
-            raise CtstoreError(f"{path}: no profile {profile!r} (has: {', '.join(profiles) or 'none'})")
         config = _merge(config, profiles[profile])
-    for assignment in overrides:
-        _set(config, assignment)
-    experiment = config.get("pipeline", {}).get("experiment")
-    if experiment not in EXPERIMENTS:
-        raise CtstoreError(f"{path}: [pipeline] experiment must be one of {', '.join(EXPERIMENTS)}, not {experiment!r}")
+    overridden = frozenset(_set(config, assignment) for assignment in overrides)
+    config = check_pipeline(config, path, overridden)
     base = os.path.dirname(os.path.abspath(path))
-    corpus = config.setdefault("corpus", {})
+    corpus = config["corpus"]
     corpus["inputs"] = [p if os.path.isabs(p) or "://" in p else os.path.normpath(os.path.join(base, p))
-                        for p in corpus.get("inputs", [])]
+                        for p in corpus["inputs"]]
     return config
 
 
 class Context:
-    """What an experiment needs: the workspace, the execution options, and cached stage calls."""
+    """What an experiment needs: the workspace, the execution options, and cached stage calls.
+
+    Settings are checked with the same validators as the pipeline file (an experiment's
+    own additions included). ``force`` recomputes each artifact once per pipeline run:
+    the first request of a computation rebuilds it, later requests of the same one
+    (an experiment asks for shared counts or a reference run several times) reuse it.
+    """
 
     def __init__(self, ws, memory: str, scheduler: str | None, force: bool = False):
         self.ws, self.memory, self.scheduler, self.force = ws, memory, scheduler, force
+        self._made: dict[str, object] = {}
+
+    def _once(self, key: tuple, make):
+        """``make(force)`` the first time ``key`` is asked for in this run, the same artifact after."""
+        from .stage import canonical_json
+
+        text = canonical_json(key)
+        if text not in self._made:
+            self._made[text] = make(self.force)
+        return self._made[text]
 
     def tokens(self, corpus: dict):
         from .tokenize import TokenizeParams, tokenize_corpus
 
-        keys = {k: corpus[k] for k in ("encoding", "split", "field", "column", "strict") if k in corpus}
         if not corpus.get("inputs"):
             raise CtstoreError("pipeline: [corpus] inputs is empty")
-        return tokenize_corpus(corpus["inputs"], self.ws, params=TokenizeParams(**keys))
+        params = TokenizeParams.from_dict({k: v for k, v in corpus.items() if k != "inputs"}, "[corpus]")
+        return self._once(("tokens", corpus["inputs"], params.to_dict()), lambda force: tokenize_corpus(
+            corpus["inputs"], self.ws, params=params, force=force))
 
     def counts(self, tokens, count: dict):
         from .count import CountParams, count_cooccurrences
 
-        return count_cooccurrences(tokens, self.ws, params=CountParams(**count), memory=self.memory,
-                                   scheduler=self.scheduler)
+        params = CountParams.from_dict(count, "[count]")
+        return self._once(("counts", tokens.fingerprint, params.to_dict()), lambda force: count_cooccurrences(
+            tokens, self.ws, params=params, memory=self.memory, scheduler=self.scheduler, force=force))
 
     def embeddings(self, counts, k0: dict):
         from .embed import K0Params, embed_counts
 
-        return embed_counts(counts, self.ws, params=K0Params(**k0), memory=self.memory, scheduler=self.scheduler)
+        params = K0Params.from_dict(k0, "[k0]")
+        return self._once(("embeddings", counts.fingerprint, params.to_dict()), lambda force: embed_counts(
+            counts, self.ws, params=params, memory=self.memory, scheduler=self.scheduler, force=force))
 
     def model(self, embeddings, seed_params: dict):
         from .seed import SeedParams, seed_model
 
-        return seed_model(embeddings, self.ws, params=SeedParams(**seed_params))
+        params = SeedParams.from_dict(seed_params, "[model]")
+        return self._once(("model", embeddings.fingerprint, params.to_dict()), lambda force: seed_model(
+            embeddings, self.ws, params=params, force=force))
 
     def crystallized(self, counts, params: dict):
         from .crystallize import CrystallizeParams, crystallize_model
 
-        params = {**params, "betas": tuple(params.get("betas", (1.0, 0.5, 0.25)))}
-        return crystallize_model(counts, self.ws, params=CrystallizeParams(**params), memory=self.memory,
-                                 scheduler=self.scheduler)
+        checked = CrystallizeParams.from_dict(params, "[crystallize]")
+        return self._once(("crystallize", counts.fingerprint, checked.to_dict()), lambda force: crystallize_model(
+            counts, self.ws, params=checked, memory=self.memory, scheduler=self.scheduler, force=force))
 
     def run(self, model, tokens, sft: dict):
         from .sft import SftParams, train_model
 
-        sft = {**sft, "freeze": tuple(sft.get("freeze", ()))}
-        return train_model(model, tokens, self.ws, params=SftParams(**sft))
+        params = SftParams.from_dict(sft, "[sft]")
+        return self._once(("run", model.fingerprint, tokens.fingerprint, params.to_dict()),
+                          lambda force: train_model(model, tokens, self.ws, params=params, force=force))
 
     def derived_model(self, model, label: str, transform):
         """A model artifact made from another by ``transform(torch_model)`` (in place), cached by label."""
@@ -143,7 +184,7 @@ class Context:
             return {"format_version": 1, "params": {"derived": label}, "inputs": {"model": model.fingerprint},
                     "tokenizer": model.manifest.get("tokenizer"), "init": f"{model.manifest.get('init')}+{label}"}
 
-        return build_artifact(self.ws, "model", fp, build)[0]
+        return self._once(("derive", fp), lambda force: build_artifact(self.ws, "model", fp, build, force=force)[0])
 
 
 def run_pipeline(path: str, ws, *, profile: str | None = None, overrides: list[str] = (), memory: str = "4GB",

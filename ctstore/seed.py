@@ -64,8 +64,8 @@ from .analysis.spectral import spectral_gap_ratio
 from .formats.model import save_model
 from .model import PhotonicGPT, get_config
 from .seeding import basis_rotation, eigen_basis, max_row_energy_share, rescaled, spectral_layer_matrices
-from .stage import Input, Stage, param
-from .units import NON_NEGATIVE
+from .stage import Input, Params, Stage, param
+from .units import NON_NEGATIVE, POSITIVE
 from .workspace import Workspace, build_artifact
 
 __all__ = ["SeedParams", "seed_model", "build_seeded_model", "corpus_vocab"]
@@ -82,24 +82,28 @@ def _vocab_arg(text: str):
 
     if text == "corpus":
         return text
-    try:
-        value = int(text)
-    except ValueError:
+    if isinstance(text, bool) or not isinstance(text, (str, int, np.integer)):
         value = 0
+    else:
+        try:
+            value = int(text)
+        except ValueError:
+            value = 0
     if value < 1:
         raise argparse.ArgumentTypeError(f"must be a positive integer or 'corpus', not {text!r}")
     return value
 
 
 @dataclass(frozen=True)
-class SeedParams:
+class SeedParams(Params):
     config: str = param("tiny", "tiny, small, ct-10m, ct-124m or a config JSON file")
     init: str = param("spectral", "spectral (the CT recipe), random, or embeddings (E only)", choices=INITS)
     # compact vocabulary size V_model, "corpus", or None (full tokenizer vocab)
     vocab: int | str | None = param(None, "compact vocabulary: top-N corpus tokens + <unk>, or 'corpus' (every "
                                     "token that occurs)", parse=_vocab_arg)
     seed: int = param(0, "random seed", parse=NON_NEGATIVE)
-    width: int | None = param(None, "override n_embd, keeping the head size (width sweeps)", cli=False)
+    width: int | None = param(None, "override n_embd, keeping the head size (width sweeps)", parse=POSITIVE,
+                              cli=False)
     recipe: str = param("rotated", "rotated: E in a seeded random orthonormal basis first; literal: the paper's "
                         "recipe, degenerate (scaled permutations) for SVD-basis embeddings", choices=RECIPES)
     embed_scale: str = param("matched", "matched: token embedding norm-matched to a random init; unscaled: E as k0 "
@@ -107,16 +111,6 @@ class SeedParams:
     tie_head: bool = param(True, "a separate output head instead of the tied one", flag="--untied-head", negate=True)
     unigram_prior: bool = param(False, "fit the final LayerNorm bias so the initial logits approximate log unigram "
                                 "probabilities")
-
-    def __post_init__(self):
-        if self.init not in INITS:
-            raise CtstoreError(f"--init must be one of {', '.join(INITS)}, not {self.init!r}")
-        if self.recipe not in RECIPES:
-            raise CtstoreError(f"--recipe must be one of {', '.join(RECIPES)}, not {self.recipe!r}")
-        if self.embed_scale not in EMBED_SCALES:
-            raise CtstoreError(f"--embed-scale must be one of {', '.join(EMBED_SCALES)}, not {self.embed_scale!r}")
-        if isinstance(self.vocab, str) and self.vocab != "corpus":
-            raise CtstoreError(f"--vocab must be a number or 'corpus', not {self.vocab!r}")
 
 
 def corpus_vocab(unigram: np.ndarray) -> int:
@@ -269,7 +263,7 @@ def seed_model(embeddings, workspace: Workspace | None = None, *, params: SeedPa
 
 
 STAGE = Stage(
-    name="seed", kind="model", params=SeedParams, code_version=FORMAT_VERSION,
+    name="seed", kind="model", params=SeedParams, code_version=2, format_version=FORMAT_VERSION,
     help="embeddings -> PhotonicGPT (spectral seeding or random init)",
     inputs=(Input("embeddings", "embeddings", "embeddings artifact fingerprint (or unique prefix)"),),
     run=lambda ws, inputs, params, opts: seed_model(inputs["embeddings"], ws, params=params, force=opts["force"]),

@@ -18,10 +18,9 @@ from dataclasses import asdict, dataclass
 
 import numpy as np
 
-from .errors import CtstoreError
 from .formats.tokens import DEFAULT_SHARD_TOKENS, FORMAT_VERSION, TokensWriter
 from .log import log, progress, progress_disabled, stopwatch
-from .stage import Stage, param
+from .stage import Params, Stage, param
 from .units import COUNT, NON_NEGATIVE, number_flag, parse_count, text_flag
 from .workspace import Workspace, build_artifact
 from .location import Location
@@ -33,24 +32,18 @@ BATCH_TOKENS = 1 << 20
 
 
 @dataclass(frozen=True)
-class SynthParams:
+class SynthParams(Params):
     vocab: int = param(131_072, f"vocabulary size V (<= {MAX_VOCAB})",
-                       parse=text_flag(parse_count, "a vocabulary size of at least 2", minimum=2, parsed=True))
+                       parse=text_flag(parse_count, f"a vocabulary size from 2 to {MAX_VOCAB}", minimum=2,
+                                       maximum=MAX_VOCAB, parsed=True))
     tokens: int = param(10_000_000, "number of tokens, e.g. 200M", parse=COUNT)
     seed: int = param(0, "random seed", parse=NON_NEGATIVE)
-    zipf: float = param(1.0, "Zipf exponent of unigram ranks", parse=number_flag(float, 0, what="a finite number >= 0"))
+    zipf: float = param(1.0, "Zipf exponent of unigram ranks", parse=number_flag(float, 0, low_open=True,
+                                                                              what="a finite number > 0"))
     local: float = param(0.3, "probability of a successor copy (lag-1 structure)",
-                         parse=number_flag(float, 0, 1, what="a probability in [0, 1]"))
+                         parse=number_flag(float, 0, 1, high_open=True, what="a probability in [0, 1)"))
     doc_tokens: int = param(1000, "mean document length", parse=COUNT)
     shard_tokens: int = param(DEFAULT_SHARD_TOKENS, "tokens per Parquet shard", parse=COUNT)
-
-    def __post_init__(self):
-        if not 2 <= self.vocab <= MAX_VOCAB:
-            raise CtstoreError(f"--vocab must be between 2 and {MAX_VOCAB}, not {self.vocab}")
-        if self.tokens < 1:
-            raise CtstoreError("--tokens must be positive")
-        if not 0 <= self.local < 1 or self.zipf <= 0 or self.doc_tokens < 1:
-            raise CtstoreError("synth: need 0 <= local < 1, zipf > 0, doc_tokens >= 1")
 
 
 def synthesize_tokens(params: SynthParams, workspace: Workspace | None = None, force: bool = False):
@@ -111,7 +104,7 @@ def _document_lengths(rng, n: int, mean: int) -> np.ndarray:
 
 
 STAGE = Stage(
-    name="synth", kind="tokens", params=SynthParams, code_version=FORMAT_VERSION,
+    name="synth", kind="tokens", params=SynthParams, code_version=1, format_version=FORMAT_VERSION,
     help="synthetic Zipfian token stream -> tokens artifact",
     run=lambda ws, inputs, params, opts: synthesize_tokens(params, ws, force=opts["force"]),
 )

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 from .errors import CtstoreError, one_line
 
-__all__ = ["COUNT", "FRACTION", "MEMORY", "NON_NEGATIVE", "POSITIVE", "format_bytes", "number_flag", "parse_bytes",
-           "parse_count", "parse_memory", "text_flag"]
+__all__ = ["COUNT", "FRACTION", "INT_MAX", "MEMORY", "NON_NEGATIVE", "POSITIVE", "format_bytes", "number_flag",
+           "parse_bytes", "parse_count", "parse_memory", "text_flag"]
 
 
 def format_bytes(n: int) -> str:
@@ -61,15 +61,31 @@ def parse_memory(text: str | int) -> int:
         raise CtstoreError(f"not a memory size: {one_line(repr(text))} (use e.g. 2GB, 512MiB)") from None
 
 
+INT_MAX = 2**63 - 1  # every integer parameter fits int64 (numpy, torch, TOML)
+
+
+def _shown(value) -> str:
+    return one_line(repr(value))
+
+
 def number_flag(kind: type, low: float | None = None, high: float | None = None, *, low_open: bool = False,
                 high_open: bool = False, what: str | None = None):
-    """An argparse ``type`` accepting a finite ``int``/``float`` within bounds (None: unbounded).
+    """The check of a numeric parameter: a finite ``int``/``float`` within bounds (None: unbounded).
 
-    >>> number_flag(int, 1)("3")
-    3
+    One function serves the command line and the configuration files: it takes the
+    flag's text (``"3"``) or a value (``3`` from TOML or Python) and returns the value,
+    or raises ``argparse.ArgumentTypeError`` with ``must be ..., not ...``. A bool is
+    not a number and a float is not an int (``1.5`` is refused, not rounded); an
+    int fits int64.
+
+    >>> number_flag(int, 1)("3"), number_flag(int, 1)(3)
+    (3, 3)
     """
     import argparse
     import math
+    import numbers
+
+    top = INT_MAX if kind is int and high is None else high
 
     def describe() -> str:
         if what:
@@ -83,39 +99,57 @@ def number_flag(kind: type, low: float | None = None, high: float | None = None,
             return f"{name} {'>' if low_open else '>='} {low:g}"
         return f"{'a finite number' if kind is float else name}"
 
-    def convert(text: str):
-        try:
-            value = kind(text.replace("_", "")) if kind is int else float(text)
-        except (TypeError, ValueError):
-            raise argparse.ArgumentTypeError(f"must be {describe()}, not {one_line(repr(text))}") from None
+    def refuse(value):
+        bound = f" (at most {top})" if high is None and kind is int and isinstance(value, int) and value > top else ""
+        return argparse.ArgumentTypeError(f"must be {describe()}{bound}, not {_shown(value)}")
+
+    def convert(value):
+        given = value
+        if isinstance(value, str):
+            try:
+                value = kind(value.replace("_", "")) if kind is int else float(value)
+            except (TypeError, ValueError):
+                raise refuse(value) from None
+        elif isinstance(value, bool) or not isinstance(value, numbers.Integral if kind is int else numbers.Real):
+            raise refuse(value)
+        else:  # numpy scalars too
+            value = kind(value)
         bad = kind is float and not math.isfinite(value)
         if low is not None:
             bad |= value <= low if low_open else value < low
-        if high is not None:
-            bad |= value >= high if high_open else value > high
+        if top is not None:
+            bad |= value >= top if high_open and top is high else value > top
         if bad:
-            raise argparse.ArgumentTypeError(f"must be {describe()}, not {one_line(repr(text))}")
+            raise refuse(given)
         return value
 
     convert.__name__ = kind.__name__
     return convert
 
 
-def text_flag(parse, what: str, minimum: int | None = None, allowed: tuple = (), *, parsed: bool = False):
-    """An argparse ``type`` that checks a size/count string with ``parse`` (e.g. :func:`parse_count`)
-    and returns it unchanged (the stage parses it again), or, with ``parsed``, the parsed value."""
-    import argparse
+def text_flag(parse, what: str, minimum: int | None = None, allowed: tuple = (), *, parsed: bool = False,
+              maximum: int = INT_MAX):
+    """The check of a size/count parameter: text parsed with ``parse`` (e.g. :func:`parse_count`), or an int.
 
-    def convert(text: str):
-        if text in allowed:
-            return text
+    Returns the value unchanged (the stage parses it again), or, with ``parsed``,
+    the parsed value; ``allowed`` words (``"auto"``) pass as they are. Like
+    :func:`number_flag`, it takes the flag's text or a value from a file.
+    """
+    import argparse
+    import numbers
+
+    def convert(value):
+        if value in allowed and isinstance(value, str):
+            return value
+        if isinstance(value, bool) or not isinstance(value, (str, numbers.Integral)):
+            raise argparse.ArgumentTypeError(f"must be {what}, not {_shown(value)}")
         try:
-            value = parse(text)
+            number = parse(value if isinstance(value, str) else int(value))
         except CtstoreError as exc:
             raise argparse.ArgumentTypeError(str(exc)) from None
-        if minimum is not None and value < minimum:
-            raise argparse.ArgumentTypeError(f"must be {what}, not {one_line(repr(text))}")
-        return value if parsed else text
+        if (minimum is not None and number < minimum) or number > maximum:
+            raise argparse.ArgumentTypeError(f"must be {what}, not {_shown(value)}")
+        return number if parsed else value
 
     convert.__name__ = "str"
     return convert

@@ -44,7 +44,7 @@ def test_tokenize_count_ls_show_json(tmp_path):
     (["tokenize", "/nonexistent/file.txt"], "/nonexistent/file.txt: no such file"),
     (["count", "abcdef"], "abcdef: no complete"),
     (["tokenize", str(SAMPLE), "--encoding", "bogus"], "encoding 'bogus' cannot be loaded"),
-    (["synth", "--vocab", "300000"], "--vocab must be between"),
+    (["synth", "--vocab", "300000"], "--vocab: must be a vocabulary size from 2 to 262144"),
     (["count", "x", "--memory", "lots"], "not a memory size"),
 ])
 def test_errors_are_one_line_with_nonzero_exit(tmp_path, args, needle):

@@ -16,9 +16,9 @@ PIPELINES = Path(__file__).resolve().parent.parent / "pipelines"
 
 
 def test_overrides_and_profiles_parse():
-    config = load_pipeline(str(PIPELINES / "ct_vs_random.toml"), "paper", ["sft.steps=7", "model.config=tiny"])
+    config = load_pipeline(str(PIPELINES / "ct_vs_random.toml"), "paper", ["sft.steps=7", "model.config=ct-124m"])
     assert config["sft"]["steps"] == 7 and config["sft"]["batch_size"] == 1 and config["sft"]["block_size"] == 512
-    assert config["model"]["config"] == "tiny" and config["k0"]["dim"] == 256
+    assert config["model"]["config"] == "ct-124m" and config["k0"]["dim"] == 256
     assert all(os.path.isabs(p) for p in config["corpus"]["inputs"])
     with pytest.raises(CtstoreError, match="no profile 'nope'"):
         load_pipeline(str(PIPELINES / "ct_vs_random.toml"), "nope")

@@ -17,42 +17,93 @@ from ctstore.stage import Stage, fingerprint, non_default, param
 from ctstore.synth import SynthParams
 
 
-def _reference(stage, version, params: dict, inputs: dict) -> str:
+def _reference(stage, version, params: dict, inputs: dict, format_version=None) -> str:
     """The fingerprint rule written out independently: sha256 of sorted compact JSON, 20 hex chars."""
     payload = {"stage": stage, "code_version": version, "params": params, "inputs": inputs}
+    if format_version is not None:
+        payload["format_version"] = format_version
     text = json.dumps(payload, sort_keys=True, separators=(",", ":"))
     return hashlib.sha256(text.encode()).hexdigest()[:20]
 
 
-def test_fingerprint_covers_exactly_the_non_default_parameters():
+def test_fingerprint_covers_every_parameter_value_defaults_included():
     p = CountParams(lags=3)
     assert non_default(p) == {"lags": 3}
-    assert fingerprint("count", 1, p, {"tokens": "abc"}) == _reference("count", 1, {"lags": 3}, {"tokens": "abc"})
-    assert fingerprint("count", 1, CountParams(), {"tokens": "abc"}) == _reference("count", 1, {}, {"tokens": "abc"})
-    assert non_default(CountParams(lags=10, val_fraction=0.1)) == {"val_fraction": 0.1}
+    assert fingerprint("count", 1, p, {"tokens": "abc"}) == _reference(
+        "count", 1, {"lags": 3, "val_fraction": None}, {"tokens": "abc"})
+    assert fingerprint("count", 1, CountParams(), {"tokens": "abc"}) == _reference(
+        "count", 1, {"lags": 10, "val_fraction": None}, {"tokens": "abc"})
+    count = stages.stage("count")
+    assert count.fingerprint(p, {"tokens": "abc"}) == _reference(
+        "count", count.code_version, {"lags": 3, "val_fraction": None}, {"tokens": "abc"}, count.format_version)
 
 
-def test_adding_a_parameter_with_a_default_keeps_existing_fingerprints():
-    # the same stage one release later: a new field with a default
+def test_a_changed_default_is_a_new_artifact_and_the_same_values_the_same_one():
+    # the same stage one release later with another default: reusing the old key would give lags=10 counts
     Later = dataclasses.make_dataclass(
-        "CountParams", [("lags", int, param(10)), ("val_fraction", float, param(None)), ("new_knob", str, param("off"))],
+        "CountParams", [("lags", int, param(5)), ("val_fraction", float, param(None))], frozen=True)
+    assert fingerprint("count", 1, Later(), {"tokens": "t"}) != fingerprint("count", 1, CountParams(), {"tokens": "t"})
+    # what was computed is what counts: lags=5 is one artifact whichever default it came from
+    assert fingerprint("count", 1, Later(), {"tokens": "t"}) == fingerprint("count", 1, CountParams(lags=5),
+                                                                             {"tokens": "t"})
+    # a new parameter changes the key once (its stage recomputes); a stage, input or code version: another key
+    Added = dataclasses.make_dataclass(
+        "CountParams", [("lags", int, param(10)), ("val_fraction", float, param(None)), ("knob", str, param("off"))],
         frozen=True)
-    for kwargs in ({}, {"lags": 3}, {"lags": 7, "val_fraction": 0.2}):
-        before = fingerprint("count", 1, CountParams(**kwargs), {"tokens": "t"})
-        assert fingerprint("count", 1, Later(**kwargs), {"tokens": "t"}) == before
-    # using the new parameter, a different stage, input or code version: a different artifact
-    base = fingerprint("count", 1, CountParams(), {"tokens": "t"})
-    others = {fingerprint("count", 1, Later(new_knob="on"), {"tokens": "t"}),
-              fingerprint("count", 2, CountParams(), {"tokens": "t"}),
-              fingerprint("synth", 1, CountParams(), {"tokens": "t"}),
-              fingerprint("count", 1, CountParams(), {"tokens": "u"})}
-    assert base not in others and len(others) == 4
+    keys = {fingerprint("count", 1, CountParams(), {"tokens": "t"}),
+            fingerprint("count", 1, Added(), {"tokens": "t"}),
+            fingerprint("count", 2, CountParams(), {"tokens": "t"}),
+            fingerprint("synth", 1, CountParams(), {"tokens": "t"}),
+            fingerprint("count", 1, CountParams(), {"tokens": "u"}),
+            fingerprint("count", 1, CountParams(), {"tokens": "t"}, format_version=2)}
+    assert len(keys) == 6
+
+
+def test_code_version_is_the_cache_key_apart_from_the_format_version():
+    """A bug fix bumps code_version: a new key, and the layout its readers accept is unchanged."""
+    from ctstore.formats import READABLE_VERSIONS
+
+    root = os.path.join(os.path.dirname(__file__), "..", "ctstore")
+    for stage in _registered():
+        if stage.kind is None:
+            continue
+        fixed = dataclasses.replace(stage, code_version=stage.code_version + 1)
+        params = stage.params() if stage.params else {}
+        assert fixed.fingerprint(params, {}) != stage.fingerprint(params, {}), stage.name
+        assert fixed.format_version in READABLE_VERSIONS[stage.kind], stage.name
+    for dirpath, _, files in os.walk(root):
+        for name in files:
+            if name.endswith(".py"):
+                with open(os.path.join(dirpath, name)) as f:
+                    assert "code_version=FORMAT_VERSION" not in f.read(), name
+
+
+def test_artifacts_of_an_older_fingerprint_rule_stay_readable_by_fingerprint(ws):
+    """Issue 17: a new rule gives new keys; an artifact published under an old key is still found and read."""
+    from conftest import write_tokens
+    from ctstore.count import count_cooccurrences
+    from ctstore.formats.counts import CountStore
+
+    tokens = write_tokens(ws, [[1, 2, 3, 4, 5, 6] * 5] * 4, n_vocab=30)
+    new = count_cooccurrences(tokens, ws, params=CountParams(lags=2), scheduler="sync")
+    old_fp = _reference("count", 1, {"lags": 2}, {"tokens": tokens.fingerprint})  # the issue-11 rule
+    old_dir = os.path.join(os.path.dirname(new.path), old_fp)
+    os.rename(new.path, old_dir)
+    with open(os.path.join(old_dir, "manifest.json")) as f:
+        manifest = json.load(f)
+    with open(os.path.join(old_dir, "manifest.json"), "w") as f:
+        json.dump({**manifest, "fingerprint": old_fp}, f)
+    old = ws.get(old_fp[:8], kind="counts")
+    assert old.fingerprint == old_fp and CountStore.from_artifact(old).matrix(1).sum() == 4 * 29
+    again = count_cooccurrences(tokens, ws, params=CountParams(lags=2), scheduler="sync")
+    assert again.fingerprint == new.fingerprint != old_fp  # recomputed once under the new key
 
 
 def test_tuple_parameters_fingerprint_as_lists_and_defaults_compare_by_value():
     P = dataclasses.make_dataclass("P", [("xs", tuple, param((1, 2)))], frozen=True)
     assert non_default(P()) == {} and non_default(P(xs=(1, 2))) == {}
     assert non_default(P(xs=(3,))) == {"xs": [3]}
+    assert fingerprint("p", 1, P(xs=(3,)), {}) == _reference("p", 1, {"xs": [3]}, {})
 
 
 def _registered() -> list[Stage]:

@@ -295,7 +295,7 @@ def test_every_stage_writes_a_format_version_its_readers_accept():
     from ctstore.formats import READABLE_VERSIONS
     from ctstore.stages import REGISTRY, stage
 
-    written = {name: (stage(name).kind, stage(name).code_version) for name in REGISTRY if stage(name).kind}
+    written = {name: (stage(name).kind, stage(name).format_version) for name in REGISTRY if stage(name).kind}
     assert set(kind for kind, _ in written.values()) == {"tokens", "counts", "embeddings", "model", "run", "report"}
     for name, (kind, version) in written.items():
         assert version in READABLE_VERSIONS[kind], (name, kind, version)

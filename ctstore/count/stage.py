@@ -10,29 +10,22 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass
 
 from ..cluster import CLIENT_RESERVE, plan_cluster
-from ..errors import CtstoreError
 from ..formats.counts import FORMAT_VERSION, STORE
 from ..formats.tokens import TokenShards
-from ..stage import Input, Option, Stage, param
-from ..units import FRACTION, POSITIVE, format_bytes, parse_memory
+from ..stage import Input, Option, Params, Stage, param
+from ..units import FRACTION, format_bytes, number_flag, parse_memory
 from ..workspace import Workspace, build_artifact
 from .mapreduce import _count_into
 from .onepass import _count_one_pass, _one_pass_outlook
 from .plan import plan_count
 
 @dataclass(frozen=True)
-class CountParams:
-    lags: int = param(10, "count lags 1..L (default 10)", parse=POSITIVE)
+class CountParams(Params):
+    lags: int = param(10, "count lags 1..L (default 10)", parse=number_flag(int, 1, 64))
     # None counts every document
     val_fraction: float | None = param(None, "count only the training documents of sft's split (ctstore.split) at "
                                        "this validation fraction", flag="--train-only", metavar="VAL_FRACTION",
                                        parse=FRACTION)
-
-    def __post_init__(self):
-        if not 1 <= self.lags <= 64:
-            raise CtstoreError(f"--lags must be between 1 and 64, not {self.lags}")
-        if self.val_fraction is not None and not 0 < self.val_fraction < 1:
-            raise CtstoreError(f"--train-only must be between 0 and 1, not {self.val_fraction}")
 
 
 def count_cooccurrences(tokens, workspace: Workspace | None = None, *, params: CountParams | None = None,
@@ -113,7 +106,7 @@ def plan_lines(ws, inputs, params: CountParams, opts) -> list[str]:
 
 
 STAGE = Stage(
-    name="count", kind="counts", params=CountParams, code_version=FORMAT_VERSION,
+    name="count", kind="counts", params=CountParams, code_version=1, format_version=FORMAT_VERSION,
     help="tokens -> lag-k co-occurrence count store (Zarr CSR)",
     inputs=(Input("tokens", "tokens", "tokens artifact fingerprint (or unique prefix)"),),
     options=(Option("--spill", "always run the spilled, resumable map/reduce tasks, even when the corpus fits one "

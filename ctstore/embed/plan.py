@@ -13,7 +13,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from ..errors import CtstoreError, one_line
-from ..stage import param
+from ..stage import Params, param
 from ..units import NON_NEGATIVE, POSITIVE, number_flag, parse_count, text_flag
 from . import circulant, fft2, hierarchical, sparse
 from .blocks import lag_weights
@@ -30,6 +30,9 @@ def _weighting(text: str) -> str:
     import argparse
     import math
 
+    if not isinstance(text, str):
+        raise argparse.ArgumentTypeError(f"must be uniform, inverse-distance or comma-separated finite numbers "
+                                         f"in a string, not {one_line(repr(text))}")
     if text in ("uniform", "inverse-distance"):
         return text
     try:
@@ -42,8 +45,18 @@ def _weighting(text: str) -> str:
     return text
 
 
+def _kernel(text: str) -> str:
+    """``--kernel``: circulant, none, ppmi or a ``.npy`` file."""
+    import argparse
+
+    if not isinstance(text, str) or (text not in KERNELS and not text.endswith(".npy")):
+        raise argparse.ArgumentTypeError(f"must be one of {', '.join(KERNELS)} or a .npy file, "
+                                         f"not {one_line(repr(text))}")
+    return text
+
+
 @dataclass(frozen=True)
-class K0Params:
+class K0Params(Params):
     dim: int = param(128, "embedding dimension d", short="-d", parse=POSITIVE)
     lags: int | None = param(None, "use lags 1..L (default: all in the store)", parse=POSITIVE)
     lag_from: int = param(1, "first lag of the band (a band, as crystallize uses per layer)", parse=POSITIVE)
@@ -56,7 +69,7 @@ class K0Params:
     transform: str = param("log1p", "log1p or ppmi", choices=("log1p", "ppmi"))
     ppmi_alpha: float = param(1.0, "context smoothing (0.75 is common)",
                               parse=number_flag(float, 0, what="a finite number >= 0"))
-    kernel: str = param("circulant", "circulant (K0), none (SVD of X), ppmi, or a .npy kernel")
+    kernel: str = param("circulant", "circulant (K0), none (SVD of X), ppmi, or a .npy kernel", parse=_kernel)
     method: str = param("exact", "exact or fft2", choices=("exact", "fft2"))
     hierarchical: bool = param(False, "two-level K0, memory O(V) (Paper 113 §4.2)")
     oversample: int | None = param(None, "randomized SVD oversampling (default max(64, d))", parse=NON_NEGATIVE)
@@ -66,22 +79,13 @@ class K0Params:
                         "rsvd (randomized, out of core) or auto (rsvd, measured faster)", choices=SOLVERS)
 
     def __post_init__(self):
+        super().__post_init__()  # each field (parse=, choices=); below, the checks across fields
         if self.kernel == "ppmi" and self.transform != "ppmi":
             object.__setattr__(self, "transform", "ppmi")
-        if self.transform not in ("log1p", "ppmi"):
-            raise CtstoreError(f"--transform must be log1p or ppmi, not {self.transform!r}")
-        if self.kernel not in KERNELS and not self.kernel.endswith(".npy"):
-            raise CtstoreError(f"--kernel must be one of {', '.join(KERNELS)} or a .npy file, not {self.kernel!r}")
-        if self.method not in ("exact", "fft2"):
-            raise CtstoreError(f"--method must be exact or fft2, not {self.method!r}")
         if self.kernel.endswith(".npy") and self.method != "fft2":
             raise CtstoreError("a kernel file needs --method fft2 (the exact identity is for circulant k0)")
         if self.hierarchical and (self.kernel != "circulant" or self.method != "exact"):
             raise CtstoreError("--hierarchical works with --kernel circulant --method exact")
-        if self.dim < 1:
-            raise CtstoreError("--dim must be positive")
-        if self.solver not in SOLVERS:
-            raise CtstoreError(f"--solver must be one of {', '.join(SOLVERS)}, not {self.solver!r}")
         if self.solver != "auto" and not self.sparse_svd:
             raise CtstoreError("--solver applies to --kernel none or ppmi (the SVD of the sparse operator)")
 

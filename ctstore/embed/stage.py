@@ -222,7 +222,7 @@ def _full_embedding(rows: np.ndarray, active: np.ndarray, V: int, seed: int) -> 
 
 
 STAGE = Stage(
-    name="k0", kind="embeddings", params=K0Params, code_version=FORMAT_VERSION,
+    name="k0", kind="embeddings", params=K0Params, code_version=1, format_version=FORMAT_VERSION,
     help="count store -> embeddings (K0 circulant, SVD, PPMI)",
     inputs=(Input("counts", "counts", "counts artifact fingerprint (or unique prefix)"),),
     run=lambda ws, inputs, params, opts: embed_counts(inputs["counts"], ws, params=params, memory=opts["memory"],

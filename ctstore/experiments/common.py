@@ -28,9 +28,9 @@ def eval_curve(run, key: str = "val_loss") -> tuple[list, list]:
     return read_curve(run, key)
 
 
-def seeds_of(config: dict, default=(0,)) -> list[int]:
-    """``[experiment] seeds`` (model, SFT and randomized-SVD seeds), default ``[0]``."""
-    return [int(s) for s in config.get("experiment", {}).get("seeds", list(default))]
+def seeds_of(config: dict) -> list[int]:
+    """``[experiment] seeds`` (model, SFT and randomized-SVD seeds; checked, default in experiments/config.py)."""
+    return list(config["experiment"]["seeds"])
 
 
 def claims_section(pipeline: str, measured: list[Measurement]) -> tuple[str, list[dict]]:

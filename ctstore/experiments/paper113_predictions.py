@@ -54,17 +54,16 @@ def steps_within(run, target_ppl: float):
 
 
 def run(config: dict, ctx):
-    exp = config.get("experiment", {})
+    exp = config["experiment"]  # checked, defaults included: experiments/config.py Paper113Config
     seeds = seeds_of(config)
-    size_seeds = [int(s) for s in exp.get("size_seeds", seeds[:1])]
-    long_factor = int(exp.get("long_factor", 4))
+    size_seeds = exp.get("size_seeds", seeds[:1])
+    long_factor = exp["long_factor"]
     tokens, counts = prepare(config, ctx)
     k0 = config.get("k0", {})
     kernel_seed = (lambda s: {}) if k0.get("kernel", "circulant") == "circulant" else (lambda s: {"seed": s})
     model_cfg = config.get("model", {})
     sft = config.get("sft", {})
-    v_effs = [int(v) for v in exp.get("v_effs", [512, 2048, 4096])]
-    n_h = int(exp.get("hierarchical_v_eff", 2048))
+    v_effs, n_h = exp["v_effs"], exp["hierarchical_v_eff"]
     ct, rnd, hier_runs, dense_runs, embs = {}, {}, {}, {}, {}
     for seed in seeds:
         for v in v_effs:
@@ -88,7 +87,7 @@ def run(config: dict, ctx):
             corpora.append((os.path.basename(f), t, ctx.embeddings(c, {**k0, "v_eff": min(n_h, 2048)})))
     size_runs = {}
     for seed in size_seeds:
-        for size in exp.get("sizes", ["tiny", "small"]):
+        for size in exp["sizes"]:
             emb = ctx.embeddings(counts, {**k0, "dim": _width(size), **kernel_seed(seed)})
             size_runs[(seed, size)] = (
                 ctx.run(ctx.model(emb, {**model_cfg, "config": size, "init": "spectral", "seed": seed}), tokens,
@@ -101,7 +100,7 @@ def run(config: dict, ctx):
                              | {r.fingerprint for pair in size_runs.values() for r in pair})}
 
     def write(path: str) -> dict:
-        target_gap = float(exp.get("target_gap", 0.03))
+        target_gap = exp["target_gap"]
         Ed, _, active, _ = load_embeddings(dense)
         Eh, _, _, _ = load_embeddings(hier)
         agreement = embedding_agreement(Eh[active], Ed[active], sample=1024, seed=0)

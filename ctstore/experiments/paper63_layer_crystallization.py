@@ -58,9 +58,9 @@ def relative_costs(losses: dict, layers: list) -> dict:
 
 
 def run(config: dict, ctx):
-    exp = config.get("experiment", {})
+    exp = config["experiment"]  # checked, defaults included: experiments/config.py Paper63Config
     seeds = seeds_of(config)
-    kernel = exp.get("kernel", "none")
+    kernel = exp["kernel"]
     tokens, counts = prepare(config, ctx)
     sft = config.get("sft", {})
     bases, runs = {}, {}

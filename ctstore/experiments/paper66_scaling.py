@@ -68,16 +68,15 @@ def layer_totals(state: dict) -> list[float]:
 
 
 def run(config: dict, ctx):
-    exp = config.get("experiment", {})
-    widths = [int(d) for d in exp.get("widths", [64, 128, 256])]
-    vocab_sizes = [int(v) for v in exp.get("vocab_sizes", [256, 512, 1024, 2048])]
+    exp = config["experiment"]  # checked, defaults included: experiments/config.py Paper66Config
+    widths, vocab_sizes = exp["widths"], exp["vocab_sizes"]
     seeds = seeds_of(config)
     tokens, counts = prepare(config, ctx)
     model_base = config.get("model", {})
     runs = {}
     for seed in seeds:
         for d in widths:
-            emb = ctx.embeddings(counts, {**config.get("k0", {}), "dim": d, "kernel": exp.get("kernel", "none"),
+            emb = ctx.embeddings(counts, {**config.get("k0", {}), "dim": d, "kernel": exp["kernel"],
                                           "seed": seed})
             model = ctx.model(emb, {**model_base, "width": d, "init": "spectral", "seed": seed})
             runs[(seed, d)] = ctx.run(model, tokens, {**config.get("sft", {}), "seed": seed})

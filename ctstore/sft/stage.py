@@ -16,12 +16,13 @@ finished run is copied into the artifact through its Location, then published.
 from __future__ import annotations
 
 import json
+import os
 import shutil
 from dataclasses import dataclass
 
 from ..errors import CtstoreError
 from ..formats import copy_directory
-from ..stage import Input, Option, Stage, param
+from ..stage import Input, Option, Params, Stage, param
 from ..units import FRACTION, NON_NEGATIVE, POSITIVE, number_flag
 from ..workspace import Workspace, build_artifact
 from .eval import evaluate_artifact
@@ -32,21 +33,30 @@ __all__ = ["SftParams", "train_model"]
 FORMAT_VERSION = 2
 
 
+def _names(value) -> tuple:
+    """``freeze``: parameter names or prefixes (a list of strings)."""
+    import argparse
+
+    if not isinstance(value, (list, tuple)) or not all(isinstance(v, str) for v in value):
+        raise argparse.ArgumentTypeError(f"must be a list of parameter names, not {value!r}")
+    return tuple(value)
+
+
 @dataclass(frozen=True)
-class SftParams:
+class SftParams(Params):
     steps: int = param(200, "optimizer steps", parse=POSITIVE)
     batch_size: int = param(16, "sequences per step", parse=POSITIVE)
     block_size: int | None = param(None, "sequence length (default: the model's)",
                                    parse=number_flag(int, 2, what="an integer >= 2"))
     lr: float = param(1e-3, "peak learning rate", parse=number_flag(float, 0, low_open=True,
                                                                     what="a positive finite number"))
-    min_lr_ratio: float = param(0.1, cli=False)
+    min_lr_ratio: float = param(0.1, parse=number_flag(float, 0, 1), cli=False)
     warmup: int = param(20, "linear warmup steps", parse=NON_NEGATIVE)
-    weight_decay: float = param(0.1, cli=False)
-    grad_clip: float = param(1.0, cli=False)
+    weight_decay: float = param(0.1, parse=number_flag(float, 0), cli=False)
+    grad_clip: float = param(1.0, parse=number_flag(float, 0), cli=False)
     freeze_embeddings: bool = param(False, "keep the token embedding fixed")
     # parameter names (or prefixes) kept fixed, e.g. "transformer.h.1.attn.c_proj"
-    freeze: tuple = param((), cli=False)
+    freeze: tuple = param((), parse=_names, cli=False)
     eval_every: int = param(50, "steps between evaluations", parse=POSITIVE)
     eval_tokens: int | None = param(None, "evaluate on the first N validation tokens (default: the whole validation "
                                     "split)", parse=number_flag(int, 2, what="an integer >= 2"))
@@ -56,14 +66,6 @@ class SftParams:
     patience: int | None = param(None, "stop after this many evaluations without improvement", parse=POSITIVE)
     seed: int = param(0, "random seed", parse=NON_NEGATIVE)
 
-    def __post_init__(self):
-        if self.steps < 1 or self.batch_size < 1 or self.eval_every < 1:
-            raise CtstoreError("sft: steps, batch size and eval interval must be positive")
-        if not 0 < self.val_fraction < 1:
-            raise CtstoreError("sft: --val-fraction must be between 0 and 1")
-        if self.eval_tokens is not None and self.eval_tokens < 2:
-            raise CtstoreError("sft: --eval-tokens must be at least 2")
-
 
 def train_model(model_artifact, tokens, workspace: Workspace | None = None, *, params: SftParams | None = None,
                 force: bool = False, device: str | None = None, _stop_at: int | None = None):
@@ -71,6 +73,7 @@ def train_model(model_artifact, tokens, workspace: Workspace | None = None, *, p
     ws = workspace or model_artifact.workspace
     params = params or SftParams()
     _check_tokenizer(model_artifact, tokens)
+    _check_block_size(model_artifact, params)
     fp = STAGES[0].fingerprint(params, {"model": model_artifact.fingerprint, "tokens": tokens.fingerprint})
 
     def build(path: str) -> dict:
@@ -98,6 +101,23 @@ def _check_tokenizer(model_artifact, tokens) -> None:
                            f"was built for {a!r}")
 
 
+def _check_block_size(model_artifact, params: SftParams) -> None:
+    """A block size beyond the model's context is refused before any work (it would train shorter windows
+    than the run records)."""
+    from ..formats.model import CONFIG, model_dir
+
+    if params.block_size is None:
+        return
+    try:
+        with open(os.path.join(model_dir(model_artifact), CONFIG)) as f:
+            context = int(json.load(f)["block_size"])
+    except (OSError, ValueError, KeyError, TypeError):
+        return  # an unreadable model fails, in one line, where it is loaded
+    if params.block_size > context:
+        raise CtstoreError(f"sft: --block-size {params.block_size} exceeds the context of model "
+                           f"{model_artifact.fingerprint} ({context} tokens)")
+
+
 def _eval_stage(ws, inputs, params, opts) -> None:
     art, tokens = inputs["model"], inputs["tokens"]
     result = evaluate_artifact(art, tokens, ws, opts["split"], opts["val_fraction"], opts["block_size"],
@@ -106,7 +126,7 @@ def _eval_stage(ws, inputs, params, opts) -> None:
 
 
 STAGES = (
-    Stage(name="sft", kind="run", params=SftParams, code_version=FORMAT_VERSION,
+    Stage(name="sft", kind="run", params=SftParams, code_version=2, format_version=FORMAT_VERSION,
           help="fine-tune a model on tokens -> run artifact",
           inputs=(Input("model", "model", "model artifact fingerprint (or unique prefix)"),
                   Input("tokens", "tokens", "tokens artifact fingerprint", flag=True)),

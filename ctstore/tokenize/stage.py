@@ -8,12 +8,12 @@ the memory budget before any work, and encodes the documents of every file
 from __future__ import annotations
 
 import os
-from dataclasses import asdict, dataclass, replace
+from dataclasses import asdict, dataclass
 
 from ..encoding import DEFAULT_ENCODING, load_encoding
 from ..errors import CtstoreError
 from ..formats.tokens import DEFAULT_SHARD_TOKENS, FORMAT_VERSION
-from ..stage import Input, Option, Stage, param
+from ..stage import Input, Option, Params, Stage, param
 from ..units import COUNT, POSITIVE, format_bytes, parse_memory
 from ..workspace import Workspace, build_artifact
 from .decode import READ_BLOCK
@@ -26,7 +26,7 @@ DEFAULT_MAX_DOC_TOKENS = 8 << 20
 
 
 @dataclass(frozen=True)
-class TokenizeParams:
+class TokenizeParams(Params):
     encoding: str = param(DEFAULT_ENCODING, "tiktoken encoding name or .tiktoken file")
     split: str = param("paragraph", "documents in text files (default: blank-line paragraphs)",
                        choices=("paragraph", "line", "file"))
@@ -37,14 +37,6 @@ class TokenizeParams:
     # bounds the memory of writing one document (about BYTES_PER_OPEN_TOKEN bytes per token)
     max_doc_tokens: int = param(DEFAULT_MAX_DOC_TOKENS, "a longer document is stored as consecutive documents, "
                                 "cut where tokens do not change (default 8388608 = 8Mi)", parse=COUNT)
-
-    def __post_init__(self):
-        if self.split not in ("paragraph", "line", "file"):
-            raise CtstoreError(f"--split must be paragraph, line or file, not {self.split!r}")
-        if self.shard_tokens <= 0:
-            raise CtstoreError("--shard-tokens must be positive")
-        if not isinstance(self.max_doc_tokens, int) or self.max_doc_tokens <= 0:
-            raise CtstoreError(f"--max-doc-tokens must be a positive whole number, not {self.max_doc_tokens!r}")
 
 
 def tokenize_corpus(inputs: list[str], workspace: Workspace | None = None, *, params: TokenizeParams | None = None,
@@ -68,7 +60,7 @@ def tokenize_corpus(inputs: list[str], workspace: Workspace | None = None, *, pa
     opened: dict = {}
     sources = [_file_identity(p, opened) for p in files]
     param_dict = asdict(params) | {"encoding": identity}
-    fp = STAGE.fingerprint(replace(params, encoding=identity), {}, sources)
+    fp = STAGE.fingerprint(param_dict, {}, sources)  # every field, the encoding by its identity
     total_bytes = sum(s["bytes"] for s in sources)
 
     threads = threads or os.cpu_count() or 1
@@ -107,7 +99,7 @@ def _check_memory(budget: int | None, params: TokenizeParams, n_vocab: int, thre
 
 
 STAGE = Stage(
-    name="tokenize", kind="tokens", params=TokenizeParams, code_version=FORMAT_VERSION,
+    name="tokenize", kind="tokens", params=TokenizeParams, code_version=1, format_version=FORMAT_VERSION,
     help="text/JSONL/Parquet corpus -> tokens artifact",
     inputs=(Input("inputs", None, "files, directories or glob patterns", nargs="+"),),
     options=(Option("--threads", "encoding threads (default: all cores)", parse=POSITIVE),),
