@@ -180,14 +180,3 @@ def test_cli_run_refuses_a_bad_pipeline_in_one_line_before_any_work(tmp_path):
     assert proc.stderr == f"ctstore: error: {path}: [sft] stpes: unknown key (did you mean steps?)\n"
     assert not os.path.exists(ws / "tokens") and not os.path.exists(ws / "report")
     assert proc.stdout == ""
-
-
-def test_ls_of_a_mistyped_kind_is_an_error_not_an_empty_list(capsys):
-    """``ls --kind runs`` printed nothing with rc 0."""
-    from ctstore.cli import build_parser
-
-    with pytest.raises(SystemExit) as exit_:
-        build_parser().parse_args(["ls", "--kind", "runs"])
-    assert exit_.value.code == 2
-    assert capsys.readouterr().err == "ctstore: error: --kind: unknown kind 'runs' (did you mean run?)\n"
-    assert build_parser().parse_args(["ls", "--kind", "run"]).kind == "run"

@@ -16,7 +16,6 @@ finished run is copied into the artifact through its Location, then published.
 from __future__ import annotations
 
 import json
-import os
 import shutil
 from dataclasses import dataclass
 
@@ -109,7 +108,7 @@ def _check_block_size(model_artifact, params: SftParams) -> None:
     if params.block_size is None:
         return
     try:
-        with open(os.path.join(model_dir(model_artifact), CONFIG)) as f:
+        with model_dir(model_artifact).child(CONFIG).open("r") as f:
             context = int(json.load(f)["block_size"])
     except (OSError, ValueError, KeyError, TypeError):
         return  # an unreadable model fails, in one line, where it is loaded
