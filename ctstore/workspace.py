@@ -21,8 +21,11 @@ handle and manifest names are in :mod:`ctstore.artifact`, the locks in
 
 from __future__ import annotations
 
+import errno
 import json
 import os
+import re
+import stat
 import time
 
 from . import __version__
@@ -31,6 +34,8 @@ from .build import build_artifact
 from .errors import CtstoreError, one_line
 from .location import Location
 from .locks import ArtifactLock, lock_owner_alive
+from .manifest import is_fingerprint
+from .manifest import problem as manifest_problem
 
 __all__ = ["Artifact", "KINDS", "Workspace", "build_artifact"]
 
@@ -96,10 +101,12 @@ class Workspace:
         must not take the rest of the workspace down, so :meth:`list` skips it
         and :meth:`unreadable` reports it.
         """
+        if kind not in KINDS or not is_fingerprint(fp):  # a name from a manifest or code, never a path
+            return None, f"{one_line(kind)}/{one_line(fp)}: not a kind and a fingerprint ([0-9a-f]{{20}})"
         path = f"{self.artifact_path(kind, fp)}/{MANIFEST}"
         try:
-            with self.fs.open(path, "rb") as f:
-                manifest = json.loads(f.read().decode("utf-8"))
+            with self._open_manifest(path) as f:
+                manifest = json.loads(f.read(MAX_MANIFEST_BYTES + 1).decode("utf-8"))
         except (FileNotFoundError, NotADirectoryError):
             return None, None
         except (ValueError, UnicodeDecodeError) as exc:  # JSONDecodeError is a ValueError
@@ -108,6 +115,10 @@ class Workspace:
             return None, f"{one_line(path)}: manifest is a directory"
         except PermissionError:
             return None, f"{one_line(path)}: manifest cannot be read (permission denied)"
+        except _NotRegular as exc:
+            return None, f"{one_line(path)}: manifest {exc}"
+        except OSError as exc:
+            return None, f"{one_line(path)}: manifest cannot be read ({one_line(exc.strerror or exc)})"
         if not isinstance(manifest, dict):
             what = {type(None): "null", str: "a string", list: "a list", bool: "a boolean"}.get(
                 type(manifest), "a number")
@@ -115,7 +126,25 @@ class Workspace:
         if manifest.get("kind", kind) != kind or manifest.get("fingerprint", fp) != fp:
             return None, (f"{one_line(path)}: manifest describes {manifest.get('kind')}/"
                           f"{manifest.get('fingerprint')}, not {kind}/{fp}")
+        problem = manifest_problem(manifest, kind)
+        if problem is not None:
+            return None, f"{one_line(path)}: manifest is invalid: {one_line(problem)}"
         return manifest, None
+
+    def _open_manifest(self, path: str):
+        """The manifest, opened without following a symlink and only if it is a regular file (never a FIFO)."""
+        if not self.is_local:
+            return self.fs.open(path, "rb")
+        try:
+            fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK)
+        except OSError as exc:
+            if exc.errno == errno.ELOOP:
+                raise _NotRegular("is a symbolic link") from None
+            raise
+        if not stat.S_ISREG(os.fstat(fd).st_mode):
+            os.close(fd)
+            raise _NotRegular("is not a regular file")
+        return os.fdopen(fd, "rb")
 
     def unreadable(self, kind: str | None = None) -> list[tuple[str, str, str]]:
         """``(kind, fingerprint, problem)`` of every artifact whose manifest exists but cannot be used."""
@@ -128,25 +157,26 @@ class Workspace:
         return out
 
     def get(self, ref: str, kind: str | None = None) -> Artifact:
-        """Resolve ``FP``, a unique prefix of one, ``kind/FP``, or a path to an artifact directory."""
-        ref = ref.rstrip("/")
-        if os.path.isdir(ref) and os.path.exists(os.path.join(ref, MANIFEST)):
-            ref_abs = os.path.abspath(ref)
-            try:
-                with open(os.path.join(ref_abs, MANIFEST), "rb") as f:
-                    manifest = json.loads(f.read().decode("utf-8"))
-            except (ValueError, UnicodeDecodeError, OSError) as exc:
-                raise CtstoreError(f"{one_line(ref)}: manifest is unreadable ({one_line(exc)})") from None
-            if not isinstance(manifest, dict) or not {"kind", "fingerprint"} <= manifest.keys():
-                raise CtstoreError(f"{one_line(ref)}: manifest is not an artifact manifest")
-            ws = Workspace(os.path.dirname(os.path.dirname(ref_abs)))
-            return ws._checked(Artifact(ws, manifest["kind"], manifest["fingerprint"], manifest), kind, ref)
-        if "/" in ref:
-            kind_part, fp = ref.rsplit("/", 1)
-            kind = kind or kind_part.rsplit("/", 1)[-1]
-        else:
-            fp = ref
-        matches = [a for a in self.list() if a.fingerprint.startswith(fp)]
+        """Resolve ``FP``, a unique prefix of one, or ``kind/FP`` (as typed on the command line).
+
+        Never a path: a reference is looked up in this workspace's listing, so it
+        cannot reach a directory outside it. Code that follows a manifest's
+        ``inputs`` passes full fingerprints (the manifest schema guarantees them).
+        """
+        text = ref.rstrip("/")
+        fp = text
+        if "/" in text:
+            kind_part, fp = text.split("/", 1)
+            if kind_part not in KINDS:
+                raise CtstoreError(f"{one_line(ref)}: not a fingerprint, a prefix of one or <kind>/<fingerprint> "
+                                   f"(kinds: {', '.join(KINDS)}; paths are not accepted)")
+            if kind and kind_part != kind:
+                raise CtstoreError(f"{one_line(ref)}: is a {kind_part} reference, expected {kind}")
+            kind = kind_part
+        if _FP_PREFIX.fullmatch(fp) is None:
+            raise CtstoreError(f"{one_line(ref)}: not a fingerprint or a prefix of one (1 to 20 of 0-9a-f; "
+                               "paths are not accepted)")
+        matches = [a for a in self.list(None) if a.fingerprint.startswith(fp)]
         if not matches:
             broken = [p for k, f, p in self.unreadable() if f.startswith(fp) and (kind is None or k == kind)]
             if broken:
@@ -276,6 +306,14 @@ class Workspace:
                 except FileNotFoundError:
                     pass
         return victims
+
+
+MAX_MANIFEST_BYTES = 256 << 20  # a manifest lists one hash per file; far below this even for huge stores
+_FP_PREFIX = re.compile(r"[0-9a-f]{1,20}")
+
+
+class _NotRegular(Exception):
+    """The manifest path is a symlink, FIFO, device or socket: never opened for reading."""
 
 
 def _created(manifest: dict) -> float:

@@ -737,3 +737,138 @@ def test_k0_reaches_s3_with_options_only_from_ctstore_storage_options(tmp_path, 
     verify = subprocess.run([sys.executable, "-m", "ctstore.cli", "verify", there["fingerprint"], "-w",
                              "s3://ctstore/options-only"], capture_output=True, text=True, env=env)
     assert verify.returncode == 0, verify.stderr
+
+
+# ---------------------------------------------------------------------------------------
+# issue 20: never read, hash or delete outside the workspace; no hangs; no silent wrong runs
+
+
+def _main(capsys, *args) -> tuple[int, str]:
+    """Run the CLI in-process; returns (status, stdout + stderr) and checks the error form when it fails."""
+    from ctstore.cli import main
+
+    capsys.readouterr()
+    rc = main([str(a) for a in args])
+    captured = capsys.readouterr()
+    err = captured.err
+    if rc == 2:
+        lines = [line for line in err.splitlines() if line.startswith("ctstore: error:")]
+        assert len(lines) == 1 and "Traceback" not in err, err
+    return rc, captured.out + err
+
+
+def _edit_manifest(artifact, edit) -> None:
+    path = os.path.join(artifact.path, "manifest.json")
+    manifest = json.load(open(path))
+    edit(manifest)
+    with open(path, "w") as f:
+        json.dump(manifest, f)
+
+
+def _hashed_tokens(ws, docs, n_vocab=40):
+    """A tokens artifact holding ``docs`` whose manifest records file hashes, as a real stage writes it."""
+    from conftest import write_tokens
+    from ctstore.integrity import hash_files
+
+    art = write_tokens(ws, docs, n_vocab=n_vocab)
+    body = {k: v for k, v in art.manifest.items() if k not in ("kind", "fingerprint", "created", "path")}
+    return ws.publish("tokens", art.fingerprint, {**body, "files": hash_files(art.location)})
+
+
+@pytest.fixture
+def tiny_tokens(ws):
+    rng = np.random.default_rng(3)
+    return _hashed_tokens(ws, [list(rng.integers(0, 40, 30)) for _ in range(20)])
+
+
+@pytest.fixture
+def outside(tmp_path):
+    d = tmp_path / "outside"
+    d.mkdir()
+    (d / "secret.txt").write_text("attacker-chosen secret")
+    return d
+
+
+def test_files_key_outside_the_artifact_is_an_unreadable_manifest_not_an_oracle(ws, tiny_tokens, outside, capsys):
+    _edit_manifest(tiny_tokens, lambda m: m["files"].update({"../../../outside/secret.txt": "00" * 16 + ":22"}))
+    rc, err = _main(capsys, "verify", tiny_tokens.fingerprint, "-w", ws.root)
+    assert rc == 2 and "manifest is invalid: files key '../../../outside/secret.txt'" in err
+    assert "22 bytes" not in err and "bytes, expected" not in err
+    rc, err = _main(capsys, "ls", "-w", ws.root)
+    assert rc == 0 and "UNREADABLE" in err
+
+
+def test_shard_name_outside_the_artifact_is_never_counted(ws, tiny_tokens, outside, capsys):
+    import shutil
+
+    shutil.copy(os.path.join(tiny_tokens.path, tiny_tokens.manifest["shards"][0]["name"]), outside / "x.parquet")
+    _edit_manifest(tiny_tokens, lambda m: m["shards"][0].update(name="../../../outside/x.parquet"))
+    rc, err = _main(capsys, "count", tiny_tokens.fingerprint, "-w", ws.root, "--lags", "2", "--scheduler", "sync")
+    assert rc == 2 and "shards[0].name" in err and ws.list("counts") == []
+
+
+def test_inputs_that_are_paths_are_never_followed(ws, tiny_tokens, outside, capsys):
+    _edit_manifest(tiny_tokens, lambda m: m.update(inputs={"tokens": "../../outside/evil00"}))
+    rc, err = _main(capsys, "verify", tiny_tokens.fingerprint, "-w", ws.root)
+    assert rc == 2 and "inputs.tokens is not a fingerprint" in err
+    # an embeddings artifact whose counts input is an absolute directory: seed refuses before reading it
+    fp = "e" * 20
+    os.makedirs(os.path.join(ws.root, "embeddings", fp))
+    with open(os.path.join(ws.root, "embeddings", fp, "manifest.json"), "w") as f:
+        json.dump({"kind": "embeddings", "fingerprint": fp, "format_version": 1, "inputs": {"counts": str(outside)}}, f)
+    rc, err = _main(capsys, "seed", fp, "-w", ws.root)
+    assert rc == 2 and "inputs.counts is not a fingerprint" in err and ws.list("model") == []
+
+
+@pytest.mark.parametrize("ref", ["{outside}", "{ws}/tokens/{fp}", "../tokens/{fp}", "tokens/../{fp}", "x/{fp}"])
+def test_get_never_accepts_a_path(ws, tiny_tokens, outside, ref):
+    ref = ref.format(outside=outside, ws=ws.root, fp=tiny_tokens.fingerprint)
+    with pytest.raises(CtstoreError, match="paths are not accepted|not a fingerprint"):
+        ws.get(ref)
+    assert ws.get(f"tokens/{tiny_tokens.fingerprint[:6]}") == ws.get(tiny_tokens.fingerprint)
+
+
+_JSON = st.recursive(st.none() | st.booleans() | st.integers() | st.floats() | st.text(max_size=12),
+                     lambda inner: st.lists(inner, max_size=3) | st.dictionaries(st.text(max_size=8), inner,
+                                                                                 max_size=3), max_leaves=6)
+_FIELDS = ["files", "created", "inputs", "shards", "final_val_ppl", "n_vocab", "tokens", "params", "tokenizer"]
+
+
+@settings(max_examples=60, deadline=None, suppress_health_check=list(HealthCheck))
+@given(field=st.sampled_from(_FIELDS), value=_JSON | st.sampled_from(
+    ["yesterday", "../../x", "/etc/passwd", "abc", {"a": "b"}, {"../x": "00:1"}, [{"name": "../p"}], "x"]))
+def test_any_manifest_field_value_gives_a_listing_or_one_line(tmp_path_factory, capsys, field, value):
+    """A hypothesis strategy over manifest fields: ls lists the other artifacts and reports this one on its own
+    line; show/verify/count either work or fail in one line; nothing is read outside the artifact."""
+    ws = Workspace(str(tmp_path_factory.mktemp("ws")))
+    good = _hashed_tokens(ws, [[1, 2, 3, 4], [2, 3, 4, 5]], n_vocab=8)
+    bad = _hashed_tokens(ws, [[1, 2, 3, 4, 5, 6]], n_vocab=8)
+    _edit_manifest(bad, lambda m: m.update({field: value}))
+    rc, listed = _main(capsys, "ls", "-w", ws.root)
+    assert rc == 0 and good.fingerprint in listed and bad.fingerprint in listed, listed
+    for command in (["show"], ["verify"], ["count", "--lags", "1", "--scheduler", "sync"]):
+        rc, err = _main(capsys, command[0], bad.fingerprint, *command[1:], "-w", ws.root)
+        assert rc in (0, 1, 2), err
+
+
+def test_fifo_and_device_in_an_artifact_fail_in_one_line_within_seconds(ws, tiny_tokens, capsys):
+    shard = os.path.join(tiny_tokens.path, tiny_tokens.manifest["shards"][0]["name"])
+    os.remove(shard)
+    os.mkfifo(shard)
+    t0 = time.monotonic()
+    rc, err = _main(capsys, "verify", tiny_tokens.fingerprint, "-w", ws.root)
+    assert rc == 1 and "is a FIFO, not a regular file" in err
+    rc, err = _main(capsys, "count", tiny_tokens.fingerprint, "-w", ws.root, "--lags", "1", "--scheduler", "sync")
+    assert rc == 2 and "is a FIFO" in err
+    os.remove(shard)
+    os.symlink("/dev/zero", shard)
+    rc, err = _main(capsys, "verify", tiny_tokens.fingerprint, "-w", ws.root)
+    assert rc == 1 and "symbolic link" in err
+    rc, err = _main(capsys, "count", tiny_tokens.fingerprint, "-w", ws.root, "--lags", "1", "--scheduler", "sync")
+    assert rc == 2 and "symbolic link" in err
+    manifest = os.path.join(tiny_tokens.path, "manifest.json")
+    os.remove(manifest)
+    os.mkfifo(manifest)
+    rc, err = _main(capsys, "ls", "-w", ws.root)
+    assert rc == 0 and "not a regular file" in err
+    assert time.monotonic() - t0 < 20
