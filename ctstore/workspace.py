@@ -25,6 +25,7 @@ import errno
 import json
 import os
 import re
+import shutil
 import stat
 import time
 
@@ -34,7 +35,8 @@ from .build import build_artifact
 from .errors import CtstoreError, one_line
 from .location import Location
 from .locks import ArtifactLock, lock_owner_alive
-from .manifest import is_fingerprint
+from .log import log
+from .manifest import relative_name_problem
 from .manifest import problem as manifest_problem
 
 __all__ = ["Artifact", "KINDS", "Workspace", "build_artifact"]
@@ -57,12 +59,38 @@ class Workspace:
         self.url = self.location.url
         if self.is_local and os.path.exists(self.root) and not os.path.isdir(self.root):
             raise CtstoreError(f"workspace {root}: exists and is not a directory")
+        new = self.is_local and not os.path.exists(self.root)
         try:
             self.fs.makedirs(self.root, exist_ok=True)
+            if new:  # ctstore created it: it is a workspace
+                self.mark()
         except (FileExistsError, NotADirectoryError):
             raise CtstoreError(f"workspace {root}: a path component is a file") from None
         except PermissionError:
             raise CtstoreError(f"workspace {root}: permission denied") from None
+
+    # -- the workspace marker ------------------------------------------------------------
+    @property
+    def marker(self) -> Location:
+        return self.location.child(MARKER)
+
+    def is_marked(self) -> bool:
+        try:
+            return self.marker.exists()
+        except OSError:
+            return False
+
+    def mark(self) -> None:
+        """Write ``<root>/.ctstore-workspace`` (once): what ``gc`` requires before it deletes anything here."""
+        if not self.is_marked():
+            self.marker.write_atomic(json.dumps({"ctstore_workspace": 1, "created_by": __version__}).encode())
+
+    def require_marker(self, action: str) -> None:
+        if not self.is_marked():
+            raise CtstoreError(
+                f"{one_line(self.url)}: not a ctstore workspace (no {MARKER} marker), so {action} removes "
+                f"nothing; if it is a workspace written by an older ctstore, mark it with "
+                f"`touch {one_line(self.marker.url)}` (any stage run in it also marks it)")
 
     # -- paths ---------------------------------------------------------------------------
     def artifact_path(self, kind: str, fp: str) -> str:
@@ -101,8 +129,8 @@ class Workspace:
         must not take the rest of the workspace down, so :meth:`list` skips it
         and :meth:`unreadable` reports it.
         """
-        if kind not in KINDS or not is_fingerprint(fp):  # a name from a manifest or code, never a path
-            return None, f"{one_line(kind)}/{one_line(fp)}: not a kind and a fingerprint ([0-9a-f]{{20}})"
+        if kind not in KINDS or relative_name_problem(fp, plain=True) is not None:  # never a path
+            return None, f"{one_line(kind)}/{one_line(fp)}: not a kind and a fingerprint"
         path = f"{self.artifact_path(kind, fp)}/{MANIFEST}"
         try:
             with self._open_manifest(path) as f:
@@ -233,6 +261,7 @@ class Workspace:
         A leftover incomplete directory is removed unless ``keep_partial`` (a
         stage that resumes from its own partial output asks for that).
         """
+        self.mark()  # writing makes it a workspace (a workspace of an older ctstore gets its marker here)
         path = self.artifact_path(kind, fp)
         if self.fs.exists(path) and not keep_partial:
             self.fs.rm(path, recursive=True)
@@ -286,7 +315,15 @@ class Workspace:
 
         ``unreadable=True`` also removes artifacts whose manifest exists but cannot
         be read (they are kept otherwise: the data may still be worth rescuing).
+
+        Deletion rules (docs/reliability.md): nothing is removed from a directory
+        without the workspace marker; nothing is removed through a symbolic link
+        (a ``tmp``, ``.locks`` or ``<kind>`` directory that is a link leading
+        elsewhere is left alone and named; a link itself is unlinked, never
+        followed); an export's leftover ``OUT.partial-*`` is removed only when its
+        export is not running and the workspace recorded it.
         """
+        self.require_marker("gc")
         victims = self.incomplete()
         if unreadable:
             victims += [self.artifact_path(k, fp) for k, fp, _ in self.unreadable() if not self._locked(k, fp)]
@@ -295,17 +332,149 @@ class Workspace:
             for name in self._children(tmp):
                 if self._scratch_locked(name):  # also <kind>-<fp>: the lock of the artifact being built
                     continue
+                if name.startswith(EXPORT_RECORD) and self._removable(os.path.join(tmp, name)):
+                    victims += _export_leftovers(os.path.join(tmp, name))
                 victims.append(os.path.join(tmp, name))
             for name in self._children(f"{self.root}/.locks"):
                 if not lock_owner_alive(f"{self.root}/.locks/{name}"):
                     victims.append(f"{self.root}/.locks/{name}")
+            inside, outside = [], []
+            for path in victims:
+                (inside if self._removable(path) else outside).append(path)
+            for path in outside:
+                log(f"gc: {one_line(path)} is reached through a symbolic link leading out of the workspace; "
+                    "left alone")
+            victims = inside
         if not dry_run:
             for path in victims:
                 try:
-                    self.fs.rm(path, recursive=True)
+                    if self.is_local:
+                        _remove_local(path)
+                    else:
+                        self.fs.rm(path, recursive=True)
                 except FileNotFoundError:
                     pass
         return victims
+
+    def _removable(self, path: str) -> bool:
+        """True when removing ``path`` cannot touch anything outside the workspace (local only).
+
+        Its parent directory must really be inside the workspace (no symlinked
+        ``tmp``/``.locks``/``<kind>``); ``path`` itself may be a link (only the link
+        is removed). An export leftover lies outside by design; :func:`_export_leftovers`
+        checked it.
+        """
+        if EXPORT_PARTIAL.search(os.path.basename(path)) and not path.startswith(self.root + "/"):
+            return True
+        base = os.path.realpath(self.root)
+        parent = os.path.realpath(os.path.dirname(path))
+        return parent == base or parent.startswith(base + os.sep)
+
+    # -- exports (their partial output lies outside the workspace) ---------------------------
+    def export_record(self, out_dir: str):
+        """Context manager held while an export writes ``out_dir.partial-*``: a killed export's leftover is
+        then known to ``gc`` (a scratch lock + ``tmp/export-<hash>`` naming ``out_dir``)."""
+        return _ExportRecord(self, out_dir)
+
+
+EXPORT_RECORD = "export-"
+EXPORT_PARTIAL = re.compile(r"\.partial-[0-9a-f]{8}$")
+MARKER = ".ctstore-workspace"
+_FP = re.compile(r"[0-9a-f]{20}")
+
+
+class _ExportRecord:
+    def __init__(self, ws: "Workspace", out_dir: str):
+        import hashlib
+
+        self.ws, self.out_dir = ws, os.path.abspath(out_dir)
+        self.name = EXPORT_RECORD + hashlib.sha256(self.out_dir.encode()).hexdigest()[:16]
+        self.lock = ws.scratch_lock(self.name) if ws.is_local else None
+
+    def __enter__(self):
+        if self.lock is None:
+            return self
+        self.lock.__enter__()
+        self.path = os.path.join(self.ws.root, "tmp", self.name)
+        os.makedirs(os.path.dirname(self.path), exist_ok=True)
+        with open(self.path, "w") as f:
+            json.dump({"out_dir": self.out_dir}, f)
+        return self
+
+    def __exit__(self, *exc):
+        if self.lock is None:
+            return
+        try:
+            os.remove(self.path)
+        except FileNotFoundError:
+            pass
+        self.lock.__exit__(*exc)
+
+
+def _export_leftovers(record: str) -> list[str]:
+    """The ``OUT.partial-<8 hex>`` directories of a dead export recorded in ``record`` (none holds a workspace)."""
+    try:
+        with open(record, "rb") as f:
+            out_dir = json.loads(f.read(1 << 16)).get("out_dir")
+    except (OSError, ValueError, AttributeError):
+        return []
+    if not isinstance(out_dir, str) or not os.path.isabs(out_dir):
+        return []
+    parent, base = os.path.dirname(out_dir), os.path.basename(out_dir)
+    out = []
+    for name in _listdir(parent):
+        path = os.path.join(parent, name)
+        if (name.startswith(base + ".partial-") and EXPORT_PARTIAL.search(name)
+                and os.path.isdir(path) and not os.path.islink(path) and not contains_workspace(path)):
+            out.append(path)
+    return out
+
+
+def contains_workspace(path: str) -> bool:
+    """True when ``path`` or a directory below it holds a workspace marker or a workspace's layout."""
+    for top, dirs, files in os.walk(path):  # never follows links
+        if MARKER in files or looks_like_workspace(top, dirs):
+            return True
+    return False
+
+
+def looks_like_workspace(path: str, dirs: list[str] | None = None) -> bool:
+    """A marker, or the layout of one written before markers: ``.locks/`` or ``<kind>/<fingerprint>/``."""
+    if os.path.exists(os.path.join(path, MARKER)):
+        return True
+    if dirs is None:
+        dirs = [d for d in _listdir(path) if os.path.isdir(os.path.join(path, d))]
+    if ".locks" in dirs:
+        return True
+    return any(kind in dirs and any(_FP.fullmatch(name) for name in _listdir(os.path.join(path, kind)))
+               for kind in KINDS)
+
+
+def inside_workspace(path: str) -> str | None:
+    """The workspace that ``path`` is or lies in (itself or an ancestor), or None."""
+    probe = os.path.realpath(path)
+    while True:
+        if os.path.isdir(probe) and looks_like_workspace(probe):
+            return probe
+        parent = os.path.dirname(probe)
+        if parent == probe:
+            return None
+        probe = parent
+
+
+def _listdir(path: str) -> list[str]:
+    try:
+        return os.listdir(path)
+    except OSError:
+        return []
+
+
+def _remove_local(path: str) -> None:
+    """Remove a file, a link (the link only) or a directory tree without following any link."""
+    if os.path.islink(path) or not os.path.isdir(path):
+        os.remove(path)
+    else:
+        shutil.rmtree(path)  # unlinks links inside, never follows them
 
 
 MAX_MANIFEST_BYTES = 256 << 20  # a manifest lists one hash per file; far below this even for huge stores

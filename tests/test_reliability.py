@@ -872,3 +872,104 @@ def test_fifo_and_device_in_an_artifact_fail_in_one_line_within_seconds(ws, tiny
     rc, err = _main(capsys, "ls", "-w", ws.root)
     assert rc == 0 and "not a regular file" in err
     assert time.monotonic() - t0 < 20
+
+
+def test_gc_refuses_a_directory_without_the_workspace_marker(tmp_path, capsys):
+    plain = tmp_path / "project"
+    for sub in ("model/mine", "tmp/notes", "report/draft"):
+        (plain / sub).mkdir(parents=True)
+        (plain / sub / "keep.txt").write_text("user data")
+    rc, err = _main(capsys, "gc", "-w", plain)
+    assert rc == 2 and "not a ctstore workspace (no .ctstore-workspace marker)" in err and "touch " in err
+    assert all((plain / sub / "keep.txt").exists() for sub in ("model/mine", "tmp/notes", "report/draft"))
+    fresh = Workspace(str(tmp_path / "fresh"))  # a workspace ctstore creates is marked at once
+    assert fresh.is_marked() and fresh.gc() == []
+    (plain / ".ctstore-workspace").write_text("{}")  # the documented migration of an older workspace
+    assert Workspace(str(plain)).gc(dry_run=True)
+
+
+@pytest.mark.parametrize("link", ["tmp", "model", ".locks"])
+def test_gc_never_follows_a_symlink_out_of_the_workspace(ws, tmp_path, tiny_tokens, link, capsys):
+    shared = tmp_path / "shared"
+    (shared / "sub").mkdir(parents=True)
+    (shared / "a.txt").write_text("shared")
+    (shared / "sub" / "b.txt").write_text("shared")
+    (shared / "c.lock").write_text("x")
+    target = os.path.join(ws.root, link)
+    if os.path.isdir(target):
+        os.rmdir(target)
+    os.symlink(shared, target)
+    (tmp_path / "elsewhere").mkdir()
+    os.symlink(tmp_path / "elsewhere", os.path.join(ws.root, "tokens", "0" * 20))  # a link as an artifact dir
+    rc, err = _main(capsys, "gc", "-w", ws.root)
+    assert rc == 0 and "symbolic link leading out of the workspace" in err
+    assert sorted(os.listdir(shared)) == ["a.txt", "c.lock", "sub"] and (shared / "sub" / "b.txt").exists()
+    assert (tmp_path / "elsewhere").is_dir() and not os.path.lexists(os.path.join(ws.root, "tokens", "0" * 20))
+    assert ws.list() == [tiny_tokens]
+
+
+def test_fifo_in_locks_does_not_hang_gc(ws, tiny_tokens):
+    os.makedirs(os.path.join(ws.root, ".locks"), exist_ok=True)
+    fifo = os.path.join(ws.root, ".locks", "counts-" + "1" * 20 + ".lock")
+    os.mkfifo(fifo)
+    t0 = time.monotonic()
+    assert fifo in ws.gc() and not os.path.lexists(fifo)
+    os.mkfifo(fifo)
+    with pytest.raises(CtstoreError, match="lock file is not a regular file"):
+        with ws.lock("counts", "1" * 20):
+            pass
+    assert time.monotonic() - t0 < 5
+
+
+@pytest.mark.parametrize("where", ["root", "parent", "inside"])
+def test_export_force_never_replaces_a_workspace(tmp_path, capsys, where):
+    ws = Workspace(str(tmp_path / "top" / "ws"))
+    model, _ = _tiny_run_inputs(ws)
+    target = {"root": ws.root, "parent": str(tmp_path / "top"), "inside": os.path.join(ws.root, "tokens")}[where]
+    before = sorted(os.listdir(ws.root))
+    rc, err = _main(capsys, "export", model.fingerprint, target, "--force", "-w", ws.root)
+    assert rc == 2 and "workspace" in err
+    assert sorted(os.listdir(ws.root)) == before and ws.list("model") == [model]
+    other = Workspace(str(tmp_path / "other"))  # a workspace that is not the one exported from
+    rc, err = _main(capsys, "export", model.fingerprint, str(tmp_path / "other"), "--force", "-w", ws.root)
+    assert rc == 2 and "workspace" in err and other.is_marked()
+
+
+def test_gc_removes_a_killed_exports_partial_directory(tmp_path, capsys, monkeypatch):
+    import ctstore.export as export
+
+    ws = Workspace(str(tmp_path / "ws"))
+    model, _ = _tiny_run_inputs(ws)
+    out = tmp_path / "hf"
+
+    def killed(*a, **k):
+        raise SystemExit(137)  # as if killed while writing: nothing cleans up
+    monkeypatch.setattr(export, "neox_state_dict", killed)
+    monkeypatch.setattr("ctstore.location._remove", lambda loc: None)
+    # a kill runs no cleanup; only the kernel drops the process's lock (its record stays in tmp/)
+    monkeypatch.setattr("ctstore.workspace._ExportRecord.__exit__", lambda self, *exc: self.lock.__exit__(*exc))
+    with pytest.raises(SystemExit):
+        _main(capsys, "export", model.fingerprint, out, "-w", ws.root)
+    monkeypatch.undo()
+    leftovers = [p for p in os.listdir(tmp_path) if p.startswith("hf.partial-")]
+    assert leftovers and not out.exists()
+    removed = ws.gc()
+    assert str(tmp_path / leftovers[0]) in removed and not os.path.exists(tmp_path / leftovers[0])
+    assert sorted(os.listdir(tmp_path)) == ["ws"]
+
+
+def test_a_partial_file_left_by_a_kill_is_never_hashed_into_a_published_artifact(ws):
+    from ctstore.workspace import build_artifact
+
+    def build(path):
+        with open(os.path.join(path, "checkpoint.safetensors"), "wb") as f:
+            f.write(b"complete")
+        with open(os.path.join(path, "checkpoint.safetensors.partial-1a2b3c4d"), "wb") as f:
+            f.write(b"torn")  # what a kill between write and rename leaves
+        return {"params": {}, "inputs": {}}
+
+    run, _ = build_artifact(ws, "run", "2" * 20, build)
+    assert list(run.manifest["files"]) == ["checkpoint.safetensors"]
+    assert os.listdir(run.path) == ["checkpoint.safetensors", "manifest.json"] or \
+        sorted(os.listdir(run.path)) == ["checkpoint.safetensors", "manifest.json"]
+    assert verify_artifact(run) == []
