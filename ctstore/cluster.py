@@ -22,7 +22,7 @@ import logging
 import os
 from dataclasses import dataclass
 
-from .errors import CtstoreError
+from .errors import CtstoreError, one_line
 from .log import log, progress, progress_disabled
 from .units import format_bytes, parse_memory
 
@@ -89,6 +89,44 @@ def round_robin(blocks, n_tasks: int = TASK_GROUPS) -> list[list]:
     return [list(blocks[i::n_tasks]) for i in range(min(n_tasks, len(blocks)))]
 
 
+HANDSHAKE_TIMEOUT = 5.0  # seconds to connect to a --scheduler address and hear it answer as a Dask scheduler
+
+
+def probe_scheduler(address: str, timeout: float | None = None) -> None:
+    """Fail in one line unless ``address`` answers as a Dask scheduler within ``timeout`` seconds.
+
+    ``distributed.Client`` bounds the TCP connect but not the handshake after
+    it, so a server that accepts and never answers (or an HTTP server) made
+    ``--scheduler`` wait forever. This sends the scheduler's ``identity`` request
+    itself with every step under one deadline.
+    """
+    import asyncio
+
+    timeout = HANDSHAKE_TIMEOUT if timeout is None else timeout
+
+    async def identity():
+        from distributed.comm import connect
+
+        comm = await connect(address, timeout=timeout)
+        try:
+            await comm.write({"op": "identity", "reply": True})
+            return await comm.read()
+        finally:
+            comm.abort()
+
+    where = f"--scheduler {one_line(address)}"
+    try:
+        reply = asyncio.run(asyncio.wait_for(identity(), timeout))
+    except (asyncio.TimeoutError, TimeoutError):
+        raise CtstoreError(f"{where}: no answer from a Dask scheduler within {timeout:.0f} s") from None
+    except (ValueError, TypeError) as exc:
+        raise CtstoreError(f"{where}: not a scheduler address such as tcp://HOST:8786 ({one_line(exc)})") from None
+    except Exception as exc:  # OSError, CommClosedError, a server speaking another protocol
+        raise CtstoreError(f"{where}: cannot connect ({one_line(exc) or type(exc).__name__})") from None
+    if not isinstance(reply, dict) or reply.get("type") != "Scheduler":
+        raise CtstoreError(f"{where}: answered, but not as a Dask scheduler")
+
+
 class Runner:
     """Run functions over lists of arguments on the configured scheduler, with progress."""
 
@@ -125,10 +163,12 @@ class Runner:
             )
             self.client = Client(self.cluster)
         else:
+            probe_scheduler(self.scheduler)  # a bounded handshake first: Client() alone can wait forever
             try:
-                self.client = Client(self.scheduler, timeout="20s")
-            except (OSError, TimeoutError) as exc:
-                raise CtstoreError(f"--scheduler {self.scheduler}: cannot connect ({exc})") from None
+                self.client = Client(self.scheduler, timeout=f"{HANDSHAKE_TIMEOUT}s")
+            except (OSError, TimeoutError, ValueError) as exc:
+                raise CtstoreError(f"--scheduler {one_line(self.scheduler)}: cannot connect "
+                                   f"({one_line(exc)})") from None
         log(f"dask: {len(self.client.scheduler_info(n_workers=-1)['workers'])} worker(s); "
             f"dashboard {self.client.dashboard_link}")
         return self

@@ -973,3 +973,32 @@ def test_a_partial_file_left_by_a_kill_is_never_hashed_into_a_published_artifact
     assert os.listdir(run.path) == ["checkpoint.safetensors", "manifest.json"] or \
         sorted(os.listdir(run.path)) == ["checkpoint.safetensors", "manifest.json"]
     assert verify_artifact(run) == []
+
+
+@pytest.fixture
+def silent_servers():
+    """A TCP server that accepts and never answers, and an HTTP server: neither is a Dask scheduler."""
+    import http.server
+    import threading
+
+    silent = socket.socket()
+    silent.bind(("127.0.0.1", 0))
+    silent.listen(8)
+    httpd = http.server.ThreadingHTTPServer(("127.0.0.1", 0), http.server.SimpleHTTPRequestHandler)
+    thread = threading.Thread(target=httpd.serve_forever, daemon=True)
+    thread.start()
+    yield {"silent": f"tcp://127.0.0.1:{silent.getsockname()[1]}", "http": f"tcp://127.0.0.1:{httpd.server_port}",
+           "http-url": f"http://127.0.0.1:{httpd.server_port}", "garbage": "not an address"}
+    httpd.shutdown()
+    silent.close()
+
+
+@pytest.mark.parametrize("which", ["silent", "http", "http-url", "garbage"])
+def test_scheduler_that_never_answers_fails_in_one_line_within_seconds(ws, tiny_tokens, silent_servers, capsys,
+                                                                        monkeypatch, which):
+    monkeypatch.setattr("ctstore.cluster.HANDSHAKE_TIMEOUT", 2.0)
+    t0 = time.monotonic()
+    rc, err = _main(capsys, "count", tiny_tokens.fingerprint, "-w", ws.root, "--lags", "1", "--scheduler",
+                    silent_servers[which])
+    assert rc == 2 and "--scheduler" in err and time.monotonic() - t0 < 15
+    assert ws.list("counts") == []
