@@ -1002,3 +1002,58 @@ def test_scheduler_that_never_answers_fails_in_one_line_within_seconds(ws, tiny_
                     silent_servers[which])
     assert rc == 2 and "--scheduler" in err and time.monotonic() - t0 < 15
     assert ws.list("counts") == []
+
+
+def _sft(capsys, ws, model, tokens, *extra):
+    return _main(capsys, "sft", model.fingerprint, "--tokens", tokens.fingerprint, "-w", ws.root, "--steps", "4",
+                 "--eval-every", "2", "--batch-size", "2", "--device", "cpu", *extra)
+
+
+def test_sft_with_a_huge_lr_stops_on_the_nonfinite_loss_and_publishes_nothing(ws, capsys):
+    model, tokens = _tiny_run_inputs(ws)
+    rc, err = _sft(capsys, ws, model, tokens, "--lr", "1e30")
+    assert rc == 2 and "training diverged; nothing was published" in err
+    assert ws.list("run") == []
+
+
+def test_sft_batch_is_planned_against_memory_before_anything_is_allocated(ws, capsys):
+    import resource
+
+    model, tokens = _tiny_run_inputs(ws)
+    t0, peak = time.monotonic(), resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    rc, err = _sft(capsys, ws, model, tokens, "--batch-size", "100000000")
+    assert rc == 2 and "sft --batch-size 100000000: one step" in err and "--memory 4GB" in err
+    assert time.monotonic() - t0 < 10 and resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - peak < 500_000
+    assert ws.list("run") == [] and not os.listdir(os.path.join(ws.root, "run"))
+
+
+@pytest.mark.skipif(__import__("torch").cuda.is_available(), reason="needs a machine without a GPU")
+def test_sft_on_cuda_without_a_gpu_is_one_line(ws, capsys):
+    model, tokens = _tiny_run_inputs(ws)
+    rc, err = _sft(capsys, ws, model, tokens, "--device", "cuda")
+    assert rc == 2 and "--device cuda: no CUDA GPU" in err
+    rc, err = _sft(capsys, ws, model, tokens, "--device", "quantum")
+    assert rc == 2 and "not a torch device" in err
+
+
+@pytest.mark.parametrize("fraction,empty", [("1e-9", "val"), ("0.999999999", "train")])
+def test_sft_and_eval_on_an_empty_split_are_one_line(ws, capsys, fraction, empty):
+    model, tokens = _tiny_run_inputs(ws)
+    rc, err = _sft(capsys, ws, model, tokens, "--val-fraction", fraction)
+    assert rc == 2 and f"the {empty} split of the documents" in err and "has 0 tokens" in err
+    rc, err = _main(capsys, "eval", model.fingerprint, "--tokens", tokens.fingerprint, "-w", ws.root,
+                    "--val-fraction", fraction, "--split", empty)
+    assert rc == 2 and f"the {empty} split" in err
+
+
+@pytest.mark.parametrize("flag,value", [("--max-new-tokens", "1000000000"), ("--max-new-tokens", "1e9"),
+                                        ("-n", "100000000"), ("-n", "1e8")])
+def test_generate_lengths_are_bounded(ws, capsys, flag, value):
+    model, _ = _tiny_run_inputs(ws)
+    t0 = time.monotonic()
+    with pytest.raises(SystemExit) as exit_:
+        _main(capsys, "generate", model.fingerprint, "--prompt", "hi", flag, value, "-w", ws.root)
+    err = capsys.readouterr().err
+    name = {"-n": "--num-samples"}.get(flag, flag)
+    assert exit_.value.code == 2 and err.count("\n") == 1 and err.startswith(f"ctstore: error: {name}: must be")
+    assert time.monotonic() - t0 < 5

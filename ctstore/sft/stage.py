@@ -58,7 +58,8 @@ class SftParams:
 
 
 def train_model(model_artifact, tokens, workspace: Workspace | None = None, *, params: SftParams | None = None,
-                force: bool = False, device: str | None = None, _stop_at: int | None = None):
+                force: bool = False, device: str | None = None, _stop_at: int | None = None,
+                memory: str | int | None = None):
     """Fine-tune a model artifact on a tokens artifact; returns a ``run`` artifact."""
     ws = workspace or model_artifact.workspace
     params = params or SftParams()
@@ -69,7 +70,7 @@ def train_model(model_artifact, tokens, workspace: Workspace | None = None, *, p
 
     def build(path: str) -> dict:
         return {"format_version": FORMAT_VERSION,
-                **train_into(ws, path, model_artifact, tokens, params, device, _stop_at)}
+                **train_into(ws, path, model_artifact, tokens, params, device, _stop_at, memory)}
 
     return build_artifact(ws, "run", fp, build, force=force, keep_partial=True)[0]
 
@@ -95,7 +96,8 @@ STAGES = (
                   Input("tokens", "tokens", "tokens artifact fingerprint", flag=True)),
           options=(Option("--device", "cpu or cuda (default: cuda when available)"),),
           run=lambda ws, inputs, params, opts: train_model(inputs["model"], inputs["tokens"], ws, params=params,
-                                                           force=opts["force"], device=opts["device"])),
+                                                           force=opts["force"], device=opts["device"],
+                                                           memory=opts["memory"])),
     Stage(name="eval", kind=None, params=None, compute=False, run=_eval_stage,
           help="perplexity of a model (or run) on a tokens split",
           inputs=(Input("model", "any", "model or run artifact fingerprint"),
