@@ -1057,3 +1057,25 @@ def test_generate_lengths_are_bounded(ws, capsys, flag, value):
     name = {"-n": "--num-samples"}.get(flag, flag)
     assert exit_.value.code == 2 and err.count("\n") == 1 and err.startswith(f"ctstore: error: {name}: must be")
     assert time.monotonic() - t0 < 5
+
+
+def test_tokenize_with_a_directory_as_encoding_is_one_line(tmp_path, capsys):
+    (tmp_path / "t.txt").write_text("hello world\n")
+    (tmp_path / "enc").mkdir()
+    rc, err = _main(capsys, "tokenize", tmp_path / "t.txt", "--encoding", f"{tmp_path / 'enc'}/",
+                    "-w", tmp_path / "ws")
+    assert rc == 2 and "encoding file is a directory" in err
+
+
+@pytest.mark.parametrize("bad", [np.nan, np.inf])
+def test_nonfinite_kernel_is_refused_in_one_line(ws, tmp_path, capsys, bad):
+    rng = np.random.default_rng(0)
+    tokens = _hashed_tokens(ws, [list(rng.integers(0, 40, 200)) for _ in range(20)])
+    rc, _ = _main(capsys, "count", tokens.fingerprint, "-w", ws.root, "--lags", "2", "--scheduler", "sync")
+    assert rc == 0
+    kernel = np.ones(16)
+    kernel[3] = bad
+    np.save(tmp_path / "k.npy", kernel)
+    rc, err = _main(capsys, "k0", ws.list("counts")[0].fingerprint, "-w", ws.root, "--method", "fft2", "--kernel",
+                    tmp_path / "k.npy", "--v-eff", "16", "--dim", "4", "--scheduler", "sync")
+    assert rc == 2 and "kernel has a NaN or infinite value (row 3)" in err and ws.list("embeddings") == []
