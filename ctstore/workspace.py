@@ -33,7 +33,7 @@ from . import __version__
 from .artifact import KINDS, MANIFEST, Artifact
 from .build import build_artifact
 from .errors import CtstoreError, one_line
-from .location import Location
+from .location import Location, probe
 from .locks import ArtifactLock, lock_owner_alive
 from .log import log
 from .manifest import relative_name_problem
@@ -60,6 +60,7 @@ class Workspace:
         if self.is_local and os.path.exists(self.root) and not os.path.isdir(self.root):
             raise CtstoreError(f"workspace {root}: exists and is not a directory")
         new = self.is_local and not os.path.exists(self.root)
+        probe(self.location)  # an object store: bad options, no credentials or no endpoint fail here, quickly
         try:
             self.fs.makedirs(self.root, exist_ok=True)
             if new:  # ctstore created it: it is a workspace

@@ -1079,3 +1079,22 @@ def test_nonfinite_kernel_is_refused_in_one_line(ws, tmp_path, capsys, bad):
     rc, err = _main(capsys, "k0", ws.list("counts")[0].fingerprint, "-w", ws.root, "--method", "fft2", "--kernel",
                     tmp_path / "k.npy", "--v-eff", "16", "--dim", "4", "--scheduler", "sync")
     assert rc == 2 and "kernel has a NaN or infinite value (row 3)" in err and ws.list("embeddings") == []
+
+
+@pytest.mark.parametrize("options,problem", [
+    ({"bogus_option": 1}, "storage option 'bogus_option' is not accepted"),
+    ({"endpoint_url": "http://127.0.0.1:9", "key": "a", "secret": "b"}, "cannot reach the object store"),
+    ({"endpoint_url": "http://127.0.0.1:9"}, "no credentials for the object store"),
+])
+def test_s3_workspace_that_cannot_be_reached_is_one_line_quickly(tmp_path, capsys, monkeypatch, options, problem):
+    pytest.importorskip("s3fs")
+    for name in list(os.environ):
+        if name.startswith(("AWS_", "FSSPEC_")):
+            monkeypatch.delenv(name)
+    monkeypatch.setenv("AWS_SHARED_CREDENTIALS_FILE", str(tmp_path / "none"))
+    monkeypatch.setenv("AWS_CONFIG_FILE", str(tmp_path / "none"))
+    monkeypatch.setenv("AWS_EC2_METADATA_DISABLED", "true")
+    monkeypatch.setenv("CTSTORE_STORAGE_OPTIONS", json.dumps(options))
+    t0 = time.monotonic()
+    rc, err = _main(capsys, "ls", "-w", "s3://ctstore-nobucket/ws")
+    assert rc == 2 and problem in err and time.monotonic() - t0 < 15
