@@ -119,7 +119,8 @@ def probe(location: Location) -> None:
         config.setdefault("retries", {"max_attempts": 1})
         options["config_kwargs"] = config
     try:
-        fs, path = fsspec.core.url_to_fs(location.url, skip_instance_cache=True, **options)
+        options["skip_instance_cache"] = True  # its own instance: the bounded timeouts stay with the probe
+        fs, path = fsspec.core.url_to_fs(location.url, **options)
         if isinstance(getattr(fs, "retries", None), int):
             fs.retries = 1  # s3fs retries each call 5 times with back-off of its own
         fs.exists(path)
