@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import logging
 import os
+from contextlib import contextmanager
 from dataclasses import dataclass
 
 from .errors import CtstoreError, one_line
@@ -156,11 +157,12 @@ class Runner:
                 import bokeh  # noqa: F401
             except ImportError:
                 log("dashboard unavailable: install bokeh>=3.1 to get the Dask dashboard")
-            self.cluster = LocalCluster(
-                n_workers=self.plan.n_workers, threads_per_worker=1, processes=True,
-                memory_limit=self.plan.worker_memory, host="127.0.0.1",
-                dashboard_address=self.dashboard, silence_logs=logging.ERROR,
-            )
+            with _sigint_ignored_by_children():
+                self.cluster = LocalCluster(
+                    n_workers=self.plan.n_workers, threads_per_worker=1, processes=True,
+                    memory_limit=self.plan.worker_memory, host="127.0.0.1",
+                    dashboard_address=self.dashboard, silence_logs=logging.ERROR,
+                )
             self.client = Client(self.cluster)
         else:
             probe_scheduler(self.scheduler)  # a bounded handshake first: Client() alone can wait forever
@@ -174,6 +176,9 @@ class Runner:
         return self
 
     def __exit__(self, *exc) -> None:
+        if exc[0] is not None:  # shutting down on an error or Ctrl-C: ctstore's own line is the last word
+            for name in ("distributed", "tornado", "asyncio", "bokeh"):
+                logging.getLogger(name).setLevel(logging.CRITICAL + 1)
         if self.client is not None:
             self.client.close()
         if self.cluster is not None:
@@ -261,6 +266,27 @@ class Runner:
                     f.cancel()
         finally:
             bar.close()
+
+
+@contextmanager
+def _sigint_ignored_by_children():
+    """Start worker processes with SIGINT ignored (a spawned Python keeps an ignored SIGINT ignored).
+
+    Ctrl-C in a terminal reaches the whole process group: workers used to raise
+    KeyboardInterrupt and print dozens of traceback lines after ctstore's own
+    message. Now only the client takes it, closes the cluster and reaps the workers.
+    """
+    import signal
+    import threading
+
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    previous = signal.signal(signal.SIGINT, signal.SIG_IGN)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGINT, previous)
 
 
 def _tracker():

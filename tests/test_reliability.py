@@ -1098,3 +1098,27 @@ def test_s3_workspace_that_cannot_be_reached_is_one_line_quickly(tmp_path, capsy
     t0 = time.monotonic()
     rc, err = _main(capsys, "ls", "-w", "s3://ctstore-nobucket/ws")
     assert rc == 2 and problem in err and time.monotonic() - t0 < 15
+
+
+@pytest.mark.slow
+def test_ctrl_c_to_the_process_group_prints_no_worker_tracebacks(tmp_path):
+    """A terminal's Ctrl-C reaches every process of the group: workers must stay quiet, ctstore speaks last."""
+    import glob
+    import signal
+
+    ws = str(tmp_path / "ws")
+    tokens = json.loads(cli("synth", "--vocab", "20000", "--tokens", "4M", "--shard-tokens", "256K", "-w", ws,
+                            "--json").stdout)
+    cmd = [sys.executable, "-m", "ctstore.cli", "count", tokens["fingerprint"], "-w", ws, "--lags", "8",
+           "--memory", "2GB", "--spill", "-q"]
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True,
+                            env={**os.environ, "CTSTORE_NO_PROGRESS": "1"})
+    deadline = time.time() + 180
+    while time.time() < deadline and not glob.glob(f"{ws}/tmp/counts-*/map-*"):
+        time.sleep(0.05)
+    os.killpg(proc.pid, signal.SIGINT)
+    _, err = proc.communicate(timeout=120)
+    assert proc.returncode == 130, err
+    lines = [line for line in err.splitlines() if line.strip()]
+    assert "Traceback" not in err and lines[-1].startswith("ctstore: interrupted"), err
+    assert Workspace(ws).list("counts") == []
