@@ -1122,3 +1122,28 @@ def test_ctrl_c_to_the_process_group_prints_no_worker_tracebacks(tmp_path):
     lines = [line for line in err.splitlines() if line.strip()]
     assert "Traceback" not in err and lines[-1].startswith("ctstore: interrupted"), err
     assert Workspace(ws).list("counts") == []
+
+
+@pytest.mark.parametrize("field,value,problem", [
+    ("inputs", {"counts": 123}, "inputs.counts is the number 123"),
+    ("files", {"part-00000.parquet": "not-a-hash"}, "is not \"hash:size\""),
+    ("files", ["part-00000.parquet"], "files is a list"),
+    ("created", "yesterday", "created is the string 'yesterday', not a timestamp"),
+    ("final_val_ppl", "abc", "final_val_ppl is the string 'abc', not a number"),
+    ("shards", "x", "shards is the string 'x', not a list"),
+    ("shards", [{"name": "a/b.parquet"}], "shards[0].name contains a path separator"),
+    ("n_vocab", -1, "n_vocab is the number -1"),
+])
+def test_manifest_of_the_wrong_types_is_unreadable_and_ls_lists_the_rest(ws, tiny_tokens, capsys, field, value,
+                                                                        problem):
+    other = _hashed_tokens(ws, [[1, 2, 3]] * 3)
+    _edit_manifest(tiny_tokens, lambda m: m.update({field: value}))
+    rc, out = _main(capsys, "ls", "-w", ws.root)
+    assert rc == 0 and other.fingerprint in out
+    bad_line = [line for line in out.splitlines() if tiny_tokens.fingerprint in line]
+    assert len(bad_line) == 1 and "UNREADABLE" in bad_line[0] and problem in bad_line[0], out
+    for command in ("show", "verify"):
+        rc, err = _main(capsys, command, tiny_tokens.fingerprint, "-w", ws.root)
+        assert rc == 2 and problem in err
+    rc, err = _main(capsys, "count", tiny_tokens.fingerprint, "-w", ws.root, "--lags", "1", "--scheduler", "sync")
+    assert rc == 2 and problem in err and ws.list("counts") == []
