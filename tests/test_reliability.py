@@ -757,6 +757,32 @@ def _main(capsys, *args) -> tuple[int, str]:
     return rc, captured.out + err
 
 
+class _Hung(Exception):
+    pass
+
+
+@pytest.fixture
+def deadline():
+    """``with deadline(s):`` fails the test with _Hung after ``s`` seconds (a hang used to block forever)."""
+    import contextlib
+    import signal
+
+    @contextlib.contextmanager
+    def within(seconds: int):
+        def expire(*_):
+            raise _Hung(f"still running after {seconds} s")
+
+        previous = signal.signal(signal.SIGALRM, expire)
+        signal.alarm(seconds)
+        try:
+            yield
+        finally:
+            signal.alarm(0)
+            signal.signal(signal.SIGALRM, previous)
+
+    return within
+
+
 def _edit_manifest(artifact, edit) -> None:
     path = os.path.join(artifact.path, "manifest.json")
     manifest = json.load(open(path))
@@ -851,7 +877,12 @@ def test_any_manifest_field_value_gives_a_listing_or_one_line(tmp_path_factory, 
         assert rc in (0, 1, 2), err
 
 
-def test_fifo_and_device_in_an_artifact_fail_in_one_line_within_seconds(ws, tiny_tokens, capsys):
+def test_fifo_and_device_in_an_artifact_fail_in_one_line_within_seconds(ws, tiny_tokens, capsys, deadline):
+    with deadline(60):
+        _fifo_and_device(ws, tiny_tokens, capsys)
+
+
+def _fifo_and_device(ws, tiny_tokens, capsys):
     shard = os.path.join(tiny_tokens.path, tiny_tokens.manifest["shards"][0]["name"])
     os.remove(shard)
     os.mkfifo(shard)
@@ -908,7 +939,12 @@ def test_gc_never_follows_a_symlink_out_of_the_workspace(ws, tmp_path, tiny_toke
     assert ws.list() == [tiny_tokens]
 
 
-def test_fifo_in_locks_does_not_hang_gc(ws, tiny_tokens):
+def test_fifo_in_locks_does_not_hang_gc(ws, tiny_tokens, deadline):
+    with deadline(30):
+        _fifo_in_locks(ws)
+
+
+def _fifo_in_locks(ws):
     os.makedirs(os.path.join(ws.root, ".locks"), exist_ok=True)
     fifo = os.path.join(ws.root, ".locks", "counts-" + "1" * 20 + ".lock")
     os.mkfifo(fifo)
@@ -995,11 +1031,12 @@ def silent_servers():
 
 @pytest.mark.parametrize("which", ["silent", "http", "http-url", "garbage"])
 def test_scheduler_that_never_answers_fails_in_one_line_within_seconds(ws, tiny_tokens, silent_servers, capsys,
-                                                                        monkeypatch, which):
+                                                                        monkeypatch, which, deadline):
     monkeypatch.setattr("ctstore.cluster.HANDSHAKE_TIMEOUT", 2.0)
     t0 = time.monotonic()
-    rc, err = _main(capsys, "count", tiny_tokens.fingerprint, "-w", ws.root, "--lags", "1", "--scheduler",
-                    silent_servers[which])
+    with deadline(60):
+        rc, err = _main(capsys, "count", tiny_tokens.fingerprint, "-w", ws.root, "--lags", "1", "--scheduler",
+                        silent_servers[which])
     assert rc == 2 and "--scheduler" in err and time.monotonic() - t0 < 15
     assert ws.list("counts") == []
 
@@ -1016,12 +1053,13 @@ def test_sft_with_a_huge_lr_stops_on_the_nonfinite_loss_and_publishes_nothing(ws
     assert ws.list("run") == []
 
 
-def test_sft_batch_is_planned_against_memory_before_anything_is_allocated(ws, capsys):
+def test_sft_batch_is_planned_against_memory_before_anything_is_allocated(ws, capsys, deadline):
     import resource
 
     model, tokens = _tiny_run_inputs(ws)
     t0, peak = time.monotonic(), resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-    rc, err = _sft(capsys, ws, model, tokens, "--batch-size", "100000000")
+    with deadline(20):
+        rc, err = _sft(capsys, ws, model, tokens, "--batch-size", "100000000")
     assert rc == 2 and "sft --batch-size 100000000: one step" in err and "--memory 4GB" in err
     assert time.monotonic() - t0 < 10 and resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - peak < 500_000
     assert ws.list("run") == [] and not os.listdir(os.path.join(ws.root, "run"))
@@ -1086,7 +1124,8 @@ def test_nonfinite_kernel_is_refused_in_one_line(ws, tmp_path, capsys, bad):
     ({"endpoint_url": "http://127.0.0.1:9", "key": "a", "secret": "b"}, "cannot reach the object store"),
     ({"endpoint_url": "http://127.0.0.1:9"}, "no credentials for the object store"),
 ])
-def test_s3_workspace_that_cannot_be_reached_is_one_line_quickly(tmp_path, capsys, monkeypatch, options, problem):
+def test_s3_workspace_that_cannot_be_reached_is_one_line_quickly(tmp_path, capsys, monkeypatch, options, problem,
+                                                                 deadline):
     pytest.importorskip("s3fs")
     for name in list(os.environ):
         if name.startswith(("AWS_", "FSSPEC_")):
@@ -1096,7 +1135,8 @@ def test_s3_workspace_that_cannot_be_reached_is_one_line_quickly(tmp_path, capsy
     monkeypatch.setenv("AWS_EC2_METADATA_DISABLED", "true")
     monkeypatch.setenv("CTSTORE_STORAGE_OPTIONS", json.dumps(options))
     t0 = time.monotonic()
-    rc, err = _main(capsys, "ls", "-w", "s3://ctstore-nobucket/ws")
+    with deadline(60):
+        rc, err = _main(capsys, "ls", "-w", "s3://ctstore-nobucket/ws")
     assert rc == 2 and problem in err and time.monotonic() - t0 < 15
 
 
