@@ -101,6 +101,18 @@ def _shards(shards: object) -> str | None:
     return None
 
 
+def _shard_totals(manifest: dict) -> str | None:
+    """The shard table must add up: row groups to each shard's tokens, shards to the artifact's tokens."""
+    shards = manifest["shards"]
+    for i, shard in enumerate(shards):
+        if "tokens" in shard and shard.get("row_groups") and sum(shard["row_groups"]) != shard["tokens"]:
+            return f"shards[{i}].row_groups add up to {sum(shard['row_groups'])}, not its {shard['tokens']} tokens"
+    total = manifest.get("tokens")
+    if _is_int(total) and all("tokens" in s for s in shards) and sum(s["tokens"] for s in shards) != total:
+        return f"shards hold {sum(s['tokens'] for s in shards)} tokens, the manifest says {total}"
+    return None
+
+
 _INTEGERS = ("n_vocab", "tokens", "docs", "steps", "dim", "v_eff", "model_vocab", "eval_block", "eval_tokens")
 _NUMBERS_OR_NULL = ("final_val_loss", "final_val_ppl", "final_val_ppl_known", "final_val_unk_rate")
 
@@ -124,6 +136,8 @@ def problem(manifest: dict, kind: str) -> str | None:
     if "files" in manifest and (p := _files(manifest["files"])) is not None:
         return p
     if "shards" in manifest and (p := _shards(manifest["shards"])) is not None:
+        return p
+    if "shards" in manifest and (p := _shard_totals(manifest)) is not None:
         return p
     if kind == "report" and "report" in manifest:
         if (p := relative_name_problem(manifest["report"], plain=True)) is not None:

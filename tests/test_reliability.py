@@ -343,7 +343,8 @@ def test_disk_full_during_k0_fails_cleanly_and_workspace_stays_usable(tmp_path, 
     counts = json.loads(cli("count", tokens["fingerprint"], "-w", ws, "--lags", "4", "--scheduler", "sync",
                             "--json").stdout)
     ballast = tiny_disk / "ballast"
-    with open(ballast, "wb") as f:  # fill the disk, leaving a few kilobytes
+    with open(ballast, "wb", buffering=0) as f:  # fill the disk, leaving a few kilobytes (unbuffered: close()
+        # has nothing left to flush onto the full disk, whatever the free space's alignment)
         try:
             while True:
                 f.write(b"\0" * (1 << 16))
