@@ -42,6 +42,7 @@ import shutil
 import numpy as np
 import torch
 
+from .deletion import contains_workspace, inside_workspace
 from .errors import CtstoreError, one_line
 from .formats.model import inverse_vocab, load_model, resolve_model_dir
 from .location import atomic_path
@@ -197,8 +198,6 @@ def write_hf(model: PhotonicGPT, vocab_map: np.ndarray | None, raw_config: dict,
 
 def refuse_workspace_target(out_dir: str, ws=None) -> None:
     """``--force`` never replaces a workspace, a directory holding one, or anything inside one."""
-    from .workspace import contains_workspace, inside_workspace
-
     real = os.path.realpath(out_dir)
     if ws is not None and ws.is_local:
         root = os.path.realpath(ws.root)

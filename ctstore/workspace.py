@@ -25,13 +25,13 @@ import errno
 import json
 import os
 import re
-import shutil
 import stat
 import time
 
 from . import __version__
 from .artifact import KINDS, MANIFEST, Artifact
 from .build import build_artifact
+from .deletion import EXPORT_PARTIAL, EXPORT_RECORD, MARKER, ExportRecord, export_leftovers, remove_local
 from .errors import CtstoreError, one_line
 from .location import Location, probe
 from .locks import ArtifactLock, lock_owner_alive
@@ -334,7 +334,7 @@ class Workspace:
                 if self._scratch_locked(name):  # also <kind>-<fp>: the lock of the artifact being built
                     continue
                 if name.startswith(EXPORT_RECORD) and self._removable(os.path.join(tmp, name)):
-                    victims += _export_leftovers(os.path.join(tmp, name))
+                    victims += export_leftovers(os.path.join(tmp, name))
                 victims.append(os.path.join(tmp, name))
             for name in self._children(f"{self.root}/.locks"):
                 if not lock_owner_alive(f"{self.root}/.locks/{name}"):
@@ -350,7 +350,7 @@ class Workspace:
             for path in victims:
                 try:
                     if self.is_local:
-                        _remove_local(path)
+                        remove_local(path)
                     else:
                         self.fs.rm(path, recursive=True)
                 except FileNotFoundError:
@@ -362,7 +362,7 @@ class Workspace:
 
         Its parent directory must really be inside the workspace (no symlinked
         ``tmp``/``.locks``/``<kind>``); ``path`` itself may be a link (only the link
-        is removed). An export leftover lies outside by design; :func:`_export_leftovers`
+        is removed). An export leftover lies outside by design; :func:`~ctstore.deletion.export_leftovers`
         checked it.
         """
         if EXPORT_PARTIAL.search(os.path.basename(path)) and not path.startswith(self.root + "/"):
@@ -375,107 +375,7 @@ class Workspace:
     def export_record(self, out_dir: str):
         """Context manager held while an export writes ``out_dir.partial-*``: a killed export's leftover is
         then known to ``gc`` (a scratch lock + ``tmp/export-<hash>`` naming ``out_dir``)."""
-        return _ExportRecord(self, out_dir)
-
-
-EXPORT_RECORD = "export-"
-EXPORT_PARTIAL = re.compile(r"\.partial-[0-9a-f]{8}$")
-MARKER = ".ctstore-workspace"
-_FP = re.compile(r"[0-9a-f]{20}")
-
-
-class _ExportRecord:
-    def __init__(self, ws: "Workspace", out_dir: str):
-        import hashlib
-
-        self.ws, self.out_dir = ws, os.path.abspath(out_dir)
-        self.name = EXPORT_RECORD + hashlib.sha256(self.out_dir.encode()).hexdigest()[:16]
-        self.lock = ws.scratch_lock(self.name) if ws.is_local else None
-
-    def __enter__(self):
-        if self.lock is None:
-            return self
-        self.lock.__enter__()
-        self.path = os.path.join(self.ws.root, "tmp", self.name)
-        os.makedirs(os.path.dirname(self.path), exist_ok=True)
-        with open(self.path, "w") as f:
-            json.dump({"out_dir": self.out_dir}, f)
-        return self
-
-    def __exit__(self, *exc):
-        if self.lock is None:
-            return
-        try:
-            os.remove(self.path)
-        except FileNotFoundError:
-            pass
-        self.lock.__exit__(*exc)
-
-
-def _export_leftovers(record: str) -> list[str]:
-    """The ``OUT.partial-<8 hex>`` directories of a dead export recorded in ``record`` (none holds a workspace)."""
-    try:
-        with open(record, "rb") as f:
-            out_dir = json.loads(f.read(1 << 16)).get("out_dir")
-    except (OSError, ValueError, AttributeError):
-        return []
-    if not isinstance(out_dir, str) or not os.path.isabs(out_dir):
-        return []
-    parent, base = os.path.dirname(out_dir), os.path.basename(out_dir)
-    out = []
-    for name in _listdir(parent):
-        path = os.path.join(parent, name)
-        if (name.startswith(base + ".partial-") and EXPORT_PARTIAL.search(name)
-                and os.path.isdir(path) and not os.path.islink(path) and not contains_workspace(path)):
-            out.append(path)
-    return out
-
-
-def contains_workspace(path: str) -> bool:
-    """True when ``path`` or a directory below it holds a workspace marker or a workspace's layout."""
-    for top, dirs, files in os.walk(path):  # never follows links
-        if MARKER in files or looks_like_workspace(top, dirs):
-            return True
-    return False
-
-
-def looks_like_workspace(path: str, dirs: list[str] | None = None) -> bool:
-    """A marker, or the layout of one written before markers: ``.locks/`` or ``<kind>/<fingerprint>/``."""
-    if os.path.exists(os.path.join(path, MARKER)):
-        return True
-    if dirs is None:
-        dirs = [d for d in _listdir(path) if os.path.isdir(os.path.join(path, d))]
-    if ".locks" in dirs:
-        return True
-    return any(kind in dirs and any(_FP.fullmatch(name) for name in _listdir(os.path.join(path, kind)))
-               for kind in KINDS)
-
-
-def inside_workspace(path: str) -> str | None:
-    """The workspace that ``path`` is or lies in (itself or an ancestor), or None."""
-    probe = os.path.realpath(path)
-    while True:
-        if os.path.isdir(probe) and looks_like_workspace(probe):
-            return probe
-        parent = os.path.dirname(probe)
-        if parent == probe:
-            return None
-        probe = parent
-
-
-def _listdir(path: str) -> list[str]:
-    try:
-        return os.listdir(path)
-    except OSError:
-        return []
-
-
-def _remove_local(path: str) -> None:
-    """Remove a file, a link (the link only) or a directory tree without following any link."""
-    if os.path.islink(path) or not os.path.isdir(path):
-        os.remove(path)
-    else:
-        shutil.rmtree(path)  # unlinks links inside, never follows them
+        return ExportRecord(self, out_dir)
 
 
 MAX_MANIFEST_BYTES = 256 << 20  # a manifest lists one hash per file; far below this even for huge stores

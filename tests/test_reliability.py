@@ -984,7 +984,7 @@ def test_gc_removes_a_killed_exports_partial_directory(tmp_path, capsys, monkeyp
     monkeypatch.setattr(export, "neox_state_dict", killed)
     monkeypatch.setattr("ctstore.location._remove", lambda loc: None)
     # a kill runs no cleanup; only the kernel drops the process's lock (its record stays in tmp/)
-    monkeypatch.setattr("ctstore.workspace._ExportRecord.__exit__", lambda self, *exc: self.lock.__exit__(*exc))
+    monkeypatch.setattr("ctstore.deletion.ExportRecord.__exit__", lambda self, *exc: self.lock.__exit__(*exc))
     with pytest.raises(SystemExit):
         _main(capsys, "export", model.fingerprint, out, "-w", ws.root)
     monkeypatch.undo()
