@@ -207,7 +207,7 @@ def _du(ws, path: str) -> int:
 def os_error_message(exc: OSError) -> str:
     """``<input>: <problem>`` on one line (file names with newlines escaped)."""
     problem = one_line(exc.strerror or str(exc) or type(exc).__name__)
-    if getattr(exc, "filename", None) is None:
+    if not isinstance(getattr(exc, "filename", None), (str, bytes, os.PathLike)):  # None, or an fd (int)
         return problem
     where = one_line(os.fsdecode(exc.filename))
     if getattr(exc, "filename2", None) is not None:

@@ -20,9 +20,10 @@ from __future__ import annotations
 
 import logging
 import os
+from contextlib import contextmanager
 from dataclasses import dataclass
 
-from .errors import CtstoreError
+from .errors import CtstoreError, one_line
 from .log import log, progress, progress_disabled
 from .units import format_bytes, parse_memory
 
@@ -89,6 +90,44 @@ def round_robin(blocks, n_tasks: int = TASK_GROUPS) -> list[list]:
     return [list(blocks[i::n_tasks]) for i in range(min(n_tasks, len(blocks)))]
 
 
+HANDSHAKE_TIMEOUT = 5.0  # seconds to connect to a --scheduler address and hear it answer as a Dask scheduler
+
+
+def probe_scheduler(address: str, timeout: float | None = None) -> None:
+    """Fail in one line unless ``address`` answers as a Dask scheduler within ``timeout`` seconds.
+
+    ``distributed.Client`` bounds the TCP connect but not the handshake after
+    it, so a server that accepts and never answers (or an HTTP server) made
+    ``--scheduler`` wait forever. This sends the scheduler's ``identity`` request
+    itself with every step under one deadline.
+    """
+    import asyncio
+
+    timeout = HANDSHAKE_TIMEOUT if timeout is None else timeout
+
+    async def identity():
+        from distributed.comm import connect
+
+        comm = await connect(address, timeout=timeout)
+        try:
+            await comm.write({"op": "identity", "reply": True})
+            return await comm.read()
+        finally:
+            comm.abort()
+
+    where = f"--scheduler {one_line(address)}"
+    try:
+        reply = asyncio.run(asyncio.wait_for(identity(), timeout))
+    except (asyncio.TimeoutError, TimeoutError):
+        raise CtstoreError(f"{where}: no answer from a Dask scheduler within {timeout:.0f} s") from None
+    except (ValueError, TypeError) as exc:
+        raise CtstoreError(f"{where}: not a scheduler address such as tcp://HOST:8786 ({one_line(exc)})") from None
+    except Exception as exc:  # OSError, CommClosedError, a server speaking another protocol
+        raise CtstoreError(f"{where}: cannot connect ({one_line(exc) or type(exc).__name__})") from None
+    if not isinstance(reply, dict) or reply.get("type") != "Scheduler":
+        raise CtstoreError(f"{where}: answered, but not as a Dask scheduler")
+
+
 class Runner:
     """Run functions over lists of arguments on the configured scheduler, with progress."""
 
@@ -118,22 +157,28 @@ class Runner:
                 import bokeh  # noqa: F401
             except ImportError:
                 log("dashboard unavailable: install bokeh>=3.1 to get the Dask dashboard")
-            self.cluster = LocalCluster(
-                n_workers=self.plan.n_workers, threads_per_worker=1, processes=True,
-                memory_limit=self.plan.worker_memory, host="127.0.0.1",
-                dashboard_address=self.dashboard, silence_logs=logging.ERROR,
-            )
+            with _sigint_ignored_by_children():
+                self.cluster = LocalCluster(
+                    n_workers=self.plan.n_workers, threads_per_worker=1, processes=True,
+                    memory_limit=self.plan.worker_memory, host="127.0.0.1",
+                    dashboard_address=self.dashboard, silence_logs=logging.ERROR,
+                )
             self.client = Client(self.cluster)
         else:
+            probe_scheduler(self.scheduler)  # a bounded handshake first: Client() alone can wait forever
             try:
-                self.client = Client(self.scheduler, timeout="20s")
-            except (OSError, TimeoutError) as exc:
-                raise CtstoreError(f"--scheduler {self.scheduler}: cannot connect ({exc})") from None
+                self.client = Client(self.scheduler, timeout=f"{HANDSHAKE_TIMEOUT}s")
+            except (OSError, TimeoutError, ValueError) as exc:
+                raise CtstoreError(f"--scheduler {one_line(self.scheduler)}: cannot connect "
+                                   f"({one_line(exc)})") from None
         log(f"dask: {len(self.client.scheduler_info(n_workers=-1)['workers'])} worker(s); "
             f"dashboard {self.client.dashboard_link}")
         return self
 
     def __exit__(self, *exc) -> None:
+        if exc[0] is not None:  # shutting down on an error or Ctrl-C: ctstore's own line is the last word
+            for name in ("distributed", "tornado", "asyncio", "bokeh"):
+                logging.getLogger(name).setLevel(logging.CRITICAL + 1)
         if self.client is not None:
             self.client.close()
         if self.cluster is not None:
@@ -221,6 +266,27 @@ class Runner:
                     f.cancel()
         finally:
             bar.close()
+
+
+@contextmanager
+def _sigint_ignored_by_children():
+    """Start worker processes with SIGINT ignored (a spawned Python keeps an ignored SIGINT ignored).
+
+    Ctrl-C in a terminal reaches the whole process group: workers used to raise
+    KeyboardInterrupt and print dozens of traceback lines after ctstore's own
+    message. Now only the client takes it, closes the cluster and reaps the workers.
+    """
+    import signal
+    import threading
+
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    previous = signal.signal(signal.SIGINT, signal.SIG_IGN)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGINT, previous)
 
 
 def _tracker():

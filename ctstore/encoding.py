@@ -72,10 +72,12 @@ def _read_tiktoken_file(name: str) -> bytes:
         raise CtstoreError(f"{name}: encoding file not found") from None
     except OSError as exc:
         raise CtstoreError(f"{name}: cannot open encoding file ({exc.strerror or exc})") from None
+    st = os.fstat(fd)  # before fdopen, which refuses a directory with an OSError naming the fd
+    if not stat.S_ISREG(st.st_mode):
+        os.close(fd)
+        what = "a directory" if stat.S_ISDIR(st.st_mode) else "not a regular file"
+        raise CtstoreError(f"{name}: encoding file is {what}; pass a .tiktoken file or an encoding name")
     with os.fdopen(fd, "rb") as f:
-        st = os.fstat(fd)
-        if not stat.S_ISREG(st.st_mode):
-            raise CtstoreError(f"{name}: encoding file is not a regular file")
         if st.st_size > MAX_TIKTOKEN_FILE_BYTES:
             raise CtstoreError(f"{name}: {st.st_size} bytes is too large for a .tiktoken file")
         os.set_blocking(fd, True)

@@ -50,7 +50,8 @@ import shutil
 import numpy as np
 import torch
 
-from .errors import CtstoreError
+from .deletion import contains_workspace, inside_workspace
+from .errors import CtstoreError, one_line
 from .formats.hf import TOKENIZER_FILE, qkv_row_order, rotary_permutation  # noqa: F401 - re-exported
 from .formats.model import inverse_vocab, load_model, resolve_model_dir
 from .location import atomic_path
@@ -199,6 +200,8 @@ def write_hf(model: PhotonicGPT, vocab_map: np.ndarray | None, raw_config: dict,
     out_dir = os.path.abspath(out_dir.rstrip("/"))
     if os.path.exists(out_dir) and not force:
         raise CtstoreError(f"{out_dir}: already exists (use --force to replace it)")
+    if os.path.lexists(out_dir):  # only with force: never a workspace, one inside it, or a part of one
+        refuse_workspace_target(out_dir)
     from .hftokenizer import tokenizer_config
 
     old = None
@@ -237,8 +240,28 @@ def write_hf(model: PhotonicGPT, vocab_map: np.ndarray | None, raw_config: dict,
     return {"out_dir": out_dir, "format": "hf", "architecture": "GPTNeoXForCausalLM", "config": config}
 
 
+def refuse_workspace_target(out_dir: str, ws=None) -> None:
+    """``--force`` never replaces a workspace, a directory holding one, or anything inside one."""
+    real = os.path.realpath(out_dir)
+    if ws is not None and ws.is_local:
+        root = os.path.realpath(ws.root)
+        if root == real or root.startswith(real + os.sep) or real.startswith(root + os.sep):
+            raise CtstoreError(f"{one_line(out_dir)}: is, holds or lies inside the workspace {one_line(ws.root)}; "
+                               "export writes elsewhere")
+    holder = inside_workspace(real)
+    if holder is not None:
+        raise CtstoreError(f"{one_line(out_dir)}: lies inside the workspace {one_line(holder)}; export refuses to "
+                           "replace it (choose a directory outside any workspace)")
+    if os.path.isdir(real) and not os.path.islink(out_dir) and contains_workspace(real):
+        raise CtstoreError(f"{one_line(out_dir)}: holds a ctstore workspace; export refuses to replace it")
+
+
 def _export_stage(ws, inputs, params, opts):
-    result = export_hf(resolve_model_dir(inputs["model"], ws), inputs["out_dir"], force=opts["force"])
+    out_dir = os.path.abspath(inputs["out_dir"].rstrip("/"))
+    if opts["force"] and os.path.lexists(out_dir):
+        refuse_workspace_target(out_dir, ws)
+    with ws.export_record(out_dir):  # a killed export's OUT.partial-* is then removed by ctstore gc
+        result = export_hf(resolve_model_dir(inputs["model"], ws), out_dir, force=opts["force"])
     if opts["json"]:
         print(json.dumps(result, sort_keys=True))
 

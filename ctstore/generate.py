@@ -35,9 +35,14 @@ __all__ = ["SampleParams", "encode_prompt", "decode_ids", "sample_ids", "generat
 UNK_TEXT = "⟨unk⟩"
 
 
+MAX_NEW_TOKENS = 10_000  # one forward pass each: bounds a run to minutes, not days (issue 20)
+MAX_SAMPLES = 100
+
+
 @dataclass(frozen=True)
 class SampleParams(Params):
-    max_new_tokens: int = param(50, "tokens to generate", parse=POSITIVE)
+    max_new_tokens: int = param(50, f"tokens to generate (at most {MAX_NEW_TOKENS})",
+                                parse=number_flag(int, 1, MAX_NEW_TOKENS, what=f"an integer in [1, {MAX_NEW_TOKENS}]"))
     temperature: float = param(0.8, "0 = greedy", parse=number_flag(float, 0, what="a finite number >= 0"))
     top_k: int | None = param(40, "sample among the k most likely tokens", parse=POSITIVE)
     seed: int = param(0, "random seed of the first sample", parse=NON_NEGATIVE)
@@ -176,7 +181,7 @@ STAGE = Stage(
     inputs=(Input("model", None, "model or run artifact fingerprint (or a model directory, or a directory "
                                  "written by ctstore export)"),),
     options=(Option("--prompt", "text to continue", required=True),
-             Option("--num-samples", "samples with seeds seed, seed+1, ...", default=1, parse=POSITIVE,
-                    short="-n"),
+             Option("--num-samples", f"samples with seeds seed, seed+1, ... (at most {MAX_SAMPLES})", default=1,
+                    parse=number_flag(int, 1, MAX_SAMPLES, what=f"an integer in [1, {MAX_SAMPLES}]"), short="-n"),
              Option("--encoding", "tiktoken encoding (default: the model's)")),
 )

@@ -12,18 +12,90 @@ once (and ctstore turns that into a one-line error naming array and chunk).
 
 from __future__ import annotations
 
+import errno
 import hashlib
+import os
+import stat
 
 from .artifact import KINDS, MANIFEST
-from .errors import CtstoreError
+from .errors import CtstoreError, one_line
 from .location import Location
+from .manifest import relative_name_problem
 
-__all__ = ["hash_files", "verify_artifact", "verify_lineage", "chunk_error", "ChunkIndex"]
+__all__ = ["hash_files", "verify_artifact", "verify_lineage", "chunk_error", "ChunkIndex", "open_regular",
+           "check_regular_files", "PARTIAL"]
 
-def _hash(file: Location) -> tuple[str, int]:
+PARTIAL = ".partial-"  # the infix of a temporary name (location.atomic_path): never part of an artifact
+
+
+def _local_target(root: Location, rel: str) -> str:
+    """``root/rel`` on the local disk after checking that it stays inside ``root``'s real directory."""
+    problem = relative_name_problem(rel)
+    if problem is not None:
+        raise CtstoreError(f"{one_line(root.url)}: file name {one_line(repr(rel))} {problem}")
+    base = os.path.realpath(root.path)
+    path = os.path.join(base, rel)
+    parent = os.path.realpath(os.path.dirname(path))
+    if parent != base and not parent.startswith(base + os.sep):
+        raise CtstoreError(f"{one_line(root.url)}: {one_line(rel)} leads outside the artifact directory "
+                           "(through a symbolic link)")
+    return path
+
+
+def open_regular(root: Location, rel: str):
+    """Open ``root/rel`` for reading: a regular file inside ``root``, reached without any symbolic link.
+
+    A name from a manifest is never trusted: locally it is opened with
+    ``O_NOFOLLOW | O_NONBLOCK`` below a directory whose real path is inside
+    ``root`` and must be a regular file by ``fstat`` (a FIFO or a device such as
+    ``/dev/zero`` would block or never end). Object stores have no links or FIFOs.
+    """
+    if not root.is_local:
+        problem = relative_name_problem(rel)
+        if problem is not None:
+            raise CtstoreError(f"{one_line(root.url)}: file name {one_line(repr(rel))} {problem}")
+        return root.child(rel).open("rb")
+    path = _local_target(root, rel)
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK)
+    except OSError as exc:
+        if exc.errno == errno.ELOOP:
+            raise CtstoreError(f"{one_line(root.url)}: {one_line(rel)} is a symbolic link; ctstore never "
+                               "follows links inside an artifact") from None
+        raise
+    mode = os.fstat(fd).st_mode
+    if not stat.S_ISREG(mode):
+        os.close(fd)
+        what = "a FIFO" if stat.S_ISFIFO(mode) else "a directory" if stat.S_ISDIR(mode) else "a device or socket"
+        raise CtstoreError(f"{one_line(root.url)}: {one_line(rel)} is {what}, not a regular file")
+    return os.fdopen(fd, "rb")
+
+
+def check_regular_files(root: Location, names) -> None:
+    """Fail in one line unless every ``root/name`` is a regular file inside ``root`` (no link, FIFO, device)."""
+    if not root.is_local:
+        for name in names:
+            if (problem := relative_name_problem(name)) is not None:
+                raise CtstoreError(f"{one_line(root.url)}: file name {one_line(repr(name))} {problem}")
+        return
+    for name in names:
+        path = _local_target(root, name)
+        try:
+            mode = os.lstat(path).st_mode
+        except FileNotFoundError:
+            continue  # the reader names a missing file itself
+        if stat.S_ISLNK(mode):
+            raise CtstoreError(f"{one_line(root.url)}: {one_line(name)} is a symbolic link; ctstore never "
+                               "follows links inside an artifact")
+        if not stat.S_ISREG(mode):
+            what = "a FIFO" if stat.S_ISFIFO(mode) else "a directory" if stat.S_ISDIR(mode) else "a device or socket"
+            raise CtstoreError(f"{one_line(root.url)}: {one_line(name)} is {what}, not a regular file")
+
+
+def _hash(root: Location, rel: str) -> tuple[str, int]:
     h = hashlib.blake2b(digest_size=16)
     size = 0
-    with file.open("rb") as f:
+    with open_regular(root, rel) as f:
         while block := f.read(8 << 20):
             h.update(block)
             size += len(block)
@@ -31,14 +103,22 @@ def _hash(file: Location) -> tuple[str, int]:
 
 
 def hash_files(directory: Location) -> dict:
-    """``{relative path: "hash:size"}`` for every file under ``directory`` except the manifest."""
+    """``{relative path: "hash:size"}`` for every file under ``directory`` except the manifest.
+
+    A temporary ``*.partial-*`` name (an atomic write that a kill interrupted,
+    e.g. ``checkpoint.safetensors.partial-1a2b3c4d``) is never part of an
+    artifact: it is removed, not hashed into the manifest.
+    """
     out = {}
     root = directory.path
     for path in sorted(directory.fs.find(root)):
         rel = path[len(root) + 1:] if path.startswith(root) else path
         if rel == MANIFEST or rel.startswith(MANIFEST):
             continue
-        digest, size = _hash(directory.child(rel))
+        if any(PARTIAL in part for part in rel.split("/")):
+            directory.fs.rm(path)
+            continue
+        digest, size = _hash(directory, rel)
         out[rel] = f"{digest}:{size}"
     return out
 
@@ -51,9 +131,12 @@ def verify_artifact(artifact) -> list[str]:
     problems = []
     for rel, want in expected.items():
         try:
-            digest, size = _hash(artifact.location.child(rel))
+            digest, size = _hash(artifact.location, rel)
         except FileNotFoundError:
             problems.append(f"{artifact}: {describe(rel)} is missing")
+            continue
+        except CtstoreError as exc:  # a link, a FIFO, a device: never read
+            problems.append(f"{artifact}: {describe(rel)}: {exc}")
             continue
         want_digest, want_size = want.split(":")
         if size != int(want_size):

@@ -21,7 +21,9 @@ from functools import cached_property
 
 import fsspec
 
-__all__ = ["Location", "atomic_path", "replace"]
+__all__ = ["Location", "atomic_path", "probe", "remote_error", "replace"]
+
+PROBE_TIMEOUT_S = 5  # connect timeout of the first request to an object store; one attempt, no retries
 
 
 def _protocols(fs) -> tuple:
@@ -97,6 +99,52 @@ class Location:
         import zarr
 
         return zarr.open_array(self.url, mode=mode, storage_options=self.zarr_options)
+
+
+def probe(location: Location) -> None:
+    """Reach a remote location once, quickly: a bad option, missing credentials or an endpoint that is down
+    become one line (:func:`remote_error`) in seconds instead of tracebacks after half a minute of retries.
+
+    The probe uses its own file system with bounded retries and timeouts; the
+    location's options (and so every later request) are left as the user gave them.
+    """
+    if location.is_local:
+        return
+    options = dict(location.storage_options)
+    protocol = location.url.split("://", 1)[0]
+    if protocol in ("s3", "s3a"):
+        config = dict(options.get("config_kwargs") or {})
+        config.setdefault("connect_timeout", PROBE_TIMEOUT_S)
+        config.setdefault("read_timeout", 3 * PROBE_TIMEOUT_S)
+        config.setdefault("retries", {"max_attempts": 1})
+        options["config_kwargs"] = config
+    try:
+        options["skip_instance_cache"] = True  # its own instance: the bounded timeouts stay with the probe
+        fs, path = fsspec.core.url_to_fs(location.url, **options)
+        if isinstance(getattr(fs, "retries", None), int):
+            fs.retries = 1  # s3fs retries each call 5 times with back-off of its own
+        fs.exists(path)
+    except Exception as exc:  # noqa: BLE001 - each object store raises its own types; all become one line
+        raise remote_error(location.url, exc) from None
+
+
+def remote_error(url: str, exc: BaseException):
+    """A one-line :class:`~ctstore.errors.CtstoreError` for a failure to reach an object store."""
+    from .errors import CtstoreError, one_line
+
+    name, text = type(exc).__name__, " ".join(str(exc).split())
+    if isinstance(exc, TypeError) and "unexpected keyword argument" in text:
+        option = text.rsplit("argument", 1)[-1].strip()
+        return CtstoreError(f"{one_line(url)}: storage option {one_line(option)} is not accepted by this file "
+                            "system (check CTSTORE_STORAGE_OPTIONS)")
+    if name in ("NoCredentialsError", "PartialCredentialsError", "NoAuthTokenError"):
+        return CtstoreError(f"{one_line(url)}: no credentials for the object store (set AWS_ACCESS_KEY_ID and "
+                            "AWS_SECRET_ACCESS_KEY, or key and secret in CTSTORE_STORAGE_OPTIONS)")
+    if isinstance(exc, PermissionError) or "AccessDenied" in text or "InvalidAccessKeyId" in text:
+        return CtstoreError(f"{one_line(url)}: access denied by the object store ({one_line(text[:200])})")
+    if "Endpoint" in name or "Connect" in name or "Timeout" in name or isinstance(exc, (OSError, TimeoutError)):
+        return CtstoreError(f"{one_line(url)}: cannot reach the object store ({one_line(text[:200] or name)})")
+    return CtstoreError(f"{one_line(url)}: cannot open ({name}: {one_line(text[:200])})")
 
 
 def replace(src: Location, dst: Location) -> None:

@@ -9,8 +9,10 @@ and removes lock files nobody holds.
 
 from __future__ import annotations
 
+import errno
 import fcntl
 import os
+import stat
 import socket
 import time
 from typing import TYPE_CHECKING
@@ -26,9 +28,16 @@ __all__ = ["ArtifactLock", "lock_owner_alive"]
 
 def lock_owner_alive(path: str) -> bool:
     """True while some process holds the lock file ``path`` (the kernel drops a dead process's lock)."""
-    try:
-        fd = os.open(path, os.O_RDONLY)
+    try:  # never blocks on a FIFO, never follows a link: neither is a lock ctstore made
+        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_NOFOLLOW)
     except (FileNotFoundError, IsADirectoryError):
+        return False
+    except OSError as exc:
+        if exc.errno == errno.ELOOP:
+            return False
+        raise
+    if not stat.S_ISREG(os.fstat(fd).st_mode):
+        os.close(fd)
         return False
     try:
         fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
@@ -47,7 +56,15 @@ def try_lock(path: str) -> int | None:
     file nobody else will ever see, so it is dropped and taken again.
     """
     while True:
-        fd = os.open(path, os.O_CREAT | os.O_RDWR, 0o644)
+        try:
+            fd = os.open(path, os.O_CREAT | os.O_RDWR | os.O_NONBLOCK | os.O_NOFOLLOW, 0o644)
+        except OSError as exc:
+            if exc.errno == errno.ELOOP:
+                raise CtstoreError(f"{path}: lock file is a symbolic link; remove it (ctstore gc does)") from None
+            raise
+        if not stat.S_ISREG(os.fstat(fd).st_mode):
+            os.close(fd)
+            raise CtstoreError(f"{path}: lock file is not a regular file; remove it (ctstore gc does)")
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:

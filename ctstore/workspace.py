@@ -21,16 +21,23 @@ handle and manifest names are in :mod:`ctstore.artifact`, the locks in
 
 from __future__ import annotations
 
+import errno
 import json
 import os
+import re
+import stat
 import time
 
 from . import __version__
 from .artifact import KINDS, MANIFEST, Artifact
 from .build import build_artifact
+from .deletion import EXPORT_PARTIAL, EXPORT_RECORD, MARKER, ExportRecord, export_leftovers, remove_local
 from .errors import CtstoreError, one_line
-from .location import Location
+from .location import Location, probe
 from .locks import ArtifactLock, lock_owner_alive
+from .log import log
+from .manifest import relative_name_problem
+from .manifest import problem as manifest_problem
 
 __all__ = ["Artifact", "KINDS", "Workspace", "build_artifact"]
 
@@ -54,12 +61,39 @@ class Workspace:
         self.url = self.location.url
         if self.is_local and os.path.exists(self.root) and not os.path.isdir(self.root):
             raise CtstoreError(f"workspace {root}: exists and is not a directory")
+        new = self.is_local and not os.path.exists(self.root)
+        probe(self.location)  # an object store: bad options, no credentials or no endpoint fail here, quickly
         try:
             self.fs.makedirs(self.root, exist_ok=True)
+            if new:  # ctstore created it: it is a workspace
+                self.mark()
         except (FileExistsError, NotADirectoryError):
             raise CtstoreError(f"workspace {root}: a path component is a file") from None
         except PermissionError:
             raise CtstoreError(f"workspace {root}: permission denied") from None
+
+    # -- the workspace marker ------------------------------------------------------------
+    @property
+    def marker(self) -> Location:
+        return self.location.child(MARKER)
+
+    def is_marked(self) -> bool:
+        try:
+            return self.marker.exists()
+        except OSError:
+            return False
+
+    def mark(self) -> None:
+        """Write ``<root>/.ctstore-workspace`` (once): what ``gc`` requires before it deletes anything here."""
+        if not self.is_marked():
+            self.marker.write_atomic(json.dumps({"ctstore_workspace": 1, "created_by": __version__}).encode())
+
+    def require_marker(self, action: str) -> None:
+        if not self.is_marked():
+            raise CtstoreError(
+                f"{one_line(self.url)}: not a ctstore workspace (no {MARKER} marker), so {action} removes "
+                f"nothing; if it is a workspace written by an older ctstore, mark it with "
+                f"`touch {one_line(self.marker.url)}` (any stage run in it also marks it)")
 
     # -- paths ---------------------------------------------------------------------------
     def artifact_path(self, kind: str, fp: str) -> str:
@@ -109,10 +143,12 @@ class Workspace:
         must not take the rest of the workspace down, so :meth:`list` skips it
         and :meth:`unreadable` reports it.
         """
+        if kind not in KINDS or relative_name_problem(fp, plain=True) is not None:  # never a path
+            return None, f"{one_line(kind)}/{one_line(fp)}: not a kind and a fingerprint"
         path = f"{self.artifact_path(kind, fp)}/{MANIFEST}"
         try:
-            with self.fs.open(path, "rb") as f:
-                manifest = json.loads(f.read().decode("utf-8"))
+            with self._open_manifest(path) as f:
+                manifest = json.loads(f.read(MAX_MANIFEST_BYTES + 1).decode("utf-8"))
         except (FileNotFoundError, NotADirectoryError):
             return None, None
         except (ValueError, UnicodeDecodeError) as exc:  # JSONDecodeError is a ValueError
@@ -121,6 +157,10 @@ class Workspace:
             return None, f"{one_line(path)}: manifest is a directory"
         except PermissionError:
             return None, f"{one_line(path)}: manifest cannot be read (permission denied)"
+        except _NotRegular as exc:
+            return None, f"{one_line(path)}: manifest {exc}"
+        except OSError as exc:
+            return None, f"{one_line(path)}: manifest cannot be read ({one_line(exc.strerror or exc)})"
         if not isinstance(manifest, dict):
             what = {type(None): "null", str: "a string", list: "a list", bool: "a boolean"}.get(
                 type(manifest), "a number")
@@ -128,7 +168,25 @@ class Workspace:
         if manifest.get("kind", kind) != kind or manifest.get("fingerprint", fp) != fp:
             return None, (f"{one_line(path)}: manifest describes {manifest.get('kind')}/"
                           f"{manifest.get('fingerprint')}, not {kind}/{fp}")
+        problem = manifest_problem(manifest, kind)
+        if problem is not None:
+            return None, f"{one_line(path)}: manifest is invalid: {one_line(problem)}"
         return manifest, None
+
+    def _open_manifest(self, path: str):
+        """The manifest, opened without following a symlink and only if it is a regular file (never a FIFO)."""
+        if not self.is_local:
+            return self.fs.open(path, "rb")
+        try:
+            fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK)
+        except OSError as exc:
+            if exc.errno == errno.ELOOP:
+                raise _NotRegular("is a symbolic link") from None
+            raise
+        if not stat.S_ISREG(os.fstat(fd).st_mode):
+            os.close(fd)
+            raise _NotRegular("is not a regular file")
+        return os.fdopen(fd, "rb")
 
     def unreadable(self, kind: str | None = None) -> list[tuple[str, str, str]]:
         """``(kind, fingerprint, problem)`` of every artifact whose manifest exists but cannot be used."""
@@ -141,25 +199,26 @@ class Workspace:
         return out
 
     def get(self, ref: str, kind: str | None = None) -> Artifact:
-        """Resolve ``FP``, a unique prefix of one, ``kind/FP``, or a path to an artifact directory."""
-        ref = ref.rstrip("/")
-        if os.path.isdir(ref) and os.path.exists(os.path.join(ref, MANIFEST)):
-            ref_abs = os.path.abspath(ref)
-            try:
-                with open(os.path.join(ref_abs, MANIFEST), "rb") as f:
-                    manifest = json.loads(f.read().decode("utf-8"))
-            except (ValueError, UnicodeDecodeError, OSError) as exc:
-                raise CtstoreError(f"{one_line(ref)}: manifest is unreadable ({one_line(exc)})") from None
-            if not isinstance(manifest, dict) or not {"kind", "fingerprint"} <= manifest.keys():
-                raise CtstoreError(f"{one_line(ref)}: manifest is not an artifact manifest")
-            ws = Workspace(os.path.dirname(os.path.dirname(ref_abs)))
-            return ws._checked(Artifact(ws, manifest["kind"], manifest["fingerprint"], manifest), kind, ref)
-        if "/" in ref:
-            kind_part, fp = ref.rsplit("/", 1)
-            kind = kind or kind_part.rsplit("/", 1)[-1]
-        else:
-            fp = ref
-        matches = [a for a in self.list() if a.fingerprint.startswith(fp)]
+        """Resolve ``FP``, a unique prefix of one, or ``kind/FP`` (as typed on the command line).
+
+        Never a path: a reference is looked up in this workspace's listing, so it
+        cannot reach a directory outside it. Code that follows a manifest's
+        ``inputs`` passes full fingerprints (the manifest schema guarantees them).
+        """
+        text = ref.rstrip("/")
+        fp = text
+        if "/" in text:
+            kind_part, fp = text.split("/", 1)
+            if kind_part not in KINDS:
+                raise CtstoreError(f"{one_line(ref)}: not a fingerprint, a prefix of one or <kind>/<fingerprint> "
+                                   f"(kinds: {', '.join(KINDS)}; paths are not accepted)")
+            if kind and kind_part != kind:
+                raise CtstoreError(f"{one_line(ref)}: is a {kind_part} reference, expected {kind}")
+            kind = kind_part
+        if _FP_PREFIX.fullmatch(fp) is None:
+            raise CtstoreError(f"{one_line(ref)}: not a fingerprint or a prefix of one (1 to 20 of 0-9a-f; "
+                               "paths are not accepted)")
+        matches = [a for a in self.list(None) if a.fingerprint.startswith(fp)]
         if not matches:
             broken = [p for k, f, p in self.unreadable() if f.startswith(fp) and (kind is None or k == kind)]
             if broken:
@@ -216,6 +275,7 @@ class Workspace:
         A leftover incomplete directory is removed unless ``keep_partial`` (a
         stage that resumes from its own partial output asks for that).
         """
+        self.mark()  # writing makes it a workspace (a workspace of an older ctstore gets its marker here)
         path = self.artifact_path(kind, fp)
         if self.fs.exists(path) and not keep_partial:
             self.fs.rm(path, recursive=True)
@@ -269,7 +329,15 @@ class Workspace:
 
         ``unreadable=True`` also removes artifacts whose manifest exists but cannot
         be read (they are kept otherwise: the data may still be worth rescuing).
+
+        Deletion rules (docs/reliability.md): nothing is removed from a directory
+        without the workspace marker; nothing is removed through a symbolic link
+        (a ``tmp``, ``.locks`` or ``<kind>`` directory that is a link leading
+        elsewhere is left alone and named; a link itself is unlinked, never
+        followed); an export's leftover ``OUT.partial-*`` is removed only when its
+        export is not running and the workspace recorded it.
         """
+        self.require_marker("gc")
         victims = self.incomplete()
         if unreadable:
             victims += [self.artifact_path(k, fp) for k, fp, _ in self.unreadable() if not self._locked(k, fp)]
@@ -278,10 +346,19 @@ class Workspace:
             for name in self._children(tmp):
                 if self._scratch_locked(name):  # also <kind>-<fp>: the lock of the artifact being built
                     continue
+                if name.startswith(EXPORT_RECORD) and self._removable(os.path.join(tmp, name)):
+                    victims += export_leftovers(os.path.join(tmp, name))
                 victims.append(os.path.join(tmp, name))
             for name in self._children(f"{self.root}/.locks"):
                 if not lock_owner_alive(f"{self.root}/.locks/{name}"):
                     victims.append(f"{self.root}/.locks/{name}")
+            inside, outside = [], []
+            for path in victims:
+                (inside if self._removable(path) else outside).append(path)
+            for path in outside:
+                log(f"gc: {one_line(path)} is reached through a symbolic link leading out of the workspace; "
+                    "left alone")
+            victims = inside
         else:  # remote scratch holds no locks: stale when its artifact is complete or it lies untouched
             from .formats.scratch import scratch_root, stale_entries
 
@@ -291,10 +368,41 @@ class Workspace:
         if not dry_run:
             for path in victims:
                 try:
-                    self.fs.rm(path, recursive=True)
+                    if self.is_local:
+                        remove_local(path)
+                    else:
+                        self.fs.rm(path, recursive=True)
                 except FileNotFoundError:
                     pass
         return victims
+
+    def _removable(self, path: str) -> bool:
+        """True when removing ``path`` cannot touch anything outside the workspace (local only).
+
+        Its parent directory must really be inside the workspace (no symlinked
+        ``tmp``/``.locks``/``<kind>``); ``path`` itself may be a link (only the link
+        is removed). An export leftover lies outside by design; :func:`~ctstore.deletion.export_leftovers`
+        checked it.
+        """
+        if EXPORT_PARTIAL.search(os.path.basename(path)) and not path.startswith(self.root + "/"):
+            return True
+        base = os.path.realpath(self.root)
+        parent = os.path.realpath(os.path.dirname(path))
+        return parent == base or parent.startswith(base + os.sep)
+
+    # -- exports (their partial output lies outside the workspace) ---------------------------
+    def export_record(self, out_dir: str):
+        """Context manager held while an export writes ``out_dir.partial-*``: a killed export's leftover is
+        then known to ``gc`` (a scratch lock + ``tmp/export-<hash>`` naming ``out_dir``)."""
+        return ExportRecord(self, out_dir)
+
+
+MAX_MANIFEST_BYTES = 256 << 20  # a manifest lists one hash per file; far below this even for huge stores
+_FP_PREFIX = re.compile(r"[0-9a-f]{1,20}")
+
+
+class _NotRegular(Exception):
+    """The manifest path is a symlink, FIFO, device or socket: never opened for reading."""
 
 
 def _created(manifest: dict) -> float:

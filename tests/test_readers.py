@@ -49,10 +49,10 @@ def run_cli(*args) -> tuple[int, str]:
 
 
 def left_behind(ws: str) -> list[str]:
-    """Everything in a workspace except empty kind directories and the (empty) lock directory."""
+    """Everything in a workspace except empty kind directories, the (empty) lock directory and the marker."""
     out = []
     for root, dirs, files in os.walk(ws):
-        out += [os.path.join(root, f) for f in files]
+        out += [os.path.join(root, f) for f in files if not (root == ws and f == ".ctstore-workspace")]
         if root != ws and not dirs and not files and os.path.basename(root) not in ("tokens", ".locks", "tmp"):
             out.append(root)
     return out

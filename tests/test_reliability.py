@@ -347,7 +347,8 @@ def test_disk_full_during_k0_fails_cleanly_and_workspace_stays_usable(tmp_path, 
     counts = json.loads(cli("count", tokens["fingerprint"], "-w", ws, "--lags", "4", "--scheduler", "sync",
                             "--json").stdout)
     ballast = tiny_disk / "ballast"
-    with open(ballast, "wb") as f:  # fill the disk, leaving a few kilobytes
+    with open(ballast, "wb", buffering=0) as f:  # fill the disk, leaving a few kilobytes (unbuffered: close()
+        # has nothing left to flush onto the full disk, whatever the free space's alignment)
         try:
             while True:
                 f.write(b"\0" * (1 << 16))
@@ -741,3 +742,453 @@ def test_k0_reaches_s3_with_options_only_from_ctstore_storage_options(tmp_path, 
     verify = subprocess.run([sys.executable, "-m", "ctstore.cli", "verify", there["fingerprint"], "-w",
                              "s3://ctstore/options-only"], capture_output=True, text=True, env=env)
     assert verify.returncode == 0, verify.stderr
+
+
+# ---------------------------------------------------------------------------------------
+# issue 20: never read, hash or delete outside the workspace; no hangs; no silent wrong runs
+
+
+def _main(capsys, *args) -> tuple[int, str]:
+    """Run the CLI in-process; returns (status, stdout + stderr) and checks the error form when it fails."""
+    from ctstore.cli import main
+
+    capsys.readouterr()
+    rc = main([str(a) for a in args])
+    captured = capsys.readouterr()
+    err = captured.err
+    if rc == 2:
+        lines = [line for line in err.splitlines() if line.startswith("ctstore: error:")]
+        assert len(lines) == 1 and "Traceback" not in err, err
+    return rc, captured.out + err
+
+
+class _Hung(Exception):
+    pass
+
+
+@pytest.fixture
+def deadline():
+    """``with deadline(s):`` fails the test with _Hung after ``s`` seconds (a hang used to block forever)."""
+    import contextlib
+    import signal
+
+    @contextlib.contextmanager
+    def within(seconds: int):
+        def expire(*_):
+            raise _Hung(f"still running after {seconds} s")
+
+        previous = signal.signal(signal.SIGALRM, expire)
+        signal.alarm(seconds)
+        try:
+            yield
+        finally:
+            signal.alarm(0)
+            signal.signal(signal.SIGALRM, previous)
+
+    return within
+
+
+def _edit_manifest(artifact, edit) -> None:
+    path = os.path.join(artifact.path, "manifest.json")
+    manifest = json.load(open(path))
+    edit(manifest)
+    with open(path, "w") as f:
+        json.dump(manifest, f)
+
+
+def _hashed_tokens(ws, docs, n_vocab=40):
+    """A tokens artifact holding ``docs`` whose manifest records file hashes, as a real stage writes it."""
+    from conftest import write_tokens
+    from ctstore.integrity import hash_files
+
+    art = write_tokens(ws, docs, n_vocab=n_vocab)
+    body = {k: v for k, v in art.manifest.items() if k not in ("kind", "fingerprint", "created", "path")}
+    return ws.publish("tokens", art.fingerprint, {**body, "files": hash_files(art.location)})
+
+
+@pytest.fixture
+def tiny_tokens(ws):
+    rng = np.random.default_rng(3)
+    return _hashed_tokens(ws, [list(rng.integers(0, 40, 30)) for _ in range(20)])
+
+
+@pytest.fixture
+def outside(tmp_path):
+    d = tmp_path / "outside"
+    d.mkdir()
+    (d / "secret.txt").write_text("attacker-chosen secret")
+    return d
+
+
+def test_files_key_outside_the_artifact_is_an_unreadable_manifest_not_an_oracle(ws, tiny_tokens, outside, capsys):
+    _edit_manifest(tiny_tokens, lambda m: m["files"].update({"../../../outside/secret.txt": "00" * 16 + ":22"}))
+    rc, err = _main(capsys, "verify", tiny_tokens.fingerprint, "-w", ws.root)
+    assert rc == 2 and "manifest is invalid: files key '../../../outside/secret.txt'" in err
+    assert "22 bytes" not in err and "bytes, expected" not in err
+    rc, err = _main(capsys, "ls", "-w", ws.root)
+    assert rc == 0 and "UNREADABLE" in err
+
+
+def test_shard_name_outside_the_artifact_is_never_counted(ws, tiny_tokens, outside, capsys):
+    import shutil
+
+    shutil.copy(os.path.join(tiny_tokens.path, tiny_tokens.manifest["shards"][0]["name"]), outside / "x.parquet")
+    _edit_manifest(tiny_tokens, lambda m: m["shards"][0].update(name="../../../outside/x.parquet"))
+    rc, err = _main(capsys, "count", tiny_tokens.fingerprint, "-w", ws.root, "--lags", "2", "--scheduler", "sync")
+    assert rc == 2 and "shards[0].name" in err and ws.list("counts") == []
+
+
+def test_inputs_that_are_paths_are_never_followed(ws, tiny_tokens, outside, capsys):
+    _edit_manifest(tiny_tokens, lambda m: m.update(inputs={"tokens": "../../outside/evil00"}))
+    rc, err = _main(capsys, "verify", tiny_tokens.fingerprint, "-w", ws.root)
+    assert rc == 2 and "inputs.tokens is not a fingerprint" in err
+    # an embeddings artifact whose counts input is an absolute directory: seed refuses before reading it
+    fp = "e" * 20
+    os.makedirs(os.path.join(ws.root, "embeddings", fp))
+    with open(os.path.join(ws.root, "embeddings", fp, "manifest.json"), "w") as f:
+        json.dump({"kind": "embeddings", "fingerprint": fp, "format_version": 1, "inputs": {"counts": str(outside)}}, f)
+    rc, err = _main(capsys, "seed", fp, "-w", ws.root)
+    assert rc == 2 and "inputs.counts is not a fingerprint" in err and ws.list("model") == []
+
+
+@pytest.mark.parametrize("ref", ["{outside}", "{ws}/tokens/{fp}", "../tokens/{fp}", "tokens/../{fp}", "x/{fp}"])
+def test_get_never_accepts_a_path(ws, tiny_tokens, outside, ref):
+    ref = ref.format(outside=outside, ws=ws.root, fp=tiny_tokens.fingerprint)
+    with pytest.raises(CtstoreError, match="paths are not accepted|not a fingerprint"):
+        ws.get(ref)
+    assert ws.get(f"tokens/{tiny_tokens.fingerprint[:6]}") == ws.get(tiny_tokens.fingerprint)
+
+
+_JSON = st.recursive(st.none() | st.booleans() | st.integers() | st.floats() | st.text(max_size=12),
+                     lambda inner: st.lists(inner, max_size=3) | st.dictionaries(st.text(max_size=8), inner,
+                                                                                 max_size=3), max_leaves=6)
+_FIELDS = ["files", "created", "inputs", "shards", "final_val_ppl", "n_vocab", "tokens", "params", "tokenizer"]
+
+
+@settings(max_examples=60, deadline=None, suppress_health_check=list(HealthCheck))
+@given(field=st.sampled_from(_FIELDS), value=_JSON | st.sampled_from(
+    ["yesterday", "../../x", "/etc/passwd", "abc", {"a": "b"}, {"../x": "00:1"}, [{"name": "../p"}], "x"]))
+def test_any_manifest_field_value_gives_a_listing_or_one_line(tmp_path_factory, capsys, field, value):
+    """A hypothesis strategy over manifest fields: ls lists the other artifacts and reports this one on its own
+    line; show/verify/count either work or fail in one line; nothing is read outside the artifact."""
+    ws = Workspace(str(tmp_path_factory.mktemp("ws")))
+    good = _hashed_tokens(ws, [[1, 2, 3, 4], [2, 3, 4, 5]], n_vocab=8)
+    bad = _hashed_tokens(ws, [[1, 2, 3, 4, 5, 6]], n_vocab=8)
+    _edit_manifest(bad, lambda m: m.update({field: value}))
+    rc, listed = _main(capsys, "ls", "-w", ws.root)
+    assert rc == 0 and good.fingerprint in listed and bad.fingerprint in listed, listed
+    for command in (["show"], ["verify"], ["count", "--lags", "1", "--scheduler", "sync"]):
+        rc, err = _main(capsys, command[0], bad.fingerprint, *command[1:], "-w", ws.root)
+        assert rc in (0, 1, 2), err
+
+
+def test_fifo_and_device_in_an_artifact_fail_in_one_line_within_seconds(ws, tiny_tokens, capsys, deadline):
+    with deadline(60):
+        _fifo_and_device(ws, tiny_tokens, capsys)
+
+
+def _fifo_and_device(ws, tiny_tokens, capsys):
+    shard = os.path.join(tiny_tokens.path, tiny_tokens.manifest["shards"][0]["name"])
+    os.remove(shard)
+    os.mkfifo(shard)
+    t0 = time.monotonic()
+    rc, err = _main(capsys, "verify", tiny_tokens.fingerprint, "-w", ws.root)
+    assert rc == 1 and "is a FIFO, not a regular file" in err
+    rc, err = _main(capsys, "count", tiny_tokens.fingerprint, "-w", ws.root, "--lags", "1", "--scheduler", "sync")
+    assert rc == 2 and "is a FIFO" in err
+    os.remove(shard)
+    os.symlink("/dev/zero", shard)
+    rc, err = _main(capsys, "verify", tiny_tokens.fingerprint, "-w", ws.root)
+    assert rc == 1 and "symbolic link" in err
+    rc, err = _main(capsys, "count", tiny_tokens.fingerprint, "-w", ws.root, "--lags", "1", "--scheduler", "sync")
+    assert rc == 2 and "symbolic link" in err
+    manifest = os.path.join(tiny_tokens.path, "manifest.json")
+    os.remove(manifest)
+    os.mkfifo(manifest)
+    rc, err = _main(capsys, "ls", "-w", ws.root)
+    assert rc == 0 and "not a regular file" in err
+    assert time.monotonic() - t0 < 20
+
+
+def test_gc_refuses_a_directory_without_the_workspace_marker(tmp_path, capsys):
+    plain = tmp_path / "project"
+    for sub in ("model/mine", "tmp/notes", "report/draft"):
+        (plain / sub).mkdir(parents=True)
+        (plain / sub / "keep.txt").write_text("user data")
+    rc, err = _main(capsys, "gc", "-w", plain)
+    assert rc == 2 and "not a ctstore workspace (no .ctstore-workspace marker)" in err and "touch " in err
+    assert all((plain / sub / "keep.txt").exists() for sub in ("model/mine", "tmp/notes", "report/draft"))
+    fresh = Workspace(str(tmp_path / "fresh"))  # a workspace ctstore creates is marked at once
+    assert fresh.is_marked() and fresh.gc() == []
+    (plain / ".ctstore-workspace").write_text("{}")  # the documented migration of an older workspace
+    assert Workspace(str(plain)).gc(dry_run=True)
+
+
+@pytest.mark.parametrize("link", ["tmp", "model", ".locks"])
+def test_gc_never_follows_a_symlink_out_of_the_workspace(ws, tmp_path, tiny_tokens, link, capsys):
+    shared = tmp_path / "shared"
+    (shared / "sub").mkdir(parents=True)
+    (shared / "a.txt").write_text("shared")
+    (shared / "sub" / "b.txt").write_text("shared")
+    (shared / "c.lock").write_text("x")
+    target = os.path.join(ws.root, link)
+    if os.path.isdir(target):
+        os.rmdir(target)
+    os.symlink(shared, target)
+    (tmp_path / "elsewhere").mkdir()
+    os.symlink(tmp_path / "elsewhere", os.path.join(ws.root, "tokens", "0" * 20))  # a link as an artifact dir
+    rc, err = _main(capsys, "gc", "-w", ws.root)
+    assert rc == 0 and "symbolic link leading out of the workspace" in err
+    assert sorted(os.listdir(shared)) == ["a.txt", "c.lock", "sub"] and (shared / "sub" / "b.txt").exists()
+    assert (tmp_path / "elsewhere").is_dir() and not os.path.lexists(os.path.join(ws.root, "tokens", "0" * 20))
+    assert ws.list() == [tiny_tokens]
+
+
+def test_fifo_in_locks_does_not_hang_gc(ws, tiny_tokens, deadline):
+    with deadline(30):
+        _fifo_in_locks(ws)
+
+
+def _fifo_in_locks(ws):
+    os.makedirs(os.path.join(ws.root, ".locks"), exist_ok=True)
+    fifo = os.path.join(ws.root, ".locks", "counts-" + "1" * 20 + ".lock")
+    os.mkfifo(fifo)
+    t0 = time.monotonic()
+    assert fifo in ws.gc() and not os.path.lexists(fifo)
+    os.mkfifo(fifo)
+    with pytest.raises(CtstoreError, match="lock file is not a regular file"):
+        with ws.lock("counts", "1" * 20):
+            pass
+    assert time.monotonic() - t0 < 5
+
+
+@pytest.mark.parametrize("where", ["root", "parent", "inside"])
+def test_export_force_never_replaces_a_workspace(tmp_path, capsys, where):
+    ws = Workspace(str(tmp_path / "top" / "ws"))
+    model, _ = _tiny_run_inputs(ws)
+    target = {"root": ws.root, "parent": str(tmp_path / "top"), "inside": os.path.join(ws.root, "tokens")}[where]
+    before = sorted(os.listdir(ws.root))
+    rc, err = _main(capsys, "export", model.fingerprint, target, "--force", "-w", ws.root)
+    assert rc == 2 and "workspace" in err
+    assert sorted(os.listdir(ws.root)) == before and ws.list("model") == [model]
+    other = Workspace(str(tmp_path / "other"))  # a workspace that is not the one exported from
+    rc, err = _main(capsys, "export", model.fingerprint, str(tmp_path / "other"), "--force", "-w", ws.root)
+    assert rc == 2 and "workspace" in err and other.is_marked()
+
+
+def test_gc_removes_a_killed_exports_partial_directory(tmp_path, capsys, monkeypatch):
+    import ctstore.export as export
+
+    ws = Workspace(str(tmp_path / "ws"))
+    model, _ = _tiny_run_inputs(ws)
+    out = tmp_path / "hf"
+
+    def killed(*a, **k):
+        raise SystemExit(137)  # as if killed while writing: nothing cleans up
+    monkeypatch.setattr(export, "neox_state_dict", killed)
+    monkeypatch.setattr("ctstore.location._remove", lambda loc: None)
+    # a kill runs no cleanup; only the kernel drops the process's lock (its record stays in tmp/)
+    monkeypatch.setattr("ctstore.deletion.ExportRecord.__exit__", lambda self, *exc: self.lock.__exit__(*exc))
+    with pytest.raises(SystemExit):
+        _main(capsys, "export", model.fingerprint, out, "-w", ws.root)
+    monkeypatch.undo()
+    leftovers = [p for p in os.listdir(tmp_path) if p.startswith("hf.partial-")]
+    assert leftovers and not out.exists()
+    removed = ws.gc()
+    assert str(tmp_path / leftovers[0]) in removed and not os.path.exists(tmp_path / leftovers[0])
+    assert sorted(os.listdir(tmp_path)) == ["ws"]
+
+
+def test_a_partial_file_left_by_a_kill_is_never_hashed_into_a_published_artifact(ws):
+    from ctstore.workspace import build_artifact
+
+    def build(path):
+        with open(os.path.join(path, "checkpoint.safetensors"), "wb") as f:
+            f.write(b"complete")
+        with open(os.path.join(path, "checkpoint.safetensors.partial-1a2b3c4d"), "wb") as f:
+            f.write(b"torn")  # what a kill between write and rename leaves
+        return {"params": {}, "inputs": {}}
+
+    run, _ = build_artifact(ws, "run", "2" * 20, build)
+    assert list(run.manifest["files"]) == ["checkpoint.safetensors"]
+    assert os.listdir(run.path) == ["checkpoint.safetensors", "manifest.json"] or \
+        sorted(os.listdir(run.path)) == ["checkpoint.safetensors", "manifest.json"]
+    assert verify_artifact(run) == []
+
+
+@pytest.fixture
+def silent_servers():
+    """A TCP server that accepts and never answers, and an HTTP server: neither is a Dask scheduler."""
+    import http.server
+    import threading
+
+    silent = socket.socket()
+    silent.bind(("127.0.0.1", 0))
+    silent.listen(8)
+    httpd = http.server.ThreadingHTTPServer(("127.0.0.1", 0), http.server.SimpleHTTPRequestHandler)
+    thread = threading.Thread(target=httpd.serve_forever, daemon=True)
+    thread.start()
+    yield {"silent": f"tcp://127.0.0.1:{silent.getsockname()[1]}", "http": f"tcp://127.0.0.1:{httpd.server_port}",
+           "http-url": f"http://127.0.0.1:{httpd.server_port}", "garbage": "not an address"}
+    httpd.shutdown()
+    silent.close()
+
+
+@pytest.mark.parametrize("which", ["silent", "http", "http-url", "garbage"])
+def test_scheduler_that_never_answers_fails_in_one_line_within_seconds(ws, tiny_tokens, silent_servers, capsys,
+                                                                        monkeypatch, which, deadline):
+    monkeypatch.setattr("ctstore.cluster.HANDSHAKE_TIMEOUT", 2.0)
+    t0 = time.monotonic()
+    with deadline(60):
+        rc, err = _main(capsys, "count", tiny_tokens.fingerprint, "-w", ws.root, "--lags", "1", "--scheduler",
+                        silent_servers[which])
+    assert rc == 2 and "--scheduler" in err and time.monotonic() - t0 < 15
+    assert ws.list("counts") == []
+
+
+def _sft(capsys, ws, model, tokens, *extra):
+    return _main(capsys, "sft", model.fingerprint, "--tokens", tokens.fingerprint, "-w", ws.root, "--steps", "4",
+                 "--eval-every", "2", "--batch-size", "2", "--device", "cpu", *extra)
+
+
+def test_sft_with_a_huge_lr_stops_on_the_nonfinite_loss_and_publishes_nothing(ws, capsys):
+    model, tokens = _tiny_run_inputs(ws)
+    rc, err = _sft(capsys, ws, model, tokens, "--lr", "1e30")
+    assert rc == 2 and "training diverged; nothing was published" in err
+    assert ws.list("run") == []
+
+
+def test_sft_batch_is_planned_against_memory_before_anything_is_allocated(ws, capsys, deadline):
+    import resource
+
+    model, tokens = _tiny_run_inputs(ws)
+    t0, peak = time.monotonic(), resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    with deadline(20):
+        rc, err = _sft(capsys, ws, model, tokens, "--batch-size", "100000000")
+    assert rc == 2 and "sft --batch-size 100000000: one step" in err and "--memory 4GB" in err
+    assert time.monotonic() - t0 < 10 and resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - peak < 500_000
+    assert ws.list("run") == [] and not os.listdir(os.path.join(ws.root, "run"))
+
+
+@pytest.mark.skipif(__import__("torch").cuda.is_available(), reason="needs a machine without a GPU")
+def test_sft_on_cuda_without_a_gpu_is_one_line(ws, capsys):
+    model, tokens = _tiny_run_inputs(ws)
+    rc, err = _sft(capsys, ws, model, tokens, "--device", "cuda")
+    assert rc == 2 and "--device cuda: no CUDA GPU" in err
+    rc, err = _sft(capsys, ws, model, tokens, "--device", "quantum")
+    assert rc == 2 and "not a torch device" in err
+
+
+@pytest.mark.parametrize("fraction,empty", [("1e-9", "val"), ("0.999999999", "train")])
+def test_sft_and_eval_on_an_empty_split_are_one_line(ws, capsys, fraction, empty):
+    model, tokens = _tiny_run_inputs(ws)
+    rc, err = _sft(capsys, ws, model, tokens, "--val-fraction", fraction)
+    assert rc == 2 and f"the {empty} split of the documents" in err and "has 0 tokens" in err
+    rc, err = _main(capsys, "eval", model.fingerprint, "--tokens", tokens.fingerprint, "-w", ws.root,
+                    "--val-fraction", fraction, "--split", empty)
+    assert rc == 2 and f"the {empty} split" in err
+
+
+@pytest.mark.parametrize("flag,value", [("--max-new-tokens", "1000000000"), ("--max-new-tokens", "1e9"),
+                                        ("-n", "100000000"), ("-n", "1e8")])
+def test_generate_lengths_are_bounded(ws, capsys, flag, value):
+    model, _ = _tiny_run_inputs(ws)
+    t0 = time.monotonic()
+    with pytest.raises(SystemExit) as exit_:
+        _main(capsys, "generate", model.fingerprint, "--prompt", "hi", flag, value, "-w", ws.root)
+    err = capsys.readouterr().err
+    name = {"-n": "--num-samples"}.get(flag, flag)
+    assert exit_.value.code == 2 and err.count("\n") == 1 and err.startswith(f"ctstore: error: {name}: must be")
+    assert time.monotonic() - t0 < 5
+
+
+def test_tokenize_with_a_directory_as_encoding_is_one_line(tmp_path, capsys):
+    (tmp_path / "t.txt").write_text("hello world\n")
+    (tmp_path / "enc").mkdir()
+    rc, err = _main(capsys, "tokenize", tmp_path / "t.txt", "--encoding", f"{tmp_path / 'enc'}/",
+                    "-w", tmp_path / "ws")
+    assert rc == 2 and "encoding file is a directory" in err
+
+
+@pytest.mark.parametrize("bad", [np.nan, np.inf])
+def test_nonfinite_kernel_is_refused_in_one_line(ws, tmp_path, capsys, bad):
+    rng = np.random.default_rng(0)
+    tokens = _hashed_tokens(ws, [list(rng.integers(0, 40, 200)) for _ in range(20)])
+    rc, _ = _main(capsys, "count", tokens.fingerprint, "-w", ws.root, "--lags", "2", "--scheduler", "sync")
+    assert rc == 0
+    kernel = np.ones(16)
+    kernel[3] = bad
+    np.save(tmp_path / "k.npy", kernel)
+    rc, err = _main(capsys, "k0", ws.list("counts")[0].fingerprint, "-w", ws.root, "--method", "fft2", "--kernel",
+                    tmp_path / "k.npy", "--v-eff", "16", "--dim", "4", "--scheduler", "sync")
+    assert rc == 2 and "kernel has a NaN or infinite value (row 3)" in err and ws.list("embeddings") == []
+
+
+@pytest.mark.parametrize("options,problem", [
+    ({"bogus_option": 1}, "storage option 'bogus_option' is not accepted"),
+    ({"endpoint_url": "http://127.0.0.1:9", "key": "a", "secret": "b"}, "cannot reach the object store"),
+    ({"endpoint_url": "http://127.0.0.1:9"}, "no credentials for the object store"),
+])
+def test_s3_workspace_that_cannot_be_reached_is_one_line_quickly(tmp_path, capsys, monkeypatch, options, problem,
+                                                                 deadline):
+    pytest.importorskip("s3fs")
+    for name in list(os.environ):
+        if name.startswith(("AWS_", "FSSPEC_")):
+            monkeypatch.delenv(name)
+    monkeypatch.setenv("AWS_SHARED_CREDENTIALS_FILE", str(tmp_path / "none"))
+    monkeypatch.setenv("AWS_CONFIG_FILE", str(tmp_path / "none"))
+    monkeypatch.setenv("AWS_EC2_METADATA_DISABLED", "true")
+    monkeypatch.setenv("CTSTORE_STORAGE_OPTIONS", json.dumps(options))
+    t0 = time.monotonic()
+    with deadline(60):
+        rc, err = _main(capsys, "ls", "-w", "s3://ctstore-nobucket/ws")
+    assert rc == 2 and problem in err and time.monotonic() - t0 < 15
+
+
+@pytest.mark.slow
+def test_ctrl_c_to_the_process_group_prints_no_worker_tracebacks(tmp_path):
+    """A terminal's Ctrl-C reaches every process of the group: workers must stay quiet, ctstore speaks last."""
+    import glob
+    import signal
+
+    ws = str(tmp_path / "ws")
+    tokens = json.loads(cli("synth", "--vocab", "20000", "--tokens", "4M", "--shard-tokens", "256K", "-w", ws,
+                            "--json").stdout)
+    cmd = [sys.executable, "-m", "ctstore.cli", "count", tokens["fingerprint"], "-w", ws, "--lags", "8",
+           "--memory", "2GB", "--spill", "-q"]
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True,
+                            env={**os.environ, "CTSTORE_NO_PROGRESS": "1"})
+    deadline = time.time() + 180
+    while time.time() < deadline and not glob.glob(f"{ws}/tmp/counts-*/map-*"):
+        time.sleep(0.05)
+    os.killpg(proc.pid, signal.SIGINT)
+    _, err = proc.communicate(timeout=120)
+    assert proc.returncode == 130, err
+    lines = [line for line in err.splitlines() if line.strip()]
+    assert "Traceback" not in err and lines[-1].startswith("ctstore: interrupted"), err
+    assert Workspace(ws).list("counts") == []
+
+
+@pytest.mark.parametrize("field,value,problem", [
+    ("inputs", {"counts": 123}, "inputs.counts is the number 123"),
+    ("files", {"part-00000.parquet": "not-a-hash"}, "is not \"hash:size\""),
+    ("files", ["part-00000.parquet"], "files is a list"),
+    ("created", "yesterday", "created is the string 'yesterday', not a timestamp"),
+    ("final_val_ppl", "abc", "final_val_ppl is the string 'abc', not a number"),
+    ("shards", "x", "shards is the string 'x', not a list"),
+    ("shards", [{"name": "a/b.parquet"}], "shards[0].name contains a path separator"),
+    ("n_vocab", -1, "n_vocab is the number -1"),
+])
+def test_manifest_of_the_wrong_types_is_unreadable_and_ls_lists_the_rest(ws, tiny_tokens, capsys, field, value,
+                                                                        problem):
+    other = _hashed_tokens(ws, [[1, 2, 3]] * 3)
+    _edit_manifest(tiny_tokens, lambda m: m.update({field: value}))
+    rc, out = _main(capsys, "ls", "-w", ws.root)
+    assert rc == 0 and other.fingerprint in out
+    bad_line = [line for line in out.splitlines() if tiny_tokens.fingerprint in line]
+    assert len(bad_line) == 1 and "UNREADABLE" in bad_line[0] and problem in bad_line[0], out
+    for command in ("show", "verify"):
+        rc, err = _main(capsys, command, tiny_tokens.fingerprint, "-w", ws.root)
+        assert rc == 2 and problem in err
+    rc, err = _main(capsys, "count", tiny_tokens.fingerprint, "-w", ws.root, "--lags", "1", "--scheduler", "sync")
+    assert rc == 2 and problem in err and ws.list("counts") == []

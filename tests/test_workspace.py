@@ -80,8 +80,8 @@ def test_workspace_that_is_a_file_is_a_clear_error(tmp_path):
 
 def test_memory_url_workspace_round_trip():
     ws = Workspace("memory://ctstore-test-ws")
-    art = build_artifact(ws, "run", "abc123", lambda path: {"params": {"x": 1}, "inputs": {}})[0]
-    again = Workspace("memory://ctstore-test-ws").find("run", "abc123")
+    art = build_artifact(ws, "run", "abc1230000000000000f", lambda path: {"params": {"x": 1}, "inputs": {}})[0]
+    again = Workspace("memory://ctstore-test-ws").find("run", "abc1230000000000000f")
     assert again is not None and again.manifest["params"] == {"x": 1}
     assert art.url.startswith("memory://")
 

@@ -137,6 +137,14 @@ def _check_kernel_shape(path: str, n: int) -> None:
         raise CtstoreError(f"{path}: not a .npy array ({exc})") from None
     if k.shape not in ((n,), (n, n)):
         raise CtstoreError(f"{path}: kernel has shape {k.shape}, expected ({n},) or ({n}, {n}) for V_eff={n}")
+    if not np.issubdtype(k.dtype, np.number) or np.iscomplexobj(k):
+        raise CtstoreError(f"{path}: kernel has dtype {k.dtype}, expected real numbers")
+    rows = max(1, (16 << 20) // max(1, k[0].size))  # checked in blocks: a dense kernel may not fit in memory
+    for start in range(0, k.shape[0], rows):
+        block = np.asarray(k[start:start + rows])
+        if not np.isfinite(block).all():
+            bad = start + int(np.flatnonzero(~np.isfinite(block).reshape(len(block), -1).any(axis=1))[0])
+            raise CtstoreError(f"{path}: kernel has a NaN or infinite value (row {bad}); a kernel must be finite")
 
 
 def _embed_into(ws, path, fp, counts, store, params: K0Params, plan: K0Plan, param_dict, memory_plan: MemoryPlan,

@@ -27,6 +27,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from ..errors import CtstoreError
+from ..integrity import check_regular_files  # shard names come from the manifest: no link, FIFO, device
 from ..location import Location
 from . import require
 from .npy import load_npy, save_npy
@@ -211,6 +212,7 @@ class TokenShards:
     def from_artifact(cls, artifact) -> "TokenShards":
         m = artifact.manifest
         require(artifact, "tokens")
+        check_regular_files(artifact.location, [s["name"] for s in m["shards"]])
         return cls(artifact.location, int(m["n_vocab"]), tuple(m["shards"]))
 
     @property

@@ -38,10 +38,13 @@ class TokenSplit:
             os.makedirs(cache_dir, exist_ok=True)
             if not all(os.path.exists(p) for p in self.paths.values()):
                 self._build(fraction)
+            for split, p in self.paths.items():  # checked before mapping: an empty file cannot be mapped
+                n = os.path.getsize(p) // 4
+                if n < 2:
+                    raise CtstoreError(f"{tokens}: the {split} split of the documents (validation fraction "
+                                       f"{fraction:g}) has {n} tokens; need more documents or another "
+                                       "--val-fraction")
             self.arrays = {s: np.memmap(p, dtype=np.uint32, mode="r") for s, p in self.paths.items()}
-        for split, arr in self.arrays.items():
-            if arr.size < 2:
-                raise CtstoreError(f"{tokens}: the {split} split has {arr.size} tokens; need more documents")
 
     def _build(self, fraction: float) -> None:
         """Write both files under temporary names, renamed into place only once both are complete."""

@@ -35,7 +35,63 @@ from .eval import evaluate
 if TYPE_CHECKING:
     from .stage import SftParams
 
-__all__ = ["train_into", "lr_at", "optimizer_for"]
+__all__ = ["train_into", "lr_at", "optimizer_for", "plan_step_bytes", "resolve_device"]
+
+
+def resolve_device(device: str | None) -> str:
+    """``device`` checked before any work: ``cuda`` without a GPU or an unknown name is a one-line error."""
+    if device is None:
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    try:
+        kind = torch.device(device).type
+    except (RuntimeError, ValueError):
+        raise CtstoreError(f"--device {device}: not a torch device (cpu, cuda, cuda:N)") from None
+    if kind == "cuda" and not torch.cuda.is_available():
+        raise CtstoreError(f"--device {device}: no CUDA GPU is available to torch here; use --device cpu")
+    if kind not in ("cpu", "cuda"):
+        raise CtstoreError(f"--device {device}: sft runs on cpu or cuda")
+    return device
+
+
+def plan_step_bytes(config, batch_size: int, T: int, device: str) -> dict:
+    """Lower bounds of the bytes one training step needs, on the host and on the device.
+
+    Host: the sampled windows as int64 (index, window stack, tensor; 3 copies).
+    Activations (on the host for ``cpu``): the float32 logits ``B·T·V`` and the
+    residual stream kept per layer for the backward pass (``~8·d`` floats per
+    token and layer) -- far below the real peak, so a refusal is never wrong;
+    what it catches is a batch that could never fit (``--batch-size 100000000``
+    used to grow 1 GB every 5 s until the machine ran out).
+    """
+    tokens = batch_size * (T + 1)
+    host = 3 * 8 * tokens
+    activations = 4 * batch_size * T * (config.vocab_size + 8 * config.n_embd * config.n_layer)
+    return {"host": host + (activations if device == "cpu" else 0),
+            "device": activations if device != "cpu" else 0}
+
+
+def _check_step_fits(model, p: SftParams, T: int, device: str, memory: str | int | None) -> None:
+    from ..units import format_bytes, parse_memory
+
+    need = plan_step_bytes(model.config, p.batch_size, T, device)
+    if memory is not None and need["host"] > parse_memory(memory):
+        raise CtstoreError(f"sft --batch-size {p.batch_size}: one step of {p.batch_size} x {T + 1} tokens needs "
+                           f"at least {format_bytes(need['host'])}, --memory {memory} allows "
+                           f"{format_bytes(parse_memory(memory))}; lower --batch-size or --block-size, or raise "
+                           "--memory")
+    if need["device"] and device.startswith("cuda"):
+        total = torch.cuda.get_device_properties(torch.device(device)).total_memory
+        if need["device"] > total:
+            raise CtstoreError(f"sft --batch-size {p.batch_size}: one step needs at least "
+                               f"{format_bytes(need['device'])} on {device}, which has {format_bytes(total)}; "
+                               "lower --batch-size or --block-size")
+
+
+def _finite(value: float, what: str, step: int, lr: float) -> None:
+    """A non-finite loss stops the run: nothing is published (a NaN model is never a result)."""
+    if not math.isfinite(value):
+        raise CtstoreError(f"sft: {what} is {value} at step {step} (learning rate {lr:g}): training diverged; "
+                           "nothing was published (lower --lr)")
 
 
 def lr_at(step: int, p: SftParams) -> float:
@@ -55,11 +111,16 @@ def optimizer_for(model: PhotonicGPT, p: SftParams) -> torch.optim.AdamW:
                               {"params": no_decay, "weight_decay": 0.0}], lr=p.lr, betas=(0.9, 0.95))
 
 
-def train_into(ws, path, model_artifact, tokens, p: SftParams, device, stop_at) -> dict:
-    """Train in the run directory ``path`` (resuming from its checkpoint); returns the run's manifest fields."""
-    device = device or ("cuda" if torch.cuda.is_available() else "cpu")
+def train_into(ws, path, model_artifact, tokens, p: SftParams, device, stop_at, memory=None) -> dict:
+    """Train in the run directory ``path`` (resuming from its checkpoint); returns the run's manifest fields.
+
+    ``memory`` (``--memory``) bounds one step's planned bytes, checked before
+    the token cache is built or anything is allocated.
+    """
+    device = resolve_device(device)
     model, vocab_map, raw = load_model(model_dir(model_artifact), device)
     T = min(p.block_size or model.config.block_size, model.config.block_size)
+    _check_step_fits(model, p, T, device, memory)
     split = TokenSplit(tokens, p.val_fraction,
                        ws.scratch_dir("tokens", f"{tokens.fingerprint}-val{p.val_fraction}"))
     train, val = split.arrays["train"], split.arrays["val"]
@@ -106,6 +167,7 @@ def train_into(ws, path, model_artifact, tokens, p: SftParams, device, stop_at) 
             x, y = batch(train, T, p.batch_size, gen, vocab_map)
             with autocast:
                 _, loss = model(x.to(device), y.to(device))
+            _finite(loss.item(), "the training loss", step + 1, lr)
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             if p.grad_clip:
@@ -125,6 +187,7 @@ def train_into(ws, path, model_artifact, tokens, p: SftParams, device, stop_at) 
             bar.set_postfix_str(f"loss {record['loss']:.3f} {tps / 1e3:.1f}K tok/s")
             if step % p.eval_every == 0 or step == p.steps:
                 ev = evaluate(model, val, vocab_map, T, p.eval_tokens, p.batch_size, device)
+                _finite(ev["loss"], "the validation loss", step, lr)
                 record.update(val_loss=ev["loss"], val_ppl=ev["ppl"], val_ppl_known=ev["ppl_known"])
                 log(f"step {step}: batch loss {record['loss']:.4f}, val loss {ev['loss']:.4f}")  # as nanoGPT prints
                 _early_stop(meta, ev, p)
@@ -141,6 +204,7 @@ def train_into(ws, path, model_artifact, tokens, p: SftParams, device, stop_at) 
     save_model(model, os.path.join(path, RUN_MODEL), vocab_map, {k: v for k, v in raw.items()
                                                                  if k not in model.config.to_dict()})
     final = evaluate(model, val, vocab_map, T, p.eval_tokens, p.batch_size, device)
+    _finite(final["loss"], "the final validation loss", step, lr_at(max(step - 1, 0), p))
     log(f"sft: step {step}, validation loss {final['loss']:.4f}, perplexity {final['ppl']:.2f}"
         + (f" (stopped: {meta['stopped']})" if meta["stopped"] else ""))
     return {"params": asdict(p),

@@ -67,7 +67,8 @@ class SftParams(Params):
 
 
 def train_model(model_artifact, tokens, workspace: Workspace | None = None, *, params: SftParams | None = None,
-                force: bool = False, device: str | None = None, _stop_at: int | None = None):
+                force: bool = False, device: str | None = None, _stop_at: int | None = None,
+                memory: str | int | None = None):
     """Fine-tune a model artifact on a tokens artifact; returns a ``run`` artifact."""
     ws = workspace or model_artifact.workspace
     params = params or SftParams()
@@ -78,12 +79,12 @@ def train_model(model_artifact, tokens, workspace: Workspace | None = None, *, p
     def build(path: str) -> dict:
         if ws.is_local:  # train in the artifact's directory: its checkpoint is what a rerun resumes from
             return {"format_version": FORMAT_VERSION,
-                    **train_into(ws, path, model_artifact, tokens, params, device, _stop_at)}
+                    **train_into(ws, path, model_artifact, tokens, params, device, _stop_at, memory)}
         # a remote workspace: train in a local working copy (checkpoints are replaced after every evaluation,
         # which an object store cannot rename atomically), resumable on this machine, then copy it in
         work = ws.scratch_dir("run", fp)
         body = {"format_version": FORMAT_VERSION, **train_into(ws, work, model_artifact, tokens, params, device,
-                                                               _stop_at)}
+                                                               _stop_at, memory)}
         copy_directory(work, ws.artifact_location("run", fp))
         return body
 
@@ -131,7 +132,8 @@ STAGES = (
                   Input("tokens", "tokens", "tokens artifact fingerprint", flag=True)),
           options=(Option("--device", "cpu or cuda (default: cuda when available)"),),
           run=lambda ws, inputs, params, opts: train_model(inputs["model"], inputs["tokens"], ws, params=params,
-                                                           force=opts["force"], device=opts["device"])),
+                                                           force=opts["force"], device=opts["device"],
+                                                           memory=opts["memory"])),
     Stage(name="eval", kind=None, params=None, compute=False, run=_eval_stage,
           help="perplexity of a model (or run) on a tokens split",
           inputs=(Input("model", "any", "model or run artifact fingerprint"),
