@@ -977,7 +977,6 @@ def test_export_force_never_replaces_a_workspace(tmp_path, capsys, where):
 
 
 def test_gc_removes_a_killed_exports_partial_directory(tmp_path, capsys, monkeypatch):
-    import ctstore.export as export
 
     ws = Workspace(str(tmp_path / "ws"))
     model, _ = _tiny_run_inputs(ws)
@@ -985,7 +984,7 @@ def test_gc_removes_a_killed_exports_partial_directory(tmp_path, capsys, monkeyp
 
     def killed(*a, **k):
         raise SystemExit(137)  # as if killed while writing: nothing cleans up
-    monkeypatch.setattr(export, "neox_state_dict", killed)
+    monkeypatch.setattr("safetensors.torch.save_file", killed)  # inside the export's temporary directory
     monkeypatch.setattr("ctstore.location._remove", lambda loc: None)
     # a kill runs no cleanup; only the kernel drops the process's lock (its record stays in tmp/)
     monkeypatch.setattr("ctstore.deletion.ExportRecord.__exit__", lambda self, *exc: self.lock.__exit__(*exc))
