@@ -977,7 +977,6 @@ def test_export_force_never_replaces_a_workspace(tmp_path, capsys, where):
 
 
 def test_gc_removes_a_killed_exports_partial_directory(tmp_path, capsys, monkeypatch):
-
     ws = Workspace(str(tmp_path / "ws"))
     model, _ = _tiny_run_inputs(ws)
     out = tmp_path / "hf"
