@@ -84,7 +84,8 @@ def lag_csr(stream, code, tail_pos, head_ids, head_code, lag, table, bucket_star
       cache on every pair and measured 3x slower); each bucket, in cache, is bucketed
       by row into ``cols`` and each row reduced with a dense accumulator over V
       (``acc``, Gustavson's sparse accumulator): its distinct columns go to the front
-      of its range, only those are sorted, their counts go to ``pairs``;
+      of its range and only those are sorted (or, when they are dense in their span,
+      read off the accumulator in order), their counts go to ``pairs``;
     * each row's output merges its sorted tail columns with its head row of the table
       (head ids ascending, so already in column order); the table is zeroed as it is
       read, ready for the next lag.
@@ -145,19 +146,32 @@ def lag_csr(stream, code, tail_pos, head_ids, head_code, lag, table, bucket_star
         for r in range(r0, r1):
             start, stop = lo + local[r - r0], lo + local[r - r0 + 1]
             k = start
+            lo_col, hi_col = V, 0
             for j in range(start, stop):
                 col = cols[j]
                 if acc[col] == 0:
                     cols[k] = col  # k <= j: never overwrites a column still to be read
                     k += 1
+                    lo_col = min(lo_col, col)
+                    hi_col = max(hi_col, col)
                 acc[col] += 1
-            if k - start <= 24:
-                _insertion_sort(cols, start, k)
+            if (hi_col - lo_col) < 8 * (k - start):
+                # many distinct columns in a narrow range: reading the accumulator in order beats sorting
+                k = start
+                for col in range(lo_col, hi_col + 1):
+                    if acc[col]:
+                        cols[k] = col
+                        pairs[k] = acc[col]  # this bucket's packed pairs are all read: reuse for counts
+                        acc[col] = 0
+                        k += 1
             else:
-                cols[start:k].sort()
-            for j in range(start, k):
-                pairs[j] = acc[cols[j]]  # this bucket's packed pairs are all read: reuse for counts
-                acc[cols[j]] = 0
+                if k - start <= 24:
+                    _insertion_sort(cols, start, k)
+                else:
+                    cols[start:k].sort()
+                for j in range(start, k):
+                    pairs[j] = acc[cols[j]]
+                    acc[cols[j]] = 0
             row_start[r] = start
             row_len[r] = k - start
     indptr = np.zeros(V + 1, np.int64)
