@@ -228,14 +228,18 @@ def test_chunk_pairs_lag_equals_scipy_on_generated_documents(docs, lags, head):
         np.testing.assert_array_equal(data, ref.data)
 
 
-def test_chunk_pairs_rejects_a_unigram_that_does_not_count_the_chunk():
-    """The tail positions are sized from the unigram: a wrong one must fail, not write out of bounds."""
+def test_chunk_pairs_rejects_inputs_the_unchecked_loops_would_overrun():
+    """The compiled loops skip bounds checks: a wrong unigram, id or offsets must fail, not write out of bounds."""
     from ctstore.count import ChunkPairs
     from ctstore.errors import CtstoreError
 
     values = np.array([1, 2, 3, 1], np.uint32)
     with pytest.raises(CtstoreError, match="unigram"):
         ChunkPairs(values, np.array([0, 4]), 5, 2, head=1, unigram=np.array([0, 1, 1, 1, 0]))
+    with pytest.raises(CtstoreError, match="vocabulary"):
+        ChunkPairs(values, np.array([0, 4]), 3, 2)
+    with pytest.raises(CtstoreError, match="offsets"):
+        ChunkPairs(values, np.array([0, 3]), 5, 2)
 
 
 def test_one_pass_and_spilled_map_reduce_give_identical_stores(ws):

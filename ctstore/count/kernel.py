@@ -120,6 +120,11 @@ class ChunkPairs:
         if m >= 2**31 - 1:
             raise CtstoreError(f"a count chunk of {n} tokens in {docs} documents exceeds 2^31 slots")
         self.n_vocab, self.lags, self.size = V, lags, m
+        # the compiled loops do not check bounds: ids and offsets are checked here, once
+        if docs < 0 or (docs and (int(offsets[0]) != 0 or int(offsets[-1]) != n)) or (n and not docs):
+            raise CtstoreError(f"count chunk: offsets do not cover its {n} tokens")
+        if n and int(values.max()) >= V:
+            raise CtstoreError(f"count chunk: token id {int(values.max())} >= vocabulary {V}")
         if unigram is None:
             unigram = loops.unigram_counts(values, V)
         if unigram.size != V or int(unigram.sum()) != n:
