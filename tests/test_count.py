@@ -307,3 +307,18 @@ def check_store_equals_naive(counts, docs, lags: int, n_vocab: int = 41) -> None
     unigram = np.bincount(np.concatenate([np.asarray(d, int) for d in docs if d]), minlength=n_vocab)
     assert np.array_equal(store.unigram, unigram)
     assert np.array_equal(store.rank, np.lexsort((np.arange(n_vocab), -unigram)))
+
+
+@pytest.mark.parametrize("span", [1, 200, 256, 70_000, 5_000_000])
+def test_radix_sort_of_a_row_equals_numpy_sort(span):
+    """The kernel's row sort: one, two, three passes (the last leaving the result in the scratch)."""
+    from ctstore.count import loops
+
+    rng = np.random.default_rng(span)
+    a = rng.integers(7, 7 + span + 1, 3000).astype(np.int32)
+    a[:2] = 7, 7 + span  # the span's both ends
+    got = a.copy()
+    loops._radix_sort(got, 100, 2900, 7, 7 + span, np.empty(3000, np.int32), np.empty(256, np.int64))
+    np.testing.assert_array_equal(got[100:2900], np.sort(a[100:2900]))
+    np.testing.assert_array_equal(got[:100], a[:100])
+    np.testing.assert_array_equal(got[2900:], a[2900:])

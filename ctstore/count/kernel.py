@@ -92,14 +92,16 @@ class HeadWork:
         self.row_len = np.empty(n_vocab, np.int32)
         self.pairs = np.empty(tail_pairs, np.uint64)
         self.cols = np.empty(tail_pairs, np.int32)
+        self.sort_tmp = np.empty(n_vocab, np.int32)
+        self.digit_count = np.empty(256, np.int64)
 
     @staticmethod
     def nbytes(head: int, n_vocab: int, tail_pairs: int) -> int:
-        return 4 * (head + 1) ** 2 + 17 * n_vocab + 12 * tail_pairs + 8192
+        return 4 * (head + 1) ** 2 + 21 * n_vocab + 12 * tail_pairs + 16384
 
     def arrays(self) -> tuple:
         return (self.table, self.bucket_start, self.local, self.row_start, self.row_len, self.acc, self.pairs,
-                self.cols)
+                self.cols, self.sort_tmp, self.digit_count)
 
 
 class ChunkPairs:

@@ -67,9 +67,49 @@ def _insertion_sort(a, lo, hi):
 ROW_BITS = 9  # tail pairs are partitioned by row into buckets of 2**ROW_BITS rows
 
 
+RADIX_BITS = 8
+
+
+@njit(**_JIT)
+def _radix_sort(a, lo, hi, lo_val, hi_val, tmp, count):
+    """Sort ``a[lo:hi]`` (values in ``[lo_val, hi_val]``) in place: LSD radix on ``value - lo_val``,
+    8 bits a pass, only as many passes as the span needs; ``tmp`` (≥ hi - lo) and ``count`` (≥ 256) are
+    scratch. Distinct columns of a row, 33 to thousands of them: ~4 operations per element where
+    numba's quicksort took ~3·log2(k) (it was most of a lag on synthetic V = 131,072 text)."""
+    n = hi - lo
+    span = hi_val - lo_val
+    shift = 0
+    src_is_a = True
+    while True:
+        count[:] = 0
+        for i in range(n):
+            v = (a[lo + i] if src_is_a else tmp[i]) - lo_val
+            count[(v >> shift) & 255] += 1
+        total = 0
+        for d in range(256):
+            c = count[d]
+            count[d] = total
+            total += c
+        for i in range(n):
+            x = a[lo + i] if src_is_a else tmp[i]
+            d = ((x - lo_val) >> shift) & 255
+            if src_is_a:
+                tmp[count[d]] = x
+            else:
+                a[lo + count[d]] = x
+            count[d] += 1
+        src_is_a = not src_is_a
+        shift += RADIX_BITS
+        if (span >> shift) == 0:
+            break
+    if not src_is_a:  # the sorted values are in tmp
+        for i in range(n):
+            a[lo + i] = tmp[i]
+
+
 @njit(**_JIT)
 def lag_csr(stream, code, tail_pos, head_ids, head_code, lag, table, bucket_start, local, row_start, row_len, acc,
-            pairs, cols):
+            pairs, cols, sort_tmp, digit_count):
     """CSR ``(indptr int64, indices int32, counts uint32)`` of lag ``lag`` over V = ``head_code.size - 1`` rows.
 
     * head pairs (both ranks < H): one pass over ``code``, ``table[a·(H+1) + b] += 1``
@@ -84,8 +124,9 @@ def lag_csr(stream, code, tail_pos, head_ids, head_code, lag, table, bucket_star
       cache on every pair and measured 3x slower); each bucket, in cache, is bucketed
       by row into ``cols`` and each row reduced with a dense accumulator over V
       (``acc``, Gustavson's sparse accumulator): its distinct columns go to the front
-      of its range and only those are sorted (or, when they are dense in their span,
-      read off the accumulator in order), their counts go to ``pairs``;
+      of its range and only those are sorted (insertion sort up to 32, else LSD radix
+      sort; or, when they are dense in their span, read off the accumulator in order),
+      their counts go to ``pairs``;
     * each row's output merges its sorted tail columns with its head row of the table
       (head ids ascending, so already in column order); the table is zeroed as it is
       read, ready for the next lag.
@@ -94,7 +135,8 @@ def lag_csr(stream, code, tail_pos, head_ids, head_code, lag, table, bucket_star
     ((H+1)² uint32) and ``acc`` (uint32, V), zero on entry and on return;
     ``bucket_start`` (int64, V / 512 + 3), ``local`` (int64, 514), ``row_start``
     (int64, V), ``row_len`` (int32, V), ``pairs`` (uint64) and ``cols`` (int32), each
-    at least the lag's tail pairs (≤ 2·len(tail_pos)).
+    at least the lag's tail pairs (≤ 2·len(tail_pos)), ``sort_tmp`` (int32, V) and
+    ``digit_count`` (int64, 256) for the radix sort.
     """
     V = head_code.size - 1
     H = head_ids.size
@@ -165,10 +207,10 @@ def lag_csr(stream, code, tail_pos, head_ids, head_code, lag, table, bucket_star
                         acc[col] = 0
                         k += 1
             else:
-                if k - start <= 24:
+                if k - start <= 32:
                     _insertion_sort(cols, start, k)
                 else:
-                    cols[start:k].sort()
+                    _radix_sort(cols, start, k, lo_col, hi_col, sort_tmp, digit_count)
                 for j in range(start, k):
                     pairs[j] = acc[cols[j]]
                     acc[cols[j]] = 0
