@@ -234,6 +234,9 @@ def _count_peers(tokens_fp: str, n_tokens: int, ws: str, old_path: str, memory: 
         r.update(json.loads(r.pop("stdout").strip().splitlines()[-1]))
         r["tokens_per_s"] = r["tokens"] / r["wall_s"]
         out["scipy_reference"] = r
+    else:
+        out["scipy_reference_skipped"] = (f"{n_tokens} tokens > {SCIPY_REFERENCE_MAX_TOKENS} "
+                                          "(CTSTORE_BENCH_REFERENCE_MAX_TOKENS): ~24 bytes per pair per lag in memory")
     out["load_after"] = os.getloadavg()[0]
     for name in ("old", "new", "scipy_reference"):
         if name in out:
