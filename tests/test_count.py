@@ -167,52 +167,79 @@ def test_one_pass_counts_equal_naive_counter_for_every_head_size(tmp_path_factor
     check_store_equals_naive(counts, docs, lags)
 
 
-@pytest.mark.parametrize("head", [0, 3, 64, 300, 10_000])
-def test_chunk_pairs_head_and_tail_split_every_pair_once(head):
-    """The kernel alone: head-head pairs from the dense table, every other pair from the tail, none twice."""
+def scipy_lag_csr(docs: list, V: int, lag: int):
+    """Reference: a scipy.sparse COO of every in-document lag-``lag`` pair, duplicates summed, rows sorted."""
+    import scipy.sparse as sp
+
+    rows = np.concatenate([d[:-lag] for d in docs if d.size > lag] + [np.empty(0, np.int64)])
+    cols = np.concatenate([d[lag:] for d in docs if d.size > lag] + [np.empty(0, np.int64)])
+    m = sp.coo_matrix((np.ones(rows.size, np.int64), (rows, cols)), shape=(V, V)).tocsr()
+    m.sum_duplicates()
+    m.sort_indices()
+    return m
+
+
+@pytest.mark.parametrize("V,head", [(300, 0), (300, 3), (300, 64), (300, 300), (300, 10_000), (3000, 1024),
+                                    (3000, 0)])
+def test_chunk_pairs_lag_equals_scipy_for_every_head_size(V, head):
+    """The compiled kernel alone against scipy: CSR arrays equal (sorted unique columns, counts summed).
+
+    V = 3000 spans several row buckets of the tail (512 rows each), Zipf rows give head rows with long
+    tail columns (sorted, not insertion-sorted) and many one-token and empty documents.
+    """
     from ctstore.count import ChunkPairs
 
-    rng = np.random.default_rng(head)
-    V = 300
-    docs = [rng.zipf(1.2, size=int(rng.integers(0, 80))).clip(max=V - 1) for _ in range(40)] + [np.array([], int)]
+    rng = np.random.default_rng(head + V)
+    docs = [rng.zipf(1.2, size=int(rng.integers(0, 400))).clip(max=V - 1) for _ in range(300)]
+    docs += [np.array([], int), np.array([V - 1])]
     values = np.concatenate(docs).astype(np.uint32)
     offsets = np.concatenate([[0], np.cumsum([d.size for d in docs])])
-    pairs = ChunkPairs(values, offsets, V, 4, head=head)
+    pairs = ChunkPairs(values, offsets, V, 6, head=head)
     assert pairs.head == min(head, V)
-    for lag in range(1, 5):
-        hr, hc, hx = pairs.head_entries(lag, pairs.work())
-        tr, tc = pairs.tail_entries(lag)
-        head_set = set(pairs.head_ids.tolist())
-        assert all(r in head_set and c in head_set for r, c in zip(hr.tolist(), hc.tolist()))
-        assert not any(r in head_set and c in head_set for r, c in zip(tr.tolist(), tc.tolist()))
-        assert np.all(np.diff(hr.astype(np.int64) * V + hc) > 0), "head entries come out sorted"
-        got: dict = {}
-        for r, c, x in zip(hr.tolist(), hc.tolist(), hx.tolist()):
-            got[(r, c)] = got.get((r, c), 0) + x
-        for r, c in zip(tr.tolist(), tc.tolist()):
-            got[(r, c)] = got.get((r, c), 0) + 1
-        assert got == naive_counts([d.tolist() for d in docs if d.size], lag)
-        (indptr, indices, data), _ = pairs.lag(lag)
-        rows = np.repeat(np.arange(V), np.diff(indptr))
-        assert dict(zip(zip(rows.tolist(), indices.tolist()), data.tolist())) == got
+    work = pairs.work()  # one scratch for every lag, as each thread of the engines uses it
+    for lag in (6, 1, 2, 3, 4, 5):
+        (indptr, indices, data), _ = pairs.lag(lag, work)
+        ref = scipy_lag_csr(docs, V, lag)
+        assert indptr.dtype == np.int64 and indices.dtype == np.int32 and data.dtype == np.uint32
+        np.testing.assert_array_equal(indptr, ref.indptr)
+        np.testing.assert_array_equal(indices, ref.indices)
+        np.testing.assert_array_equal(data, ref.data)
+        assert not work.table.any() and not work.acc.any(), "scratch left zero for the next lag"
 
 
-def test_csr_from_pairs_sums_duplicates_and_sorts_each_row():
-    from ctstore.count import csr_from_pairs
+@settings(max_examples=40, deadline=None)
+@given(docs=st.lists(st.lists(st.integers(0, 1100), max_size=50), min_size=1, max_size=20),
+       lags=st.integers(1, 5), head=st.sampled_from([0, 1, 2, 600, 2000]))
+def test_chunk_pairs_lag_equals_scipy_on_generated_documents(docs, lags, head):
+    """V = 1101: rows fall in three tail buckets; ids at bucket edges (511, 512, 1023, 1024) are likely."""
+    from ctstore.count import ChunkPairs
 
-    rng = np.random.default_rng(1)
-    rows, cols = rng.integers(0, 50, 5000), rng.integers(0, 70, 5000)
-    data = rng.integers(1, 1000, 5000).astype(np.uint64)
-    ref: dict = {}
-    for r, c, x in zip(rows.tolist(), cols.tolist(), data.tolist()):
-        ref[(r, c)] = ref.get((r, c), 0) + x
-    indptr, indices, values = csr_from_pairs([rows, cols, data], 50, 70)
-    assert indptr[-1] == len(ref) and values.dtype == np.uint64
-    for r in range(50):
-        row = indices[indptr[r]:indptr[r + 1]]
-        assert np.all(np.diff(row) > 0)
-        assert {(r, int(c)): int(x) for c, x in zip(row, values[indptr[r]:indptr[r + 1]])} == \
-            {k: v for k, v in ref.items() if k[0] == r}
+    V = 1101
+    docs = [np.array(d, np.int64) for d in docs]
+    values = np.concatenate(docs).astype(np.uint32)
+    offsets = np.concatenate([[0], np.cumsum([d.size for d in docs])])
+    pairs = ChunkPairs(values, offsets, V, lags, head=head)
+    work = pairs.work()
+    for lag in range(1, lags + 1):
+        (indptr, indices, data), _ = pairs.lag(lag, work)
+        ref = scipy_lag_csr(docs, V, lag)
+        np.testing.assert_array_equal(indptr, ref.indptr)
+        np.testing.assert_array_equal(indices, ref.indices)
+        np.testing.assert_array_equal(data, ref.data)
+
+
+def test_chunk_pairs_rejects_inputs_the_unchecked_loops_would_overrun():
+    """The compiled loops skip bounds checks: a wrong unigram, id or offsets must fail, not write out of bounds."""
+    from ctstore.count import ChunkPairs
+    from ctstore.errors import CtstoreError
+
+    values = np.array([1, 2, 3, 1], np.uint32)
+    with pytest.raises(CtstoreError, match="unigram"):
+        ChunkPairs(values, np.array([0, 4]), 5, 2, head=1, unigram=np.array([0, 1, 1, 1, 0]))
+    with pytest.raises(CtstoreError, match="vocabulary"):
+        ChunkPairs(values, np.array([0, 4]), 3, 2)
+    with pytest.raises(CtstoreError, match="offsets"):
+        ChunkPairs(values, np.array([0, 3]), 5, 2)
 
 
 def test_one_pass_and_spilled_map_reduce_give_identical_stores(ws):
@@ -280,3 +307,18 @@ def check_store_equals_naive(counts, docs, lags: int, n_vocab: int = 41) -> None
     unigram = np.bincount(np.concatenate([np.asarray(d, int) for d in docs if d]), minlength=n_vocab)
     assert np.array_equal(store.unigram, unigram)
     assert np.array_equal(store.rank, np.lexsort((np.arange(n_vocab), -unigram)))
+
+
+@pytest.mark.parametrize("span", [1, 200, 256, 70_000, 5_000_000])
+def test_radix_sort_of_a_row_equals_numpy_sort(span):
+    """The kernel's row sort: one, two, three passes (the last leaving the result in the scratch)."""
+    from ctstore.count import loops
+
+    rng = np.random.default_rng(span)
+    a = rng.integers(7, 7 + span + 1, 3000).astype(np.int32)
+    a[:2] = 7, 7 + span  # the span's both ends
+    got = a.copy()
+    loops._radix_sort(got, 100, 2900, 7, 7 + span, np.empty(3000, np.int32), np.empty(256, np.int64))
+    np.testing.assert_array_equal(got[100:2900], np.sort(a[100:2900]))
+    np.testing.assert_array_equal(got[:100], a[:100])
+    np.testing.assert_array_equal(got[2900:], a[2900:])

@@ -20,6 +20,9 @@ START_WIDTHS = (0.35, 0.5, 0.7, 1.0)
 # A row continues on the full grid when its coarse fit's R² there falls short of its R² on the coarse
 # grid by more than this (and then stops when a step gains less than this)
 FINE_TOL = 1e-4
+# A row is fitted afresh on the full grid when its coarse optimum's R² on the full row falls this far short
+# of its R² on the coarse grid (the coarse grid misled it: rough rows)
+ROUGH_GAP = 0.05
 
 
 def _solve_amplitudes(basis: torch.Tensor, w: torch.Tensor, ridge: float) -> torch.Tensor:
@@ -38,6 +41,14 @@ def fit_chunk(y: torch.Tensor, mu: torch.Tensor, n: int, K: int, steps: int, rid
               stride: int = 1, tol: float = 1e-6):
     """Fit one chunk of rows: coarse grid (initial amplitudes, LM, restarts of stuck rows), then LM on
     the full grid from the coarse optimum; returns (A, μ, σ, reconstruction) as numpy arrays."""
+    theta, recon = _fit(y, mu, n, K, steps, ridge, restarts, stride, tol)
+    amp, mu, width = theta[:, :K], theta[:, K:2 * K], theta[:, 2 * K:].exp()
+    return amp.cpu().numpy(), mu.cpu().numpy(), width.cpu().numpy(), recon.cpu().numpy()
+
+
+def _fit(y: torch.Tensor, mu: torch.Tensor, n: int, K: int, steps: int, ridge: float, restarts: int,
+         stride: int, tol: float) -> tuple[torch.Tensor, torch.Tensor]:
+    """:func:`fit_chunk` as tensors: (θ, reconstruction on the full row)."""
     R = y.shape[0]
     full = torch.arange(n, dtype=y.dtype, device=y.device)
     cols, yc = full[::stride], y[:, ::stride].contiguous()
@@ -94,8 +105,19 @@ def fit_chunk(y: torch.Tensor, mu: torch.Tensor, n: int, K: int, steps: int, rid
             t, _ = _lm(y[refine], theta[refine], full, n, K, steps, ridge, max(tol, FINE_TOL) * sst_full[refine])
             theta[refine] = t
             recon[refine] = _reconstruct(t, full, K)
-    amp, mu, width = theta[:, :K], theta[:, K:2 * K], theta[:, 2 * K:].exp()
-    return amp.cpu().numpy(), mu.cpu().numpy(), width.cpu().numpy(), recon.cpu().numpy()
+        # On rough rows (noise-like) the coarse optimum fits the sampled columns with narrow Gaussians
+        # that are wrong between them, and LM on the full row from there stays in that basin: R² fell to
+        # -0.2 on white noise, where the full grid from the start widths gets +0.05..0.1 (issue 18 item 4).
+        # Rows whose full-row R² falls ROUGH_GAP short of their coarse-grid R² are fitted afresh on the
+        # full grid; the better of the two stays. Smooth rows never get here, so this costs rough rows only.
+        sse_full = (y - recon).pow(2).sum(dim=1)
+        rough = torch.nonzero(sse_full / sst_full > sse_coarse / sst + ROUGH_GAP).flatten()
+        if rough.numel():
+            t, r = _fit(y[rough], mu[rough], n, K, steps, ridge, restarts, 1, tol)
+            better = (y[rough] - r).pow(2).sum(dim=1) < sse_full[rough]
+            theta[rough[better]] = t[better]
+            recon[rough[better]] = r[better]
+    return theta, recon
 
 
 def _reconstruct(theta: torch.Tensor, cols: torch.Tensor, K: int) -> torch.Tensor:

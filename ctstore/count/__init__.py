@@ -3,8 +3,8 @@
 ``lag_k[a, b] = #{i : t_i = a, t_{i+k} = b, same document}`` for k = 1..L.
 
 * :mod:`.kernel`: the pair kernel (:class:`ChunkPairs`): one chunk of documents →
-  one CSR per lag, a dense table for the most frequent ids and two counting passes
-  for the rest (:func:`csr_from_pairs`), no comparison sort.
+  one CSR per lag, a dense table for the most frequent ids and a counting pass by
+  row for the rest, compiled (:mod:`.loops`, numba).
 * :mod:`.plan`: the arithmetic of a count before any work (:func:`plan_count`).
 * Two engines, one store: :mod:`.onepass` (the whole corpus in this process when it
   fits ``--memory``: no spill, no cluster start-up) and :mod:`.mapreduce` (map →
@@ -17,11 +17,11 @@ its :class:`~ctstore.formats.counts.CountStoreWriter`); tasks receive the
 object store with the workspace's options.
 """
 
-from .kernel import ChunkPairs, choose_head, csr_from_pairs
+from .kernel import ChunkPairs, choose_head
 from .mapreduce import COUNT_BITS, assemble_task, map_task, merge_sorted_counts, reduce_task
 from .plan import MINI_ROWS, CountPlan, plan_count, plan_row_blocks
 from .stage import STAGE, CountParams, count_cooccurrences
 
 __all__ = ["CountParams", "CountPlan", "plan_count", "count_cooccurrences", "STAGE", "ChunkPairs", "choose_head",
-           "csr_from_pairs", "COUNT_BITS", "MINI_ROWS", "assemble_task", "map_task", "merge_sorted_counts",
+           "COUNT_BITS", "MINI_ROWS", "assemble_task", "map_task", "merge_sorted_counts",
            "reduce_task", "plan_row_blocks"]

@@ -23,7 +23,7 @@ from ..formats.tokens import TokenShards, read_unigram
 from ..location import Location
 from ..log import log, stopwatch
 from ..units import format_bytes, parse_memory
-from .kernel import ENTRY_BYTES, HEAD_CHOICES, HEAD_PIECE, ChunkPairs, HeadWork, _write_error, choose_head, read_chunk
+from .kernel import ENTRY_BYTES, HEAD_CHOICES, ChunkPairs, HeadWork, _loops, _write_error, choose_head, read_chunk
 from .plan import FUSED_BYTES_PER_TOKEN, MINI_ROWS
 
 
@@ -62,12 +62,12 @@ def _count_one_pass(store: Location, tokens, shards: TokenShards, params, memory
     with stopwatch(timings, "read_s"):
         values, offsets = _read_all(shards, params.val_fraction)
         n_tokens = int(values.size)  # training documents only when params.val_fraction is set
-        unigram = np.bincount(values, minlength=V).astype(np.uint64)
+        unigram = _loops().unigram_counts(values, V)
         pairs = ChunkPairs(values, offsets, V, L, head=head, unigram=unigram)
         del values, offsets
-    shared = pairs.stream.nbytes + pairs.code.nbytes + pairs.tail_pos.nbytes + 3 * V * 8
+    shared = pairs.nbytes() + 3 * V * 8
     per_lag = pairs.entry_bytes_bound()
-    per_thread = HeadWork.nbytes(pairs.head, pairs.size)
+    per_thread = pairs.work_bytes()
     if shared + per_thread + per_lag > room:
         log(f"count: one pass needs up to {format_bytes(shared + per_thread + per_lag + CLIENT_RESERVE)}; "
             f"the budget is {format_bytes(budget)}: map/reduce instead")
@@ -124,7 +124,7 @@ def _one_pass_outlook(tokens, shards: TokenShards, lags: int, head: int | None, 
     """
     room = budget - CLIENT_RESERVE
     n = shards.n_tokens
-    if n * FUSED_BYTES_PER_TOKEN + HeadWork.nbytes(HEAD_CHOICES[-1], HEAD_PIECE) > room * 3 // 4:
+    if n * FUSED_BYTES_PER_TOKEN + HeadWork.nbytes(HEAD_CHOICES[-1], shards.n_vocab, 0) > room * 3 // 4:
         return "no", None  # cannot fit with room for the lags: not worth reading the corpus to find out
     if n >= 2**31 - 1 or shards.n_vocab * MINI_ROWS >= 2**32:
         return "no", None
@@ -143,25 +143,37 @@ def _one_pass_bytes_from_unigram(tokens, shards: TokenShards, lags: int, head: i
     n = shards.n_tokens
     if unigram.shape != (shards.n_vocab,) or int(unigram.sum()) != n:
         return None
-    H = min(shards.n_vocab, choose_head(unigram, n * lags) if head is None else max(0, int(head)))
+    H = min(shards.n_vocab, choose_head(unigram, n * lags, lags=lags) if head is None else max(0, int(head)))
     n_tail = n - int(np.sort(unigram)[::-1][:H].sum())
     m = n + lags * int(sum(s.get("docs", 0) for s in shards.shards) or tokens.manifest.get("docs", 0))
-    shared = 10 * m + 4 * n_tail + 24 * shards.n_vocab  # stream, codes, tail positions, unigram and rank
-    per_lag = ENTRY_BYTES * (min(m, 2 * n_tail) + min(H * H, m)) + 16 * (shards.n_vocab + 1)
-    return max(n * FUSED_BYTES_PER_TOKEN, shared + HeadWork.nbytes(H, m) + per_lag)
+    shared = 10 * m + 4 * n_tail + 26 * shards.n_vocab  # stream, codes, tail positions, unigram, rank, head codes
+    tail_pairs = min(m, 2 * n_tail)
+    per_lag = ENTRY_BYTES * min(m, tail_pairs + H * H) + 8 * (shards.n_vocab + 1)
+    return max(n * FUSED_BYTES_PER_TOKEN, shared + HeadWork.nbytes(H, shards.n_vocab, tail_pairs) + per_lag)
 
 
 def _read_all(shards: TokenShards, val_fraction: float | None = None) -> tuple[np.ndarray, np.ndarray]:
     """Every document of every shard: (values uint32, offsets int64), read a few row groups at a time.
 
-    With ``val_fraction``, the validation documents of ``ctstore.split`` are left out.
+    Pieces are decoded on two threads (Parquet decoding releases the GIL), at most three
+    in flight, and copied into one array in order. With ``val_fraction``, the
+    validation documents of ``ctstore.split`` are left out.
     """
     values = np.empty(shards.n_tokens, np.uint32)
     lengths, at = [], 0
-    for s, shard in enumerate(shards.shards):
-        groups = list(range(len(shard["row_groups"])))
-        for g in range(0, len(groups), 4):
-            v, o = read_chunk(shards.shard(s), groups[g:g + 4], shards.n_vocab, val_fraction)
+    jobs = [(s, groups[g:g + 4]) for s, shard in enumerate(shards.shards)
+            for groups in [list(range(len(shard["row_groups"])))] for g in range(0, len(groups), 4)]
+
+    def read(job):
+        s, groups = job
+        return s, read_chunk(shards.shard(s), groups, shards.n_vocab, val_fraction)
+
+    with ThreadPoolExecutor(max_workers=2, thread_name_prefix="ctstore-read") as pool:
+        pending = [pool.submit(read, job) for job in jobs[:3]]
+        for i in range(len(jobs)):
+            s, (v, o) = pending.pop(0).result()
+            if i + 3 < len(jobs):
+                pending.append(pool.submit(read, jobs[i + 3]))
             if at + v.size > values.size:
                 raise CtstoreError(f"{shards.shard(s)}: holds more tokens than its manifest says")
             values[at:at + v.size] = v

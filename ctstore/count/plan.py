@@ -17,7 +17,7 @@ import numpy as np
 from ..errors import CtstoreError
 from ..formats.counts import ZARR_CHUNK
 from ..units import format_bytes
-from .kernel import HEAD_PIECE, HeadWork
+from .kernel import HeadWork
 
 MINI_ROWS = 256
 MAP_BYTES_PER_TOKEN = 64  # shard read, separated stream, head codes, tail pairs, both counting passes, spill keys
@@ -51,7 +51,8 @@ def plan_count(n_vocab: int, shards: list[dict], lags: int, task_memory: int) ->
     """Group row groups into map tasks and size reduce/assemble tasks for ``task_memory`` bytes."""
     if n_vocab * MINI_ROWS >= 2**32 or n_vocab * n_vocab >= 2**63:
         raise CtstoreError(f"n_vocab={n_vocab} too large for the count spill format (V·{MINI_ROWS} < 2^32)")
-    chunk_tokens = int(min(MAX_CHUNK_TOKENS, (task_memory - HeadWork.nbytes(MAP_MAX_HEAD, HEAD_PIECE))
+    # the kernel's scratch that does not grow with the chunk (its tail columns are in MAP_BYTES_PER_TOKEN)
+    chunk_tokens = int(min(MAX_CHUNK_TOKENS, (task_memory - HeadWork.nbytes(MAP_MAX_HEAD, n_vocab, 0))
                            // MAP_BYTES_PER_TOKEN))
     if chunk_tokens < 1 << 16:
         raise CtstoreError(f"count map step: needs {format_bytes((1 << 16) * MAP_BYTES_PER_TOKEN)} per task, "
