@@ -264,7 +264,7 @@ def embed(runner, spec, groups, inv_rank: np.ndarray, n: int, params, scratch: L
     spilled = runner.map(band_spill_task, [(spec, grp, inv_rank, plan.row_chunk, scratch) for grp in groups],
                          desc="fft2 spill X")
     x_source = ("bands", (scratch, band_pieces(spilled)))
-    w_url = fft2_convolve(runner, x_source, k_source, n, scratch, plan)
+    fft2_convolve(runner, x_source, k_source, n, scratch, plan)
     bands = [(i, min(n, i + plan.row_chunk)) for i in range(0, n, plan.row_chunk)]
     matmul, rmatmul = block_products(runner, partial(read_w_rows, scratch.child("W.zarr")), bands, n)
     u, s = randomized_svd(matmul, rmatmul, n, n, params.dim,
