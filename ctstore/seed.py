@@ -64,7 +64,8 @@ from .log import log
 from .analysis.spectral import spectral_gap_ratio
 from .formats.model import save_model
 from .model import PhotonicGPT, get_config
-from .seeding import basis_rotation, eigen_basis, max_row_energy_share, rescaled, spectral_layer_matrices
+from .seeding import (basis_rotation, bigram_factors, eigen_basis, layernorm_preimage, max_row_energy_share,
+                      rescaled, spectral_layer_matrices)
 from .stage import Input, Stage, param
 from .units import NON_NEGATIVE
 from .workspace import Workspace, build_artifact
@@ -72,7 +73,9 @@ from .workspace import Workspace, build_artifact
 __all__ = ["SeedParams", "seed_model", "build_seeded_model", "corpus_vocab"]
 
 FORMAT_VERSION = 2
-INITS = ("spectral", "random", "embeddings")
+CODE_VERSION = 3  # fingerprint version; 3: spectral layers functionally distinct (DC removed, per-layer Q/K/V)
+INITS = ("spectral", "random", "embeddings", "bigram")
+BIGRAM_FIT_STEPS = 100  # Adam steps of the factor fit (seeding.bigram_factors); ~0.3 s each at V = 4097 on CPU
 RECIPES = ("rotated", "literal")
 EMBED_SCALES = ("matched", "unscaled")
 
@@ -95,7 +98,8 @@ def _vocab_arg(text: str):
 @dataclass(frozen=True)
 class SeedParams:
     config: str = param("tiny", "tiny, small, ct-10m, ct-124m or a config JSON file")
-    init: str = param("spectral", "spectral (the CT recipe), random, or embeddings (E only)", choices=INITS)
+    init: str = param("spectral", "spectral (the CT recipe), random, embeddings (E only), or bigram (step-0 logits "
+                      "= a rank-(d-2) factorisation of the Witten-Bell bigram; needs --untied-head)", choices=INITS)
     # compact vocabulary size V_model, "corpus", or None (full tokenizer vocab)
     vocab: int | str | None = param(None, "compact vocabulary: top-N corpus tokens + <unk>, or 'corpus' (every "
                                     "token that occurs)", parse=_vocab_arg)
@@ -116,6 +120,8 @@ class SeedParams:
             raise CtstoreError(f"--recipe must be one of {', '.join(RECIPES)}, not {self.recipe!r}")
         if self.embed_scale not in EMBED_SCALES:
             raise CtstoreError(f"--embed-scale must be one of {', '.join(EMBED_SCALES)}, not {self.embed_scale!r}")
+        if self.init == "bigram" and self.tie_head:
+            raise CtstoreError("--init bigram needs an untied head (--untied-head): the head carries the right factor")
         if isinstance(self.vocab, str) and self.vocab != "corpus":
             raise CtstoreError(f"--vocab must be a number or 'corpus', not {self.vocab!r}")
 
@@ -126,12 +132,17 @@ def corpus_vocab(unigram: np.ndarray) -> int:
 
 
 def build_seeded_model(E_full: np.ndarray, rank: np.ndarray | None, params: SeedParams, n_vocab: int,
-                       unigram: np.ndarray | None = None):
+                       unigram: np.ndarray | None = None, lag1=None):
     """Return ``(model, vocab_map, report)``; ``E_full`` is (V, d) indexed by tokenizer id.
 
-    ``unigram`` (counts by tokenizer id) is needed for ``unigram_prior``.
+    ``unigram`` (counts by tokenizer id) is needed for ``unigram_prior`` and ``init="bigram"``,
+    ``lag1`` (the counts' lag-1 CSR matrix, training documents only) for ``init="bigram"``.
     """
     model, vocab_map, report, kept = _build(E_full, rank, params, n_vocab)
+    if params.init == "bigram":
+        if unigram is None or lag1 is None:
+            raise CtstoreError("init bigram needs the unigram and lag-1 counts")
+        report.update(_set_bigram(model, unigram, lag1, vocab_map, params.seed))
     if params.unigram_prior:
         if unigram is None:
             raise CtstoreError("unigram_prior needs the unigram counts")
@@ -161,6 +172,37 @@ def _set_unigram_prior(model, unigram: np.ndarray, kept: np.ndarray, compact: bo
     return float(1 - resid @ resid / (target @ target)) if target.any() else 1.0
 
 
+def _set_bigram(model, unigram: np.ndarray, lag1, vocab_map, seed: int) -> dict:
+    """``init="bigram"``: token embedding and untied head from a rank-(d−2) factorisation of the
+    Witten–Bell log-conditionals (:mod:`ctstore.analysis.baselines`), every residual projection
+    (attention and MLP ``c_proj``) zeroed so each block starts as the identity; the step-0 logits
+    are then exactly ``A_v · B_w`` (:func:`~ctstore.seeding.layernorm_preimage`).
+    """
+    from .analysis.baselines import compact_counts, log_conditionals, witten_bell
+
+    c = compact_counts(unigram, lag1, vocab_map)
+    if c.V != model.config.vocab_size:
+        raise CtstoreError(f"init bigram: counts map to {c.V} ids, the model has {model.config.vocab_size}")
+    d = model.config.n_embd
+    total, _types, _p = witten_bell(c)
+    A, B, info = bigram_factors(log_conditionals(c), total + 1.0, d - 2, BIGRAM_FIT_STEPS, seed)
+    X, W = layernorm_preimage(A, B, d, eps=model.transformer.ln_f.eps)
+    with torch.no_grad():
+        model.transformer.wte.weight.copy_(torch.as_tensor(X, dtype=torch.float32))
+        model.output_head.weight.copy_(torch.as_tensor(W, dtype=torch.float32))
+        model.transformer.ln_f.weight.fill_(1.0)
+        if model.transformer.ln_f.bias is not None:
+            model.transformer.ln_f.bias.zero_()
+        for block in model.transformer.h:
+            for proj in (block.attn.c_proj, block.mlp.c_proj):
+                proj.weight.zero_()
+                if proj.bias is not None:
+                    proj.bias.zero_()
+    log(f"seed: bigram factors rank {d - 2}: weighted cross-entropy {info['fit_ce']:.4f} nats "
+        f"(SVD start {info['svd_ce']:.4f}, Witten-Bell target {info['target_entropy']:.4f})")
+    return {"bigram_fit": {k: float(v) for k, v in info.items()}, "bigram_rank": d - 2}
+
+
 def _build(E_full: np.ndarray, rank: np.ndarray | None, params: SeedParams, n_vocab: int):
     if params.vocab == "corpus":
         raise CtstoreError("build_seeded_model: resolve vocab='corpus' to a number first (seed_model does)")
@@ -179,16 +221,16 @@ def _build(E_full: np.ndarray, rank: np.ndarray | None, params: SeedParams, n_vo
         head = config.n_embd // config.n_head
         config = get_config(params.config, vocab_size=vocab_size, n_embd=params.width,
                             n_head=max(1, params.width // head), tie_head=params.tie_head)
-    if params.init != "random" and E_full.shape[1] != config.n_embd:
+    if params.init not in ("random", "bigram") and E_full.shape[1] != config.n_embd:
         raise CtstoreError(f"config {params.config}: n_embd={config.n_embd} does not fit the embedding "
                            f"dimension d={E_full.shape[1]} (run k0 with --dim {config.n_embd})")
     torch.manual_seed(params.seed)
     model = PhotonicGPT(config)
     report: dict = {"config": config.to_dict(), "init": params.init, "params": model.num_params(),
                     "model_vocab": vocab_size, "tie_head": params.tie_head,
-                    "recipe": None if params.init == "random" else params.recipe,
-                    "embed_scale": None if params.init == "random" else params.embed_scale}
-    if params.init == "random":
+                    "recipe": None if params.init in ("random", "bigram") else params.recipe,
+                    "embed_scale": None if params.init in ("random", "bigram") else params.embed_scale}
+    if params.init in ("random", "bigram"):
         return model, vocab_map, report, kept
     basis = basis_rotation(config.n_embd, params.seed) if params.recipe == "rotated" else None
     with torch.no_grad():
@@ -246,14 +288,16 @@ def seed_model(embeddings, workspace: Workspace | None = None, *, params: SeedPa
         counts = ws.get(embeddings.manifest["inputs"]["counts"], kind="counts")
         # k0's active ids are the counts' first V_eff ids by frequency: a compact vocabulary within them
         # needs nothing else; a larger one, vocab="corpus" and the unigram prior read the count store
-        fits = isinstance(params.vocab, int) and params.vocab <= len(active) and not params.unigram_prior
-        store = CountStore.from_artifact(counts) if (params.vocab or params.unigram_prior) and not fits else None
+        needs_counts = params.unigram_prior or params.init == "bigram"
+        fits = isinstance(params.vocab, int) and params.vocab <= len(active) and not needs_counts
+        store = CountStore.from_artifact(counts) if (params.vocab or needs_counts) and not fits else None
         rank = active if fits else store.rank if store else None
         resolved = params
         if params.vocab == "corpus":
             resolved = replace(params, vocab=min(corpus_vocab(store.unigram), E.shape[0] - 1))
         model, vocab_map, report = build_seeded_model(E, rank, resolved, E.shape[0],
-                                                      store.unigram if params.unigram_prior else None)
+                                                      store.unigram if needs_counts else None,
+                                                      store.matrix(1) if params.init == "bigram" else None)
         extra = {"tokenizer": embeddings.manifest.get("tokenizer"), "tokenizer_vocab": int(E.shape[0]),
                  "init": params.init, "operator": attrs.get("operator"), "recipe": report["recipe"],
                  "embed_scale": report["embed_scale"], "counts_val_fraction":
@@ -279,7 +323,7 @@ def _local_tmp(path: str) -> str:
 
 
 STAGE = Stage(
-    name="seed", kind="model", params=SeedParams, code_version=FORMAT_VERSION,
+    name="seed", kind="model", params=SeedParams, code_version=CODE_VERSION,
     help="embeddings -> PhotonicGPT (spectral seeding or random init)",
     inputs=(Input("embeddings", "embeddings", "embeddings artifact fingerprint (or unique prefix)"),),
     run=lambda ws, inputs, params, opts: seed_model(inputs["embeddings"], ws, params=params, force=opts["force"]),

@@ -13,7 +13,7 @@ import numpy as np
 import torch
 
 __all__ = ["eigen_basis", "rolled", "random_orthogonal", "basis_rotation", "spectral_layer_matrices", "rescaled",
-           "max_row_energy_share"]
+           "max_row_energy_share", "bigram_factors", "layernorm_preimage"]
 
 
 def eigen_basis(E: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -75,3 +75,71 @@ def max_row_energy_share(mats: list[np.ndarray]) -> float:
         ok = norms > 0
         shares.append(sq[ok].max(axis=1) / norms[ok])
     return float(np.mean(np.concatenate(shares)))
+
+
+# --- bigram initialisation (issue 18): step-0 logits = a rank-k factorisation of log P_WB(w | v) ---
+
+def bigram_factors(log_cond: np.ndarray, weights: np.ndarray, rank: int, steps: int = 100,
+                   seed: int = 0) -> tuple[np.ndarray, np.ndarray, dict]:
+    """Factors ``A`` (V × rank), ``B`` (V × rank) with ``softmax(A Bᵀ)`` ≈ the rows of ``exp(log_cond)``.
+
+    Start: truncated SVD of the row-centred log-conditionals (softmax ignores a per-row
+    constant). Then ``steps`` full-batch Adam steps on the context-weighted cross-entropy
+    ``Σ_v π(v) · H(P_v, softmax(A_v Bᵀ))`` with ``π = weights / Σ weights`` (the training
+    frequency of v as a left context): the expected per-token training loss of the factorised
+    bigram, which is what the model's first logits are scored on. Returns ``(A, B, info)``,
+    ``info`` holding the weighted cross-entropy of the target itself (its entropy), after the
+    SVD and after the fit, in nats.
+    """
+    L = torch.as_tensor(log_cond, dtype=torch.float32)
+    P = L.exp()
+    pi = torch.as_tensor(np.asarray(weights, np.float64) / max(float(np.sum(weights)), 1e-300), dtype=torch.float32)
+    Lc = L - L.mean(dim=1, keepdim=True)
+    torch.manual_seed(seed)
+    U, S, Vh = torch.svd_lowrank(Lc, q=min(rank + 10, min(L.shape)), niter=4)
+    root = S[:rank].sqrt()
+    A = (U[:, :rank] * root).clone().requires_grad_(True)
+    B = (Vh[:, :rank] * root).clone().requires_grad_(True)
+
+    def weighted_ce():
+        return -(pi * (P * torch.log_softmax(A @ B.T, dim=1)).sum(dim=1)).sum()
+
+    info = {"target_entropy": float(-(pi * (P * L).sum(dim=1)).sum())}
+    with torch.no_grad():
+        info["svd_ce"] = float(weighted_ce())
+    opt = torch.optim.Adam([A, B], lr=0.05)
+    for _ in range(steps):
+        opt.zero_grad()
+        loss = weighted_ce()
+        loss.backward()
+        opt.step()
+    with torch.no_grad():
+        info["fit_ce"] = float(weighted_ce())
+    info["fit_steps"] = steps
+    return A.detach().double().numpy(), B.detach().double().numpy(), info
+
+
+def layernorm_preimage(A: np.ndarray, B: np.ndarray, d: int, rms: float = 0.02,
+                       eps: float = 1e-5) -> tuple[np.ndarray, np.ndarray]:
+    """Embedding rows X (V × d) and head rows W (V × d) with ``LayerNorm(X_v) W_wᵀ = A_v · B_w`` exactly.
+
+    A LayerNorm (γ = 1, β = 0) centres each row and scales it to unit RMS, so ``A_v``
+    alone is not reproduced. With ``rank = d − 2`` two padding coordinates ``(p, q)``
+    per row make every row zero-mean and of one common norm R:
+    ``p + q = −Σ A_v`` and ``p² + q² = R² − |A_v|²``. Every row is then scaled to RMS
+    ``rms`` (default 0.02, the random init's embedding scale), so LayerNorm multiplies
+    every row by the same constant, which the head ``W = [B, 0, 0]·R/√d·√(rms²+eps)/rms``
+    undoes.
+    """
+    V, k = A.shape
+    if k != d - 2:
+        raise ValueError(f"layernorm_preimage: rank {k} must be d - 2 = {d - 2}")
+    s = A.sum(axis=1)
+    need = (A ** 2).sum(axis=1) + s ** 2 / 2
+    R2 = float(need.max()) * 1.01 + 1e-12
+    t = np.sqrt(np.maximum(2 * (R2 - (A ** 2).sum(axis=1)) - s ** 2, 0.0))
+    X = np.concatenate([A, ((-s + t) / 2)[:, None], ((-s - t) / 2)[:, None]], axis=1)
+    R = np.sqrt(R2)
+    X *= rms * np.sqrt(d) / R
+    W = np.concatenate([B, np.zeros((B.shape[0], 2))], axis=1) * (R / np.sqrt(d)) * np.sqrt(rms ** 2 + eps) / rms
+    return X, W

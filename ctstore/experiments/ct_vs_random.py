@@ -20,6 +20,12 @@ Arms (same architecture, same SFT schedule unless noted, several seeds):
 ``k0_frozen`` ...          (g) (b)–(d) with the token embedding frozen *unscaled*, as
                            Paper 113 §8 freezes E (tied head, so the head is frozen too)
 ``svd_frozen_untied``      (g') (c) frozen unscaled E with an untied, trained output head
+``bigram_init``            step-0 logits = a rank-(d−2) factorisation of the Witten–Bell
+                           bigram's log-conditionals (training documents only): token
+                           embedding + untied head from the factors, residual projections
+                           zeroed so every block starts as the identity (``seed --init bigram``)
+``random_untied``          (a) with an untied output head: the control for ``bigram_init``'s
+                           extra head parameters
 ``crystallize``            Paper 51's training-free model (:mod:`ctstore.crystallize`),
                            reported before and after the same SFT
 ========================== ==========================================================
@@ -74,6 +80,8 @@ ARMS = {
     "ppmi_frozen": dict(k0="ppmi", init="spectral", freeze=True, embed_scale="unscaled"),
     "svd_frozen_untied": dict(k0="svd", init="spectral", freeze=True, embed_scale="unscaled", tie_head=False),
     "crystallize": dict(k0=None, init="crystallize"),
+    "bigram_init": dict(k0=None, init="bigram", tie_head=False),
+    "random_untied": dict(k0=None, init="random", tie_head=False),
 }
 MAX_EVAL_EVERY = 10  # evaluation interval the step-to-target figure needs
 
