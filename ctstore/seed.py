@@ -1,18 +1,19 @@
 """Stage ``seed``: embeddings → ``model`` artifact (docs/design.md §5, Paper 113 §5).
 
-Spectral seeding from ``EᵀE = U Λ Uᵀ`` (d × d, eigenvalues descending). Layer l
-of L uses the columns of U rolled by ``s_l = l·d/L`` and the eigenvalues rolled
-the same way, ``M_l = diag(√Λ_l) R_lᵀ``:
+Spectral seeding from the *centred* embedding rows, ``(E − Ē)ᵀ(E − Ē) = U Λ Uᵀ``
+(d × d, eigenvalues descending; the mean row Ē, shared by every token, holds ~89%
+of the raw ``EᵀE`` trace for K0 embeddings and made every seeded matrix nearly
+rank 1; ``dc_share`` in the report). Layer l of L keeps the eigen-directions and
+rolls the eigenvalue weights by ``s_l = l·d/L`` (``seeding.weighted``; rolling
+the eigenvectors together with the eigenvalues, as before, only permuted rows,
+which ``c_proj`` undid: every layer computed the same function):
 
-* attention ``c_attn`` = ``[M_l; M_l; M_l]`` (Q, K and V share the layer's
-  rotation; the paper gives one matrix per layer), ``c_proj`` = ``M_lᵀ``;
-* MLP ``c_fc``: four blocks of d hidden units. Block 0 is ``M_l``; block j = 1..3
-  is ``Q_jᵀ M`` at roll ``s_l + j·d/4``, with ``Q_j`` a seeded random orthogonal
-  d × d matrix: its units are orthogonal mixtures of the eigenvalue-weighted
-  eigen-directions (their second moment is still ``EᵀE / d``). The paper's
-  "four rolls of M" alone would repeat the same d rows four times (a roll only
-  permutes rows), giving every unit three exact twins that receive identical
-  gradients and never separate; MLP ``c_proj`` = ``c_fcᵀ`` (adjoint);
+* attention: Q, K, V at shifts ``s_l``, ``s_l + d/3L``, ``s_l + 2d/3L``, K and V
+  mixed by seeded orthogonal matrices; ``c_proj`` = a seeded rotation of Vᵀ (see
+  :func:`ctstore.seeding.spectral_layer_matrices` for why the randomness is needed);
+* MLP ``c_fc``: four blocks of d hidden units. Block 0 is Q's matrix; block j = 1..3
+  is ``Q_jᵀ W`` at shift ``s_l + j·d/4``, with ``Q_j`` a seeded random orthogonal
+  d × d matrix (no twin units); MLP ``c_proj`` = ``c_fcᵀ`` (adjoint);
 * LayerNorms identity, biases zero, head tied to the token embedding (or, with
   ``tie_head=False``, a separate randomly initialised head);
 * token embedding rows from E (compact ids when a compact vocabulary is used);
@@ -38,6 +39,10 @@ Frobenius norm of the random initialisation it replaces (the same
 embedding as k0 produced it (Paper 113 §8 freezes this E; norm-matching to a
 tied head of rows ~0.1 makes the logits nearly flat) and still norm-matches the
 layers. ``init="embeddings"`` seeds only the token embedding (ablation f).
+``init="bigram"`` (untied head) makes the step-0 logits a rank-(d−2) factorisation of the
+Witten–Bell bigram's log-conditionals and zeroes every residual projection
+(:func:`_set_bigram`). The report gives each seeded matrix's participation ratio and the
+cosines between the layers' attention outputs for one input (functional diversity).
 
 Vocabulary. ``vocab=N``: the N most frequent tokens of the counts plus one
 ``<unk>`` row; ``vocab="corpus"``: every token that occurs in the counted
@@ -63,9 +68,9 @@ from .errors import CtstoreError
 from .log import log
 from .analysis.spectral import spectral_gap_ratio
 from .formats.model import save_model
-from .model import PhotonicGPT, get_config
-from .seeding import (basis_rotation, bigram_factors, eigen_basis, layernorm_preimage, max_row_energy_share,
-                      rescaled, spectral_layer_matrices)
+from .model import PhotonicGPT, _rope_cache, get_config
+from .seeding import (basis_rotation, bigram_factors, centred_eigen_basis, eigen_basis, layernorm_preimage,
+                      max_row_energy_share, participation_ratio, rescaled, spectral_layer_matrices)
 from .stage import Input, Stage, param
 from .units import NON_NEGATIVE
 from .workspace import Workspace, build_artifact
@@ -247,22 +252,45 @@ def _build(E_full: np.ndarray, rank: np.ndarray | None, params: SeedParams, n_vo
         lam, U = eigen_basis(rows[: len(kept)])
         report["spectral_gap_ratio"] = spectral_gap_ratio(lam)
         report["eigenvalues_head"] = [float(x) for x in lam[:8]]
+        lam_c, U_c = centred_eigen_basis(rows[: len(kept)])
+        report["dc_share"] = float(1 - lam_c.sum() / lam.sum()) if lam.sum() > 0 else 0.0
         if params.init == "spectral":
-            seeded = []
+            lam, U = lam_c, U_c  # the layers from the centred spectrum: the DC row made them ~rank 1
+            seeded, pr = [], {}
             for l, block in enumerate(model.transformer.h):
                 mats = spectral_layer_matrices(U, lam, l, config.n_layer, params.seed)
                 for name, value in mats.items():
                     p = block.get_parameter(name)
                     p.copy_(rescaled(value, p))
+                    pr[f"{l}.{name}"] = participation_ratio(value)
                 for ln in (block.ln_1, block.ln_2):
                     ln.weight.fill_(1.0)
                     if ln.bias is not None:
                         ln.bias.zero_()
                 seeded.append(block.attn.c_attn.weight.flatten().clone())
             report["layer_cosine"] = _pairwise_cosines(seeded)
+            report["participation_ratio"] = pr
+            report["participation_ratio_mean"] = float(np.mean(list(pr.values())))
+            report["layer_output_cosine"] = layer_output_cosines(model, params.seed)
             report["max_row_energy_share"] = max_row_energy_share(
                 [b.attn.c_attn.weight[: config.n_embd].numpy() for b in model.transformer.h])
     return model, vocab_map, report, kept
+
+
+@torch.no_grad()
+def layer_output_cosines(model, seed: int = 0, batch: int = 4, T: int = 32) -> dict:
+    """Functional layer diversity (Paper 113 §2.3 "layer diversity collapse", §5.1): the cosine between
+    the attention outputs of every pair of layers for the *same* input (the token embeddings of a seeded
+    random batch, through each layer's ``ln_1`` and ``attn``). Weight cosines can be ≈ 0 for layers that
+    compute the same function (a row permutation undone by ``c_proj``); output cosines cannot.
+    """
+    g = torch.Generator().manual_seed(seed)
+    T = min(T, model.config.block_size)
+    idx = torch.randint(0, model.config.vocab_size, (batch, T), generator=g)
+    x = model.transformer.wte(idx)
+    cos, sin = _rope_cache(T, model.config.n_embd // model.config.n_head, model.config.rope_base, idx.device)
+    outs = [block.attn(block.ln_1(x), cos, sin).flatten() for block in model.transformer.h]
+    return _pairwise_cosines(outs)
 
 
 def _pairwise_cosines(mats: list[torch.Tensor]) -> dict:
@@ -308,7 +336,8 @@ def seed_model(embeddings, workspace: Workspace | None = None, *, params: SeedPa
             ws.fs.put(local, path, recursive=True)
         if "spectral_gap_ratio" in report:
             log(f"seed: spectral gap ratio {report['spectral_gap_ratio']:.4f}"
-                + (f", mean layer cosine {report['layer_cosine']['mean']:.4f}" if "layer_cosine" in report else ""))
+                + (f", mean layer output cosine {report['layer_output_cosine']['mean']:.4f}, mean participation "
+                   f"ratio {report['participation_ratio_mean']:.1f}" if "layer_output_cosine" in report else ""))
         log(f"seed: {params.init} {params.config}, {report['params'] / 1e6:.2f}M parameters")
         return {"format_version": FORMAT_VERSION, "params": asdict(params),
                 "inputs": {"embeddings": embeddings.fingerprint}, **extra, "report": report}

@@ -12,7 +12,7 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-__all__ = ["eigen_basis", "rolled", "random_orthogonal", "basis_rotation", "spectral_layer_matrices", "rescaled",
+__all__ = ["eigen_basis", "centred_eigen_basis", "participation_ratio", "weighted", "rolled", "random_orthogonal", "basis_rotation", "spectral_layer_matrices", "rescaled",
            "max_row_energy_share", "bigram_factors", "layernorm_preimage"]
 
 
@@ -40,18 +40,64 @@ def basis_rotation(d: int, seed: int) -> np.ndarray:
     return random_orthogonal(d, np.random.default_rng([seed, 0xBA515]))
 
 
+def weighted(U: np.ndarray, lam: np.ndarray, shift: int) -> np.ndarray:
+    """``diag(√Λ rolled by shift) Uᵀ``: the eigen-directions fixed, their eigenvalue weights rolled.
+
+    Direction i gets weight ``√λ_{i+shift}``, so two shifts differ as functions (each
+    emphasises another spectral slice), and ``⟨W_s, W_t⟩_F = Σ_i √λ_{i+s} √λ_{i+t}``,
+    the inner product of Paper 113 §5.2's proof. Rolling the eigenvectors together with
+    the eigenvalues (:func:`rolled`) only permutes rows: the same function up to a
+    relabelling of the hidden coordinates.
+    """
+    return np.sqrt(np.roll(lam, -shift))[:, None] * U.T
+
+
+def centred_eigen_basis(E: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """:func:`eigen_basis` of the rows of E minus their mean (the DC row shared by every token).
+
+    K0 embeddings carry one mean row that holds most of ``EᵀE``'s trace (89% on the
+    bundled corpus), so ``√Λ``-weighted layers from the raw ``EᵀE`` are nearly rank 1
+    (participation ratio ≈ 1.3). Centring leaves the token-to-token structure.
+    """
+    E = np.asarray(E, np.float64)
+    return eigen_basis(E - E.mean(axis=0, keepdims=True))
+
+
+def participation_ratio(W) -> float:
+    """``(Σ σ²)² / Σ σ⁴`` of a matrix's singular values: 1 for rank 1, min(shape) for a flat spectrum."""
+    s2 = np.linalg.svd(np.asarray(W, np.float64), compute_uv=False) ** 2
+    return float(s2.sum() ** 2 / (s2 ** 2).sum()) if s2.any() else 0.0
+
+
 def spectral_layer_matrices(U: np.ndarray, lam: np.ndarray, layer: int, n_layer: int,
                             seed: int = 0) -> dict[str, np.ndarray]:
-    """Seeded weights of one block; the MLP blocks j ≥ 1 are mixed by orthogonal ``Q_j`` (no twin units)."""
+    """Seeded weights of one block (Paper 113 §5 with functionally distinct layers, issue 18).
+
+    Layer l uses eigenvalue weights rolled by ``s_l = l·d/L`` against fixed eigen-directions
+    (:func:`weighted`); Q, K and V use the shifts ``s_l``, ``s_l + d/(3L)``, ``s_l + 2d/(3L)``.
+    K and V are further mixed by seeded orthogonal ``O_{l,k}``, ``O_{l,v}`` (per layer): on a
+    flat spectrum the weight roll alone changes little (layer output cosines ≈ 0.97 on a
+    synthetic flat spectrum), so part of the diversity is seeded randomness, not corpus
+    structure; the null model in the reports (a random init) shows how much. Q stays
+    unmixed (the ``literal`` recipe's Q is still a scaled permutation for SVD-basis E).
+    Attention ``c_proj`` is ``O_{l,o} Vᵀ``: V's adjoint followed by a seeded per-layer rotation of
+    the residual stream; the plain adjoint cancels any rotation of V (``VᵀV``), and with
+    near-uniform attention at initialisation every layer would write the same vector. The MLP blocks j ≥ 1 are mixed by seeded orthogonal
+    ``Q_j`` at shifts ``s_l + j·d/4`` (no twin units).
+    """
     d = U.shape[0]
     s = layer * d // n_layer
-    M = rolled(U, lam, s)
-    blocks = [M]
+    step = max(1, d // (3 * n_layer))
+    q = weighted(U, lam, s)
+    k, v = (random_orthogonal(d, np.random.default_rng([seed, layer, i, 0xA77])).T @ weighted(U, lam, s + i * step)
+            for i in (1, 2))
+    blocks = [q]
     for j in range(1, 4):
         Q = random_orthogonal(d, np.random.default_rng([seed, layer, j, 0xC7F]))
-        blocks.append(Q.T @ rolled(U, lam, s + j * d // 4))
+        blocks.append(Q.T @ weighted(U, lam, s + j * d // 4))
     fc = np.concatenate(blocks, axis=0)
-    return {"attn.c_attn.weight": np.concatenate([M, M, M], axis=0), "attn.c_proj.weight": M.T,
+    out = random_orthogonal(d, np.random.default_rng([seed, layer, 3, 0xA77]))
+    return {"attn.c_attn.weight": np.concatenate([q, k, v], axis=0), "attn.c_proj.weight": out @ v.T,
             "mlp.c_fc.weight": fc, "mlp.c_proj.weight": fc.T}
 
 
