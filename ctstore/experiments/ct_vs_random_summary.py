@@ -252,6 +252,8 @@ def _local_to_global(runs: dict):
 
     if "k0" not in runs:
         return missing("p51.local_to_global", "needs arm k0")
+    if any(getattr(r, "workspace", None) is None for r in runs["k0"]):
+        return missing("p51.local_to_global", "the k0 runs' models are not in a workspace")
 
     def measured(arm):
         vals = []
