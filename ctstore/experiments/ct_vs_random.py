@@ -42,7 +42,16 @@ Each seed varies the model initialisation, the batch order and the k0 seed
 "steps to random's final perplexity" is read on each run's own evaluation curve
 (evaluate every <= 10 steps) against the final perplexity of the ``random`` run
 of the same seed, which has the same schedule length; arms with another
-schedule (``random_long``) get no step figure.
+schedule (``random_long``) get no step figure. The *step fraction* is that step
+over random's steps, per seed, with censoring (a seed that never gets there
+counts as ≥ 1) and a 95% t interval.
+
+Every report also prints count-based baselines from the same training-only
+counts (add-one unigram, Witten–Bell bigram; :mod:`ctstore.analysis.baselines`)
+on the same evaluation windows, a one-line takeaway first, and is rendered from
+``results.json`` alone (:func:`render_report`), so a committed report can be
+checked against today's code. Claims the arms run cannot test say which arm
+they need; claims about weights or attention carry a null model's value.
 """
 
 from __future__ import annotations
