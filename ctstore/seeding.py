@@ -1,10 +1,12 @@
 """The linear algebra of spectral seeding, shared by ``seed`` and ``crystallize`` (docs/design.md §5).
 
-Pure functions on arrays (Paper 113 §5): the eigen-basis of ``EᵀE``, the rolled
-layer matrices ``M_l = diag(√Λ_l) R_lᵀ``, seeded orthogonal mixtures and
-rotations, the rescaling of a seeded matrix to the norm of the random
-initialisation it replaces, and a measure of how far a seeded matrix is from a
-scaled permutation. No artifacts, no I/O.
+Pure functions on arrays (Paper 113 §5): the eigen-basis of ``EᵀE`` (raw and
+centred), the layer matrices (eigenvalue weights rolled against fixed
+eigen-directions), seeded orthogonal mixtures and rotations, the rescaling of a
+seeded matrix to the norm of the random initialisation it replaces, participation
+ratios, a measure of how far a seeded matrix is from a scaled permutation, and
+the bigram initialisation's factorisation and LayerNorm preimage. No artifacts,
+no I/O.
 """
 
 from __future__ import annotations
@@ -12,8 +14,9 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-__all__ = ["eigen_basis", "centred_eigen_basis", "participation_ratio", "weighted", "rolled", "random_orthogonal", "basis_rotation", "spectral_layer_matrices", "rescaled",
-           "max_row_energy_share", "bigram_factors", "layernorm_preimage"]
+__all__ = ["eigen_basis", "centred_eigen_basis", "participation_ratio", "weighted", "rolled", "random_orthogonal",
+           "basis_rotation", "spectral_layer_matrices", "rescaled", "max_row_energy_share", "bigram_factors",
+           "layernorm_preimage"]
 
 
 def eigen_basis(E: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -82,8 +85,8 @@ def spectral_layer_matrices(U: np.ndarray, lam: np.ndarray, layer: int, n_layer:
     unmixed (the ``literal`` recipe's Q is still a scaled permutation for SVD-basis E).
     Attention ``c_proj`` is ``O_{l,o} Vᵀ``: V's adjoint followed by a seeded per-layer rotation of
     the residual stream; the plain adjoint cancels any rotation of V (``VᵀV``), and with
-    near-uniform attention at initialisation every layer would write the same vector. The MLP blocks j ≥ 1 are mixed by seeded orthogonal
-    ``Q_j`` at shifts ``s_l + j·d/4`` (no twin units).
+    near-uniform attention at initialisation every layer would write the same vector. The MLP
+    blocks j ≥ 1 are mixed by seeded orthogonal ``Q_j`` at shifts ``s_l + j·d/4`` (no twin units).
     """
     d = U.shape[0]
     s = layer * d // n_layer

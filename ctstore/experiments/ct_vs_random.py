@@ -179,7 +179,9 @@ def _write_report(path: str, config: dict, runs: dict, embeddings: dict, counts=
         "operators": [[k, e.fingerprint, e.manifest.get("operator_note")] for k, e in embeddings.items()],
         "samples": samples_section(runs),
     }
-    results = json.loads(json.dumps(results, default=float))  # render exactly what results.json will hold
+    results["setup"]["extra_columns"] = list(results["extra"])
+    # render exactly what results.json will hold (publish_report writes it with sorted keys)
+    results = json.loads(json.dumps(results, default=float, sort_keys=True))
     with open(os.path.join(path, "report.md"), "w") as f:
         f.write(render_report(results))
     return results
@@ -219,16 +221,18 @@ censored seeds is given; step 0 counts as reached."""
 def render_report(results: dict) -> str:
     """report.md from ``results`` (the dict results.json holds) alone: a committed report can be re-rendered."""
     summary, setup, base = results["summary"], results["setup"], results.get("baselines")
-    extra = results.get("extra", {})
+    extra = {k: results.get("extra", {})[k] for k in setup.get("extra_columns", sorted(results.get("extra", {})))}
     header = ["arm", "seeds", "val ppl before SFT", "final val ppl", "± std", "Δ ppl vs (a) [95% CI]", "gap to (e)",
               "steps to (a)", "step fraction [95% CI] (censored)", "wall s", "FLOPs", *extra]
     rows = [[arm, s.get("seeds"), s.get("ppl_before_sft"), s.get("ppl_mean"), s.get("ppl_std"),
              _ci(s.get("paired_ppl_diff_interval")) if arm != "random" else "—", s.get("gap_to_long"),
              s.get("steps_to_random_final"), _fraction(s.get("step_fraction")) if arm != "random" else "—",
              s.get("seconds"), f"{s['flops']:.3g}" if "flops" in s else None,
-             *[extra[k].get(arm) for k in extra]] for arm, s in summary.items()]
-    sample = (f"{setup['eval_tokens']} predicted tokens in windows of {setup['eval_block']}, "
-              f"{'a systematic sample: windows evenly spaced over every validation document in split order' if setup['eval_sample'] == 'systematic' else 'the whole validation split'}")
+             *[extra[k].get(arm) for k in extra]] for arm, s in ((a, summary[a]) for a in setup["arms"])]
+    how = ("a systematic sample: windows evenly spaced over the whole validation split, all documents in split "
+           "order (a document shorter than the spacing may get none)" if setup["eval_sample"] == "systematic"
+           else "the whole validation split")
+    sample = f"{setup['eval_tokens']} predicted tokens in windows of {setup['eval_block']}, {how}"
     parts = ["# CT vs random initialisation", takeaway(results),
              f"Model `{setup['model']}`, {setup['steps']} SFT steps, seeds {setup['seeds']}. Perplexity is on "
              f"held-out documents ({sample}).", markdown_table(header, rows), COLUMNS]
@@ -263,7 +267,7 @@ def takeaway(results: dict) -> str:
             line += f" and reaches random's final ppl in {_fraction(s['step_fraction'])} of random's steps"
     if base:
         bigram = base["bigram_wb"]["ppl"]
-        below = [a for a, s in summary.items() if s["ppl_mean"] < bigram]
+        below = [a for a in results["setup"]["arms"] if summary[a]["ppl_mean"] < bigram]
         line += (f". The Witten–Bell bigram scores {bigram:.1f}: "
                  + (f"{', '.join(f'`{a}`' for a in below)} end{'s' if len(below) == 1 else ''} below it."
                     if below else "no arm ends below it."))

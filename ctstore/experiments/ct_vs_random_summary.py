@@ -220,18 +220,19 @@ def _layer_diversity(runs: dict):
 
 def _probe_batch(run, n_windows: int = 8):
     """``n_windows`` of the run's own evaluation windows (model ids), for attention statistics."""
+    import os
+
     import torch
 
+    from ..formats.model import load_model
     from ..sft.data import TokenSplit
     from ..sft.eval import validation_windows
-    from ..formats.model import load_model
-
-    import os
 
     ws = run.workspace
     p = run.manifest["params"]
     tokens = ws.find("tokens", run.manifest["inputs"]["tokens"])
-    split = TokenSplit(tokens, p["val_fraction"], ws.scratch_dir("tokens", f"{tokens.fingerprint}-val{p['val_fraction']}"))
+    split = TokenSplit(tokens, p["val_fraction"],
+                       ws.scratch_dir("tokens", f"{tokens.fingerprint}-val{p['val_fraction']}"))
     T = run.manifest.get("eval_block") or 64
     windows = validation_windows(len(split.arrays["val"]), T, p.get("eval_tokens"))
     pick = np.linspace(0, len(windows) - 1, min(n_windows, len(windows))).round().astype(int)
