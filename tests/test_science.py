@@ -82,12 +82,14 @@ def _row_energy_share(w: np.ndarray) -> np.ndarray:
 def test_literal_recipe_is_a_scaled_permutation_and_rotated_is_not():
     lit, _, rep_lit = _seeded(recipe="literal")
     rot, _, rep_rot = _seeded(recipe="rotated")
-    for model, low, high in ((lit, 0.999, 1.0), (rot, 0.0, 0.5)):
+    # centring E (issue 18) breaks the SVD basis's exact column orthogonality, so the literal layers are
+    # nearly (not exactly) scaled permutations
+    for model, low, high in ((lit, 0.6, 1.0), (rot, 0.0, 0.5)):
         for block in model.transformer.h:
             share = _row_energy_share(block.attn.c_attn.weight.detach().numpy()[:D])
             assert low <= share.mean() <= high
     assert rep_lit["recipe"] == "literal" and rep_rot["recipe"] == "rotated"
-    assert rep_lit["max_row_energy_share"] > 0.999 and rep_rot["max_row_energy_share"] < 0.5
+    assert rep_lit["max_row_energy_share"] > 0.6 and rep_rot["max_row_energy_share"] < 0.5
     # rotated = literal in another orthonormal basis Q: wte_rot = wte_lit Q and M_rot = ±M_lit Q row by row
     A = lit.transformer.wte.weight.detach().numpy()[:300].astype(np.float64)
     B = rot.transformer.wte.weight.detach().numpy()[:300].astype(np.float64)
