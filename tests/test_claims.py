@@ -177,3 +177,11 @@ def test_a_claim_that_noise_also_passes_reads_holds_for_noise_with_the_null_valu
 
     back = Measurement.from_dict(m.to_dict())
     assert table([back]) == table([m])
+
+
+def test_sustained_step_counts_an_arm_that_starts_below_and_leaves_the_target():
+    from ctstore.experiments.ct_vs_random_summary import first_step_reaching, first_step_staying
+
+    curve = ([0, 10, 20, 30], [74.0, 773.0, 97.0, 90.0])  # bigram_init at embedding RMS 0.02, seed 0
+    assert first_step_reaching(*curve, 96.0) == 0 and first_step_staying(*curve, 96.0) == 30
+    assert first_step_staying([0, 10], [100.0, 120.0], 96.0) is None

@@ -215,7 +215,9 @@ deviation). *Δ ppl vs (a)*: the paired per-seed difference arm − random of th
 validation perplexity is at or below the final perplexity of the random run of the same seed (mean over seeds; \
 — when a seed never gets there). *step fraction*: that step / random's steps, per seed, with its 95% t interval; \
 a seed that never reaches the target is censored at 1 (it needs at least the whole schedule), and the count of \
-censored seeds is given; step 0 counts as reached."""
+censored seeds is given; step 0 counts as reached. *stays below from*: the same fraction for the first step from \
+which every later evaluation stays at or below the target (it differs when an arm starts below the target and \
+leaves it during SFT)."""
 
 
 def render_report(results: dict) -> str:
@@ -223,10 +225,12 @@ def render_report(results: dict) -> str:
     summary, setup, base = results["summary"], results["setup"], results.get("baselines")
     extra = {k: results.get("extra", {})[k] for k in setup.get("extra_columns", sorted(results.get("extra", {})))}
     header = ["arm", "seeds", "val ppl before SFT", "final val ppl", "± std", "Δ ppl vs (a) [95% CI]", "gap to (e)",
-              "steps to (a)", "step fraction [95% CI] (censored)", "wall s", "FLOPs", *extra]
+              "steps to (a)", "step fraction [95% CI] (censored)", "stays below from [95% CI]", "wall s", "FLOPs",
+              *extra]
     rows = [[arm, s.get("seeds"), s.get("ppl_before_sft"), s.get("ppl_mean"), s.get("ppl_std"),
              _ci(s.get("paired_ppl_diff_interval")) if arm != "random" else "—", s.get("gap_to_long"),
              s.get("steps_to_random_final"), _fraction(s.get("step_fraction")) if arm != "random" else "—",
+             _fraction(s.get("step_fraction_sustained")) if arm != "random" else "—",
              s.get("seconds"), f"{s['flops']:.3g}" if "flops" in s else None,
              *[extra[k].get(arm) for k in extra]] for arm, s in ((a, summary[a]) for a in setup["arms"])]
     how = ("a systematic sample: windows evenly spaced over the whole validation split, all documents in split "
@@ -265,6 +269,9 @@ def takeaway(results: dict) -> str:
                  f"{_ci(s.get('paired_ppl_diff_interval'))}, positive = worse)")
         if s.get("step_fraction"):
             line += f" and reaches random's final ppl in {_fraction(s['step_fraction'])} of random's steps"
+            sustained = s.get("step_fraction_sustained")
+            if sustained and sustained.get("mean") != s["step_fraction"].get("mean"):
+                line += f" (stays below it from {_fraction(sustained)})"
     if base:
         bigram = base["bigram_wb"]["ppl"]
         below = [a for a in results["setup"]["arms"] if summary[a]["ppl_mean"] < bigram]

@@ -11,13 +11,28 @@ import numpy as np
 
 from .common import claims_section, eval_curve
 
-__all__ = ["claim_measurements", "claims_table", "extra_columns", "first_step_reaching", "step_fraction",
+__all__ = ["claim_measurements", "claims_table", "extra_columns", "first_step_reaching", "first_step_staying",
+           "step_fraction",
            "summarize"]
 
 
 def first_step_reaching(steps: list, ppl: list, target: float) -> int | None:
     """First evaluated step at which perplexity is at or below ``target`` (None: never; 0 is a step)."""
     return next((s for s, p in zip(steps, ppl) if p <= target), None)
+
+
+def first_step_staying(steps: list, ppl: list, target: float) -> int | None:
+    """First evaluated step from which every later evaluation is at or below ``target`` (None: never).
+
+    Differs from :func:`first_step_reaching` for an arm that starts below the target, leaves it in
+    the first SFT steps and comes back (bigram_init at a small embedding scale did)."""
+    out = None
+    for s, p in zip(steps, ppl):
+        if p <= target:
+            out = s if out is None else out
+        else:
+            out = None
+    return out
 
 
 def step_fraction(steps: list, ppl: list, target: float, schedule: int) -> tuple[float, bool]:
@@ -58,6 +73,8 @@ def summarize(runs: dict[str, list]) -> dict:
                     row["step_saving"] = None if reached is None else base.manifest["steps"] - reached
                     row["step_fraction"], row["step_fraction_censored"] = step_fraction(
                         steps, ppl, base.manifest["final_val_ppl"], base.manifest["steps"])
+                    stay = first_step_staying(steps, ppl, base.manifest["final_val_ppl"])
+                    row["step_fraction_sustained"] = 1.0 if stay is None else stay / base.manifest["steps"]
             per_seed.append(row)
         ppl = np.array([r.manifest["final_val_ppl"] for r in rs])
         m0 = rs[0].manifest
@@ -84,6 +101,7 @@ def summarize(runs: dict[str, list]) -> dict:
             s["step_saving_per_seed"] = [p["step_saving"] for p in per_seed]
             s["step_fraction"] = _interval([p["step_fraction"] for p in per_seed])
             s["step_fraction"]["censored"] = sum(p["step_fraction_censored"] for p in per_seed)
+            s["step_fraction_sustained"] = _interval([p["step_fraction_sustained"] for p in per_seed])
         if "paired_ppl_diff_vs_random" in s:
             s["paired_ppl_diff_interval"] = _interval(s["paired_ppl_diff_vs_random"])
         out[arm] = s
