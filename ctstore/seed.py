@@ -78,7 +78,7 @@ from .workspace import Workspace, build_artifact
 __all__ = ["SeedParams", "seed_model", "build_seeded_model", "corpus_vocab"]
 
 FORMAT_VERSION = 2
-CODE_VERSION = 4  # fingerprint version; 3: spectral layers distinct (DC removed, per-layer Q/K/V); 4: bigram RMS 1
+CODE_VERSION = 3  # fingerprint version; 3: spectral layers functionally distinct (DC removed, per-layer Q/K/V)
 BIGRAM_EMBED_RMS = 1.0  # token-embedding RMS of init "bigram" (see _set_bigram)
 INITS = ("spectral", "random", "embeddings", "bigram")
 BIGRAM_FIT_STEPS = 100  # Adam steps of the factor fit (seeding.bigram_factors); ~0.3 s each at V = 4097 on CPU
