@@ -174,6 +174,7 @@ def _write_report(path: str, config: dict, runs: dict, embeddings: dict, counts=
         "setup": {"model": config.get("model", {}).get("config", "tiny"),
                   "steps": config.get("sft", {}).get("steps", 200),
                   "seeds": config.get("experiment", {}).get("seeds", [0]), "arms": list(runs),
+                  "note": config.get("experiment", {}).get("note"),
                   "eval_tokens": first.manifest.get("eval_tokens"), "eval_block": first.manifest.get("eval_block"),
                   "eval_sample": EVAL_SAMPLE if first.manifest["params"].get("eval_tokens") else "whole split"},
         "operators": [[k, e.fingerprint, e.manifest.get("operator_note")] for k, e in embeddings.items()],
@@ -237,7 +238,8 @@ def render_report(results: dict) -> str:
            "order (a document shorter than the spacing may get none)" if setup["eval_sample"] == "systematic"
            else "the whole validation split")
     sample = f"{setup['eval_tokens']} predicted tokens in windows of {setup['eval_block']}, {how}"
-    parts = ["# CT vs random initialisation", takeaway(results),
+    parts = ["# CT vs random initialisation", *([f"*{setup['note']}*"] if setup.get("note") else []),
+             takeaway(results),
              f"Model `{setup['model']}`, {setup['steps']} SFT steps, seeds {setup['seeds']}. Perplexity is on "
              f"held-out documents ({sample}).", markdown_table(header, rows), COLUMNS]
     if base:
