@@ -145,10 +145,10 @@ def bigram_factors(log_cond: np.ndarray, weights: np.ndarray, rank: int, steps: 
     pi = torch.as_tensor(np.asarray(weights, np.float64) / max(float(np.sum(weights)), 1e-300), dtype=torch.float32)
     Lc = L - L.mean(dim=1, keepdim=True)
     torch.manual_seed(seed)
-    U, S, Vh = torch.svd_lowrank(Lc, q=min(rank + 10, min(L.shape)), niter=4)
+    U, S, Vr = torch.svd_lowrank(Lc, q=min(rank + 10, min(L.shape)), niter=4)  # Lc ≈ U diag(S) Vrᵀ
     root = S[:rank].sqrt()
     A = (U[:, :rank] * root).clone().requires_grad_(True)
-    B = (Vh[:, :rank] * root).clone().requires_grad_(True)
+    B = (Vr[:, :rank] * root).clone().requires_grad_(True)
 
     def weighted_ce():
         return -(pi * (P * torch.log_softmax(A @ B.T, dim=1)).sum(dim=1)).sum()
@@ -165,7 +165,7 @@ def bigram_factors(log_cond: np.ndarray, weights: np.ndarray, rank: int, steps: 
     with torch.no_grad():
         info["fit_ce"] = float(weighted_ce())
     info["fit_steps"] = steps
-    return A.detach().double().numpy(), B.detach().double().numpy(), info
+    return A.detach().cpu().double().numpy(), B.detach().cpu().double().numpy(), info
 
 
 def layernorm_preimage(A: np.ndarray, B: np.ndarray, d: int, rms: float = 0.02,
