@@ -218,7 +218,8 @@ validation perplexity is at or below the final perplexity of the random run of t
 a seed that never reaches the target is censored at 1 (it needs at least the whole schedule), and the count of \
 censored seeds is given; step 0 counts as reached. *stays below from*: the same fraction for the first step from \
 which every later evaluation stays at or below the target (it differs when an arm starts below the target and \
-leaves it during SFT)."""
+leaves it during SFT). *wall s*: SFT seconds as measured; on a shared machine they vary with its load, so compare \
+FLOPs, not seconds, across arms."""
 
 
 def render_report(results: dict) -> str:
@@ -271,6 +272,9 @@ def takeaway(results: dict) -> str:
                  f"{_ci(s.get('paired_ppl_diff_interval'))}, positive = worse)")
         if s.get("step_fraction"):
             line += f" and reaches random's final ppl in {_fraction(s['step_fraction'])} of random's steps"
+            if s["step_fraction"].get("high") == 0.0:
+                line += (" (0 by construction: its initial model is already below random's final ppl, "
+                         f"{s['ppl_before_sft']:.1f} before SFT)")
             sustained = s.get("step_fraction_sustained")
             if sustained and sustained.get("mean") != s["step_fraction"].get("mean"):
                 line += f" (stays below it from {_fraction(sustained)})"
