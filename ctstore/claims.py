@@ -16,7 +16,11 @@ Verdicts (:func:`judge`)
 ``inconclusive``    it covers the threshold or a band edge, or there are fewer than two
                     seeds (the interval is undefined), or a value is missing;
 ``by construction`` the row holds by definition or by how ctstore builds the object;
-                    its value is printed, never judged.
+                    its value is printed, never judged;
+``holds for noise`` consistent, but the same measurement on a null model (random matrices of
+                    the same shape and scale, or a randomly initialised model) is
+                    consistent too: the claim's test cannot tell the paper's
+                    object from noise (:func:`with_null`; the null's value is printed).
 
 The interval of per-seed values is the Student t interval of their mean,
 ``mean ± t(0.975, n−1)·s/√n``; for paired designs the values are the per-seed
@@ -34,9 +38,9 @@ from importlib import resources
 import numpy as np
 
 __all__ = ["Claim", "Measurement", "load_claims", "claims_for", "t_interval", "judge", "paired", "exact",
-           "construction", "missing", "claims_table", "readings_list", "VERDICTS"]
+           "construction", "missing", "with_null", "claims_table", "readings_list", "VERDICTS"]
 
-VERDICTS = ("consistent", "inconsistent", "inconclusive", "by construction")
+VERDICTS = ("consistent", "inconsistent", "inconclusive", "by construction", "holds for noise")
 COMPARISONS = ("<", "<=", ">", ">=", "within")
 KINDS = ("measured", "by construction")
 
@@ -138,26 +142,55 @@ class Measurement:
     verdict: str = "inconclusive"
     note: str = ""
     values: list = field(default_factory=list)
+    null: "Measurement | None" = None  # the same measurement on a null model (with_null)
+    null_label: str = ""
 
     def to_dict(self) -> dict:
         c = self.claim
         return {"id": c.id, "paper": c.paper, "section": c.section, "claim": c.claim, "paper_value": c.paper_value,
                 "kind": c.kind, "comparison": c.comparison, "threshold": c.threshold, "tolerance": c.tolerance,
                 "value": self.value, "low": self.low, "high": self.high, "n": self.n, "interval": self.interval,
-                "values": self.values, "verdict": self.verdict, "note": self.note}
+                "values": self.values, "verdict": self.verdict, "note": self.note,
+                **({"null": {"model": self.null_label, "value": self.null.value, "low": self.null.low,
+                             "high": self.null.high, "n": self.null.n, "verdict": self.null.verdict}}
+                   if self.null is not None else {})}
+
+
+def _measurement_from_dict(d: dict) -> "Measurement":
+    """A row back from its ``to_dict`` (results.json), claim text from the registry."""
+    m = Measurement(_claim(d["id"]), d["value"], d.get("low"), d.get("high"), d.get("n"), d.get("interval", "95% t"),
+                    d["verdict"], d.get("note", ""), d.get("values", []))
+    if d.get("null"):
+        n = d["null"]
+        m.null = Measurement(m.claim, n["value"], n.get("low"), n.get("high"), n.get("n"), verdict=n["verdict"])
+        m.null_label = n["model"]
+    return m
+
+
+Measurement.from_dict = staticmethod(_measurement_from_dict)
 
 
 def _claim(claim) -> Claim:
     return load_claims()[claim] if isinstance(claim, str) else claim
 
 
-def paired(claim, values, note: str = "") -> Measurement:
+def paired(claim, values, note: str = "", censored=None) -> Measurement:
     """A claim measured once per seed (paired differences arm − baseline where the claim compares arms).
 
     ``None`` entries (a seed whose value could not be measured) make the row inconclusive.
+    ``censored[i]`` marks ``values[i]`` as a lower bound (the true value is at least it, e.g. an arm
+    that never reached a target within the schedule: steps ≥ the schedule length). Raising a value can
+    only move the interval up, so for a ``<``/``<=`` claim an ``inconsistent`` verdict stands, a
+    ``consistent`` one becomes ``inconclusive``, and all seeds censored at or above the threshold is
+    ``inconsistent``.
     """
     c = _claim(claim)
     vals = list(values)
+    censored = list(censored) if censored is not None else [False] * len(vals)
+    if any(censored):
+        m = _paired_censored(c, vals, censored, note)
+        if m is not None:
+            return m
     known = [float(v) for v in vals if v is not None]
     notes = [note] if note else []
     if len(known) < len(vals):
@@ -175,6 +208,20 @@ def paired(claim, values, note: str = "") -> Measurement:
         else:
             m.verdict = judge(c.comparison, c.threshold, m.low, m.high, c.tolerance)
     m.note = "; ".join(notes)
+    return m
+
+
+def _paired_censored(c: Claim, vals: list, censored: list, note: str) -> Measurement | None:
+    n_cens = sum(censored)
+    notes = [note] if note else []
+    notes.append(f"{n_cens} of {len(vals)} seed(s) censored (value is a lower bound)")
+    if c.kind != "measured" or c.comparison not in ("<", "<=") or None in vals:
+        return None
+    m = paired(c, vals, note="; ".join(notes))
+    if n_cens == len(vals) >= 2 and min(vals) >= c.threshold:
+        m.verdict = "inconsistent"
+    elif m.verdict == "consistent":
+        m.verdict = "inconclusive"
     return m
 
 
@@ -210,6 +257,14 @@ def missing(claim, reason: str) -> Measurement:
     c = _claim(claim)
     return Measurement(c, None, verdict="by construction" if c.kind == "by construction" else "inconclusive",
                        note=reason)
+
+
+def with_null(m: Measurement, null: Measurement, label: str) -> Measurement:
+    """Attach the same measurement on a null model; ``consistent`` for both becomes ``holds for noise``."""
+    m.null, m.null_label = null, label
+    if m.verdict == "consistent" and null.verdict == "consistent":
+        m.verdict = "holds for noise"
+    return m
 
 
 def _r(x):
@@ -251,9 +306,10 @@ def claims_table(measurements: list[Measurement]) -> str:
 
     rows = [[f"`{m.claim.id}`", f"{m.claim.source}: {m.claim.claim}", m.claim.paper_value,
              m.claim.criterion() if m.verdict != "by construction" else "—", format_measured(m), m.verdict,
+             f"{format_measured(m.null)} ({m.null_label}: {m.null.verdict})" if m.null is not None else "—",
              m.note or "—"] for m in measurements]
-    return markdown_table(["id", "claim (paper's terms)", "paper's value", "test", "measured", "verdict", "note"],
-                          rows)
+    return markdown_table(["id", "claim (paper's terms)", "paper's value", "test", "measured", "verdict",
+                           "null model", "note"], rows)
 
 
 def readings_list(measurements: list[Measurement]) -> str:

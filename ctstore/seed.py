@@ -1,18 +1,19 @@
 """Stage ``seed``: embeddings → ``model`` artifact (docs/design.md §5, Paper 113 §5).
 
-Spectral seeding from ``EᵀE = U Λ Uᵀ`` (d × d, eigenvalues descending). Layer l
-of L uses the columns of U rolled by ``s_l = l·d/L`` and the eigenvalues rolled
-the same way, ``M_l = diag(√Λ_l) R_lᵀ``:
+Spectral seeding from the *centred* embedding rows, ``(E − Ē)ᵀ(E − Ē) = U Λ Uᵀ``
+(d × d, eigenvalues descending; the mean row Ē, shared by every token, holds ~89%
+of the raw ``EᵀE`` trace for K0 embeddings and made every seeded matrix nearly
+rank 1; ``dc_share`` in the report). Layer l of L keeps the eigen-directions and
+rolls the eigenvalue weights by ``s_l = l·d/L`` (``seeding.weighted``; rolling
+the eigenvectors together with the eigenvalues, as before, only permuted rows,
+which ``c_proj`` undid: every layer computed the same function):
 
-* attention ``c_attn`` = ``[M_l; M_l; M_l]`` (Q, K and V share the layer's
-  rotation; the paper gives one matrix per layer), ``c_proj`` = ``M_lᵀ``;
-* MLP ``c_fc``: four blocks of d hidden units. Block 0 is ``M_l``; block j = 1..3
-  is ``Q_jᵀ M`` at roll ``s_l + j·d/4``, with ``Q_j`` a seeded random orthogonal
-  d × d matrix: its units are orthogonal mixtures of the eigenvalue-weighted
-  eigen-directions (their second moment is still ``EᵀE / d``). The paper's
-  "four rolls of M" alone would repeat the same d rows four times (a roll only
-  permutes rows), giving every unit three exact twins that receive identical
-  gradients and never separate; MLP ``c_proj`` = ``c_fcᵀ`` (adjoint);
+* attention: Q, K, V at shifts ``s_l``, ``s_l + d/3L``, ``s_l + 2d/3L``, K and V
+  mixed by seeded orthogonal matrices; ``c_proj`` = a seeded rotation of Vᵀ (see
+  :func:`ctstore.seeding.spectral_layer_matrices` for why the randomness is needed);
+* MLP ``c_fc``: four blocks of d hidden units. Block 0 is Q's matrix; block j = 1..3
+  is ``Q_jᵀ W`` at shift ``s_l + j·d/4``, with ``Q_j`` a seeded random orthogonal
+  d × d matrix (no twin units); MLP ``c_proj`` = ``c_fcᵀ`` (adjoint);
 * LayerNorms identity, biases zero, head tied to the token embedding (or, with
   ``tie_head=False``, a separate randomly initialised head);
 * token embedding rows from E (compact ids when a compact vocabulary is used);
@@ -38,6 +39,10 @@ Frobenius norm of the random initialisation it replaces (the same
 embedding as k0 produced it (Paper 113 §8 freezes this E; norm-matching to a
 tied head of rows ~0.1 makes the logits nearly flat) and still norm-matches the
 layers. ``init="embeddings"`` seeds only the token embedding (ablation f).
+``init="bigram"`` (untied head) makes the step-0 logits a rank-(d−2) factorisation of the
+Witten–Bell bigram's log-conditionals and zeroes every residual projection
+(:func:`_set_bigram`). The report gives each seeded matrix's participation ratio and the
+cosines between the layers' attention outputs for one input (functional diversity).
 
 Vocabulary. ``vocab=N``: the N most frequent tokens of the counts plus one
 ``<unk>`` row; ``vocab="corpus"``: every token that occurs in the counted
@@ -62,8 +67,9 @@ from .errors import CtstoreError
 from .log import log
 from .analysis.spectral import spectral_gap_ratio
 from .formats.model import save_model
-from .model import PhotonicGPT, get_config
-from .seeding import basis_rotation, eigen_basis, max_row_energy_share, rescaled, spectral_layer_matrices
+from .model import PhotonicGPT, _rope_cache, get_config
+from .seeding import (basis_rotation, bigram_factors, centred_eigen_basis, eigen_basis, layernorm_preimage,
+                      max_row_energy_share, participation_ratio, rescaled, spectral_layer_matrices)
 from .stage import Input, Params, Stage, param
 from .units import NON_NEGATIVE, POSITIVE
 from .workspace import Workspace, build_artifact
@@ -71,7 +77,10 @@ from .workspace import Workspace, build_artifact
 __all__ = ["SeedParams", "seed_model", "build_seeded_model", "corpus_vocab"]
 
 FORMAT_VERSION = 2
-INITS = ("spectral", "random", "embeddings")
+CODE_VERSION = 3  # fingerprint version; 3: spectral layers functionally distinct (DC removed, per-layer Q/K/V)
+BIGRAM_EMBED_RMS = 1.0  # token-embedding RMS of init "bigram" (see _set_bigram)
+INITS = ("spectral", "random", "embeddings", "bigram")
+BIGRAM_FIT_STEPS = 100  # Adam steps of the factor fit (seeding.bigram_factors); ~0.3 s each at V = 4097 on CPU
 RECIPES = ("rotated", "literal")
 EMBED_SCALES = ("matched", "unscaled")
 
@@ -97,7 +106,8 @@ def _vocab_arg(text: str):
 @dataclass(frozen=True)
 class SeedParams(Params):
     config: str = param("tiny", "tiny, small, ct-10m, ct-124m or a config JSON file")
-    init: str = param("spectral", "spectral (the CT recipe), random, or embeddings (E only)", choices=INITS)
+    init: str = param("spectral", "spectral (the CT recipe), random, embeddings (E only), or bigram (step-0 logits "
+                      "= a rank-(d-2) factorisation of the Witten-Bell bigram; needs --untied-head)", choices=INITS)
     # compact vocabulary size V_model, "corpus", or None (full tokenizer vocab)
     vocab: int | str | None = param(None, "compact vocabulary: top-N corpus tokens + <unk>, or 'corpus' (every "
                                     "token that occurs)", parse=_vocab_arg)
@@ -112,6 +122,11 @@ class SeedParams(Params):
     unigram_prior: bool = param(False, "fit the final LayerNorm bias so the initial logits approximate log unigram "
                                 "probabilities")
 
+    def __post_init__(self):
+        super().__post_init__()  # each field's own check (choices, vocab)
+        if self.init == "bigram" and self.tie_head:
+            raise CtstoreError("--init bigram needs an untied head (--untied-head): the head carries the right factor")
+
 
 def corpus_vocab(unigram: np.ndarray) -> int:
     """``vocab="corpus"``: the number of token ids that occur at least once."""
@@ -119,12 +134,17 @@ def corpus_vocab(unigram: np.ndarray) -> int:
 
 
 def build_seeded_model(E_full: np.ndarray, rank: np.ndarray | None, params: SeedParams, n_vocab: int,
-                       unigram: np.ndarray | None = None):
+                       unigram: np.ndarray | None = None, lag1=None):
     """Return ``(model, vocab_map, report)``; ``E_full`` is (V, d) indexed by tokenizer id.
 
-    ``unigram`` (counts by tokenizer id) is needed for ``unigram_prior``.
+    ``unigram`` (counts by tokenizer id) is needed for ``unigram_prior`` and ``init="bigram"``,
+    ``lag1`` (the counts' lag-1 CSR matrix, training documents only) for ``init="bigram"``.
     """
     model, vocab_map, report, kept = _build(E_full, rank, params, n_vocab)
+    if params.init == "bigram":
+        if unigram is None or lag1 is None:
+            raise CtstoreError("init bigram needs the unigram and lag-1 counts")
+        report.update(_set_bigram(model, unigram, lag1, vocab_map, params.seed))
     if params.unigram_prior:
         if unigram is None:
             raise CtstoreError("unigram_prior needs the unigram counts")
@@ -154,6 +174,42 @@ def _set_unigram_prior(model, unigram: np.ndarray, kept: np.ndarray, compact: bo
     return float(1 - resid @ resid / (target @ target)) if target.any() else 1.0
 
 
+def _set_bigram(model, unigram: np.ndarray, lag1, vocab_map, seed: int) -> dict:
+    """``init="bigram"``: token embedding and untied head from a rank-(d−2) factorisation of the
+    Witten–Bell log-conditionals (:mod:`ctstore.analysis.baselines`), every residual projection
+    (attention and MLP ``c_proj``) zeroed so each block starts as the identity; the step-0 logits
+    are then exactly ``A_v · B_w`` (:func:`~ctstore.seeding.layernorm_preimage`).
+
+    The embedding rows get RMS ``BIGRAM_EMBED_RMS`` = 1. At the random init's 0.02, the first Adam
+    steps on the zeroed projections (every entry moves by ~lr) made the blocks' outputs larger than
+    the residual stream within 10 steps: on `small` the validation perplexity went 74 → 773 at step
+    10 before recovering (seed 0, cpu profile). At RMS 1 the same updates are a few percent of it.
+    """
+    from .analysis.baselines import compact_counts, log_conditionals, witten_bell
+
+    c = compact_counts(unigram, lag1, vocab_map)
+    if c.V != model.config.vocab_size:
+        raise CtstoreError(f"init bigram: counts map to {c.V} ids, the model has {model.config.vocab_size}")
+    d = model.config.n_embd
+    total, _types, _p = witten_bell(c)
+    A, B, info = bigram_factors(log_conditionals(c), total + 1.0, d - 2, BIGRAM_FIT_STEPS, seed)
+    X, W = layernorm_preimage(A, B, d, rms=BIGRAM_EMBED_RMS, eps=model.transformer.ln_f.eps)
+    with torch.no_grad():
+        model.transformer.wte.weight.copy_(torch.as_tensor(X, dtype=torch.float32))
+        model.output_head.weight.copy_(torch.as_tensor(W, dtype=torch.float32))
+        model.transformer.ln_f.weight.fill_(1.0)
+        if model.transformer.ln_f.bias is not None:
+            model.transformer.ln_f.bias.zero_()
+        for block in model.transformer.h:
+            for proj in (block.attn.c_proj, block.mlp.c_proj):
+                proj.weight.zero_()
+                if proj.bias is not None:
+                    proj.bias.zero_()
+    log(f"seed: bigram factors rank {d - 2}: weighted cross-entropy {info['fit_ce']:.4f} nats "
+        f"(SVD start {info['svd_ce']:.4f}, Witten-Bell target {info['target_entropy']:.4f})")
+    return {"bigram_fit": {k: float(v) for k, v in info.items()}, "bigram_rank": d - 2}
+
+
 def _build(E_full: np.ndarray, rank: np.ndarray | None, params: SeedParams, n_vocab: int):
     if params.vocab == "corpus":
         raise CtstoreError("build_seeded_model: resolve vocab='corpus' to a number first (seed_model does)")
@@ -172,16 +228,16 @@ def _build(E_full: np.ndarray, rank: np.ndarray | None, params: SeedParams, n_vo
         head = config.n_embd // config.n_head
         config = get_config(params.config, vocab_size=vocab_size, n_embd=params.width,
                             n_head=max(1, params.width // head), tie_head=params.tie_head)
-    if params.init != "random" and E_full.shape[1] != config.n_embd:
+    if params.init not in ("random", "bigram") and E_full.shape[1] != config.n_embd:
         raise CtstoreError(f"config {params.config}: n_embd={config.n_embd} does not fit the embedding "
                            f"dimension d={E_full.shape[1]} (run k0 with --dim {config.n_embd})")
     torch.manual_seed(params.seed)
     model = PhotonicGPT(config)
     report: dict = {"config": config.to_dict(), "init": params.init, "params": model.num_params(),
                     "model_vocab": vocab_size, "tie_head": params.tie_head,
-                    "recipe": None if params.init == "random" else params.recipe,
-                    "embed_scale": None if params.init == "random" else params.embed_scale}
-    if params.init == "random":
+                    "recipe": None if params.init in ("random", "bigram") else params.recipe,
+                    "embed_scale": None if params.init in ("random", "bigram") else params.embed_scale}
+    if params.init in ("random", "bigram"):
         return model, vocab_map, report, kept
     basis = basis_rotation(config.n_embd, params.seed) if params.recipe == "rotated" else None
     with torch.no_grad():
@@ -198,22 +254,45 @@ def _build(E_full: np.ndarray, rank: np.ndarray | None, params: SeedParams, n_vo
         lam, U = eigen_basis(rows[: len(kept)])
         report["spectral_gap_ratio"] = spectral_gap_ratio(lam)
         report["eigenvalues_head"] = [float(x) for x in lam[:8]]
+        lam_c, U_c = centred_eigen_basis(rows[: len(kept)])
+        report["dc_share"] = float(1 - lam_c.sum() / lam.sum()) if lam.sum() > 0 else 0.0
         if params.init == "spectral":
-            seeded = []
+            lam, U = lam_c, U_c  # the layers from the centred spectrum: the DC row made them ~rank 1
+            seeded, pr = [], {}
             for l, block in enumerate(model.transformer.h):
                 mats = spectral_layer_matrices(U, lam, l, config.n_layer, params.seed)
                 for name, value in mats.items():
                     p = block.get_parameter(name)
                     p.copy_(rescaled(value, p))
+                    pr[f"{l}.{name}"] = participation_ratio(value)
                 for ln in (block.ln_1, block.ln_2):
                     ln.weight.fill_(1.0)
                     if ln.bias is not None:
                         ln.bias.zero_()
                 seeded.append(block.attn.c_attn.weight.flatten().clone())
             report["layer_cosine"] = _pairwise_cosines(seeded)
+            report["participation_ratio"] = pr
+            report["participation_ratio_mean"] = float(np.mean(list(pr.values())))
+            report["layer_output_cosine"] = layer_output_cosines(model, params.seed)
             report["max_row_energy_share"] = max_row_energy_share(
                 [b.attn.c_attn.weight[: config.n_embd].numpy() for b in model.transformer.h])
     return model, vocab_map, report, kept
+
+
+@torch.no_grad()
+def layer_output_cosines(model, seed: int = 0, batch: int = 4, T: int = 32) -> dict:
+    """Functional layer diversity (Paper 113 §2.3 "layer diversity collapse", §5.1): the cosine between
+    the attention outputs of every pair of layers for the *same* input (the token embeddings of a seeded
+    random batch, through each layer's ``ln_1`` and ``attn``). Weight cosines can be ≈ 0 for layers that
+    compute the same function (a row permutation undone by ``c_proj``); output cosines cannot.
+    """
+    g = torch.Generator().manual_seed(seed)
+    T = min(T, model.config.block_size)
+    idx = torch.randint(0, model.config.vocab_size, (batch, T), generator=g)
+    x = model.transformer.wte(idx)
+    cos, sin = _rope_cache(T, model.config.n_embd // model.config.n_head, model.config.rope_base, idx.device)
+    outs = [block.attn(block.ln_1(x), cos, sin).flatten() for block in model.transformer.h]
+    return _pairwise_cosines(outs)
 
 
 def _pairwise_cosines(mats: list[torch.Tensor]) -> dict:
@@ -239,14 +318,16 @@ def seed_model(embeddings, workspace: Workspace | None = None, *, params: SeedPa
         counts = ws.get(embeddings.manifest["inputs"]["counts"], kind="counts")
         # k0's active ids are the counts' first V_eff ids by frequency: a compact vocabulary within them
         # needs nothing else; a larger one, vocab="corpus" and the unigram prior read the count store
-        fits = isinstance(params.vocab, int) and params.vocab <= len(active) and not params.unigram_prior
-        store = CountStore.from_artifact(counts) if (params.vocab or params.unigram_prior) and not fits else None
+        needs_counts = params.unigram_prior or params.init == "bigram"
+        fits = isinstance(params.vocab, int) and params.vocab <= len(active) and not needs_counts
+        store = CountStore.from_artifact(counts) if (params.vocab or needs_counts) and not fits else None
         rank = active if fits else store.rank if store else None
         resolved = params
         if params.vocab == "corpus":
             resolved = replace(params, vocab=min(corpus_vocab(store.unigram), E.shape[0] - 1))
         model, vocab_map, report = build_seeded_model(E, rank, resolved, E.shape[0],
-                                                      store.unigram if params.unigram_prior else None)
+                                                      store.unigram if needs_counts else None,
+                                                      store.matrix(1) if params.init == "bigram" else None)
         extra = {"tokenizer": embeddings.manifest.get("tokenizer"), "tokenizer_vocab": int(E.shape[0]),
                  "init": params.init, "operator": attrs.get("operator"), "recipe": report["recipe"],
                  "embed_scale": report["embed_scale"], "counts_val_fraction":
@@ -254,7 +335,8 @@ def seed_model(embeddings, workspace: Workspace | None = None, *, params: SeedPa
         save_model(model, ws.artifact_location("model", fp), vocab_map, extra)
         if "spectral_gap_ratio" in report:
             log(f"seed: spectral gap ratio {report['spectral_gap_ratio']:.4f}"
-                + (f", mean layer cosine {report['layer_cosine']['mean']:.4f}" if "layer_cosine" in report else ""))
+                + (f", mean layer output cosine {report['layer_output_cosine']['mean']:.4f}, mean participation "
+                   f"ratio {report['participation_ratio_mean']:.1f}" if "layer_output_cosine" in report else ""))
         log(f"seed: {params.init} {params.config}, {report['params'] / 1e6:.2f}M parameters")
         return {"format_version": FORMAT_VERSION, "params": asdict(params),
                 "inputs": {"embeddings": embeddings.fingerprint}, **extra, "report": report}
@@ -263,7 +345,7 @@ def seed_model(embeddings, workspace: Workspace | None = None, *, params: SeedPa
 
 
 STAGE = Stage(
-    name="seed", kind="model", params=SeedParams, code_version=2, format_version=FORMAT_VERSION,
+    name="seed", kind="model", params=SeedParams, code_version=CODE_VERSION, format_version=FORMAT_VERSION,
     help="embeddings -> PhotonicGPT (spectral seeding or random init)",
     inputs=(Input("embeddings", "embeddings", "embeddings artifact fingerprint (or unique prefix)"),),
     run=lambda ws, inputs, params, opts: seed_model(inputs["embeddings"], ws, params=params, force=opts["force"]),

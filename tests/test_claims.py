@@ -56,7 +56,7 @@ def test_paired_verdicts_from_synthetic_seed_differences():
     assert paired("p113.head_start", [-5.0, 4.0, -1.0]).verdict == "inconclusive"  # interval covers 0
     one = paired("p113.head_start", [-30.0])
     assert one.verdict == "inconclusive" and "1 seed" in one.note and one.low is None
-    gap = paired("p113.gap_to_sgd", [0.05, 0.06, 0.055])  # ≤ 0.15
+    gap = paired("p113.gap_to_sgd", [0.02, 0.03, 0.025])  # ≤ 0.05, the paper's §9(1)
     assert gap.verdict == "consistent"
     unmeasured = paired("p113.steps_saved", [2.0, None, 3.0])
     assert unmeasured.verdict == "inconclusive" and "1 of 3" in unmeasured.note
@@ -132,3 +132,56 @@ def test_claims_file_is_package_data():
         pyproject = tomllib.load(f)
     assert "claims.toml" in pyproject["tool"]["setuptools"]["package-data"]["ctstore"]
     assert os.path.exists(ROOT / "ctstore" / "claims.toml")
+
+
+# --- issue 18 ---------------------------------------------------------------------------------
+
+
+def test_gap_to_sgd_reads_the_papers_numbers_not_fifteen_percent():
+    c = load_claims()["p113.gap_to_sgd"]
+    assert (c.comparison, c.threshold, c.paper_number) == ("<=", 0.05, 0.027)
+    assert "2.7%" in c.claim and "5%" in c.claim
+    assert paired(c, [0.10, 0.11, 0.12]).verdict == "inconsistent"  # passed the old 15% test
+
+
+def test_steps_saved_censors_seeds_that_never_reach_the_target():
+    from ctstore.experiments.ct_vs_random_summary import first_step_reaching, step_fraction
+
+    c = load_claims()["p113.steps_saved"]
+    assert (c.comparison, c.threshold) == ("<", 1.0)
+    # K0 never reaching random's final ppl in 3 of 3 seeds: inconsistent, not inconclusive
+    misses = [step_fraction([0, 10, 20], [900, 800, 700], 150.0, 500) for _ in range(3)]
+    assert misses[0] == (1.0, True)
+    m = paired(c, [v for v, _ in misses], censored=[k for _, k in misses])
+    assert m.verdict == "inconsistent" and "censored" in m.note
+    # step 0 counts as reached (it used to read as "never")
+    assert first_step_reaching([0, 10], [100.0, 90.0], 150.0) == 0
+    assert step_fraction([0, 10], [100.0, 90.0], 150.0, 500) == (0.0, False)
+    # a censored seed can only raise the value: "consistent" is downgraded, "inconsistent" stands
+    assert paired(c, [0.2, 0.25, 0.3]).verdict == "consistent"
+    assert paired(c, [0.2, 0.25, 1.0], censored=[False, False, True]).verdict == "inconclusive"
+
+
+def test_a_claim_that_noise_also_passes_reads_holds_for_noise_with_the_null_value():
+    from ctstore.claims import claims_table as table, with_null
+
+    ours = paired("p113.layer_diversity", [0.05, 0.06, 0.04])
+    null = paired("p113.layer_diversity", [0.02, 0.03, 0.01])
+    m = with_null(ours, null, "random init")
+    assert m.verdict == "holds for noise" and m.to_dict()["null"]["value"] == pytest.approx(0.02)
+    assert "random init: consistent" in table([m])
+    kept = with_null(paired("p113.layer_diversity", [0.05, 0.06, 0.04]),
+                     paired("p113.layer_diversity", [0.9, 0.95, 0.92]), "random init")
+    assert kept.verdict == "consistent"
+    from ctstore.claims import Measurement
+
+    back = Measurement.from_dict(m.to_dict())
+    assert table([back]) == table([m])
+
+
+def test_sustained_step_counts_an_arm_that_starts_below_and_leaves_the_target():
+    from ctstore.experiments.ct_vs_random_summary import first_step_reaching, first_step_staying
+
+    curve = ([0, 10, 20, 30], [74.0, 773.0, 97.0, 90.0])  # bigram_init at embedding RMS 0.02, seed 0
+    assert first_step_reaching(*curve, 96.0) == 0 and first_step_staying(*curve, 96.0) == 30
+    assert first_step_staying([0, 10], [100.0, 120.0], 96.0) is None

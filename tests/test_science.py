@@ -82,12 +82,14 @@ def _row_energy_share(w: np.ndarray) -> np.ndarray:
 def test_literal_recipe_is_a_scaled_permutation_and_rotated_is_not():
     lit, _, rep_lit = _seeded(recipe="literal")
     rot, _, rep_rot = _seeded(recipe="rotated")
-    for model, low, high in ((lit, 0.999, 1.0), (rot, 0.0, 0.5)):
+    # centring E (issue 18) breaks the SVD basis's exact column orthogonality, so the literal layers are
+    # nearly (not exactly) scaled permutations
+    for model, low, high in ((lit, 0.6, 1.0), (rot, 0.0, 0.5)):
         for block in model.transformer.h:
             share = _row_energy_share(block.attn.c_attn.weight.detach().numpy()[:D])
             assert low <= share.mean() <= high
     assert rep_lit["recipe"] == "literal" and rep_rot["recipe"] == "rotated"
-    assert rep_lit["max_row_energy_share"] > 0.999 and rep_rot["max_row_energy_share"] < 0.5
+    assert rep_lit["max_row_energy_share"] > 0.6 and rep_rot["max_row_energy_share"] < 0.5
     # rotated = literal in another orthonormal basis Q: wte_rot = wte_lit Q and M_rot = ±M_lit Q row by row
     A = lit.transformer.wte.weight.detach().numpy()[:300].astype(np.float64)
     B = rot.transformer.wte.weight.detach().numpy()[:300].astype(np.float64)
@@ -342,3 +344,205 @@ def test_frozen_embedding_keeps_statistical_rows_and_trains_the_unk_row_like_eve
     assert not torch.equal(w0[40], w1[40])
     assert not torch.equal(before.transformer.h[0].mlp.c_fc.weight, after.transformer.h[0].mlp.c_fc.weight)
     assert run.manifest["frozen_embedding_rows"] == "all but <unk>"
+
+
+# --- issue 18, defect 1: spectrally seeded layers compute distinct functions, Q ≠ K ≠ V ------
+
+
+def _dc_heavy_embeddings(seed=0, d=D):
+    """k0-like embeddings: SVD-basis rows plus one mean (DC) row shared by every token."""
+    E = _svd_basis_embeddings(seed)
+    if d != D:
+        E = np.tile(E, (1, d // D))
+    return E + 8 * np.abs(E).mean()
+
+
+def _attention_outputs(model, seed=0):
+    """Each layer's attention output for the same input (token embeddings of one random batch)."""
+    from ctstore.model import _rope_cache
+
+    c = model.config
+    idx = torch.from_numpy(np.random.default_rng(seed).integers(0, c.vocab_size, (3, 24)))
+    cos, sin = _rope_cache(24, c.n_embd // c.n_head, c.rope_base, "cpu")
+    with torch.no_grad():
+        x = model.transformer.wte(idx)
+        return [b.attn(b.ln_1(x), cos, sin).flatten().double() for b in model.transformer.h]
+
+
+@pytest.mark.parametrize("config", ["tiny", pytest.param("small", marks=pytest.mark.slow)])
+def test_spectral_layers_compute_distinct_functions_and_q_k_v_differ(config):
+    d = 64 if config == "tiny" else 128
+    params = SeedParams(config=config, init="spectral", vocab=300)
+    model, _, report = build_seeded_model(_dc_heavy_embeddings(d=d), np.arange(V), params, V)
+    outs = _attention_outputs(model)
+    for i in range(len(outs)):
+        for j in range(i):
+            assert abs(float(torch.nn.functional.cosine_similarity(outs[i], outs[j], dim=0))) < 0.5
+    for block in model.transformer.h:
+        q, k, v = block.attn.c_attn.weight.detach().double().split(d)
+        for a, b in ((q, k), (q, v), (k, v)):
+            assert not torch.allclose(a, b)
+            assert abs(float(torch.corrcoef(torch.stack([a.flatten(), b.flatten()]))[0, 1])) < 0.5
+    assert abs(report["layer_output_cosine"]["mean"]) < 0.5  # reported on outputs, not weight cosines
+
+
+# --- issue 18, defect 2: K0 seeding is not rank 1 (the DC row), PR of each matrix reported ----
+
+
+def test_seeding_from_dc_heavy_embeddings_is_not_rank_one_and_reports_participation_ratios():
+    def participation_ratio(w):  # independent of ctstore.seeding's
+        s2 = np.linalg.svd(np.asarray(w, np.float64), compute_uv=False) ** 2
+        return s2.sum() ** 2 / (s2 ** 2).sum()
+
+    model, _, report = build_seeded_model(_dc_heavy_embeddings(), np.arange(V), SeedParams(
+        config="tiny", init="spectral", vocab=300), V)
+    for l, block in enumerate(model.transformer.h):
+        for name in ("attn.c_attn.weight", "attn.c_proj.weight", "mlp.c_fc.weight", "mlp.c_proj.weight"):
+            w = block.get_parameter(name).detach().numpy()
+            assert participation_ratio(w) > D / 4, (l, name)  # today: ≈ 1 (rank 1 from the DC row)
+    assert report["dc_share"] > 0.8  # the mean row dominates the raw EᵀE, as for K0 on the sample corpus
+    for l, block in enumerate(model.transformer.h):
+        for name in ("attn.c_attn.weight", "attn.c_proj.weight", "mlp.c_fc.weight", "mlp.c_proj.weight"):
+            w = block.get_parameter(name).detach().numpy()
+            assert report["participation_ratio"][f"{l}.{name}"] == pytest.approx(participation_ratio(w), rel=1e-3)
+    from ctstore.seeding import participation_ratio as pr
+
+    assert pr(np.outer(np.arange(1, 5), np.arange(1, 4))) == pytest.approx(1.0) and pr(np.eye(7)) == pytest.approx(7)
+
+
+# --- issue 18, defect 7: evaluation windows sample the whole validation split ----------------
+
+
+def test_stated_evaluation_sample_spreads_over_the_whole_split():
+    from ctstore.sft.eval import validation_windows
+
+    n, T = 100_000, 64
+    w = validation_windows(n, T, 4096)
+    assert sum(k for _, k in w) >= 4095 - T and all(k == T for _, k in w)
+    starts = [s for s, _ in w]
+    assert starts[0] == 0 and starts[-1] + T + 1 == n  # first and last parts of the split both sampled
+    assert all(b - a >= T for a, b in zip(starts, starts[1:]))  # no overlap
+    assert max(starts) > n / 2  # not only the head (the old sample was tokens 0..4095)
+    # the whole split when the sample would cover it: every token after the first predicted once
+    full = validation_windows(1000, T, 5000)
+    assert sum(k for _, k in full) == 999 and full == validation_windows(1000, T)
+
+
+# --- issue 18: count-based baselines and the bigram initialisation ---------------------------
+
+
+def _markov_corpus(n_vocab=120, seed=0):
+    rng = np.random.default_rng(seed)
+    P = rng.dirichlet(np.full(n_vocab, 0.05), size=n_vocab)
+    cum = P.cumsum(axis=1)
+
+    def chain(n):
+        x = np.empty(n, np.int64)
+        x[0] = 0
+        u = rng.random(n)
+        for t in range(1, n):
+            x[t] = min(int(np.searchsorted(cum[x[t - 1]], u[t])), n_vocab - 1)
+        return x
+
+    return chain(20_000), chain(3_000)
+
+
+def _naive_witten_bell(train, pairs):
+    """Independent reference: dictionaries over the training list, Witten–Bell by its textbook formula."""
+    from collections import Counter, defaultdict
+
+    uni, big, follow = Counter(train), Counter(zip(train[:-1], train[1:])), defaultdict(set)
+    for a, b in zip(train[:-1], train[1:]):
+        follow[a].add(b)
+    ctx = Counter(train[:-1])
+    N, V = len(train), 1 + max(max(train), max(max(p) for p in pairs))
+    out_uni, out_bi = [], []
+    for v, w in pairs:
+        pu = (uni[w] + 1) / (N + V)
+        t = len(follow[v])
+        out_uni.append(math.log(pu))
+        out_bi.append(math.log((big[(v, w)] + t * pu) / (ctx[v] + t)) if ctx[v] else math.log(pu))
+    return math.exp(-np.mean(out_uni)), math.exp(-np.mean(out_bi))
+
+
+def _lag1(train, n):
+    import scipy.sparse as sp
+
+    return sp.csr_matrix((np.ones(len(train) - 1), (train[:-1], train[1:])), shape=(n, n))
+
+
+def test_count_baselines_match_a_naive_witten_bell_bigram():
+    from ctstore.analysis.baselines import compact_counts, count_baselines, window_pairs
+    from ctstore.sft.eval import validation_windows
+
+    train, val = _markov_corpus()
+    n = 120
+    windows = validation_windows(len(val), 32, 1024)
+    got = count_baselines(compact_counts(np.bincount(train, minlength=n), _lag1(train, n), None), val, windows, None)
+    v, w = window_pairs(val, windows, None)
+    uni, bi = _naive_witten_bell(train.tolist(), list(zip(v.tolist(), w.tolist())))
+    assert got["unigram"]["ppl"] == pytest.approx(uni, rel=1e-9)
+    assert got["bigram_wb"]["ppl"] == pytest.approx(bi, rel=1e-9)
+    assert got["bigram_wb"]["ppl"] < got["unigram"]["ppl"]
+    # a compact vocabulary merges the rest into <unk> before counting, as the model sees it
+    vocab_map = np.minimum(np.arange(n), 80)
+    compact = count_baselines(compact_counts(np.bincount(train, minlength=n), _lag1(train, n), vocab_map), val,
+                              windows, vocab_map)
+    uni_c, bi_c = _naive_witten_bell(vocab_map[train].tolist(),
+                                     list(zip(vocab_map[v].tolist(), vocab_map[w].tolist())))
+    assert compact["bigram_wb"]["ppl"] == pytest.approx(bi_c, rel=1e-9)
+
+
+def test_bigram_init_starts_at_its_factorisation_and_far_below_random():
+    from ctstore.analysis.baselines import compact_counts, count_baselines, log_conditionals, window_pairs, \
+        witten_bell
+    from ctstore.seeding import bigram_factors
+    from ctstore.seed import BIGRAM_FIT_STEPS
+    from ctstore.sft.eval import evaluate, validation_windows
+
+    train, val = _markov_corpus()
+    n = 120
+    unigram, lag1 = np.bincount(train, minlength=n), _lag1(train, n)
+    rank = np.argsort(-unigram, kind="stable")
+    E = np.zeros((n, 64), np.float32)
+    params = SeedParams(config="tiny", init="bigram", vocab=100, tie_head=False, seed=3)
+    model, vocab_map, report = build_seeded_model(E, rank, params, n, unigram, lag1)
+    random_model, _, _ = build_seeded_model(E, rank, SeedParams(config="tiny", init="random", vocab=100,
+                                                                tie_head=False, seed=3), n)
+    step0 = evaluate(model, val, vocab_map, 64, 2048)["ppl"]
+    at_random = evaluate(random_model, val, vocab_map, 64, 2048)["ppl"]
+    # the factorisation's own perplexity on the same windows
+    c = compact_counts(unigram, lag1, vocab_map)
+    A, B, _ = bigram_factors(log_conditionals(c), witten_bell(c)[0] + 1.0, 62, BIGRAM_FIT_STEPS, 3)
+    v, w = window_pairs(val, validation_windows(len(val), 64, 2048), vocab_map)
+    logits = torch.from_numpy(A @ B.T)
+    own = math.exp(float(-torch.log_softmax(logits, dim=1)[v, w].mean()))
+    assert step0 == pytest.approx(own, rel=0.01)
+    baseline = count_baselines(c, val, validation_windows(len(val), 64, 2048), vocab_map)["bigram_wb"]["ppl"]
+    assert step0 < 1.2 * baseline and step0 < at_random / 3
+    for block in model.transformer.h:  # blocks start as the identity
+        assert not block.attn.c_proj.weight.any() and not block.mlp.c_proj.weight.any()
+    assert report["bigram_fit"]["fit_ce"] <= report["bigram_fit"]["svd_ce"]
+    with pytest.raises(Exception, match="untied"):
+        SeedParams(init="bigram")
+
+
+# --- issue 18, defect 8: committed reports are what today's code renders from their results ------
+
+
+def _committed_reports():
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parent.parent / "docs" / "results"
+    return sorted(p for p in root.iterdir() if (p / "results.json").exists())
+
+
+@pytest.mark.parametrize("folder", _committed_reports(), ids=lambda p: p.name)
+def test_committed_report_rerenders_from_its_results_json(folder):
+    from ctstore.experiments.ct_vs_random import render_report
+
+    results = json.loads((folder / "results.json").read_text())
+    assert "setup" in results and "baselines" in results, f"{folder.name}: results.json predates the registry"
+    assert render_report(results) == (folder / "report.md").read_text()
+    assert results["baselines"]["bigram_wb"]["ppl"] > 1
+    assert {c["id"] for c in results["claims"]} >= {"p113.steps_saved", "p113.layer_diversity"}

@@ -52,12 +52,13 @@ def test_seeding_norms_rolls_and_compact_rows():
     for name, value in seeded_state.items():
         if name.endswith("weight") and value.dim() == 2:
             assert torch.allclose(value.norm(), random_state[name].norm(), rtol=1e-5), name
-    # layer l uses U rolled by l*d/L: compare with a direct computation
-    lam, U = eigen_basis(E[rank[:50]])
+    # layer l: the centred spectrum's eigenvalue weights rolled by l*d/L against fixed eigenvectors (issue 18)
+    rows = E[rank[:50]].astype(np.float64)
+    lam, U = eigen_basis(rows - rows.mean(axis=0))
     L, d = 2, 64
     for layer in range(L):
         s = layer * d // L
-        direct = np.diag(np.sqrt(np.roll(lam, s))) @ np.roll(U, s, axis=1).T
+        direct = np.diag(np.sqrt(np.roll(lam, -s))) @ U.T
         w = model.transformer.h[layer].attn.c_attn.weight.detach().numpy()[:d]
         scale = np.linalg.norm(w) / np.linalg.norm(direct)
         assert np.allclose(w, direct * scale, atol=1e-5 * np.abs(w).max())

@@ -20,6 +20,12 @@ Arms (same architecture, same SFT schedule unless noted, several seeds):
 ``k0_frozen`` ...          (g) (b)–(d) with the token embedding frozen *unscaled*, as
                            Paper 113 §8 freezes E (tied head, so the head is frozen too)
 ``svd_frozen_untied``      (g') (c) frozen unscaled E with an untied, trained output head
+``bigram_init``            step-0 logits = a rank-(d−2) factorisation of the Witten–Bell
+                           bigram's log-conditionals (training documents only): token
+                           embedding + untied head from the factors, residual projections
+                           zeroed so every block starts as the identity (``seed --init bigram``)
+``random_untied``          (a) with an untied output head: the control for ``bigram_init``'s
+                           extra head parameters
 ``crystallize``            Paper 51's training-free model (:mod:`ctstore.crystallize`),
                            reported before and after the same SFT
 ========================== ==========================================================
@@ -36,11 +42,21 @@ Each seed varies the model initialisation, the batch order and the k0 seed
 "steps to random's final perplexity" is read on each run's own evaluation curve
 (evaluate every <= 10 steps) against the final perplexity of the ``random`` run
 of the same seed, which has the same schedule length; arms with another
-schedule (``random_long``) get no step figure.
+schedule (``random_long``) get no step figure. The *step fraction* is that step
+over random's steps, per seed, with censoring (a seed that never gets there
+counts as ≥ 1) and a 95% t interval.
+
+Every report also prints count-based baselines from the same training-only
+counts (add-one unigram, Witten–Bell bigram; :mod:`ctstore.analysis.baselines`)
+on the same evaluation windows, a one-line takeaway first, and is rendered from
+``results.json`` alone (:func:`render_report`), so a committed report can be
+checked against today's code. Claims the arms run cannot test say which arm
+they need; claims about weights or attention carry a null model's value.
 """
 
 from __future__ import annotations
 
+import json
 import os
 
 import numpy as np
@@ -48,7 +64,8 @@ import numpy as np
 from ..errors import CtstoreError
 from ..log import log
 from ..report import markdown_table, plot_curves, publish_report
-from .common import eval_curve
+from ..sft.eval import EVAL_SAMPLE
+from .common import claims_section, eval_curve
 from .ct_vs_random_summary import claims_table, extra_columns, summarize
 
 K0_SPECS = {
@@ -74,6 +91,8 @@ ARMS = {
     "ppmi_frozen": dict(k0="ppmi", init="spectral", freeze=True, embed_scale="unscaled"),
     "svd_frozen_untied": dict(k0="svd", init="spectral", freeze=True, embed_scale="unscaled", tie_head=False),
     "crystallize": dict(k0=None, init="crystallize"),
+    "bigram_init": dict(k0=None, init="bigram", tie_head=False),
+    "random_untied": dict(k0=None, init="random", tie_head=False),
 }
 MAX_EVAL_EVERY = 10  # evaluation interval the step-to-target figure needs
 
@@ -133,17 +152,13 @@ def run(config: dict, ctx):
             runs.setdefault(arm, []).append(ctx.run(model, tokens, sft))
     inputs = {"counts": counts.fingerprint, "runs": sorted(r.fingerprint for rs in runs.values() for r in rs)}
     return publish_report(ctx.ws, "ct_vs_random", config, inputs,
-                          lambda path: _write_report(path, config, runs, embeddings), force=ctx.force, version=2)
+                          lambda path: _write_report(path, config, runs, embeddings, counts), force=ctx.force,
+                          version=3)
 
 
-def _write_report(path: str, config: dict, runs: dict, embeddings: dict) -> dict:
+def _write_report(path: str, config: dict, runs: dict, embeddings: dict, counts=None) -> dict:
+    """Measure everything into ``results`` (what results.json holds), then render report.md from it alone."""
     summary = summarize(runs)
-    extra = extra_columns(runs, summary)
-    header = ["arm", "seeds", "val ppl before SFT", "final val ppl", "± std", "gap to (e)", "wall s", "FLOPs",
-              "steps", "steps to (a) final", *extra]
-    rows = [[arm, s.get("seeds"), s.get("ppl_before_sft"), s.get("ppl_mean"), s.get("ppl_std"), s.get("gap_to_long"),
-             s.get("seconds"), f"{s['flops']:.3g}" if "flops" in s else None, s.get("steps"),
-             s.get("steps_to_random_final"), *[extra[k].get(arm) for k in extra]] for arm, s in summary.items()]
     curves = {}
     for arm, rs in runs.items():
         steps, _ = eval_curve(rs[0], "val_ppl")
@@ -151,23 +166,148 @@ def _write_report(path: str, config: dict, runs: dict, embeddings: dict) -> dict
         curves[arm] = (steps, list(mean))
     plot_curves(os.path.join(path, "loss_curves.png"), curves, "SFT step", "validation perplexity",
                 "CT seeding vs random initialisation", logy=True)
-    claims_text, claims = claims_table(runs)
-    ops = [[k, e.fingerprint, e.manifest.get("operator_note")] for k, e in embeddings.items()]
-    seeds = config.get("experiment", {}).get("seeds", [0])
-    text = "\n\n".join([
-        "# CT vs random initialisation",
-        f"Model `{config.get('model', {}).get('config', 'tiny')}`, {config.get('sft', {}).get('steps', 200)} SFT "
-        f"steps, seeds {seeds}. Perplexity is on held-out documents.",
-        markdown_table(header, rows),
-        claims_text,
-        "## Embedding operators",
-        markdown_table(["kernel", "artifact", "what it is"], ops),
-        "![validation perplexity](loss_curves.png)",
-        samples_section(runs),
-    ])
+    _claims_text, claims = claims_table(runs)
+    first = next(iter(runs.values()))[0]
+    results = {
+        "summary": summary, "claims": claims, "extra": extra_columns(runs, summary),
+        "baselines": count_baselines_for(counts, first) if counts is not None else None,
+        "setup": {"model": config.get("model", {}).get("config", "tiny"),
+                  "steps": config.get("sft", {}).get("steps", 200),
+                  "seeds": config.get("experiment", {}).get("seeds", [0]), "arms": list(runs),
+                  "note": config.get("experiment", {}).get("note"),
+                  "eval_tokens": first.manifest.get("eval_tokens"), "eval_block": first.manifest.get("eval_block"),
+                  "eval_sample": EVAL_SAMPLE if first.manifest["params"].get("eval_tokens") else "whole split"},
+        "operators": [[k, e.fingerprint, e.manifest.get("operator_note")] for k, e in embeddings.items()],
+        "samples": samples_section(runs),
+    }
+    results["setup"]["extra_columns"] = list(results["extra"])
+    # render exactly what results.json will hold (publish_report writes it with sorted keys)
+    results = json.loads(json.dumps(results, default=float, sort_keys=True))
     with open(os.path.join(path, "report.md"), "w") as f:
-        f.write(text + "\n")
-    return {"summary": summary, "claims": claims}
+        f.write(render_report(results))
+    return results
+
+
+def count_baselines_for(counts, run) -> dict:
+    """Unigram and Witten–Bell bigram from the training-only ``counts``, in ``run``'s vocabulary, on its
+    evaluation windows (:mod:`ctstore.analysis.baselines`)."""
+    from ..analysis.baselines import compact_counts, count_baselines
+    from ..formats.counts import CountStore
+    from ..formats.model import load_model
+    from ..sft.data import TokenSplit
+    from ..sft.eval import validation_windows
+
+    ws, p = run.workspace, run.manifest["params"]
+    tokens = ws.find("tokens", run.manifest["inputs"]["tokens"])
+    val = TokenSplit(tokens, p["val_fraction"],
+                     ws.scratch_dir("tokens", f"{tokens.fingerprint}-val{p['val_fraction']}")).arrays["val"]
+    _model, vocab_map, _raw = load_model(os.path.join(run.path, "model"))
+    store = CountStore.from_artifact(counts)
+    windows = validation_windows(len(val), run.manifest["eval_block"], p.get("eval_tokens"))
+    out = count_baselines(compact_counts(store.unigram, store.matrix(1), vocab_map), val, windows, vocab_map)
+    out["counts"] = counts.fingerprint
+    return out
+
+
+COLUMNS = """Columns. *final val ppl*: mean over seeds of the validation perplexity after SFT (± the seeds' standard \
+deviation). *Δ ppl vs (a)*: the paired per-seed difference arm − random of the same seed, mean and 95% t interval; \
+**positive = worse than random**. *gap to (e)*: final ppl minus that of `random_long` (random init trained \
+`long_factor`× the steps); positive = worse than (e). *steps to (a)*: the first evaluated step at which the arm's \
+validation perplexity is at or below the final perplexity of the random run of the same seed (mean over seeds; \
+— when a seed never gets there). *step fraction*: that step / random's steps, per seed, with its 95% t interval; \
+a seed that never reaches the target is censored at 1 (it needs at least the whole schedule), and the count of \
+censored seeds is given; step 0 counts as reached. *stays below from*: the same fraction for the first step from \
+which every later evaluation stays at or below the target (it differs when an arm starts below the target and \
+leaves it during SFT). *wall s*: SFT seconds as measured; on a shared machine they vary with its load, so compare \
+FLOPs, not seconds, across arms."""
+
+
+def render_report(results: dict) -> str:
+    """report.md from ``results`` (the dict results.json holds) alone: a committed report can be re-rendered."""
+    summary, setup, base = results["summary"], results["setup"], results.get("baselines")
+    extra = {k: results.get("extra", {})[k] for k in setup.get("extra_columns", sorted(results.get("extra", {})))}
+    header = ["arm", "seeds", "val ppl before SFT", "final val ppl", "± std", "Δ ppl vs (a) [95% CI]", "gap to (e)",
+              "steps to (a)", "step fraction [95% CI] (censored)", "stays below from [95% CI]", "wall s", "FLOPs",
+              *extra]
+    rows = [[arm, s.get("seeds"), s.get("ppl_before_sft"), s.get("ppl_mean"), s.get("ppl_std"),
+             _ci(s.get("paired_ppl_diff_interval")) if arm != "random" else "—", s.get("gap_to_long"),
+             s.get("steps_to_random_final"), _fraction(s.get("step_fraction")) if arm != "random" else "—",
+             _fraction(s.get("step_fraction_sustained")) if arm != "random" else "—",
+             s.get("seconds"), f"{s['flops']:.3g}" if "flops" in s else None,
+             *[extra[k].get(arm) for k in extra]] for arm, s in ((a, summary[a]) for a in setup["arms"])]
+    how = ("a systematic sample: windows evenly spaced over the whole validation split, all documents in split "
+           "order (a document shorter than the spacing may get none)" if setup["eval_sample"] == "systematic"
+           else "the whole validation split")
+    sample = f"{setup['eval_tokens']} predicted tokens in windows of {setup['eval_block']}, {how}"
+    parts = ["# CT vs random initialisation", *([f"*{setup['note']}*"] if setup.get("note") else []),
+             takeaway(results),
+             f"Model `{setup['model']}`, {setup['steps']} SFT steps, seeds {setup['seeds']}. Perplexity is on "
+             f"held-out documents ({sample}).", markdown_table(header, rows), COLUMNS]
+    if base:
+        parts += ["## Count-based baselines",
+                  "From the same training-only counts as the arms (count artifact "
+                  f"`{base['counts'][:12]}`), in the model's compact vocabulary, scored on the same evaluation "
+                  "windows. A trained arm above the bigram line has not yet learned what counting adjacent pairs "
+                  "gives.",
+                  markdown_table(["baseline", "val ppl", "tokens"],
+                                 [["unigram (add-one)", base["unigram"]["ppl"], base["unigram"]["tokens"]],
+                                  ["bigram (Witten–Bell)", base["bigram_wb"]["ppl"], base["bigram_wb"]["tokens"]]])]
+    parts += [_claims_text(results["claims"]), "## Embedding operators",
+              markdown_table(["kernel", "artifact", "what it is"], results["operators"]),
+              "![validation perplexity](loss_curves.png)", results["samples"]]
+    return "\n\n".join(parts) + "\n"
+
+
+def takeaway(results: dict) -> str:
+    """The one-line takeaway: the best arm, its paired difference and step fraction, the bigram line."""
+    summary, base = results["summary"], results.get("baselines")
+    if "random" not in summary:
+        return "**Takeaway:** no `random` arm ran, so nothing is paired."
+    others = {a: s for a, s in summary.items() if a not in ("random", "random_long")}
+    line = f"**Takeaway:** random ends at ppl {summary['random']['ppl_mean']:.1f}"
+    if others:
+        best = min(others, key=lambda a: others[a]["ppl_mean"])
+        s = others[best]
+        line += (f"; the best arm, `{best}`, ends at {s['ppl_mean']:.1f} (Δ vs random "
+                 f"{_ci(s.get('paired_ppl_diff_interval'))}, positive = worse)")
+        if s.get("step_fraction"):
+            line += f" and reaches random's final ppl in {_fraction(s['step_fraction'])} of random's steps"
+            if s["step_fraction"].get("high") == 0.0:
+                line += (" (0 by construction: its initial model is already below random's final ppl, "
+                         f"{s['ppl_before_sft']:.1f} before SFT)")
+            sustained = s.get("step_fraction_sustained")
+            if sustained and sustained.get("mean") != s["step_fraction"].get("mean"):
+                line += f" (stays below it from {_fraction(sustained)})"
+    if base:
+        bigram = base["bigram_wb"]["ppl"]
+        below = [a for a in results["setup"]["arms"] if summary[a]["ppl_mean"] < bigram]
+        line += (f". The Witten–Bell bigram scores {bigram:.1f}: "
+                 + (f"{', '.join(f'`{a}`' for a in below)} end{'s' if len(below) == 1 else ''} below it."
+                    if below else "no arm ends below it."))
+    return line + "."  if not line.endswith(".") else line
+
+
+def _ci(iv: dict | None) -> str:
+    if not iv or iv.get("mean") is None:
+        return "—"
+    if iv.get("low") is None:
+        return f"{iv['mean']:+.3g} ({iv['n']} seed)"
+    return f"{iv['mean']:+.3g} [{iv['low']:+.3g}, {iv['high']:+.3g}]"
+
+
+def _fraction(iv: dict | None) -> str:
+    if not iv or iv.get("mean") is None:
+        return "—"
+    cens = f" ({iv.get('censored', 0)} censored)" if iv.get("censored") else ""
+    if iv.get("low") is None:
+        return f"{iv['mean']:.2f} ({iv['n']} seed){cens}"
+    return f"{iv['mean']:.2f} [{max(iv['low'], 0.0):.2f}, {iv['high']:.2f}]{cens}"
+
+
+def _claims_text(claims: list[dict]) -> str:
+    from ..claims import Measurement
+
+    return claims_section("ct_vs_random", [Measurement.from_dict(c) for c in claims])[0]
 
 
 SAMPLE_PROMPTS = ("First Citizen:\n", "The")

@@ -17,7 +17,8 @@ import numpy as np
 import torch
 
 from ..analysis.spectral import matrix_participation_ratio
-from ..claims import paired
+from ..claims import paired, with_null
+from ..model import PhotonicGPT
 from ..formats.model import load_model, model_dir
 from ..report import markdown_table, publish_report
 from .common import claims_section, prepare, seeds_of, write_report
@@ -93,6 +94,23 @@ def run(config: dict, ctx):
                              "c_attn": matrix_participation_ratio(h.attn.c_attn.weight.detach().numpy())}
                          for l, h in enumerate(trained.transformer.h)}
         n_layer = len(prs[seeds[0]])
+        null_prs = {}  # null model (issue 18): a random init of the same config; PR is scale-free
+        for seed in seeds:
+            torch.manual_seed(seed)
+            rnd = PhotonicGPT(trained.config)
+            null_prs[seed] = {l: {"c_proj": matrix_participation_ratio(h.attn.c_proj.weight.detach().numpy()),
+                                  "c_attn": matrix_participation_ratio(h.attn.c_attn.weight.detach().numpy())}
+                              for l, h in enumerate(rnd.transformer.h)}
+
+        def pr_claims(p: dict) -> list:
+            return [paired("p63.cproj_high_pr", [min(p[s][l]["c_proj"] for l in range(n_layer)) / d for s in seeds],
+                           note=f"d = {d}"),
+                    paired("p63.cproj_below_cattn", [np.mean([p[s][l]["c_proj"] - p[s][l]["c_attn"]
+                                                              for l in range(n_layer)]) for s in seeds])]
+
+        pr_rows_measured = [with_null(m, n, "random init, same shapes")
+                            for m, n in zip(pr_claims(prs), pr_claims(null_prs))]
+
         def change(layer, mode):  # mean over seeds of the change relative to the trained run, in %
             t = [table[s][(layer, "trained")] for s in seeds]
             return f"{100 * np.mean([(table[s][(layer, mode)] - t[i]) / t[i] for i, s in enumerate(seeds)]):+.2f}%"
@@ -105,10 +123,7 @@ def run(config: dict, ctx):
             paired("p63.frozen_no_cost", [costs[s]["frozen"] for s in seeds]),
             paired("p63.rank1_no_cost", [costs[s]["rank1"] for s in seeds]),
             paired("p63.random_best", [costs[s]["random_vs_best"] for s in seeds]),
-            paired("p63.cproj_high_pr", [min(prs[s][l]["c_proj"] for l in range(n_layer)) / d for s in seeds],
-                   note=f"d = {d}"),
-            paired("p63.cproj_below_cattn", [np.mean([prs[s][l]["c_proj"] - prs[s][l]["c_attn"]
-                                                      for l in range(n_layer)]) for s in seeds]),
+            *pr_rows_measured,
         ]
         claims_text, claims = claims_section("paper63_layer_crystallization", measured)
         write_report(path, "Paper 63: per-layer crystallization of c_proj",
@@ -124,4 +139,4 @@ def run(config: dict, ctx):
                 "costs": {str(s): costs[s] for s in seeds},
                 "pr": {str(s): {str(l): v for l, v in prs[s].items()} for s in seeds}, "claims": claims}
 
-    return publish_report(ctx.ws, "paper63_layer_crystallization", config, inputs, write, force=ctx.force, version=2)
+    return publish_report(ctx.ws, "paper63_layer_crystallization", config, inputs, write, force=ctx.force, version=3)

@@ -20,11 +20,13 @@ import os
 
 import numpy as np
 import scipy.sparse as sp
+import torch
 
 from ..analysis.harmonic import fit_harmonic
 from ..analysis.spectral import participation_ratio
 from ..analysis.weights import layer_norms
-from ..claims import construction, exact, paired
+from ..claims import construction, exact, paired, with_null
+from ..model import PhotonicGPT
 from ..formats.counts import CountStore
 from ..formats.model import load_model, model_dir
 from ..report import markdown_table, plot_curves, publish_report
@@ -58,6 +60,12 @@ def amplitude_pr(amplitude: np.ndarray) -> float:
     return participation_ratio(np.linalg.eigvalsh(np.cov(a, rowvar=False)))
 
 
+def _noise_like(w: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+    """A null matrix: i.i.d. Gaussian with ``w``'s shape and Frobenius norm."""
+    z = rng.standard_normal(w.shape)
+    return z * (np.linalg.norm(w) / np.linalg.norm(z))
+
+
 def slope_per_doubling(widths, values) -> float:
     return float(np.polyfit(np.log2(widths), values, 1)[0]) if len(widths) > 1 else float("nan")
 
@@ -84,19 +92,27 @@ def run(config: dict, ctx):
 
     def write(path: str) -> dict:
         r2, comp, amp_pr, norms = {}, {}, {}, {}
+        r2_null, amp_null, norms_null = {}, {}, {}  # null models (issue 18)
         for seed in seeds:
+            rng = np.random.default_rng([seed, 0x66])
             for d in widths:
                 trained, _, _ = load_model(model_dir(runs[(seed, d)]))
                 q = trained.transformer.h[0].attn.c_attn.weight.detach().double().numpy()[:d]
                 fc = trained.transformer.h[0].mlp.c_fc.weight.detach().double().numpy()
+                q0, fc0 = (_noise_like(w, rng) for w in (q, fc))  # white noise, same shape and norm
                 for K in sorted({4, 8, max(1, d // 16)}):
                     fq, ffc = fit_harmonic(q, K=K), fit_harmonic(fc, K=K)
                     r2[(seed, d, K)] = (fq.r2, ffc.r2)
                     comp[(d, K)] = fq.compression_ratio
+                    nq, nfc = fit_harmonic(q0, K=K), fit_harmonic(fc0, K=K)
+                    r2_null[(seed, d, K)] = (nq.r2, nfc.r2)
                     if K == 8:
                         amp_pr[(seed, d)] = (amplitude_pr(fq.amplitude), amplitude_pr(ffc.amplitude))
+                        amp_null[(seed, d)] = (amplitude_pr(nq.amplitude), amplitude_pr(nfc.amplitude))
             widest, _, _ = load_model(model_dir(runs[(seed, widths[-1])]))
             norms[seed] = layer_totals(widest.state_dict())
+            torch.manual_seed(seed)
+            norms_null[seed] = layer_totals(PhotonicGPT(widest.config).state_dict())
         mean = lambda xs: float(np.mean(xs))  # noqa: E731
         rows = [[d, K, mean([r2[(s, d, K)][0] for s in seeds]), mean([r2[(s, d, K)][1] for s in seeds]), comp[(d, K)]]
                 for d in widths for K in sorted({4, 8, max(1, d // 16)})]
@@ -114,18 +130,29 @@ def run(config: dict, ctx):
                     {"antisymmetric part": (vocab_sizes, list(pr_values)),
                      "symmetric part": (vocab_sizes, [p[2] for p in prs])},
                     "vocabulary size V", "participation ratio", "PR of the lag-1 transition matrix")
+        def weight_claims(r2_: dict, amp_: dict, norms_: dict) -> list:
+            return [
+                paired("p66.r2_falls_with_width", [slope_per_doubling(widths, [r2_[(s, d, 4)][0] for d in widths])
+                                                   for s in seeds]),
+                paired("p66.k_scales_with_d", [slope_per_doubling(widths, [r2_[(s, d, max(1, d // 16))][0]
+                                                                            for d in widths]) for s in seeds],
+                       note=f"K = {[max(1, d // 16) for d in widths]}"),
+                paired("p66.amplitude_pr", [mean([v for (s2, d), pair in amp_.items() if s2 == s for v in pair])
+                                            for s in seeds]),
+                paired("p66.norms_fall_with_depth", [(norms_[s][-1] - norms_[s][0]) / norms_[s][0] for s in seeds],
+                       note=f"{len(norms_[seeds[0]])} layers, d = {widths[-1]}"),
+            ]
+
+        ours = weight_claims(r2, amp_pr, norms)
+        nulls = weight_claims(r2_null, amp_null, norms_null)
+        labels = ["white noise, same shape and norm"] * 3 + ["random init, widest model"]
+        ours = [with_null(m, n, label) for m, n, label in zip(ours, nulls, labels)]
         measured = [
-            paired("p66.r2_falls_with_width", [slope_per_doubling(widths, [r2[(s, d, 4)][0] for d in widths])
-                                               for s in seeds]),
-            paired("p66.k_scales_with_d", [slope_per_doubling(widths, [r2[(s, d, max(1, d // 16))][0] for d in widths])
-                                           for s in seeds], note=f"K = {[max(1, d // 16) for d in widths]}"),
+            ours[0], ours[1],
             exact("p66.pr_two", float(pr_values.mean()), float(pr_values.min()), float(pr_values.max()),
                   interval=f"range over V = {vocab_sizes}"),
             exact("p66.pr_exponent", exponent, note=f"V = {vocab_sizes}"),
-            paired("p66.amplitude_pr", [mean([v for (s2, d), pair in amp_pr.items() if s2 == s for v in pair])
-                                        for s in seeds]),
-            paired("p66.norms_fall_with_depth", [(norms[s][-1] - norms[s][0]) / norms[s][0] for s in seeds],
-                   note=f"{len(norms[seeds[0]])} layers, d = {widths[-1]}"),
+            ours[2], ours[3],
             construction("p66.compression_grows", ", ".join(f"{comp[(d, 4)]:.1f}× at d={d}" for d in widths)),
         ]
         claims_text, claims = claims_section("paper66_scaling", measured)
@@ -149,4 +176,4 @@ def run(config: dict, ctx):
                 "amplitude_pr": {f"{s}-{d}": v for (s, d), v in amp_pr.items()},
                 "norms": {str(s): v for s, v in norms.items()}, "claims": claims}
 
-    return publish_report(ctx.ws, "paper66_scaling", config, inputs, write, force=ctx.force, version=2)
+    return publish_report(ctx.ws, "paper66_scaling", config, inputs, write, force=ctx.force, version=3)

@@ -1,9 +1,14 @@
 """Validation perplexity: the one definition that ``sft``, ``ctstore eval`` and the reports use.
 
-Consecutive non-overlapping windows of ``block_size`` predicted tokens over the
-whole validation split (or over its first ``eval_tokens`` tokens, a stated
-sample), so every validation token after the first is predicted exactly once;
-the loss is the mean over those tokens. Beside it: the share of predicted tokens
+Non-overlapping windows of ``block_size`` predicted tokens. Without
+``eval_tokens`` they tile the whole validation split, so every validation token
+after the first is predicted exactly once. With ``eval_tokens`` N smaller than
+the split they are a *systematic sample*: ⌈(N−1)/T⌉ windows at evenly spaced
+offsets over the whole split (documents in split order), so every part of the
+split, and every validation document longer than the spacing, contributes in
+proportion to its length. (Before format 3 of ``sft`` the sample was the first
+N tokens, which on the bundled corpus were all Shakespeare.) The loss is the
+mean over the predicted tokens. Beside it: the share of predicted tokens
 that are ``<unk>`` under a compact vocabulary, the loss over the other tokens,
 and the share of distinct validation ids the vocabulary holds.
 """
@@ -25,12 +30,24 @@ __all__ = ["validation_windows", "evaluate", "evaluate_artifact"]
 EVAL_BATCH_TOKENS = 8192  # evaluation batches hold at least this many tokens
 
 
+EVAL_SAMPLE = "systematic"  # how a stated sample of eval_tokens is drawn; printed by the reports
+
+
 def validation_windows(n_tokens: int, T: int, max_tokens: int | None = None) -> list[tuple[int, int]]:
     """``(start, n)`` of the evaluation windows: inputs ``data[start:start+n]``, targets shifted by one.
 
-    Consecutive and non-overlapping, ``n = T`` except possibly the last, covering
-    tokens 1..N-1 of the first ``N = min(n_tokens, max_tokens)`` tokens exactly once.
+    Without ``max_tokens`` (or when it covers the split): consecutive and non-overlapping,
+    ``n = T`` except possibly the last, predicting tokens 1..n_tokens−1 exactly once.
+    Otherwise ``k = ⌈(max_tokens−1)/T⌉`` windows of T, starts evenly spaced from 0 to
+    ``n_tokens − T − 1`` (non-overlapping, since the spacing is at least T), a systematic
+    sample across the whole split rather than its head.
     """
+    if max_tokens is not None and max_tokens < n_tokens and n_tokens > T + 1:
+        k = max(1, -(-(max_tokens - 1) // T))
+        if k * T < n_tokens - 1:
+            last = n_tokens - T - 1
+            starts = np.linspace(0, last, k).round().astype(np.int64) if k > 1 else np.array([0])
+            return [(int(s), T) for s in starts]
     limit = n_tokens if max_tokens is None else min(n_tokens, max_tokens)
     out, start = [], 0
     while start + 1 < limit:
@@ -79,9 +96,10 @@ def evaluate(model: PhotonicGPT, data: np.ndarray, vocab_map, T: int, max_tokens
             known_total += float(losses[~is_unk].sum())
     model.train()
     mean = total / n_tok
-    out = {"loss": mean, "ppl": float(math.exp(min(mean, 50))), "tokens": n_tok, "block": T}
+    out = {"loss": mean, "ppl": float(math.exp(min(mean, 50))), "tokens": n_tok, "block": T,
+           "windows": len(windows)}
     if unk is not None:
-        ids = np.unique(np.asarray(data[1: windows[-1][0] + windows[-1][1] + 1]))
+        ids = np.unique(np.concatenate([np.asarray(data[s + 1: s + n + 1]) for s, n in windows]))
         known = known_total / max(1, n_tok - n_unk)
         out.update(unk_rate=n_unk / n_tok, loss_known=known, ppl_known=float(math.exp(min(known, 50))),
                    type_coverage=float(np.mean(vocab_map[ids] != unk)))

@@ -30,6 +30,7 @@ from .loop import train_into
 __all__ = ["SftParams", "train_model"]
 
 FORMAT_VERSION = 2
+CODE_VERSION = 3  # fingerprint version; 3: a stated eval_tokens sample is spread over the whole split (was its head)
 
 
 def _names(value) -> tuple:
@@ -57,8 +58,9 @@ class SftParams(Params):
     # parameter names (or prefixes) kept fixed, e.g. "transformer.h.1.attn.c_proj"
     freeze: tuple = param((), parse=_names, cli=False)
     eval_every: int = param(50, "steps between evaluations", parse=POSITIVE)
-    eval_tokens: int | None = param(None, "evaluate on the first N validation tokens (default: the whole validation "
-                                    "split)", parse=number_flag(int, 2, what="an integer >= 2"))
+    eval_tokens: int | None = param(None, "evaluate on a sample of about N validation tokens, windows spread evenly "
+                                    "over the whole split (default: the whole validation split)",
+                                    parse=number_flag(int, 2, what="an integer >= 2"))
     val_fraction: float = param(0.1, "validation fraction of the document split", parse=FRACTION)
     target_ppl: float | None = param(None, "stop once validation perplexity reaches this",
                                      parse=number_flag(float, 1, what="a finite number >= 1"))
@@ -126,7 +128,7 @@ def _eval_stage(ws, inputs, params, opts) -> None:
 
 
 STAGES = (
-    Stage(name="sft", kind="run", params=SftParams, code_version=2, format_version=FORMAT_VERSION,
+    Stage(name="sft", kind="run", params=SftParams, code_version=CODE_VERSION, format_version=FORMAT_VERSION,
           help="fine-tune a model on tokens -> run artifact",
           inputs=(Input("model", "model", "model artifact fingerprint (or unique prefix)"),
                   Input("tokens", "tokens", "tokens artifact fingerprint", flag=True)),
