@@ -371,6 +371,7 @@ def test_gc_removes_stale_remote_scratch_only(s3_options, monkeypatch):
 
     monkeypatch.delenv("CTSTORE_SCRATCH", raising=False)
     ws = Workspace("s3://ctstore/gc", storage_options=s3_options)
+    ws.mark()  # what any stage run there does first (gc refuses an unmarked directory)
     ws.publish("counts", "done0000", {"format_version": 1})
     for name in ("counts-done0000", "counts-running00"):
         save_array(ws.scratch_location(*name.split("-")).child("map-0/unigram.npy"), np.zeros(3))
