@@ -238,7 +238,11 @@ def test_pipeline_on_separate_machines_matches_in_process(machines, corpus, s3_o
         a, b = _embeddings(ec[k]["path"], s3_options), _embeddings(es[k]["path"], None)
         assert a.shape == b.shape == (want["unigram"].size, 64), k
         if bitwise:
-            assert np.array_equal(a, b), f"{k}: cluster and in-process embeddings differ"
+            differ = {f: (ec[k].get(f), es[k].get(f)) for f in set(ec[k]) | set(es[k])
+                      if f not in ("path", "created", "timings", "files", "scratch_bytes", "peak_memory")
+                      and ec[k].get(f) != es[k].get(f)}
+            assert np.array_equal(a, b), (f"{k}: cluster and in-process embeddings differ by up to "
+                                          f"{np.abs(a - b).max():.3g}; manifests differ in {differ}")
         else:  # fft2: float32 transforms over bands sized per cluster (docs/design.md §4)
             assert np.allclose(a, b, rtol=0, atol=1e-4 * np.abs(b).max()), k
     got_model, want_model = _model(mc["path"], s3_options), _model(ms["path"], None)
