@@ -1,8 +1,10 @@
 """Issue 16: a `dask scheduler` and two `dask worker`s that share nothing but an S3 workspace (moto).
 
-Each worker runs in its own mount namespace with a private tmpfs ``/tmp``
-(``unshare -m``; as root), so a path one worker writes to its local disk does
-not exist for the other worker nor for the client, as on separate machines.
+Each worker runs in its own mount namespace with a private tmpfs mounted over
+its temp directory (``unshare -m``; as root), so a path one worker writes to its
+local disk does not exist for the other worker nor for the client, as on
+separate machines. (Not over ``/tmp`` itself: the repository, and so the
+package, may live under ``/tmp``, as in a CI clone.)
 Where mount namespaces are unavailable the workers get distinct ``TMPDIR``s
 instead. In both cases every worker and the client run with an audit hook
 (``sys.addaudithook``) that refuses to open a path under another process's
@@ -58,14 +60,17 @@ def _free_port() -> int:
 
 
 def _private_tmp_works() -> bool:
-    """True when ``unshare -m`` can give a process a private tmpfs /tmp (root, mount namespaces)."""
-    probe = f"/tmp/ctstore-probe-{os.getpid()}"
-    try:
-        proc = subprocess.run(["unshare", "-m", "bash", "-c", f"mount -t tmpfs tmpfs /tmp && touch {probe}"],
-                              capture_output=True, timeout=20)
-    except (OSError, subprocess.TimeoutExpired):
-        return False
-    return proc.returncode == 0 and not os.path.exists(probe)
+    """True when ``unshare -m`` can give a process a private tmpfs over a directory (root, mount namespaces)."""
+    import tempfile
+
+    with tempfile.TemporaryDirectory() as where:
+        probe = os.path.join(where, "probe")
+        try:
+            proc = subprocess.run(["unshare", "-m", "bash", "-c", f"mount -t tmpfs tmpfs {where} && touch {probe}"],
+                                  capture_output=True, timeout=20)
+        except (OSError, subprocess.TimeoutExpired):
+            return False
+        return proc.returncode == 0 and not os.path.exists(probe)
 
 
 @pytest.fixture(scope="module")
@@ -104,7 +109,8 @@ class Machines:
         client_tmp = tmp / "client-tmp"
         worker_tmps = [tmp / f"worker{i}-tmp" for i in range(2)]
         self.client_env = {**_bare_env(client_tmp), "CTSTORE_STORAGE_OPTIONS": json.dumps(s3_options)}
-        # the workers' disks: private tmpfs /tmp each (invisible to the client anyway), or distinct TMPDIRs
+        # the workers' disks: a private tmpfs over each one's TMPDIR (invisible to everyone else), or distinct
+        # TMPDIRs
         self.client_env["CTSTORE_TEST_FORBIDDEN"] = "" if self.private else os.pathsep.join(map(str, worker_tmps))
         port = _free_port()
         self.address = f"tcp://127.0.0.1:{port}"
@@ -120,9 +126,8 @@ class Machines:
             env["CTSTORE_TEST_FORBIDDEN"] = os.pathsep.join(map(str, others))
             args = [sys.executable, "-c", WORKER, self.address, "--nthreads", "1", "--memory-limit", "1GB",
                     "--no-nanny", "--host", "127.0.0.1", "--name", f"machine-{i}"]
-            if self.private:
-                env["TMPDIR"] = "/tmp"
-                args = ["unshare", "-m", "bash", "-c", 'mount -t tmpfs tmpfs /tmp && exec "$@"', "bash", *args]
+            if self.private:  # TMPDIR stays wtmp: inside the namespace it is a fresh tmpfs
+                args = ["unshare", "-m", "bash", "-c", f'mount -t tmpfs tmpfs {wtmp} && exec "$@"', "bash", *args]
             self.workers.append(subprocess.Popen(args, env=env, stdout=subprocess.DEVNULL,
                                                  stderr=subprocess.DEVNULL))
         self._wait_for_workers(2)
@@ -136,8 +141,9 @@ class Machines:
     def cli(self, *args, ws: str) -> dict:
         """Run ``ctstore ARGS -w ws --json`` as the client (audited) and return its manifest."""
         proc = subprocess.run([sys.executable, "-c", CLIENT, *args, "-w", ws, "--json", "-q"],
-                              capture_output=True, text=True, env=self.client_env, timeout=600)
-        assert proc.returncode == 0, f"ctstore {' '.join(args)}: {proc.stderr[-3000:]}"
+                              capture_output=True, text=True, env=self.client_env, timeout=300)
+        dead = [i for i, w in enumerate(self.workers) if w.poll() is not None]
+        assert proc.returncode == 0, f"ctstore {' '.join(args)}: {proc.stderr[-3000:]} (dead workers: {dead})"
         return json.loads(proc.stdout)
 
     def close(self) -> None:
