@@ -222,6 +222,33 @@ def _in_process(corpus: Path, ws_root: Path) -> tuple:
     return tokens.manifest, counts.manifest, {k: e.manifest for k, e in embeddings.items()}, model.manifest
 
 
+def _same_circulant_embedding(url_a: str, url_b: str, options: dict, a: np.ndarray, b: np.ndarray) -> None:
+    """fft2 embeddings agree up to what an SVD leaves free.
+
+    W is circulant: its singular values come in cos/sin pairs of equal value, so
+    within a pair the singular vectors are any rotation of each other, and float32
+    differences of the order of the bands pick another one (seen: a column of E
+    at -11.7 on one run, +12.5 on the other). So compare the spectra, and
+    ``E Eᵀ`` over the active rows for the leading columns up to the last clear gap
+    in the spectrum (never splitting a pair); the random fill of inactive rows is
+    seeded and compared as is.
+    """
+    import zarr
+
+    ga = zarr.open_group(f"{url_a}/embeddings.zarr", mode="r", storage_options=options)
+    gb = zarr.open_group(f"{url_b}/embeddings.zarr", mode="r")
+    sa, sb, active = ga["spectrum"][:], gb["spectrum"][:], gb["active"][:]
+    assert np.array_equal(active, ga["active"][:])
+    assert np.allclose(sa, sb, rtol=1e-4, atol=0), "fft2 spectra differ"
+    gaps = np.flatnonzero(sb[:-1] - sb[1:] > 1e-4 * sb[:-1]) + 1  # a pair's two values agree to ~1e-5
+    assert gaps.size and gaps[-1] >= sb.size // 2, f"no clear gap in the fft2 spectrum: {sb}"
+    m = gaps[-1]
+    gram_a, gram_b = (x[active, :m].astype(np.float64) @ x[active, :m].T.astype(np.float64) for x in (a, b))
+    assert np.allclose(gram_a, gram_b, rtol=0, atol=1e-4 * np.abs(gram_b).max()), f"fft2: E Eᵀ differs ({m} columns)"
+    rest = np.setdiff1d(np.arange(a.shape[0]), active)
+    assert np.array_equal(a[rest], b[rest])
+
+
 @pytest.mark.slow
 def test_pipeline_on_separate_machines_matches_in_process(machines, corpus, s3_options):
     """tokenize → count --spill → k0 (4 methods) → seed on the cluster and S3, against sync on a local disk."""
@@ -251,9 +278,10 @@ def test_pipeline_on_separate_machines_matches_in_process(machines, corpus, s3_o
                       and ec[k].get(f) != es[k].get(f)}
             assert np.array_equal(a, b), (f"{k}: cluster and in-process embeddings differ by up to "
                                           f"{np.abs(a - b).max():.3g}; manifests differ in {differ}")
-        else:  # fft2: float32 transforms over bands sized per cluster (docs/design.md §4); none: see K0_RUNS
-            tolerance = 1e-4 if k == "fft2" else 1e-5
-            assert np.allclose(a, b, rtol=0, atol=tolerance * np.abs(b).max()), k
+        elif k == "fft2":  # float32 transforms over bands sized per cluster (docs/design.md §4)
+            _same_circulant_embedding(ec[k]["path"], es[k]["path"], s3_options, a, b)
+        else:  # none: see K0_RUNS
+            assert np.allclose(a, b, rtol=0, atol=1e-5 * np.abs(b).max()), k
     got_model, want_model = _model(mc["path"], s3_options), _model(ms["path"], None)
     assert got_model.keys() == want_model.keys()
     for name in want_model:
