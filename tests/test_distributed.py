@@ -204,22 +204,37 @@ K0_RUNS = {  # name: (k0 flags, the same as parameters, bitwise?)
 }
 
 
-def _in_process(corpus: Path, ws_root: Path) -> tuple:
-    """The reference: the same stages in this process, tasks run one after another (sync), on a local disk."""
-    from ctstore.count import CountParams, count_cooccurrences
-    from ctstore.embed.plan import K0Params
-    from ctstore.embed.stage import embed_counts
-    from ctstore.seed import SeedParams, seed_model
-    from ctstore.tokenize import TokenizeParams, tokenize_corpus
-    from ctstore.workspace import Workspace
+IN_PROCESS = """
+import json, sys
+from ctstore.count import CountParams, count_cooccurrences
+from ctstore.embed.plan import K0Params
+from ctstore.embed.stage import embed_counts
+from ctstore.seed import SeedParams, seed_model
+from ctstore.tokenize import TokenizeParams, tokenize_corpus
+from ctstore.workspace import Workspace
 
-    ws = Workspace(str(ws_root), storage_options={})
-    tokens = tokenize_corpus([str(corpus)], ws, params=TokenizeParams(shard_tokens=10_000))
-    counts = count_cooccurrences(tokens, ws, params=CountParams(lags=3), scheduler="sync", spill=True)
-    embeddings = {k: embed_counts(counts, ws, params=K0Params(dim=64, v_eff=1024, **fields), scheduler="sync")
-                  for k, (_, fields, _) in K0_RUNS.items()}
-    model = seed_model(embeddings["circulant"], ws, params=SeedParams(config="tiny"))
-    return tokens.manifest, counts.manifest, {k: e.manifest for k, e in embeddings.items()}, model.manifest
+corpus, root, runs = sys.argv[1], sys.argv[2], json.loads(sys.argv[3])
+ws = Workspace(root, storage_options={})
+tokens = tokenize_corpus([corpus], ws, params=TokenizeParams(shard_tokens=10_000))
+counts = count_cooccurrences(tokens, ws, params=CountParams(lags=3), scheduler="sync", spill=True)
+embeddings = {k: embed_counts(counts, ws, params=K0Params(dim=64, v_eff=1024, **fields), scheduler="sync")
+              for k, fields in runs.items()}
+model = seed_model(embeddings["circulant"], ws, params=SeedParams(config="tiny"))
+print(json.dumps([tokens.manifest, counts.manifest, {k: e.manifest for k, e in embeddings.items()}, model.manifest]))
+"""
+
+
+def _in_process(corpus: Path, ws_root: Path) -> tuple:
+    """The reference: the same stages in one process, tasks run one after another (sync), on a local disk.
+
+    In a fresh interpreter, as the cluster's client is: this test process's state after earlier tests (BLAS
+    threads among it) must not enter the comparison.
+    """
+    runs = json.dumps({k: fields for k, (_, fields, _) in K0_RUNS.items()})
+    proc = subprocess.run([sys.executable, "-c", IN_PROCESS, str(corpus), str(ws_root), runs], capture_output=True,
+                          text=True, env=_bare_env(ws_root.parent / "reference-tmp"), timeout=600)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    return tuple(json.loads(proc.stdout.strip().splitlines()[-1]))
 
 
 def _same_circulant_embedding(url_a: str, url_b: str, options: dict, a: np.ndarray, b: np.ndarray) -> None:
