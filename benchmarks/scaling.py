@@ -22,21 +22,16 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import socket
 import subprocess
 import sys
 import tempfile
 import time
 from pathlib import Path
 
+from ctstore.testing import S3_KEY, free_port, s3_server
+
 ROOT = Path(__file__).resolve().parent.parent
 RESULTS = ROOT / "benchmarks" / "results"
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def _load() -> float:
@@ -63,7 +58,7 @@ class Cluster:
     """`dask scheduler` + n single-threaded `dask worker`s on 127.0.0.1."""
 
     def __init__(self, n: int, memory_limit: str, env: dict):
-        port = _free_port()
+        port = free_port()
         self.address = f"tcp://127.0.0.1:{port}"
         quiet = {"stdout": subprocess.DEVNULL, "stderr": subprocess.DEVNULL, "env": env}
         self.procs = [subprocess.Popen([sys.executable, "-m", "distributed.cli.dask_scheduler", "--host",
@@ -87,64 +82,44 @@ class Cluster:
                 p.kill()
 
 
-def moto_server() -> tuple[subprocess.Popen, dict]:
-    """A moto S3 server in its own process, as a real object store would be, with bucket ``ctstore``."""
-    import boto3
-
-    port = _free_port()
-    server = subprocess.Popen([sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(port)],
-                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    deadline = time.time() + 60
-    while time.time() < deadline:
-        try:
-            socket.create_connection(("127.0.0.1", port), timeout=1).close()
-            break
-        except OSError:
-            time.sleep(0.2)
-    options = {"endpoint_url": f"http://127.0.0.1:{port}", "key": "bench", "secret": "bench",
-               "client_kwargs": {"region_name": "us-east-1"}}
-    boto3.client("s3", endpoint_url=options["endpoint_url"], aws_access_key_id="bench",
-                 aws_secret_access_key="bench", region_name="us-east-1").create_bucket(Bucket="ctstore")
-    return server, options
-
-
 def run(args) -> dict:
-    server, options = moto_server()
+    with s3_server("ctstore", process=True) as endpoint:  # its own process, as a real object store is
+        return _run(args, {"endpoint_url": endpoint, "key": S3_KEY, "secret": S3_KEY,
+                           "client_kwargs": {"region_name": "us-east-1"}})
+
+
+def _run(args, options: dict) -> dict:
     tmp = Path(tempfile.mkdtemp(prefix="ctstore-scaling-"))
     stores = {"local": (str(tmp / "ws"), _env({"TMPDIR": str(tmp)})),
               "s3": ("s3://ctstore/ws", _env({"TMPDIR": str(tmp), "CTSTORE_STORAGE_OPTIONS": json.dumps(options)}))}
     synth = ["synth", "--vocab", str(args.vocab), "--tokens", str(args.tokens), "--shard-tokens",
              str(args.shard_tokens)]
     rows = []
-    try:
-        for store, (ws, env) in stores.items():
-            tokens, synth_s = ctstore(synth, ws, env)
-            print(f"{store}: {tokens['tokens']} tokens, V={args.vocab}, {len(tokens['shards'])} shards "
-                  f"({synth_s:.1f} s)", flush=True)
-            for n in args.workers:
-                cluster = Cluster(n, args.worker_memory, env)
-                try:
-                    load = _load()
-                    counts, count_s = ctstore(["count", tokens["fingerprint"], "--lags", str(args.lags), "--spill",
-                                               "--scheduler", cluster.address, "--memory", args.memory,
-                                               "--force"], ws, env)
-                    emb, k0_s = ctstore(["k0", counts["fingerprint"], "--kernel", "none", "--dim", str(args.dim),
-                                         "--v-eff", str(args.v_eff), "--scheduler", cluster.address,
-                                         "--memory", args.memory, "--force"], ws, env)
-                finally:
-                    cluster.close()
-                row = {"store": store, "workers": n, "tokens": counts["tokens"], "count_s": round(count_s, 2),
-                       "count_scratch_bytes": counts.get("scratch_bytes"),
-                       "count_scratch_bytes_per_token": round(counts.get("scratch_bytes", 0) / counts["tokens"], 2),
-                       "k0_s": round(k0_s, 2), "k0_scratch_bytes": emb.get("scratch_bytes"),
-                       "k0_scratch_bytes_per_token": round((emb.get("scratch_bytes") or 0) / counts["tokens"], 3),
-                       "map_tasks": counts["map_tasks"], "reduce_tasks": counts["reduce_tasks"],
-                       "load_before": round(load, 2), "load_after": round(_load(), 2)}
-                rows.append(row)
-                print(json.dumps(row), flush=True)
-    finally:
-        server.terminate()
-        server.wait(timeout=30)
+    for store, (ws, env) in stores.items():
+        tokens, synth_s = ctstore(synth, ws, env)
+        print(f"{store}: {tokens['tokens']} tokens, V={args.vocab}, {len(tokens['shards'])} shards "
+              f"({synth_s:.1f} s)", flush=True)
+        for n in args.workers:
+            cluster = Cluster(n, args.worker_memory, env)
+            try:
+                load = _load()
+                counts, count_s = ctstore(["count", tokens["fingerprint"], "--lags", str(args.lags), "--spill",
+                                           "--scheduler", cluster.address, "--memory", args.memory,
+                                           "--force"], ws, env)
+                emb, k0_s = ctstore(["k0", counts["fingerprint"], "--kernel", "none", "--dim", str(args.dim),
+                                     "--v-eff", str(args.v_eff), "--scheduler", cluster.address,
+                                     "--memory", args.memory, "--force"], ws, env)
+            finally:
+                cluster.close()
+            row = {"store": store, "workers": n, "tokens": counts["tokens"], "count_s": round(count_s, 2),
+                   "count_scratch_bytes": counts.get("scratch_bytes"),
+                   "count_scratch_bytes_per_token": round(counts.get("scratch_bytes", 0) / counts["tokens"], 2),
+                   "k0_s": round(k0_s, 2), "k0_scratch_bytes": emb.get("scratch_bytes"),
+                   "k0_scratch_bytes_per_token": round((emb.get("scratch_bytes") or 0) / counts["tokens"], 3),
+                   "map_tasks": counts["map_tasks"], "reduce_tasks": counts["reduce_tasks"],
+                   "load_before": round(load, 2), "load_after": round(_load(), 2)}
+            rows.append(row)
+            print(json.dumps(row), flush=True)
     ratios = {}
     for n in args.workers:
         by = {r["store"]: r for r in rows if r["workers"] == n}

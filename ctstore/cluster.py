@@ -164,6 +164,7 @@ class Runner:
                     dashboard_address=self.dashboard, silence_logs=logging.ERROR,
                 )
             self.client = Client(self.cluster)
+            self.client.run(_drop_lost_scheduler_tracebacks)
         else:
             probe_scheduler(self.scheduler)  # a bounded handshake first: Client() alone can wait forever
             try:
@@ -287,6 +288,22 @@ def _sigint_ignored_by_children():
         yield
     finally:
         signal.signal(signal.SIGINT, previous)
+
+
+def _drop_lost_scheduler_tracebacks() -> None:
+    """Run in each worker of a LocalCluster that ctstore owns: drop log records about a closed scheduler link.
+
+    That scheduler goes away only when ctstore closes the cluster; on Ctrl-C a worker's heartbeat can race
+    the close and print a 40-line CommClosedError traceback after ctstore's own last line.
+    """
+
+    class LostScheduler(logging.Filter):
+        def filter(self, record: logging.LogRecord) -> bool:
+            exc = record.exc_info[1] if record.exc_info else None
+            return type(exc).__name__ not in ("CommClosedError", "StreamClosedError")
+
+    for name in ("distributed.worker", "distributed.core", "distributed.comm"):
+        logging.getLogger(name).addFilter(LostScheduler())
 
 
 def _tracker():

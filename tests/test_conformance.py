@@ -16,13 +16,13 @@ from __future__ import annotations
 
 import json
 import os
-import socket
 import uuid
 
 import numpy as np
 import pytest
 
 from ctstore import formats
+from ctstore.testing import s3_server
 
 # -- tiny artifacts, one per kind: write(location) -> manifest body, check(read back, written) ----------------
 
@@ -190,26 +190,10 @@ def test_each_kind_reads_through_its_own_format_module():
 
 # -- stores ------------------------------------------------------------------------------------------------------
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 @pytest.fixture(scope="module")
 def s3_endpoint():
-    from moto.server import ThreadedMotoServer
-
-    port = _free_port()
-    server = ThreadedMotoServer(ip_address="127.0.0.1", port=port)
-    server.start()
-    endpoint = f"http://127.0.0.1:{port}"
-    import boto3
-
-    boto3.client("s3", endpoint_url=endpoint, aws_access_key_id="test", aws_secret_access_key="test",
-                 region_name="us-east-1").create_bucket(Bucket="conformance")
-    yield endpoint
-    server.stop()
+    with s3_server("conformance") as endpoint:
+        yield endpoint
 
 
 @pytest.fixture(params=["local", "memory", pytest.param("s3", marks=pytest.mark.slow)])

@@ -22,10 +22,8 @@ fft2 to its documented tolerance, and the seeded model bit for bit.
 from __future__ import annotations
 
 import json
-import logging
 import os
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -33,6 +31,8 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+
+from ctstore.testing import free_port, s3_server
 
 ROOT = Path(__file__).resolve().parent.parent
 SAMPLE = ROOT / "data" / "sample" / "tinyshakespeare.txt"
@@ -53,12 +53,6 @@ WORKER = AUDIT + "from distributed.cli.dask_worker import main\nsys.argv[0] = 'd
 CLIENT = AUDIT + "from ctstore.cli import main\nsys.exit(main())\n"
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def _private_tmp_works() -> bool:
     """True when ``unshare -m`` can give a process a private tmpfs over a directory (root, mount namespaces)."""
     import tempfile
@@ -76,19 +70,8 @@ def _private_tmp_works() -> bool:
 @pytest.fixture(scope="module")
 def s3_options():
     """A moto S3 server on 127.0.0.1 with bucket ``ctstore``; its fsspec options (the only credentials)."""
-    moto_server = pytest.importorskip("moto.server")
-    import boto3
-
-    port = _free_port()
-    logging.getLogger("werkzeug").setLevel(logging.ERROR)
-    server = moto_server.ThreadedMotoServer(ip_address="127.0.0.1", port=port, verbose=False)
-    server.start()
-    options = {"endpoint_url": f"http://127.0.0.1:{port}", "key": "test", "secret": "test",
-               "client_kwargs": {"region_name": "us-east-1"}}
-    boto3.client("s3", endpoint_url=options["endpoint_url"], aws_access_key_id="test", aws_secret_access_key="test",
-                 region_name="us-east-1").create_bucket(Bucket="ctstore")
-    yield options
-    server.stop()
+    with s3_server("ctstore") as endpoint:
+        yield {"endpoint_url": endpoint, "key": "test", "secret": "test", "client_kwargs": {"region_name": "us-east-1"}}
 
 
 def _bare_env(tmpdir: Path) -> dict:
@@ -112,7 +95,7 @@ class Machines:
         # the workers' disks: a private tmpfs over each one's TMPDIR (invisible to everyone else), or distinct
         # TMPDIRs
         self.client_env["CTSTORE_TEST_FORBIDDEN"] = "" if self.private else os.pathsep.join(map(str, worker_tmps))
-        port = _free_port()
+        port = free_port()
         self.address = f"tcp://127.0.0.1:{port}"
         self.scheduler = subprocess.Popen(
             [sys.executable, "-m", "distributed.cli.dask_scheduler", "--host", "127.0.0.1", "--port", str(port),

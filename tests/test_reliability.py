@@ -17,6 +17,8 @@ from ctstore.errors import CtstoreError
 from ctstore.count import CountParams, count_cooccurrences
 from ctstore.formats.counts import CountStore
 from ctstore.integrity import verify_artifact
+from ctstore.testing import free_port
+from ctstore.testing import s3_server as s3_server_at
 from ctstore.workspace import Workspace
 
 
@@ -183,33 +185,11 @@ def test_huge_single_line_file(tmp_path, ws):
     assert art.manifest["docs"] == 1 and art.manifest["tokens"] >= 3_000_000
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 @pytest.fixture(scope="module")
 def s3_server():
-    port = _free_port()
-    proc = subprocess.Popen([sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(port)],
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    env = {"FSSPEC_S3_ENDPOINT_URL": f"http://127.0.0.1:{port}", "AWS_ACCESS_KEY_ID": "test",
-           "AWS_SECRET_ACCESS_KEY": "test", "AWS_DEFAULT_REGION": "us-east-1"}
-    deadline = time.time() + 30
-    while time.time() < deadline:
-        try:
-            socket.create_connection(("127.0.0.1", port), timeout=1).close()
-            break
-        except OSError:
-            time.sleep(0.2)
-    import boto3
-
-    boto3.client("s3", endpoint_url=env["FSSPEC_S3_ENDPOINT_URL"], aws_access_key_id="test",
-                 aws_secret_access_key="test", region_name="us-east-1").create_bucket(Bucket="ctstore")
-    yield env
-    proc.terminate()
-    proc.wait(timeout=10)
+    with s3_server_at("ctstore", process=True) as endpoint:
+        yield {"FSSPEC_S3_ENDPOINT_URL": endpoint, "AWS_ACCESS_KEY_ID": "test", "AWS_SECRET_ACCESS_KEY": "test",
+               "AWS_DEFAULT_REGION": "us-east-1"}
 
 
 @pytest.mark.slow
@@ -239,7 +219,7 @@ def test_real_cluster_on_s3_survives_a_killed_worker(tmp_path, s3_server):
     """count on `dask scheduler` + 2 `dask worker`s with an S3 workspace; SIGKILL one worker mid-count."""
     import signal
 
-    port = _free_port()
+    port = free_port()
     address = f"tcp://127.0.0.1:{port}"
     env = {**os.environ, **s3_server, "TMPDIR": str(tmp_path)}
     procs = [subprocess.Popen([sys.executable, "-m", "distributed.cli.dask_scheduler", "--host", "127.0.0.1",
@@ -366,23 +346,32 @@ def test_disk_full_during_k0_fails_cleanly_and_workspace_stays_usable(tmp_path, 
     assert emb["dim"] == 16 and cli("verify", counts["fingerprint"], "-w", ws).returncode == 0
 
 
+def _count_until_a_map_piece(tmp_path, vocab: str, tokens: str, shard: str, lags: str, finished: bool, **popen):
+    """Start ``count --spill`` on a synthetic corpus in its own process; return once a map piece has started
+    (``finished=False``) or is complete (``finished=True``)."""
+    import glob
+
+    ws = str(tmp_path / "ws")
+    made = json.loads(cli("synth", "--vocab", vocab, "--tokens", tokens, "--shard-tokens", shard, "-w", ws,
+                          "--json").stdout)
+    cmd = [sys.executable, "-m", "ctstore.cli", "count", made["fingerprint"], "-w", ws, "--lags", lags,
+           "--memory", "2GB", "--spill", "-q"]  # --spill: these corpora would fit one in-process pass
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            env={**os.environ, "CTSTORE_NO_PROGRESS": "1"}, **popen)
+    deadline = time.time() + 180
+    while time.time() < deadline and not [d for d in glob.glob(f"{ws}/tmp/counts-*/map-*")
+                                          if not finished or ".partial" not in d]:
+        time.sleep(0.05)
+    return proc, ws, made
+
+
 @pytest.mark.slow
 def test_ctrl_c_stops_the_cluster_and_publishes_nothing(tmp_path):
-    import glob
     import signal
 
     import psutil
 
-    ws = str(tmp_path / "ws")
-    tokens = json.loads(cli("synth", "--vocab", "50000", "--tokens", "8M", "--shard-tokens", "512K", "-w", ws,
-                            "--json").stdout)
-    cmd = [sys.executable, "-m", "ctstore.cli", "count", tokens["fingerprint"], "-w", ws, "--lags", "10",
-           "--memory", "2GB", "--spill", "-q"]  # --spill: this corpus would fit one in-process pass
-    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                            env={**os.environ, "CTSTORE_NO_PROGRESS": "1"})
-    deadline = time.time() + 120
-    while time.time() < deadline and not [d for d in glob.glob(f"{ws}/tmp/counts-*/map-*") if ".partial" not in d]:
-        time.sleep(0.05)
+    proc, ws, tokens = _count_until_a_map_piece(tmp_path, "50000", "8M", "512K", "10", finished=True)
     children = psutil.Process(proc.pid).children(recursive=True)
     assert children, "a LocalCluster has worker processes"
     proc.send_signal(signal.SIGINT)
@@ -1146,19 +1135,10 @@ def test_s3_workspace_that_cannot_be_reached_is_one_line_quickly(tmp_path, capsy
 @pytest.mark.slow
 def test_ctrl_c_to_the_process_group_prints_no_worker_tracebacks(tmp_path):
     """A terminal's Ctrl-C reaches every process of the group: workers must stay quiet, ctstore speaks last."""
-    import glob
     import signal
 
-    ws = str(tmp_path / "ws")
-    tokens = json.loads(cli("synth", "--vocab", "20000", "--tokens", "4M", "--shard-tokens", "256K", "-w", ws,
-                            "--json").stdout)
-    cmd = [sys.executable, "-m", "ctstore.cli", "count", tokens["fingerprint"], "-w", ws, "--lags", "8",
-           "--memory", "2GB", "--spill", "-q"]
-    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True,
-                            env={**os.environ, "CTSTORE_NO_PROGRESS": "1"})
-    deadline = time.time() + 180
-    while time.time() < deadline and not glob.glob(f"{ws}/tmp/counts-*/map-*"):
-        time.sleep(0.05)
+    proc, ws, _ = _count_until_a_map_piece(tmp_path, "20000", "4M", "256K", "8", finished=False,
+                                            start_new_session=True)
     os.killpg(proc.pid, signal.SIGINT)
     _, err = proc.communicate(timeout=120)
     assert proc.returncode == 130, err
@@ -1190,3 +1170,26 @@ def test_manifest_of_the_wrong_types_is_unreadable_and_ls_lists_the_rest(ws, tin
         assert rc == 2 and problem in err
     rc, err = _main(capsys, "count", tiny_tokens.fingerprint, "-w", ws.root, "--lags", "1", "--scheduler", "sync")
     assert rc == 2 and problem in err and ws.list("counts") == []
+
+
+def test_workers_drop_only_lost_scheduler_tracebacks(caplog):
+    """The filter each LocalCluster worker installs: a closed scheduler link is dropped, any other error kept."""
+    import logging
+
+    from distributed.comm.core import CommClosedError
+
+    from ctstore.cluster import _drop_lost_scheduler_tracebacks
+
+    logger = logging.getLogger("distributed.worker")
+    before = list(logger.filters)
+    _drop_lost_scheduler_tracebacks()
+    try:
+        with caplog.at_level(logging.ERROR, logger="distributed.worker"):
+            for exc in (CommClosedError("in <TCP (closed)>: Stream is closed"), ValueError("a task's own error")):
+                try:
+                    raise exc
+                except Exception:
+                    logger.exception("Failed to communicate with scheduler during heartbeat.")
+        assert [r.exc_info[0].__name__ for r in caplog.records] == ["ValueError"]
+    finally:
+        logger.filters[:] = before
