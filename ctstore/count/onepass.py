@@ -78,9 +78,9 @@ def _count_one_pass(store: Location, tokens, shards: TokenShards, params, memory
     log(f"count: one pass in this process: {n_tokens} tokens, V={V}, lags 1..{L}, dense head {pairs.head} "
         f"ids, {threads} thread(s), memory budget {format_bytes(budget)}")
     writer = CountStoreWriter(store, unigram, L, tokens.fingerprint, tokens.manifest.get("tokenizer"))
-    nnz_by_lag = {}
+    nnz_by_lag, stats = {}, {}
     with stopwatch(timings, "count_s"):
-        for lag, (indptr, indices, counts) in fused.count_all_lags(pairs, threads, allowance):
+        for lag, (indptr, indices, counts) in fused.count_all_lags(pairs, threads, allowance, stats=stats):
             nnz_by_lag[lag] = int(indptr[-1])
             try:
                 writer.write_lag(lag, indptr, indices, counts)
@@ -88,11 +88,13 @@ def _count_one_pass(store: Location, tokens, shards: TokenShards, params, memory
                 raise _write_error(store.url, "count store", exc) from None
             del indptr, indices, counts
     timings["total_s"] = round(time.perf_counter() - start, 3)
+    timings["tail_s"] = round(stats["tail_s"], 3)
     rate = n_tokens / max(timings["total_s"], 1e-9)
+    log(f"count: lag groups {stats['groups']} ({stats['retries']} retried), tail passes {stats['tail_s']:.1f} s")
     log(f"count: {n_tokens} tokens in {timings['total_s']:.1f} s ({rate / 1e6:.2f}M tokens/s, one pass); "
         f"nnz per lag {min(nnz_by_lag.values())}..{max(nnz_by_lag.values())}")
     return {"n_vocab": V, "tokens": n_tokens, "nnz": nnz_by_lag, "mode": "one-pass", "threads": threads,
-            "dense_head": pairs.head, "timings": timings, "tokens_per_s": round(rate), "memory_budget": budget}
+            "dense_head": pairs.head, "lag_groups": stats["groups"], "timings": timings, "tokens_per_s": round(rate), "memory_budget": budget}
 
 
 def _one_pass_outlook(tokens, shards: TokenShards, lags: int, head: int | None, budget: int) -> tuple[str, int | None]:
