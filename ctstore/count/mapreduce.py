@@ -73,8 +73,15 @@ def map_task(shard: Location, row_groups: tuple, n_vocab: int, lags: int, out_di
         n_tokens = int(values.size)
         del values, offsets
         keys = np.empty(0, np.uint32)  # spill keys, reused across lags (grown at most a few times)
-        # tail entries of a group of lags: the room the per-lag kernel's pair buffers had (MAP_BYTES_PER_TOKEN)
-        for lag, (indptr, indices, counts) in fused.count_all_lags(pairs, 1, MAP_TAIL_BYTES_PER_TOKEN * n_tokens):
+        # tail entries of a group of lags: the room the per-lag kernel's pair buffers had (MAP_BYTES_PER_TOKEN);
+        # the all-lags kernel only where one group holds them all (see fused.one_group_fits)
+        allowance = MAP_TAIL_BYTES_PER_TOKEN * n_tokens
+        if fused.one_group_fits(pairs, allowance):
+            results = fused.count_all_lags(pairs, 1, allowance)
+        else:
+            work = pairs.work()
+            results = ((lag, pairs.lag(lag, work)[0]) for lag in range(1, lags + 1))
+        for lag, (indptr, indices, counts) in results:
             nnz = int(indptr[-1])
             if keys.size < nnz:
                 keys = np.empty(max(nnz, keys.size + keys.size // 2), np.uint32)

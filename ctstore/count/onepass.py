@@ -59,6 +59,7 @@ def _count_one_pass(store: Location, tokens, shards: TokenShards, params, memory
     if _one_pass_outlook(tokens, shards, L, head, budget)[0] == "no":
         return None
     timings: dict = {}
+    nnz_by_lag, stats = {}, {}
     start = time.perf_counter()
     with stopwatch(timings, "read_s"):
         values, offsets = _read_all(shards, params.val_fraction)
@@ -67,20 +68,28 @@ def _count_one_pass(store: Location, tokens, shards: TokenShards, params, memory
         pairs = ChunkPairs(values, offsets, V, L, head=head, unigram=unigram)
         del values, offsets
     shared = pairs.nbytes() + 3 * V * 8
+    per_lag, per_thread = pairs.entry_bytes_bound(), pairs.work_bytes()
+    if shared + per_thread + per_lag > room:
+        log(f"count: one pass needs up to {format_bytes(shared + per_thread + per_lag + CLIENT_RESERVE)}; "
+            f"the budget is {format_bytes(budget)}: map/reduce instead")
+        return None
     threads = max(1, min(os.cpu_count() or 1, L))
-    # tail entries of a group of lags are held until its lags are built; each lag's CSR copies its own,
-    # so they count twice; in flight: one result per thread and the one being written
+    # all-lags kernel: tail entries of a group of lags are held until its lags are built; each lag's CSR
+    # copies its own, so they count twice; in flight: one result per thread and the one being written
     rest = room - shared - threads * fused.work_bytes(pairs, L) - (threads + 1) * fused.csr_bytes_bound(pairs)
     allowance = rest // 2
-    if allowance < fused.TAIL_ENTRY_BYTES * pairs.max_tail_count:
-        log(f"count: one pass needs more than the {format_bytes(budget)} budget: map/reduce instead")
-        return None
+    all_lags = allowance > 0 and fused.one_group_fits(pairs, allowance)
+    if all_lags:
+        results = fused.count_all_lags(pairs, threads, allowance, stats=stats)
+    else:
+        threads = max(1, min(threads, (room - shared - per_lag) // max(per_thread, 1)))
+        results = fused.count_lag_by_lag(pairs, threads, room - shared - threads * per_thread)
     log(f"count: one pass in this process: {n_tokens} tokens, V={V}, lags 1..{L}, dense head {pairs.head} "
-        f"ids, {threads} thread(s), memory budget {format_bytes(budget)}")
+        f"ids, {'all lags at once' if all_lags else 'lag by lag'}, {threads} thread(s), "
+        f"memory budget {format_bytes(budget)}")
     writer = CountStoreWriter(store, unigram, L, tokens.fingerprint, tokens.manifest.get("tokenizer"))
-    nnz_by_lag, stats = {}, {}
     with stopwatch(timings, "count_s"):
-        for lag, (indptr, indices, counts) in fused.count_all_lags(pairs, threads, allowance, stats=stats):
+        for lag, (indptr, indices, counts) in results:
             nnz_by_lag[lag] = int(indptr[-1])
             try:
                 writer.write_lag(lag, indptr, indices, counts)
@@ -88,13 +97,15 @@ def _count_one_pass(store: Location, tokens, shards: TokenShards, params, memory
                 raise _write_error(store.url, "count store", exc) from None
             del indptr, indices, counts
     timings["total_s"] = round(time.perf_counter() - start, 3)
-    timings["tail_s"] = round(stats["tail_s"], 3)
     rate = n_tokens / max(timings["total_s"], 1e-9)
-    log(f"count: lag groups {stats['groups']} ({stats['retries']} retried), tail passes {stats['tail_s']:.1f} s")
+    if all_lags:
+        timings["tail_s"] = round(stats["tail_s"], 3)
+        log(f"count: lag groups {stats['groups']} ({stats['retries']} retried), tail passes {stats['tail_s']:.1f} s")
     log(f"count: {n_tokens} tokens in {timings['total_s']:.1f} s ({rate / 1e6:.2f}M tokens/s, one pass); "
         f"nnz per lag {min(nnz_by_lag.values())}..{max(nnz_by_lag.values())}")
     return {"n_vocab": V, "tokens": n_tokens, "nnz": nnz_by_lag, "mode": "one-pass", "threads": threads,
-            "dense_head": pairs.head, "lag_groups": stats["groups"], "timings": timings, "tokens_per_s": round(rate), "memory_budget": budget}
+            "dense_head": pairs.head, "kernel": "all-lags" if all_lags else "per-lag",
+            "lag_groups": stats.get("groups"), "timings": timings, "tokens_per_s": round(rate), "memory_budget": budget}
 
 
 def _one_pass_outlook(tokens, shards: TokenShards, lags: int, head: int | None, budget: int) -> tuple[str, int | None]:

@@ -152,7 +152,7 @@ def read_slice_into(loc: Location, entry: tuple[int, tuple, np.dtype], lo: int, 
     costs a minor page fault per 4 KiB page on every read: 2.8M of them in one count ``--spill``).
     Remote: one ranged read, copied in.
     """
-    offset, shape, dtype = entry
+    offset, _, dtype = entry
     if hi <= lo:
         return
     start = offset + lo * dtype.itemsize
