@@ -210,6 +210,8 @@ def count_all_lags(pairs: ChunkPairs, threads: int = 1, allowance: int | None = 
     stats = {} if stats is None else stats
     stats.update(groups=[], retries=0, tail_s=0.0)
     L = pairs.lags
+    if not pairs.tail_by_id:
+        raise ValueError("count_all_lags needs the tail positions grouped by id (a fresh ChunkPairs)")
     cap = block_capacity(pairs)
     local = threading.local()
 
@@ -278,6 +280,7 @@ def count_lag_by_lag(pairs: ChunkPairs, threads: int, capacity: int):
     reserved from a gate of ``capacity`` bytes and released once the caller asks for the next one."""
     from .onepass import _MemoryGate
 
+    pairs.tail_in_stream_order()
     gate = _MemoryGate(capacity)
     local = threading.local()
 

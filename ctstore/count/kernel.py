@@ -153,6 +153,15 @@ class ChunkPairs:
                                self.code, self.tail_pos, self.tail_start[:-1].copy())
         # each pair with a tail token is found once from it: at most two per tail token
         self.tail_pairs = min(m, 2 * n_tail)
+        self.tail_by_id = True
+
+    def tail_in_stream_order(self) -> None:
+        """Put the tail positions back in stream order, for :meth:`lag`: grouped by id (what the all-lags
+        kernel walks), every lag's pass would read the stream at random (synthetic V = 131,072, 20M tokens:
+        19.9 vs 12.0 CPU-s whole process, load ~10)."""
+        if self.tail_by_id:
+            _loops().tail_positions_ascending(self.stream, self.code, self.head, self.n_vocab, self.tail_pos)
+            self.tail_by_id = False
 
     def nbytes(self) -> int:
         """Bytes held by the chunk's arrays (shared by every thread)."""

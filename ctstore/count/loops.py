@@ -58,6 +58,16 @@ def separated_stream(values, offsets, lags, head_code, stream, code, tail_pos, c
 
 
 @njit(**_JIT)
+def tail_positions_ascending(stream, code, H, sep, tail_pos):
+    """Rewrite ``tail_pos`` as the ascending positions of tail tokens (code H, not the separator ``sep``)."""
+    n = 0
+    for i in range(stream.size):
+        if code[i] == H and stream[i] != sep:
+            tail_pos[n] = i
+            n += 1
+
+
+@njit(**_JIT)
 def _insertion_sort(a, lo, hi):
     for i in range(lo + 1, hi):
         x = a[i]

@@ -79,6 +79,7 @@ def map_task(shard: Location, row_groups: tuple, n_vocab: int, lags: int, out_di
         if fused.one_group_fits(pairs, allowance):
             results = fused.count_all_lags(pairs, 1, allowance)
         else:
+            pairs.tail_in_stream_order()
             work = pairs.work()
             results = ((lag, pairs.lag(lag, work)[0]) for lag in range(1, lags + 1))
         for lag, (indptr, indices, counts) in results:
