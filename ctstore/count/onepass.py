@@ -3,8 +3,9 @@
 Chosen by default (scheduler ``local``, no ``--spill``) when the corpus fits
 ``--memory``: decided from the tokens' stored unigram before anything is read
 (:func:`_one_pass_outlook`, also behind ``ctstore count --plan``), and checked
-again once the corpus is read. Lags run on threads under a :class:`_MemoryGate`;
-each lag's CSR is written straight to Zarr.
+again once the corpus is read. Lags are counted on threads by the all-lags kernel
+(:mod:`.fused`) where one group holds every lag's tail entries, else lag by lag under
+a :class:`_MemoryGate`; each lag's CSR is written straight to Zarr.
 """
 
 from __future__ import annotations
