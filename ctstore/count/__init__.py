@@ -5,6 +5,9 @@
 * :mod:`.kernel`: the pair kernel (:class:`ChunkPairs`): one chunk of documents →
   one CSR per lag, a dense table for the most frequent ids and a counting pass by
   row for the rest, compiled (:mod:`.loops`, numba).
+* :mod:`.fused`: all lags of a chunk at once (one pass over the tail tokens grouped by
+  id for a group of lags, compiled in :mod:`.fused_loops`); the engines take it where
+  one group holds every lag's tail entries, else :class:`ChunkPairs` lag by lag.
 * :mod:`.plan`: the arithmetic of a count before any work (:func:`plan_count`).
 * Two engines, one store: :mod:`.onepass` (the whole corpus in this process when it
   fits ``--memory``: no spill, no cluster start-up) and :mod:`.mapreduce` (map →

@@ -138,18 +138,35 @@ class ChunkPairs:
         code_dtype = np.int16 if H < 2**15 - 1 else np.int32
         self.head_code = np.full(V + 1, H, dtype=code_dtype)  # H: a tail id, or the separator V
         self.head_code[self.head_ids] = np.arange(H, dtype=code_dtype)
-        n_tail = n - int(unigram[self.head_ids].sum())
+        # tail positions grouped by id (tail_start[id]..tail_start[id + 1]): the all-lags kernel walks them by row
+        tail_counts = unigram.astype(np.int64)
+        tail_counts[self.head_ids] = 0
+        self.tail_start = np.zeros(V + 1, np.int64)
+        np.cumsum(tail_counts, out=self.tail_start[1:])
+        n_tail = int(self.tail_start[-1])
+        self.max_tail_count = int(tail_counts.max()) if V else 0
+        del tail_counts
         self.stream = np.empty(m, np.int32)
         self.code = np.empty(m, code_dtype)
         self.tail_pos = np.empty(n_tail, np.int32)
         loops.separated_stream(values, np.asarray(offsets, np.int64), lags, self.head_code, self.stream,
-                               self.code, self.tail_pos)
+                               self.code, self.tail_pos, self.tail_start[:-1].copy())
         # each pair with a tail token is found once from it: at most two per tail token
         self.tail_pairs = min(m, 2 * n_tail)
+        self.tail_by_id = True
+
+    def tail_in_stream_order(self) -> None:
+        """Put the tail positions back in stream order, for :meth:`lag`: grouped by id (what the all-lags
+        kernel walks), every lag's pass would read the stream at random (synthetic V = 131,072, 20M tokens:
+        19.9 vs 12.0 CPU-s whole process, load ~10)."""
+        if self.tail_by_id:
+            _loops().tail_positions_ascending(self.stream, self.code, self.head, self.n_vocab, self.tail_pos)
+            self.tail_by_id = False
 
     def nbytes(self) -> int:
         """Bytes held by the chunk's arrays (shared by every thread)."""
-        return self.stream.nbytes + self.code.nbytes + self.tail_pos.nbytes + self.head_code.nbytes
+        return (self.stream.nbytes + self.code.nbytes + self.tail_pos.nbytes + self.head_code.nbytes
+                + self.tail_start.nbytes)
 
     def work(self) -> HeadWork:
         return HeadWork(self.head, self.n_vocab, self.tail_pairs)

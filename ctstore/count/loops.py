@@ -30,16 +30,17 @@ def unigram_counts(values, n_vocab):
 
 
 @njit(**_JIT)
-def separated_stream(values, offsets, lags, head_code, stream, code, tail_pos):
+def separated_stream(values, offsets, lags, head_code, stream, code, tail_pos, cursor):
     """Lay documents out with ``lags`` separator slots (id V) after each, in one pass.
 
     Fills ``stream`` (ids), ``code`` (``head_code[id]``: rank in the head, or H for a
-    tail id and for the separator) and ``tail_pos`` (ascending positions of tail
-    tokens; its size is the number of tail tokens, known from the unigram).
+    tail id and for the separator) and ``tail_pos`` (positions of tail tokens grouped
+    by id, ascending within an id: ``cursor[id]`` is where the id's positions start,
+    the exclusive prefix sum of the tail ids' counts; it ends where they stop).
     """
     sep = head_code.size - 1
     H = head_code[sep]
-    at, n_tail = 0, 0
+    at = 0
     for d in range(offsets.size - 1):
         for i in range(offsets[d], offsets[d + 1]):
             t = values[i]
@@ -47,13 +48,23 @@ def separated_stream(values, offsets, lags, head_code, stream, code, tail_pos):
             stream[at] = t
             code[at] = c
             if c == H:
-                tail_pos[n_tail] = at
-                n_tail += 1
+                tail_pos[cursor[t]] = at
+                cursor[t] += 1
             at += 1
         for _ in range(lags):
             stream[at] = sep
             code[at] = H
             at += 1
+
+
+@njit(**_JIT)
+def tail_positions_ascending(stream, code, H, sep, tail_pos):
+    """Rewrite ``tail_pos`` as the ascending positions of tail tokens (code H, not the separator ``sep``)."""
+    n = 0
+    for i in range(stream.size):
+        if code[i] == H and stream[i] != sep:
+            tail_pos[n] = i
+            n += 1
 
 
 @njit(**_JIT)

@@ -4,14 +4,14 @@ Used for corpora that do not fit one pass in ``--memory``, with ``--spill``, or
 with ``--scheduler sync`` or an address. Every phase is independent tasks on a
 :class:`~ctstore.cluster.Runner`:
 
-1. **map** (one task per group of row groups, :func:`map_task`): the kernel per lag;
-   spill one file per lag: an index of where each *mini-block* of ``MINI_ROWS`` rows
+1. **map** (one task per group of row groups, :func:`map_task`): the all-lags kernel
+   (:mod:`.fused`); spill one file per lag: an index of where each *mini-block* of ``MINI_ROWS`` rows
    starts, keys as uint32 offsets within their mini-block, counts. A finished map
    task writes its marker last, so a rerun after an interruption skips it.
 2. **reduce** (one task per lag and row block, :func:`reduce_task`; blocks formed
-   from the real entry counts of mini-blocks): memory-map the slices of every spill,
-   merge the sorted runs (packed key|count, stable sort: timsort finds the runs),
-   spill CSR pieces.
+   from the real entry counts of mini-blocks): read the slices of every spill with
+   one sequential read each, k-way merge the sorted runs (compiled, a heap over the
+   runs), spill CSR pieces.
 3. **assemble** (one task per range of Zarr chunks, :func:`assemble_task`): copy CSR
    pieces into the flat ``indices``/``data`` arrays; every task writes only the
    chunks it owns.
@@ -34,13 +34,14 @@ from ..cluster import Runner
 from ..errors import CtstoreError
 from ..formats.counts import CountStoreWriter, write_elements
 from ..formats.tokens import TokenShards
-from ..formats.scratch import (free_bytes, is_complete, load_array, mark_complete, npy_layout, read_slice, remove,
-                               save_array, save_arrays, suffixed)
+from ..formats.scratch import (free_bytes, is_complete, load_array, mark_complete, npy_layout, read_slice,
+                               read_slice_into, remove, save_array, save_arrays, suffixed)
 from ..location import Location
 from ..log import log, stopwatch
 from ..units import format_bytes
+from . import fused
 from .kernel import HEAD_CHOICES, ChunkPairs, _write_error, read_chunk
-from .plan import MAP_MAX_HEAD, MINI_ROWS, plan_count, plan_row_blocks
+from .plan import MAP_MAX_HEAD, MAP_TAIL_BYTES_PER_TOKEN, MINI_ROWS, plan_count, plan_row_blocks
 
 SPILL_VERSION = 4  # in spill directory names: a resumed run never reads another format (4: marker objects)
 
@@ -64,27 +65,36 @@ def map_task(shard: Location, row_groups: tuple, n_vocab: int, lags: int, out_di
     values, offsets = read_chunk(shard, list(row_groups), n_vocab, val_fraction)
     n_mini = -(-n_vocab // MINI_ROWS)
     mini_starts = np.minimum(np.arange(n_mini + 1, dtype=np.int64) * MINI_ROWS, n_vocab)
-    # row of each CSR row within its mini-block, times V: local key = that + column (< MINI_ROWS·V ≤ 2^32)
-    local_row = (np.arange(n_vocab, dtype=np.uint32) % MINI_ROWS) * np.uint32(n_vocab)
-    minis, layouts, written = [], [], 0
+    minis, layouts, written = [None] * lags, [None] * lags, 0
     try:
         unigram = np.bincount(values, minlength=n_vocab).astype(np.uint64)
         written += save_array(out_dir.child("unigram.npy"), unigram)
         pairs = ChunkPairs(values, offsets, n_vocab, lags, head=head, max_head=max_head, unigram=unigram)
+        n_tokens = int(values.size)
         del values, offsets
-        work = pairs.work()
-        for lag in range(1, lags + 1):
-            (indptr, indices, counts), _ = pairs.lag(lag, work)
-            local = np.repeat(local_row, np.diff(indptr))
-            local += indices.view(np.uint32)
+        keys = np.empty(0, np.uint32)  # spill keys, reused across lags (grown at most a few times)
+        # tail entries of a group of lags: the room the per-lag kernel's pair buffers had (MAP_BYTES_PER_TOKEN);
+        # the all-lags kernel only where one group holds them all (see fused.one_group_fits)
+        allowance = MAP_TAIL_BYTES_PER_TOKEN * n_tokens
+        if fused.one_group_fits(pairs, allowance):
+            results = fused.count_all_lags(pairs, 1, allowance)
+        else:
+            pairs.tail_in_stream_order()
+            work = pairs.work()
+            results = ((lag, pairs.lag(lag, work)[0]) for lag in range(1, lags + 1))
+        for lag, (indptr, indices, counts) in results:
+            nnz = int(indptr[-1])
+            if keys.size < nnz:
+                keys = np.empty(max(nnz, keys.size + keys.size // 2), np.uint32)
+            _merge_loops().spill_keys(indptr, indices, n_vocab, MINI_ROWS, keys)
             del indices
             index = indptr[mini_starts]
             # one file per lag: index (mini-block starts), local keys, counts; fewer, larger writes
-            nbytes, layout = save_arrays(out_dir.child(_spill_name(lag)), [index, local, counts])
+            nbytes, layout = save_arrays(out_dir.child(_spill_name(lag)), [index, keys[:nnz], counts])
             written += nbytes
-            layouts.append(layout)
-            minis.append(np.diff(index))
-            del local, counts, indptr
+            layouts[lag - 1] = layout
+            minis[lag - 1] = np.diff(index)
+            del counts, indptr
         mark_complete(out_dir)
     except OSError as exc:
         if not is_complete(out_dir):
@@ -174,9 +184,11 @@ def reduce_task(map_dirs: list[Location], lag: int, mini_lo: int, mini_hi: int, 
                 max_entries: int, out_prefix: Location, layouts: list | None = None) -> tuple[np.ndarray, int]:
     """Merge the spills of rows ``[mini_lo, mini_hi) * MINI_ROWS`` for one lag into CSR pieces.
 
-    Reads only its rows of each spill (a memory map, or ranged reads on an
-    object store; ``layouts``, the map tasks' spill layouts for this lag, spare
-    reading each spill's headers). Returns ``(entries per row, bytes written)``; the row counts
+    Reads only its rows of each spill (one sequential read per spill into
+    buffers sized once, or ranged reads on an object store; ``layouts``, the map
+    tasks' spill layouts for this lag, spare reading each spill's headers), and
+    merges the sorted runs with a heap (:func:`.merge_loops.merge_runs`) instead of
+    sorting their concatenation. Returns ``(entries per row, bytes written)``; the row counts
     are written last and mark the piece complete, so a rerun returns them at once.
     """
     map_dirs, out_prefix = [_as_location(d) for d in map_dirs], _as_location(out_prefix)
@@ -185,17 +197,61 @@ def reduce_task(map_dirs: list[Location], lag: int, mini_lo: int, mini_hi: int, 
         return load_array(done), 0
     r0 = mini_lo * MINI_ROWS
     r1 = min(mini_hi * MINI_ROWS, n_vocab)
+    runs = []
+    for i, d in enumerate(map_dirs):
+        spill = d.child(_spill_name(lag))
+        layout = layouts[i] if layouts is not None else npy_layout(spill)
+        index = np.array(read_slice(spill, layout[0], mini_lo, mini_hi + 1))
+        if index[-1] > index[0]:
+            runs.append((spill, layout, index))
+    total = sum(int(index[-1] - index[0]) for _, _, index in runs)
+    if total > 2 * max_entries:  # one mini-block above the cap: merge incrementally, bounded by the merged size
+        indices, counts, rownnz = _reduce_batched(runs, mini_lo, mini_hi, n_vocab, max_entries)
+    else:
+        indices, counts, rownnz = _reduce_merged(runs, total, mini_hi - mini_lo, n_vocab)
+    rownnz = rownnz[:r1 - r0]
+    if counts.size and int(counts.max()) > np.iinfo(np.uint32).max:
+        raise CtstoreError(f"lag {lag}: a pair count exceeds 2^32-1; uint32 count store cannot hold it")
+    try:
+        written = save_array(suffixed(out_prefix, ".indices.npy"), indices)
+        written += save_array(suffixed(out_prefix, ".data.npy"), counts.astype(np.uint32))
+        written += save_array(done, rownnz)  # written last: marks the piece complete
+    except OSError as exc:
+        raise _write_error(out_prefix.url, "reduce output", exc) from None
+    return rownnz, written
+
+
+def _reduce_merged(runs: list, total: int, n_minis: int, n_vocab: int) -> tuple:
+    """Read each run's slice with one sequential read into buffers sized once, then merge the sorted runs
+    (:func:`.merge_loops.merge_runs`): ``(columns uint32, counts uint64, entries per row)``."""
+    keys = np.empty(total, np.uint32)
+    counts = np.empty(total, np.uint32)
+    run_starts = np.zeros(len(runs) + 1, np.int64)
+    run_minis = np.empty((len(runs), n_minis + 1), np.int64)
+    at = 0
+    for i, (spill, layout, index) in enumerate(runs):
+        lo, hi = int(index[0]), int(index[-1])
+        read_slice_into(spill, layout[1], lo, hi, keys[at:])
+        read_slice_into(spill, layout[2], lo, hi, counts[at:])
+        run_minis[i] = index - lo
+        at += hi - lo
+        run_starts[i + 1] = at
+    out_cols = np.empty(total, np.uint32)
+    out_counts = np.empty(total, np.uint64)
+    rownnz = np.zeros(n_minis * MINI_ROWS, np.int64)
+    n = _merge_loops().merge_runs(keys, counts, run_starts, run_minis, MINI_ROWS, n_vocab, out_cols, out_counts,
+                                  rownnz)
+    return out_cols[:n], out_counts[:n], rownnz
+
+
+def _reduce_batched(runs: list, mini_lo: int, mini_hi: int, n_vocab: int, max_entries: int) -> tuple:
+    """A block above twice the cap (one mini-block of many entries): merge a few runs at a time."""
     running: tuple | None = None
     batch, batch_entries = [], 0
     # keys relative to the block's first row: < (r1 - r0)·V, so they pack with counts into one uint64
     bases = np.arange(mini_hi - mini_lo, dtype=np.uint64) * np.uint64(MINI_ROWS * n_vocab)
-    for i, d in enumerate(map_dirs):
-        spill = d.child(_spill_name(lag))
-        layout = layouts[i] if layouts is not None else npy_layout(spill)
-        index = np.asarray(read_slice(spill, layout[0], mini_lo, mini_hi + 1))
+    for spill, layout, index in runs:
         lo, hi = int(index[0]), int(index[-1])
-        if hi == lo:
-            continue
         keys = read_slice(spill, layout[1], lo, hi).astype(np.uint64)
         keys += np.repeat(bases, np.diff(index))
         if batch and batch_entries + (hi - lo) > max_entries:
@@ -205,18 +261,14 @@ def reduce_task(map_dirs: list[Location], lag: int, mini_lo: int, mini_hi: int, 
         batch_entries += hi - lo
     keys, counts = merge_sorted_counts(batch + ([running] if running else []), n_vocab)
     del batch, running
-    if counts.size and int(counts.max()) > np.iinfo(np.uint32).max:
-        raise CtstoreError(f"lag {lag}: a pair count exceeds 2^32-1; uint32 count store cannot hold it")
-    rows = (keys // np.uint64(n_vocab)).astype(np.int64)
-    rownnz = np.bincount(rows, minlength=r1 - r0).astype(np.int64)
-    del rows
-    try:
-        written = save_array(suffixed(out_prefix, ".indices.npy"), (keys % np.uint64(n_vocab)).astype(np.uint32))
-        written += save_array(suffixed(out_prefix, ".data.npy"), counts.astype(np.uint32))
-        written += save_array(done, rownnz)  # written last: marks the piece complete
-    except OSError as exc:
-        raise _write_error(out_prefix.url, "reduce output", exc) from None
-    return rownnz, written
+    rownnz = np.bincount((keys // np.uint64(n_vocab)).astype(np.int64), minlength=(mini_hi - mini_lo) * MINI_ROWS)
+    return (keys % np.uint64(n_vocab)).astype(np.uint32), counts, rownnz.astype(np.int64)
+
+
+def _merge_loops():
+    from . import merge_loops
+
+    return merge_loops
 
 
 def assemble_task(array: Location, pieces: list[tuple[Location, int, int]], start: int, stop: int,
@@ -233,7 +285,7 @@ def assemble_task(array: Location, pieces: list[tuple[Location, int, int]], star
         if lo >= hi:
             continue
         src = suffixed(prefix, f".{suffix}.npy")
-        out[lo - start: hi - start] = read_slice(src, npy_layout(src)[0], lo - offset, hi - offset)
+        read_slice_into(src, npy_layout(src)[0], lo - offset, hi - offset, out[lo - start: hi - start])
     write_elements(array, start, out)
     return stop - start
 

@@ -3,8 +3,9 @@
 Chosen by default (scheduler ``local``, no ``--spill``) when the corpus fits
 ``--memory``: decided from the tokens' stored unigram before anything is read
 (:func:`_one_pass_outlook`, also behind ``ctstore count --plan``), and checked
-again once the corpus is read. Lags run on threads under a :class:`_MemoryGate`;
-each lag's CSR is written straight to Zarr.
+again once the corpus is read. Lags are counted on threads by the all-lags kernel
+(:mod:`.fused`) where one group holds every lag's tail entries, else lag by lag under
+a :class:`_MemoryGate`; each lag's CSR is written straight to Zarr.
 """
 
 from __future__ import annotations
@@ -12,7 +13,7 @@ from __future__ import annotations
 import os
 import threading
 import time
-from concurrent.futures import FIRST_COMPLETED, ThreadPoolExecutor, wait
+from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 
@@ -23,6 +24,7 @@ from ..formats.tokens import TokenShards, read_unigram
 from ..location import Location
 from ..log import log, stopwatch
 from ..units import format_bytes, parse_memory
+from . import fused
 from .kernel import ENTRY_BYTES, HEAD_CHOICES, ChunkPairs, HeadWork, _loops, _write_error, choose_head, read_chunk
 from .plan import FUSED_BYTES_PER_TOKEN, MINI_ROWS
 
@@ -58,6 +60,7 @@ def _count_one_pass(store: Location, tokens, shards: TokenShards, params, memory
     if _one_pass_outlook(tokens, shards, L, head, budget)[0] == "no":
         return None
     timings: dict = {}
+    nnz_by_lag, stats = {}, {}
     start = time.perf_counter()
     with stopwatch(timings, "read_s"):
         values, offsets = _read_all(shards, params.val_fraction)
@@ -66,53 +69,44 @@ def _count_one_pass(store: Location, tokens, shards: TokenShards, params, memory
         pairs = ChunkPairs(values, offsets, V, L, head=head, unigram=unigram)
         del values, offsets
     shared = pairs.nbytes() + 3 * V * 8
-    per_lag = pairs.entry_bytes_bound()
-    per_thread = pairs.work_bytes()
+    per_lag, per_thread = pairs.entry_bytes_bound(), pairs.work_bytes()
     if shared + per_thread + per_lag > room:
         log(f"count: one pass needs up to {format_bytes(shared + per_thread + per_lag + CLIENT_RESERVE)}; "
             f"the budget is {format_bytes(budget)}: map/reduce instead")
         return None
-    threads = max(1, min(os.cpu_count() or 1, L, (room - shared - per_lag) // max(per_thread, 1)))
-    gate = _MemoryGate(room - shared - threads * per_thread)
+    threads = max(1, min(os.cpu_count() or 1, L))
+    # all-lags kernel: tail entries of a group of lags are held until its lags are built; each lag's CSR
+    # copies its own, so they count twice; in flight: one result per thread and the one being written
+    rest = room - shared - threads * fused.work_bytes(pairs, L) - (threads + 1) * fused.csr_bytes_bound(pairs)
+    allowance = rest // 2
+    all_lags = allowance > 0 and fused.one_group_fits(pairs, allowance)
+    if all_lags:
+        results = fused.count_all_lags(pairs, threads, allowance, stats=stats)
+    else:
+        threads = max(1, min(threads, (room - shared - per_lag) // max(per_thread, 1)))
+        results = fused.count_lag_by_lag(pairs, threads, room - shared - threads * per_thread)
     log(f"count: one pass in this process: {n_tokens} tokens, V={V}, lags 1..{L}, dense head {pairs.head} "
-        f"ids, {threads} thread(s), memory budget {format_bytes(budget)}")
+        f"ids, {'all lags at once' if all_lags else 'lag by lag'}, {threads} thread(s), "
+        f"memory budget {format_bytes(budget)}")
     writer = CountStoreWriter(store, unigram, L, tokens.fingerprint, tokens.manifest.get("tokenizer"))
-    local = threading.local()
-
-    def one_lag(lag: int):
-        work = getattr(local, "work", None)
-        if work is None:
-            work = local.work = pairs.work()
-        csr, need = pairs.lag(lag, work, gate)
-        return [lag, need, csr]  # a list, so the caller can take the arrays out of it
-
-    nnz_by_lag = {}
     with stopwatch(timings, "count_s"):
-        pool = ThreadPoolExecutor(max_workers=threads, thread_name_prefix="ctstore-count")
-        try:
-            pending = {pool.submit(one_lag, lag) for lag in range(1, L + 1)}
-            while pending:
-                finished, pending = wait(pending, return_when=FIRST_COMPLETED)
-                for future in finished:
-                    result = future.result()
-                    indptr, indices, counts = result.pop()
-                    lag, need = result
-                    nnz_by_lag[lag] = int(indptr[-1])
-                    try:
-                        writer.write_lag(lag, indptr, indices, counts)
-                    except OSError as exc:
-                        raise _write_error(store.url, "count store", exc) from None
-                    finally:
-                        del indptr, indices, counts
-                        gate.release(need)
-        finally:
-            pool.shutdown(wait=True, cancel_futures=True)
+        for lag, (indptr, indices, counts) in results:
+            nnz_by_lag[lag] = int(indptr[-1])
+            try:
+                writer.write_lag(lag, indptr, indices, counts)
+            except OSError as exc:
+                raise _write_error(store.url, "count store", exc) from None
+            del indptr, indices, counts
     timings["total_s"] = round(time.perf_counter() - start, 3)
     rate = n_tokens / max(timings["total_s"], 1e-9)
+    if all_lags:
+        timings["tail_s"] = round(stats["tail_s"], 3)
+        log(f"count: lag groups {stats['groups']} ({stats['retries']} retried), tail passes {stats['tail_s']:.1f} s")
     log(f"count: {n_tokens} tokens in {timings['total_s']:.1f} s ({rate / 1e6:.2f}M tokens/s, one pass); "
         f"nnz per lag {min(nnz_by_lag.values())}..{max(nnz_by_lag.values())}")
     return {"n_vocab": V, "tokens": n_tokens, "nnz": nnz_by_lag, "mode": "one-pass", "threads": threads,
-            "dense_head": pairs.head, "timings": timings, "tokens_per_s": round(rate), "memory_budget": budget}
+            "dense_head": pairs.head, "kernel": "all-lags" if all_lags else "per-lag",
+            "lag_groups": stats.get("groups"), "timings": timings, "tokens_per_s": round(rate), "memory_budget": budget}
 
 
 def _one_pass_outlook(tokens, shards: TokenShards, lags: int, head: int | None, budget: int) -> tuple[str, int | None]:

@@ -17,11 +17,13 @@ import numpy as np
 from ..errors import CtstoreError
 from ..formats.counts import ZARR_CHUNK
 from ..units import format_bytes
+from .fused import BLOCK_OCCURRENCES, TailWork
 from .kernel import HeadWork
 
 MINI_ROWS = 256
 MAP_BYTES_PER_TOKEN = 64  # shard read, separated stream, head codes, tail pairs, both counting passes, spill keys
 MAP_MAX_HEAD = 2048  # dense head of a map task: a 16 MB table, so chunks stay large
+MAP_TAIL_BYTES_PER_TOKEN = 24  # of MAP_BYTES_PER_TOKEN: a group of lags' tail entries (the per-lag kernel's pairs)
 REDUCE_BYTES_PER_ENTRY = 48  # keys + counts, the packed concatenation, timsort's buffer, unique keys/counts
 FUSED_BYTES_PER_TOKEN = 18  # one pass, peak while building tokens, separated stream, head codes, tail positions
 ASSEMBLE_BYTES_PER_ENTRY = 16
@@ -52,8 +54,8 @@ def plan_count(n_vocab: int, shards: list[dict], lags: int, task_memory: int) ->
     if n_vocab * MINI_ROWS >= 2**32 or n_vocab * n_vocab >= 2**63:
         raise CtstoreError(f"n_vocab={n_vocab} too large for the count spill format (V·{MINI_ROWS} < 2^32)")
     # the kernel's scratch that does not grow with the chunk (its tail columns are in MAP_BYTES_PER_TOKEN)
-    chunk_tokens = int(min(MAX_CHUNK_TOKENS, (task_memory - HeadWork.nbytes(MAP_MAX_HEAD, n_vocab, 0))
-                           // MAP_BYTES_PER_TOKEN))
+    fixed = HeadWork.nbytes(MAP_MAX_HEAD, n_vocab, 0) + TailWork.nbytes(lags, n_vocab, MAP_MAX_HEAD, BLOCK_OCCURRENCES)
+    chunk_tokens = int(min(MAX_CHUNK_TOKENS, (task_memory - fixed) // MAP_BYTES_PER_TOKEN))
     if chunk_tokens < 1 << 16:
         raise CtstoreError(f"count map step: needs {format_bytes((1 << 16) * MAP_BYTES_PER_TOKEN)} per task, "
                            f"the memory budget allows {format_bytes(task_memory)}")

@@ -33,7 +33,8 @@ import numpy as np
 from ..location import Location, atomic_path
 
 __all__ = ["MARKER", "scratch_root", "suffixed", "write_file", "save_array", "save_arrays", "load_array",
-           "npy_layout", "read_slice", "mark_complete", "is_complete", "remove", "free_bytes", "stale_entries",
+           "npy_layout", "read_slice", "read_slice_into", "mark_complete", "is_complete", "remove", "free_bytes",
+           "stale_entries",
            "tree_bytes"]
 
 MARKER = "_complete"
@@ -142,6 +143,31 @@ def read_slice(loc: Location, entry: tuple[int, tuple, np.dtype], lo: int, hi: i
         return np.memmap(loc.path, dtype=dtype, mode="r", offset=offset + lo * row, shape=out_shape)
     data = loc.fs.cat_file(loc.path, start=offset + lo * row, end=offset + hi * row)
     return np.frombuffer(data, dtype=dtype).reshape(out_shape)
+
+
+def read_slice_into(loc: Location, entry: tuple[int, tuple, np.dtype], lo: int, hi: int, out: np.ndarray) -> None:
+    """Rows ``[lo, hi)`` of a 1-D array of :func:`npy_layout` at ``loc``, read into ``out`` (``hi - lo`` long).
+
+    Local: one sequential ``readinto`` of exactly those bytes into the caller's buffer (a memory map
+    costs a minor page fault per 4 KiB page on every read: 2.8M of them in one count ``--spill``).
+    Remote: one ranged read, copied in.
+    """
+    offset, _, dtype = entry
+    if hi <= lo:
+        return
+    start = offset + lo * dtype.itemsize
+    if loc.is_local:
+        with open(loc.path, "rb", buffering=0) as f:
+            f.seek(start)
+            view = memoryview(out.view(np.uint8)[:(hi - lo) * dtype.itemsize])
+            while view.nbytes:
+                n = f.readinto(view)
+                if not n:
+                    raise EOFError(f"{loc}: short read")
+                view = view[n:]
+        return
+    data = loc.fs.cat_file(loc.path, start=start, end=offset + hi * dtype.itemsize)
+    out[:hi - lo] = np.frombuffer(data, dtype=dtype)
 
 
 def mark_complete(directory: Location) -> None:

@@ -1,0 +1,139 @@
+"""The all-lags kernel (ctstore.count.fused) and the spill merge (merge_loops) against a naive reference.
+
+The reference is a plain Python loop over each document (no numpy, no scipy, nothing shared with the
+kernel): ``counts[(t[i], t[i + k])] += 1`` for every in-document pair. Inputs are small random token
+streams with document boundaries, empty documents, documents shorter than L, and head sizes that put
+the head boundary exactly between equally frequent ids.
+"""
+
+from collections import Counter
+
+import numpy as np
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from ctstore.count import ChunkPairs, fused
+
+
+def naive_lag(docs: list, lag: int) -> Counter:
+    pairs = Counter()
+    for doc in docs:
+        for i in range(len(doc) - lag):
+            pairs[(int(doc[i]), int(doc[i + lag]))] += 1
+    return pairs
+
+
+def csr_as_counter(indptr, indices, counts) -> Counter:
+    out = Counter()
+    for row in range(indptr.size - 1):
+        cols = indices[indptr[row]:indptr[row + 1]]
+        assert np.all(np.diff(cols) > 0), f"row {row}: columns not sorted and unique"
+        for col, n in zip(cols, counts[indptr[row]:indptr[row + 1]]):
+            assert n > 0
+            out[(row, int(col))] = int(n)
+    return out
+
+
+def pairs_of(docs: list, V: int, lags: int, head) -> ChunkPairs:
+    values = np.array([t for d in docs for t in d], np.uint32)
+    offsets = np.concatenate([[0], np.cumsum([len(d) for d in docs])]).astype(np.int64)
+    return ChunkPairs(values, offsets, V, lags, head=head)
+
+
+def check_all_lags(docs, V, lags, head, threads=1, allowance=None):
+    pairs = pairs_of(docs, V, lags, head)
+    got = dict(fused.count_all_lags(pairs, threads, allowance))
+    assert sorted(got) == list(range(1, lags + 1))
+    for lag in range(1, lags + 1):
+        indptr, indices, counts = got[lag]
+        assert indptr.dtype == np.int64 and indices.dtype == np.int32 and counts.dtype == np.uint32
+        assert indptr.size == V + 1
+        assert csr_as_counter(indptr, indices, counts) == naive_lag(docs, lag), f"lag {lag}, head {pairs.head}"
+    return pairs, got
+
+
+def random_docs(rng, V: int, n_docs: int, max_len: int) -> list:
+    docs = [list(rng.zipf(1.3, size=int(rng.integers(0, max_len))).clip(max=V) - 1) for _ in range(n_docs)]
+    return docs + [[], [V - 1], [0, V - 1]]  # an empty document, one shorter than any lag, both id edges
+
+
+@pytest.mark.parametrize("head", [0, 1, 5, 40, 200, None])
+@pytest.mark.parametrize("threads,allowance", [(1, None), (2, None), (2, 1)])
+def test_all_lags_equal_naive_reference(head, threads, allowance):
+    """allowance=1 forces one lag per group after a retry; threads=2 splits tail ids into ranges."""
+    rng = np.random.default_rng(7 + (head or 0))
+    check_all_lags(random_docs(rng, 200, 60, 40), 200, 7, head, threads, allowance)
+
+
+def test_head_boundary_between_equally_frequent_ids():
+    """Ids 0..5 occur equally often: a head of 3 splits a tie; every pair kind crosses the boundary."""
+    docs = [[0, 1, 2, 3, 4, 5] * 3, [5, 4, 3, 2, 1, 0], [3, 2], [], [1], [2, 3, 2, 3, 9, 9, 8]]
+    for head in (0, 2, 3, 4, 6, 10):
+        pairs, _ = check_all_lags(docs, 10, 4, head)
+        assert pairs.head == head
+
+
+def test_tail_ids_split_over_many_blocks(monkeypatch):
+    """A block of the smallest size (one tail id's occurrences) makes every id its own block."""
+    monkeypatch.setattr(fused, "BLOCK_OCCURRENCES", 1)
+    rng = np.random.default_rng(3)
+    pairs, _ = check_all_lags(random_docs(rng, 300, 40, 30), 300, 5, 8)
+    assert fused.block_capacity(pairs) == pairs.max_tail_count
+
+
+def test_all_lags_equal_the_per_lag_kernel_on_many_ids():
+    """V = 5000 with a Zipf stream: tail rows long enough for the radix sort; same arrays as ChunkPairs.lag."""
+    rng = np.random.default_rng(11)
+    docs = [list(rng.zipf(1.15, size=int(rng.integers(0, 3000))).clip(max=5000) - 1) for _ in range(40)]
+    pairs = pairs_of(docs, 5000, 6, None)
+    work = pairs.work()
+    for lag, got in fused.count_all_lags(pairs, 2):
+        want, _ = pairs.lag(lag, work)
+        for a, b in zip(want, got):
+            np.testing.assert_array_equal(a, b)
+
+
+def test_reference_detects_an_off_by_one_lag():
+    """The comparison is not vacuous: lag 2's counts are not lag 1's on this input."""
+    docs = [[1, 2, 3, 1, 2, 4]]
+    _, got = check_all_lags(docs, 5, 2, 1)
+    assert csr_as_counter(*got[2]) != naive_lag(docs, 1)
+
+
+@settings(max_examples=60, deadline=None)
+@given(docs=st.lists(st.lists(st.integers(0, 40), max_size=25), min_size=1, max_size=12),
+       lags=st.integers(1, 6), head=st.sampled_from([0, 1, 3, 17, 41, None]), threads=st.sampled_from([1, 2]))
+def test_all_lags_equal_naive_on_generated_documents(docs, lags, head, threads):
+    check_all_lags(docs, 41, lags, head, threads)
+
+
+@settings(max_examples=60, deadline=None)
+@given(runs=st.lists(st.lists(st.tuples(st.integers(0, 7), st.integers(0, 5), st.integers(1, 9)), max_size=30),
+                     min_size=1, max_size=6))
+def test_merge_runs_equals_summing_the_runs(runs):
+    """Sorted runs of (row, column, count) in mini-blocks of 4 rows (V = 6): merged, summed, rows counted."""
+    from ctstore.count import merge_loops
+
+    V, mini_rows, n_minis = 6, 4, 2
+    keys, counts, starts, minis, want = [], [], [0], [], Counter()
+    for run in runs:
+        run = sorted({(r, c): n for r, c, n in run}.items())
+        for (r, c), n in run:
+            keys.append((r % mini_rows) * V + c)
+            counts.append(n)
+            want[(r, c)] += n
+        starts.append(len(keys))
+        rows = [r for (r, _), _ in run]
+        minis.append([sum(1 for r in rows if r // mini_rows < m) for m in range(n_minis + 1)])
+    total = len(keys)
+    out_cols = np.empty(total, np.uint32)
+    out_counts = np.empty(total, np.uint64)
+    row_nnz = np.zeros(n_minis * mini_rows, np.int64)
+    n = merge_loops.merge_runs(np.array(keys, np.uint32), np.array(counts, np.uint32), np.array(starts, np.int64),
+                               np.array(minis, np.int64).reshape(len(runs), n_minis + 1), mini_rows, V,
+                               out_cols, out_counts, row_nnz)
+    rows = np.repeat(np.arange(row_nnz.size), row_nnz)
+    got = Counter({(int(r), int(c)): int(x) for r, c, x in zip(rows, out_cols[:n], out_counts[:n])})
+    assert n == len(want) and got == want
+    assert all(np.all(np.diff(out_cols[:n][rows == r].astype(np.int64)) > 0) for r in range(row_nnz.size))
