@@ -37,6 +37,7 @@ def coarse_stride(n: int, K: int) -> int:
     return int(max(1, min(np.floor(n / (2 * (K + 1)) / 3), n // 32)))
 
 
+@torch.inference_mode()  # no autograd bookkeeping: ~9% of the CPU time of these small batched ops
 def fit_chunk(y: torch.Tensor, mu: torch.Tensor, n: int, K: int, steps: int, ridge: float, restarts: int = 2,
               stride: int = 1, tol: float = 1e-6):
     """Fit one chunk of rows: coarse grid (initial amplitudes, LM, restarts of stuck rows), then LM on
