@@ -33,14 +33,6 @@ CLIENT_RESERVE = 400 * 2**20  # client + scheduler: Python, numpy, dask, distrib
 WORKER_BASELINE = 300 * 2**20  # a worker process with numpy, pyarrow, zarr, distributed loaded
 MIN_TASK_MEMORY = 64 * 2**20
 TASK_FRACTION = 0.75
-# glibc malloc settings of local workers. Dask's nanny starts workers with MALLOC_TRIM_THRESHOLD_=65536,
-# which also freezes the mmap threshold at 128 kB: every array over 128 kB (a 1.8 MB Zarr chunk buffer)
-# is mapped and unmapped again, and the heap is trimmed after each task, so each task faults its
-# memory in afresh. fft2 at n = 16,384 took 2.3M minor faults and 6.7 s of system time in its workers
-# (in one process: 0.1M). Keeping up to 64 MB free at the heap's top, and arrays up to 32 MB (glibc's
-# ceiling) on the heap: 59K faults, system 3.6 s, the same results. Arrays over 32 MB still go back
-# to the system when freed.
-WORKER_MALLOC_ENV = {"MALLOC_TRIM_THRESHOLD_": 64 * 2**20, "MALLOC_MMAP_THRESHOLD_": 32 * 2**20}
 
 
 @dataclass(frozen=True)
@@ -165,10 +157,7 @@ class Runner:
                 import bokeh  # noqa: F401
             except ImportError:
                 log("dashboard unavailable: install bokeh>=3.1 to get the Dask dashboard")
-            import dask
-
-            environ = {f"distributed.nanny.pre-spawn-environ.{k}": v for k, v in WORKER_MALLOC_ENV.items()}
-            with _sigint_ignored_by_children(), dask.config.set(environ):
+            with _sigint_ignored_by_children():
                 self.cluster = LocalCluster(
                     n_workers=self.plan.n_workers, threads_per_worker=1, processes=True,
                     memory_limit=self.plan.worker_memory, host="127.0.0.1",

@@ -32,34 +32,6 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
-def _malloc_env_and_faults():
-    """In a worker: its glibc settings, and the minor page faults of 20 allocations of a 1.8 MB array
-    (a Zarr chunk buffer of fft2 at n = 16,384) with a task-sized array freed in between."""
-    import os
-    import resource
-
-    faults = 0
-    for _ in range(20):
-        big = np.ones(40 * 2**20 // 8)  # a task's array, over the mmap threshold: mapped and returned
-        del big
-        before = resource.getrusage(resource.RUSAGE_SELF).ru_minflt  # only the chunk buffer's faults count
-        chunk = np.ones(1_800_000 // 8)
-        del chunk
-        faults += resource.getrusage(resource.RUSAGE_SELF).ru_minflt - before
-    return {k: os.environ.get(k) for k in ("MALLOC_TRIM_THRESHOLD_", "MALLOC_MMAP_THRESHOLD_")}, faults
-
-
-def test_local_workers_keep_medium_arrays_on_the_heap():
-    """Local workers start with WORKER_MALLOC_ENV instead of dask's MALLOC_TRIM_THRESHOLD_=65536, under which
-    every array over 128 kB was mapped afresh (fft2 at n = 16,384: 2.3M page faults, 6.7 s of system time)."""
-    from ctstore.cluster import WORKER_MALLOC_ENV
-
-    with Runner("2GB", "local", n_workers=1, dashboard=f"127.0.0.1:{_free_port()}") as runner:
-        (env, faults), = runner.client.run(_malloc_env_and_faults).values()
-    assert env == {k: str(v) for k, v in WORKER_MALLOC_ENV.items()}
-    assert faults < 20 * 1_800_000 // 4096 // 2  # the chunk buffers are reused, not faulted in 20 times
-
-
 @pytest.mark.slow
 def test_dashboard_answers_while_a_job_runs():
     with Runner("2GB", "local", n_workers=1, dashboard=f"127.0.0.1:{_free_port()}") as runner:
