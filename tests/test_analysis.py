@@ -123,3 +123,67 @@ def test_harmonic_default_grid_fits_noise_no_worse_than_zero_or_the_full_grid(n)
     full = fit_harmonic(w, K=4, coarse=False)
     assert default.r2 >= 0 and (default.r2_rows >= 0).all()
     assert default.r2 >= full.r2 - 0.005
+
+
+@pytest.mark.parametrize("R, chunk_rows, threads, expected", [
+    (3000, 4096, 2, [(0, 1500), (1500, 3000)]),  # one chunk's worth on two threads: split in two
+    (15007, 4096, 2, [(0, 3752), (3752, 7504), (7504, 11256), (11256, 15007)]),
+    (3000, 1024, 2, [(0, 750), (750, 1500), (1500, 2250), (2250, 3000)]),  # was 1024 + 1024 + 952: 2 + 1
+    (3000, 1024, 1, [(0, 1000), (1000, 2000), (2000, 3000)]),
+    (100, 4096, 2, [(0, 100)]),  # under 64 rows a chunk: one chunk
+    (64, 16, 4, [(0, 64)]),
+    (1, 4096, 2, [(0, 1)]),
+    (0, 4096, 2, []),
+])
+def test_harmonic_chunk_bounds(R, chunk_rows, threads, expected):
+    from ctstore.analysis.harmonic import chunk_bounds
+
+    got = chunk_bounds(R, chunk_rows, threads)
+    assert got == expected
+    assert all(r1 - r0 <= max(chunk_rows, 64) for r0, r1 in got)
+
+
+def test_harmonic_fit_does_not_depend_on_the_chunking_beyond_rounding():
+    """Rows are fitted independently; chunk size and threads change only which rows share a batch."""
+    import torch
+
+    rng = np.random.default_rng(4)
+    R, n, K = 600, 256, 4
+    mu = np.sort(initial_centres(n, K) + rng.normal(0, 8, (R, K)), axis=1)
+    w = reconstruct(rng.uniform(0.5, 2, (R, K)) * rng.choice([-1, 1], (R, K)), mu, rng.uniform(8, 20, (R, K)), n)
+    w += 0.01 * rng.standard_normal((R, n))
+    threads = torch.get_num_threads()
+    try:
+        torch.set_num_threads(1)
+        one = fit_harmonic(w, K=K, chunk_rows=4096)
+        torch.set_num_threads(2)
+        two = fit_harmonic(w, K=K, chunk_rows=128)
+    finally:
+        torch.set_num_threads(threads)
+    assert abs(one.r2 - two.r2) < 1e-4
+    assert np.median(np.abs(one.r2_rows - two.r2_rows)) < 1e-5
+
+
+def test_gaussian_basis_with_its_exponent_floor_equals_numpy():
+    """The fitter floors exponents at log(smallest normal float) + 1 (torch's exp is 15x slower where it
+    underflows): values differ from numpy's float64 Gaussians by at most that floor's exp (3e-38)."""
+    import torch
+
+    from ctstore.analysis.gaussian_lm import _basis_at, _exp_floor
+
+    rng = np.random.default_rng(6)
+    cols = np.arange(256, dtype=np.float64)
+    mu, sigma = rng.uniform(-20, 280, (50, 4)), rng.uniform(1, 40, (50, 4))
+    ref = np.exp(-(cols[None, None, :] - mu[:, :, None]) ** 2 / (2 * sigma[:, :, None] ** 2))
+    got = _basis_at(torch.tensor(cols, dtype=torch.float32), torch.tensor(mu, dtype=torch.float32),
+                    torch.tensor(sigma, dtype=torch.float32)).numpy()
+    floor = np.exp(_exp_floor(torch.float32))
+    assert floor < 1e-37
+    assert np.all(np.abs(got - ref) <= 1e-4 * ref + 2 * floor)  # float32 exponents up to -86: rtol ~5e-6
+    # against the same float32 arithmetic without the floor: equal wherever the floor does not apply
+    t = lambda a: torch.tensor(a, dtype=torch.float32)  # noqa: E731
+    d = (t(cols) - t(mu)[:, :, None]) ** 2 * (-0.5 / t(sigma) ** 2)[:, :, None]
+    plain = d.exp().numpy()
+    above = d.numpy() >= _exp_floor(torch.float32)
+    assert np.array_equal(got[above], plain[above])
+    assert np.all(got[~above] <= 2 * floor) and (~above).any()  # far tails are in the test

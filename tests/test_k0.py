@@ -415,3 +415,38 @@ def test_fft2_band_shuffle_reassembles_x_without_the_client(sample_counts, tmp_p
     for i0 in range(0, n, 97):
         i1 = min(n, i0 + 97)
         assert np.allclose(_dense_rows(source, i0, i1, n), x[i0:i1], rtol=1e-6, atol=0)
+
+
+@pytest.mark.parametrize("url", ["local", "memory://fft2-chunks"])
+@pytest.mark.parametrize("dtype", [np.complex64, np.float32])
+def test_fft2_write_chunks_equals_zarrs_own_write(tmp_path, url, dtype):
+    """fft2's tasks write whole chunk files themselves (``write_chunks``): what Zarr reads back, and the chunk
+    files, equal those of ``arr[i0:, c0:] = block`` through Zarr, edge chunks (37 × 29 on 100 × 70) included."""
+    from ctstore.embed.fft2 import write_chunks
+    from ctstore.location import Location
+
+    rng = np.random.default_rng(5)
+    shape, chunks = (100, 70), (37, 29)
+    full = rng.standard_normal(shape).astype(dtype)
+    if dtype == np.complex64:
+        full = full + 1j * rng.standard_normal(shape).astype(np.float32)
+    base = Location.of(str(tmp_path) if url == "local" else url)
+    arrays = {}
+    for name in ("ours", "zarr"):
+        loc = base.child(f"{name}.zarr")
+        zarr.create_array(loc.url, shape=shape, dtype=dtype, chunks=chunks, compressors=None, overwrite=True,
+                          storage_options=loc.zarr_options)
+        arrays[name] = loc
+    for i0 in range(0, shape[0], chunks[0]):  # row bands, as row_fft_task writes them
+        write_chunks(arrays["ours"], full[i0:i0 + chunks[0]], i0, 0, chunks)
+        arrays["zarr"].open_array("r+")[i0:i0 + chunks[0]] = full[i0:i0 + chunks[0]]
+    assert np.array_equal(arrays["ours"].open_array("r")[:], full)
+    for c0 in range(0, shape[1], chunks[1]):  # column bands over them, as column_task writes them
+        band = full[:, c0:c0 + chunks[1]] * 2
+        write_chunks(arrays["ours"], band, 0, c0, chunks)
+        arrays["zarr"].open_array("r+")[:, c0:c0 + chunks[1]] = band
+    assert np.array_equal(arrays["ours"].open_array("r")[:], full * 2)
+    for a in range(3):
+        for b in range(3):
+            key = ("c", str(a), str(b))
+            assert arrays["ours"].child(*key).read_bytes() == arrays["zarr"].child(*key).read_bytes()

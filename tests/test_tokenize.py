@@ -149,3 +149,39 @@ def test_synth_and_tokenize_write_the_same_tokens_format(tmp_path, ws):
         unigram = np.load(f"{art.path}/unigram.npy")
         assert unigram.dtype == np.uint64 and unigram.size == art.manifest["n_vocab"]
         assert np.array_equal(unigram, np.bincount(np.concatenate(docs), minlength=unigram.size))
+
+
+def test_tokenize_command_imports_no_torch_dask_or_pandas(tmp_path):
+    """Structural, not timed: a whole ``ctstore tokenize`` process (parse --memory, encode, write Parquet)
+    imports none of torch, dask, pandas, scipy or zarr (issue 19: start-up counts against raw tiktoken)."""
+    import subprocess
+    import sys
+
+    corpus = tmp_path / "c.txt"
+    corpus.write_text("one paragraph\nof text\n\nanother one\n")
+    code = ("import sys\nfrom ctstore.cli import main\n"
+            f"main(['tokenize', {str(corpus)!r}, '--memory', '1GB', '-q', '-w', {str(tmp_path / 'ws')!r}])\n"
+            "print(sorted(m for m in ('torch', 'dask', 'pandas', 'scipy', 'zarr') if m in sys.modules))")
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert proc.stdout.strip().splitlines()[-1] == "[]"
+
+
+def test_token_shards_written_without_pa_array_equal_the_arrow_reference(tmp_path):
+    """The writer wraps numpy buffers (``_arrow``) instead of ``pa.array``: the same table, compared with one
+    built by ``pa.array`` from the same documents."""
+    from ctstore.formats.tokens import SCHEMA, TokensWriter
+    from ctstore.location import Location
+
+    rng = np.random.default_rng(0)
+    lengths = rng.integers(0, 50, 40)
+    values = rng.integers(0, 1000, int(lengths.sum())).astype(np.uint32)
+    writer = TokensWriter(Location.of(str(tmp_path)), 1000)
+    writer.add_pieces(values, lengths.astype(np.int64), np.ones(len(lengths), bool))
+    writer.close()
+    got = pq.read_table(tmp_path / "part-00000.parquet")
+    kept = lengths[lengths > 0]
+    offsets = np.concatenate([[0], np.cumsum(kept)]).astype(np.int64)
+    expected = pa.Table.from_arrays([pa.array(np.arange(len(kept), dtype=np.uint64)),
+                                     pa.LargeListArray.from_arrays(pa.array(offsets), pa.array(values))],
+                                    schema=SCHEMA)
+    assert got.equals(expected)

@@ -37,6 +37,7 @@ def coarse_stride(n: int, K: int) -> int:
     return int(max(1, min(np.floor(n / (2 * (K + 1)) / 3), n // 32)))
 
 
+@torch.inference_mode()  # no autograd bookkeeping: ~9% of the CPU time of these small batched ops
 def fit_chunk(y: torch.Tensor, mu: torch.Tensor, n: int, K: int, steps: int, ridge: float, restarts: int = 2,
               stride: int = 1, tol: float = 1e-6):
     """Fit one chunk of rows: coarse grid (initial amplitudes, LM, restarts of stuck rows), then LM on
@@ -130,18 +131,31 @@ def _with_amplitudes(y, cols, mu, log_s, ridge):
     return torch.cat([amp, mu, log_s], dim=1)
 
 
+def _exp_floor(dtype: torch.dtype) -> float:
+    """The smallest exponent :func:`_basis_at` passes to ``exp``: one above log(smallest normal number)."""
+    return float(np.log(torch.finfo(dtype).tiny)) + 1.0
+
+
 def _basis_at(cols: torch.Tensor, mu: torch.Tensor, sigma: torch.Tensor) -> torch.Tensor:
-    """(R, K, m) values of each row's K Gaussians at the columns ``cols`` (m,) (component-major)."""
+    """(R, K, m) values of each row's K Gaussians at the columns ``cols`` (m,) (component-major).
+
+    Exponents are floored at :func:`_exp_floor` (−86.3 in float32: a Gaussian's
+    value far out in its tail is 3e-38 instead of 0 or a subnormal number). torch's
+    vectorised ``exp`` leaves its fast path when a result underflows: on the full
+    grid, where most columns lie many σ from a centre, ``exp_`` took 15× longer
+    (248 vs 17 ms for 15M float32 values) and a fifth of the fit's CPU time.
+    """
     d = cols - mu[:, :, None]
     d *= d
     d *= (-0.5 / sigma ** 2)[:, :, None]
-    return d.exp_()
+    return d.clamp_(min=_exp_floor(d.dtype)).exp_()
 
 
 def _objective(g, theta, y, n, K, ridge):
     """Squared error plus the amplitude penalty ridge·n·‖A‖² (scale-free: both terms scale with y²)."""
     resid = (theta[:, :K, None] * g).sum(dim=1) - y
-    return (resid * resid).sum(dim=1) + ridge * n * theta[:, :K].pow(2).sum(dim=1)
+    sse = (resid * resid).sum(dim=1)
+    return sse + ridge * n * theta[:, :K].pow(2).sum(dim=1) if ridge else sse
 
 
 def _lm(y: torch.Tensor, theta: torch.Tensor, cols: torch.Tensor, n: int, K: int, steps: int, ridge: float,
@@ -218,11 +232,11 @@ def _augmented_jacobian(theta: torch.Tensor, g: torch.Tensor, y: torch.Tensor, c
     amp, mu, sigma = theta[:, :K, None], theta[:, K:2 * K, None], theta[:, 2 * K:, None].exp()
     R, m = y.shape
     out = torch.empty((R, 3 * K + 1, m), dtype=y.dtype, device=y.device)  # column-major per row
-    gt = g  # (R, K, m)
     z = (cols - mu) / sigma
-    out[:, :K] = gt
-    agz = torch.mul(amp * gt, z, out=out[:, K:2 * K])
+    out[:, :K] = g  # (R, K, m)
+    agz = torch.mul(amp, g, out=out[:, K:2 * K])
+    torch.sub(y, agz.sum(dim=1), out=out[:, 3 * K])  # the residual, from the same A g
+    agz *= z
     torch.mul(agz, z, out=out[:, 2 * K:3 * K])  # d/dlogσ = A g z²
     agz /= sigma  # d/dμ = A g z / σ
-    out[:, 3 * K] = y - (amp * gt).sum(dim=1)
     return out
