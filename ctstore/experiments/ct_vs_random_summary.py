@@ -91,7 +91,7 @@ def summarize(runs: dict[str, list]) -> dict:
              "model_vocab": m0.get("model_vocab"), "recipe": m0.get("recipe"),
              "embed_scale": m0.get("embed_scale"), "tie_head": m0.get("tie_head"),
              "frozen_embeddings": bool(m0["params"].get("freeze_embeddings")), **_seeding_facts(rs),
-             "per_seed": per_seed}
+             **run_throughput(rs), "per_seed": per_seed}
         if all("ppl_diff_vs_random" in p for p in per_seed):
             s["paired_ppl_diff_vs_random"] = [p["ppl_diff_vs_random"] for p in per_seed]
             s["paired_loss_diff_vs_random"] = [p["loss_diff_vs_random"] for p in per_seed]
@@ -109,6 +109,25 @@ def summarize(runs: dict[str, list]) -> dict:
         for arm in out:
             out[arm]["gap_to_long"] = out[arm]["ppl_mean"] - out["random_long"]["ppl_mean"]
     return out
+
+
+def run_throughput(rs: list) -> dict:
+    """Mean over seeds of each run's ``tokens_per_s``, ``model_flops_per_s`` and ``mfu``
+    (:mod:`ctstore.sft.throughput`); a manifest written before they were recorded gets them from its
+    training seconds, steps, batch size and evaluation block (the training block)."""
+    tps, fps, mfu = [], [], []
+    for r in rs:
+        m = r.manifest
+        secs = m.get("train_seconds") or 0.0
+        tokens = m["steps"] * m["params"].get("batch_size", 0) * (m.get("eval_block") or 0)
+        tps.append(m["tokens_per_s"] if m.get("tokens_per_s") is not None else (tokens / secs if secs else None))
+        fps.append(m["model_flops_per_s"] if m.get("model_flops_per_s") is not None
+                   else (m["flops"] / secs if secs else None))
+        mfu.append(m.get("mfu"))
+    m0 = rs[0].manifest
+    return {"tokens_per_s": _mean(tps), "model_flops_per_s": _mean(fps), "mfu": _mean(mfu),
+            "mfu_note": m0.get("mfu_note") or f"no known peak for device {m0.get('device', 'cpu')!r}",
+            "device": m0.get("device")}
 
 
 def _seeding_facts(rs: list) -> dict:
