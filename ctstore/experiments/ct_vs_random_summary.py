@@ -75,6 +75,11 @@ def summarize(runs: dict[str, list]) -> dict:
                         steps, ppl, base.manifest["final_val_ppl"], base.manifest["steps"])
                     stay = first_step_staying(steps, ppl, base.manifest["final_val_ppl"])
                     row["step_fraction_sustained"] = 1.0 if stay is None else stay / base.manifest["steps"]
+                    # the converse question, not 0 by construction when the arm starts below random's final:
+                    # how far random must train to reach this arm's step-0 perplexity (censored at 1)
+                    r_steps, r_ppl = eval_curve(base, "val_ppl")
+                    row["random_fraction_to_start"], row["random_fraction_to_start_censored"] = step_fraction(
+                        r_steps, r_ppl, ppl[0], base.manifest["steps"])
             per_seed.append(row)
         ppl = np.array([r.manifest["final_val_ppl"] for r in rs])
         m0 = rs[0].manifest
@@ -102,6 +107,8 @@ def summarize(runs: dict[str, list]) -> dict:
             s["step_fraction"] = _interval([p["step_fraction"] for p in per_seed])
             s["step_fraction"]["censored"] = sum(p["step_fraction_censored"] for p in per_seed)
             s["step_fraction_sustained"] = _interval([p["step_fraction_sustained"] for p in per_seed])
+            s["random_fraction_to_start"] = _interval([p["random_fraction_to_start"] for p in per_seed])
+            s["random_fraction_to_start"]["censored"] = sum(p["random_fraction_to_start_censored"] for p in per_seed)
         if "paired_ppl_diff_vs_random" in s:
             s["paired_ppl_diff_interval"] = _interval(s["paired_ppl_diff_vs_random"])
         out[arm] = s
