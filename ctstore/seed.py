@@ -41,7 +41,8 @@ tied head of rows ~0.1 makes the logits nearly flat) and still norm-matches the
 layers. ``init="embeddings"`` seeds only the token embedding (ablation f).
 ``init="bigram"`` (untied head) makes the step-0 logits a rank-(d−2) factorisation of the
 Witten–Bell bigram's log-conditionals and zeroes every residual projection
-(:func:`_set_bigram`). The report gives each seeded matrix's participation ratio and the
+(:func:`_set_bigram`); ``init="bigram_prev"`` adds a previous-token head in layer 0 that carries the
+lag-2 statistics (:mod:`ctstore.seed_prev`). The report gives each seeded matrix's participation ratio and the
 cosines between the layers' attention outputs for one input (functional diversity).
 
 Vocabulary. ``vocab=N``: the N most frequent tokens of the counts plus one
@@ -110,7 +111,7 @@ def _vocab_arg(text: str):
 
 @dataclass(frozen=True)
 class SeedParams(Params):
-    config: str = param("tiny", "tiny, small, ct-10m, ct-124m or a config JSON file")
+    config: str = param("tiny", "tiny, small, medium, ct-10m, ct-124m or a config JSON file")
     init: str = param("spectral", "spectral (the CT recipe), random, embeddings (E only), bigram (step-0 logits "
                       "= a rank-(d-2) factorisation of the Witten-Bell bigram; needs --untied-head), or bigram_prev "
                       "(bigram plus a previous-token head carrying the lag-2 statistics)", choices=INITS)
