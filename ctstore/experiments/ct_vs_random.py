@@ -281,16 +281,16 @@ def takeaway(results: dict) -> str:
             if s["step_fraction"].get("high") == 0.0:
                 line += (" (0 by construction: its initial model is already below random's final ppl, "
                          f"{s['ppl_before_sft']:.1f} before SFT)")
-                converse = s.get("random_fraction_to_start")
-                if converse:
-                    n_cens = converse.get("censored", 0)
-                    line += (f"; conversely, random reaches `{best}`'s step-0 ppl in {_fraction(converse)} of its "
-                             "steps" + (f" ({'no' if n_cens == converse['n'] else 'not every'} seed gets there "
-                                        "within the schedule: a censored seed counts as 1, so the fraction is a "
-                                        "lower bound)" if n_cens else ""))
             sustained = s.get("step_fraction_sustained")
             if sustained and sustained.get("mean") != s["step_fraction"].get("mean"):
                 line += f" (stays below it from {_fraction(sustained)})"
+            converse = s.get("random_fraction_to_start")
+            if s["step_fraction"].get("high") == 0.0 and converse:
+                n_cens = converse.get("censored", 0)
+                line += (f"; conversely, random reaches `{best}`'s step-0 ppl in {_fraction(converse)} of its "
+                         "steps" + (f" ({'no' if n_cens == converse['n'] else 'not every'} seed gets there "
+                                    "within the schedule: a censored seed counts as 1, so the fraction is a "
+                                    "lower bound)" if n_cens else ""))
     if base:
         bigram = base["bigram_wb"]["ppl"]
         below = [a for a in results["setup"]["arms"] if summary[a]["ppl_mean"] < bigram]
