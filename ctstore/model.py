@@ -6,7 +6,8 @@ causal attention through ``scaled_dot_product_attention``, output head tied to
 the token embedding (``tie_head=False``: a separate ``head`` matrix, initialised
 like the other linear layers, so a frozen embedding does not freeze the output).
 
-Configs: ``tiny`` (tests: 2L/2H/64D, block 64), ``ct-10m`` (the seeds' 10.2M
+Configs: ``tiny`` (tests: 2L/2H/64D, block 64), ``small`` (4L/4H/128D, block 128; the cpu
+profile), ``medium`` (6L/6H/192D, block 128; the cpu-large profile), ``ct-10m`` (the seeds' 10.2M
 model: 8L/8H/256D, block 512) and ``ct-124m`` (12L/12H/768D, block 1024; with
 the GPT-2 vocabulary of 50,257 tokens that is ~124M parameters, tied head).
 A config file is JSON with the fields of :class:`GPTConfig`.
@@ -60,6 +61,7 @@ class GPTConfig:
 CONFIGS = {
     "tiny": GPTConfig(n_layer=2, n_head=2, n_embd=64, block_size=64),
     "small": GPTConfig(n_layer=4, n_head=4, n_embd=128, block_size=128),
+    "medium": GPTConfig(n_layer=6, n_head=6, n_embd=192, block_size=128),
     "ct-10m": GPTConfig(n_layer=8, n_head=8, n_embd=256, block_size=512),
     "ct-124m": GPTConfig(n_layer=12, n_head=12, n_embd=768, block_size=1024),
 }

@@ -41,7 +41,8 @@ tied head of rows ~0.1 makes the logits nearly flat) and still norm-matches the
 layers. ``init="embeddings"`` seeds only the token embedding (ablation f).
 ``init="bigram"`` (untied head) makes the step-0 logits a rank-(d−2) factorisation of the
 Witten–Bell bigram's log-conditionals and zeroes every residual projection
-(:func:`_set_bigram`). The report gives each seeded matrix's participation ratio and the
+(:func:`_set_bigram`); ``init="bigram_prev"`` adds a previous-token head in layer 0 that carries the
+lag-2 statistics (:mod:`ctstore.seed_prev`). The report gives each seeded matrix's participation ratio and the
 cosines between the layers' attention outputs for one input (functional diversity).
 
 Vocabulary. ``vocab=N``: the N most frequent tokens of the counts plus one
@@ -79,7 +80,12 @@ __all__ = ["SeedParams", "seed_model", "build_seeded_model", "corpus_vocab"]
 FORMAT_VERSION = 2
 CODE_VERSION = 3  # fingerprint version; 3: spectral layers functionally distinct (DC removed, per-layer Q/K/V)
 BIGRAM_EMBED_RMS = 1.0  # token-embedding RMS of init "bigram" (see _set_bigram)
-INITS = ("spectral", "random", "embeddings", "bigram")
+INITS = ("spectral", "random", "embeddings", "bigram", "bigram_prev")
+BIGRAM_INITS = ("bigram", "bigram_prev")
+LAG2_RANK_FRACTION = 8  # bigram_prev: lag-2 rank k2 = d // 8 (16 at d = 128), taken from the bigram's rank
+LAG2_WEIGHT = 0.5  # bigram_prev: β, the discount on the naive-Bayes lag-2 term (chosen on training windows)
+LAG2_RMS = 0.25  # bigram_prev: RMS of the lag-2 part of the residual stream (the bigram part has RMS 1)
+PREV_TOKEN_MASS = 0.95  # bigram_prev: attention mass of layer 0's head 0 on position i - 1 at every position
 BIGRAM_FIT_STEPS = 100  # Adam steps of the factor fit (seeding.bigram_factors); ~0.3 s each at V = 4097 on CPU
 RECIPES = ("rotated", "literal")
 EMBED_SCALES = ("matched", "unscaled")
@@ -105,9 +111,10 @@ def _vocab_arg(text: str):
 
 @dataclass(frozen=True)
 class SeedParams(Params):
-    config: str = param("tiny", "tiny, small, ct-10m, ct-124m or a config JSON file")
-    init: str = param("spectral", "spectral (the CT recipe), random, embeddings (E only), or bigram (step-0 logits "
-                      "= a rank-(d-2) factorisation of the Witten-Bell bigram; needs --untied-head)", choices=INITS)
+    config: str = param("tiny", "tiny, small, medium, ct-10m, ct-124m or a config JSON file")
+    init: str = param("spectral", "spectral (the CT recipe), random, embeddings (E only), bigram (step-0 logits "
+                      "= a rank-(d-2) factorisation of the Witten-Bell bigram; needs --untied-head), or bigram_prev "
+                      "(bigram plus a previous-token head carrying the lag-2 statistics)", choices=INITS)
     # compact vocabulary size V_model, "corpus", or None (full tokenizer vocab)
     vocab: int | str | None = param(None, "compact vocabulary: top-N corpus tokens + <unk>, or 'corpus' (every "
                                     "token that occurs)", parse=_vocab_arg)
@@ -124,8 +131,8 @@ class SeedParams(Params):
 
     def __post_init__(self):
         super().__post_init__()  # each field's own check (choices, vocab)
-        if self.init == "bigram" and self.tie_head:
-            raise CtstoreError("--init bigram needs an untied head (--untied-head): the head carries the right factor")
+        if self.init in BIGRAM_INITS and self.tie_head:
+            raise CtstoreError(f"--init {self.init} needs an untied head (--untied-head): the head carries the right factor")
 
 
 def corpus_vocab(unigram: np.ndarray) -> int:
@@ -134,17 +141,23 @@ def corpus_vocab(unigram: np.ndarray) -> int:
 
 
 def build_seeded_model(E_full: np.ndarray, rank: np.ndarray | None, params: SeedParams, n_vocab: int,
-                       unigram: np.ndarray | None = None, lag1=None):
+                       unigram: np.ndarray | None = None, lag1=None, lag2=None):
     """Return ``(model, vocab_map, report)``; ``E_full`` is (V, d) indexed by tokenizer id.
 
-    ``unigram`` (counts by tokenizer id) is needed for ``unigram_prior`` and ``init="bigram"``,
-    ``lag1`` (the counts' lag-1 CSR matrix, training documents only) for ``init="bigram"``.
+    ``unigram`` (counts by tokenizer id) is needed for ``unigram_prior`` and the bigram inits,
+    ``lag1`` (the counts' lag-1 CSR matrix, training documents only) for ``init="bigram"``,
+    and ``lag2`` as well for ``init="bigram_prev"``.
     """
     model, vocab_map, report, kept = _build(E_full, rank, params, n_vocab)
-    if params.init == "bigram":
-        if unigram is None or lag1 is None:
-            raise CtstoreError("init bigram needs the unigram and lag-1 counts")
-        report.update(_set_bigram(model, unigram, lag1, vocab_map, params.seed))
+    if params.init in BIGRAM_INITS:
+        if unigram is None or lag1 is None or (params.init == "bigram_prev" and lag2 is None):
+            raise CtstoreError(f"init {params.init} needs the unigram and lag-1"
+                               + (" and lag-2" if params.init == "bigram_prev" else "") + " counts")
+        if params.init == "bigram":
+            report.update(_set_bigram(model, unigram, lag1, vocab_map, params.seed))
+        else:
+            from .seed_prev import set_bigram_prev
+            report.update(set_bigram_prev(model, unigram, lag1, lag2, vocab_map, params.seed))
     if params.unigram_prior:
         if unigram is None:
             raise CtstoreError("unigram_prior needs the unigram counts")
@@ -228,16 +241,16 @@ def _build(E_full: np.ndarray, rank: np.ndarray | None, params: SeedParams, n_vo
         head = config.n_embd // config.n_head
         config = get_config(params.config, vocab_size=vocab_size, n_embd=params.width,
                             n_head=max(1, params.width // head), tie_head=params.tie_head)
-    if params.init not in ("random", "bigram") and E_full.shape[1] != config.n_embd:
+    if params.init not in ("random", *BIGRAM_INITS) and E_full.shape[1] != config.n_embd:
         raise CtstoreError(f"config {params.config}: n_embd={config.n_embd} does not fit the embedding "
                            f"dimension d={E_full.shape[1]} (run k0 with --dim {config.n_embd})")
     torch.manual_seed(params.seed)
     model = PhotonicGPT(config)
     report: dict = {"config": config.to_dict(), "init": params.init, "params": model.num_params(),
                     "model_vocab": vocab_size, "tie_head": params.tie_head,
-                    "recipe": None if params.init in ("random", "bigram") else params.recipe,
-                    "embed_scale": None if params.init in ("random", "bigram") else params.embed_scale}
-    if params.init in ("random", "bigram"):
+                    "recipe": None if params.init in ("random", *BIGRAM_INITS) else params.recipe,
+                    "embed_scale": None if params.init in ("random", *BIGRAM_INITS) else params.embed_scale}
+    if params.init in ("random", *BIGRAM_INITS):
         return model, vocab_map, report, kept
     basis = basis_rotation(config.n_embd, params.seed) if params.recipe == "rotated" else None
     with torch.no_grad():
@@ -318,7 +331,7 @@ def seed_model(embeddings, workspace: Workspace | None = None, *, params: SeedPa
         counts = ws.get(embeddings.manifest["inputs"]["counts"], kind="counts")
         # k0's active ids are the counts' first V_eff ids by frequency: a compact vocabulary within them
         # needs nothing else; a larger one, vocab="corpus" and the unigram prior read the count store
-        needs_counts = params.unigram_prior or params.init == "bigram"
+        needs_counts = params.unigram_prior or params.init in BIGRAM_INITS
         fits = isinstance(params.vocab, int) and params.vocab <= len(active) and not needs_counts
         store = CountStore.from_artifact(counts) if (params.vocab or needs_counts) and not fits else None
         rank = active if fits else store.rank if store else None
@@ -327,7 +340,8 @@ def seed_model(embeddings, workspace: Workspace | None = None, *, params: SeedPa
             resolved = replace(params, vocab=min(corpus_vocab(store.unigram), E.shape[0] - 1))
         model, vocab_map, report = build_seeded_model(E, rank, resolved, E.shape[0],
                                                       store.unigram if needs_counts else None,
-                                                      store.matrix(1) if params.init == "bigram" else None)
+                                                      store.matrix(1) if params.init in BIGRAM_INITS else None,
+                                                      store.matrix(2) if params.init == "bigram_prev" else None)
         extra = {"tokenizer": embeddings.manifest.get("tokenizer"), "tokenizer_vocab": int(E.shape[0]),
                  "init": params.init, "operator": attrs.get("operator"), "recipe": report["recipe"],
                  "embed_scale": report["embed_scale"], "counts_val_fraction":

@@ -234,3 +234,33 @@ def test_paper_pipelines_count_training_documents_only(name):
     _, count = prepare(config, RecordingContext())
     assert count["val_fraction"] == pytest.approx(float(config["sft"].get("val_fraction", 0.1)))
     assert 0 < count["val_fraction"] < 1
+
+
+def test_summary_answers_the_converse_step_question_with_censoring(tmp_path):
+    """An arm that starts below random's final ppl has step fraction 0 by construction; the summary also gives
+    how far random must train to reach that arm's step-0 ppl (censored at 1 when it never does)."""
+    from ctstore.experiments.ct_vs_random_summary import summarize
+
+    def run(name, seed, curve):
+        r = FakeRun(tmp_path / name, seed, curve)
+        r.manifest["params"].update(steps=100, eval_every=10, batch_size=4)
+        r.manifest.update(final_val_loss=float(np.log(curve[-1][1])), eval_block=128, train_seconds=2.0,
+                          flops=4e9, device="cpu", mfu=None, mfu_note="no known peak for device 'cpu'")
+        return r
+
+    runs = {"random": [run("r0", 0, [(0, 4000), (50, 150), (100, 100)]),
+                       run("r1", 1, [(0, 4000), (50, 130), (100, 90)])],
+            "starts_low": [run("a0", 0, [(0, 80), (50, 70), (100, 60)]),   # random never reaches 80
+                           run("a1", 1, [(0, 140), (50, 70), (100, 60)])],  # random reaches 140 at step 50
+            "starts_high": [run("b0", 0, [(0, 3000), (50, 200), (100, 95)]),
+                            run("b1", 1, [(0, 3000), (50, 200), (100, 95)])]}
+    s = summarize(runs)
+    low = s["starts_low"]
+    assert [p["step_fraction"] for p in low["per_seed"]] == [0.0, 0.5]  # seed 0 starts below random's final
+    assert [p["random_fraction_to_start"] for p in low["per_seed"]] == [1.0, 0.5]
+    assert low["random_fraction_to_start"]["censored"] == 1 and low["random_fraction_to_start"]["mean"] == 0.75
+    high = s["starts_high"]  # random is below 3000 from step 50: fraction 0.5, nothing censored
+    assert high["random_fraction_to_start"]["mean"] == 0.5 and high["random_fraction_to_start"]["censored"] == 0
+    # throughput from the schedule when the manifest predates the recorded fields: 100 × 4 × 128 tokens / 2 s
+    assert s["random"]["tokens_per_s"] == 100 * 4 * 128 / 2.0 and s["random"]["model_flops_per_s"] == 2e9
+    assert s["random"]["mfu"] is None

@@ -114,6 +114,13 @@ def test_training_loss_decreases_on_sample_corpus(session_ws, sample_tokens, tin
     evals = [x["val_loss"] for x in lines if "val_loss" in x]
     assert evals[-1] < evals[0] - 0.5
     assert run.manifest["steps"] == 60 and run.manifest["final_val_ppl"] < np.exp(evals[0])
+    # issue 18: throughput in the manifest, from the schedule (60 × 8 × 32 tokens) and the recorded seconds
+    m = run.manifest
+    assert m["tokens_per_s"] == pytest.approx(60 * 8 * 32 / m["train_seconds"], rel=1e-2)
+    params = sum(p.numel() for p in load_model(f"{run.path}/model")[0].parameters())
+    assert m["model_flops_per_s"] == pytest.approx((6 * params + 12 * 2 * 64 * 64) * 60 * 8 * 32 / m["train_seconds"],
+                                                   rel=1e-2)
+    assert m["mfu"] is None and "cpu" in m["mfu_note"] and m["peak_flops_per_s"] is None
 
 
 def test_resume_continues_bit_identically(session_ws, sample_tokens, tiny_model, tmp_path):

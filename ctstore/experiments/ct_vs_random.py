@@ -24,6 +24,8 @@ Arms (same architecture, same SFT schedule unless noted, several seeds):
                            bigram's log-conditionals (training documents only): token
                            embedding + untied head from the factors, residual projections
                            zeroed so every block starts as the identity (``seed --init bigram``)
+``bigram_prev``            ``bigram_init`` plus a previous-token head in layer 0 carrying the
+                           lag-2 statistics (``seed --init bigram_prev``, :mod:`ctstore.seed_prev`)
 ``random_untied``          (a) with an untied output head: the control for ``bigram_init``'s
                            extra head parameters
 ``crystallize``            Paper 51's training-free model (:mod:`ctstore.crystallize`),
@@ -92,6 +94,7 @@ ARMS = {
     "svd_frozen_untied": dict(k0="svd", init="spectral", freeze=True, embed_scale="unscaled", tie_head=False),
     "crystallize": dict(k0=None, init="crystallize"),
     "bigram_init": dict(k0=None, init="bigram", tie_head=False),
+    "bigram_prev": dict(k0=None, init="bigram_prev", tie_head=False),
     "random_untied": dict(k0=None, init="random", tie_head=False),
 }
 MAX_EVAL_EVERY = 10  # evaluation interval the step-to-target figure needs
@@ -219,7 +222,10 @@ a seed that never reaches the target is censored at 1 (it needs at least the who
 censored seeds is given; step 0 counts as reached. *stays below from*: the same fraction for the first step from \
 which every later evaluation stays at or below the target (it differs when an arm starts below the target and \
 leaves it during SFT). *wall s*: SFT seconds as measured; on a shared machine they vary with its load, so compare \
-FLOPs, not seconds, across arms."""
+FLOPs, not seconds, across arms. *tokens/s*, *model GFLOP/s*: training tokens and the model's FLOPs estimate (6N plus \
+attention per token) over those seconds, mean over seeds (evaluation excluded); like *wall s* they measure the \
+machine's load as much as the code. *MFU*: model FLOP/s over the device's peak, where the peak is known \
+(`ctstore.sft.throughput`)."""
 
 
 def render_report(results: dict) -> str:
@@ -228,13 +234,13 @@ def render_report(results: dict) -> str:
     extra = {k: results.get("extra", {})[k] for k in setup.get("extra_columns", sorted(results.get("extra", {})))}
     header = ["arm", "seeds", "val ppl before SFT", "final val ppl", "± std", "Δ ppl vs (a) [95% CI]", "gap to (e)",
               "steps to (a)", "step fraction [95% CI] (censored)", "stays below from [95% CI]", "wall s", "FLOPs",
-              *extra]
+              "tokens/s", "model GFLOP/s", "MFU", *extra]
     rows = [[arm, s.get("seeds"), s.get("ppl_before_sft"), s.get("ppl_mean"), s.get("ppl_std"),
              _ci(s.get("paired_ppl_diff_interval")) if arm != "random" else "—", s.get("gap_to_long"),
              s.get("steps_to_random_final"), _fraction(s.get("step_fraction")) if arm != "random" else "—",
              _fraction(s.get("step_fraction_sustained")) if arm != "random" else "—",
              s.get("seconds"), f"{s['flops']:.3g}" if "flops" in s else None,
-             *[extra[k].get(arm) for k in extra]] for arm, s in ((a, summary[a]) for a in setup["arms"])]
+             *_rate_cells(s), *[extra[k].get(arm) for k in extra]] for arm, s in ((a, summary[a]) for a in setup["arms"])]
     how = ("a systematic sample: windows evenly spaced over the whole validation split, all documents in split "
            "order (a document shorter than the spacing may get none)" if setup["eval_sample"] == "systematic"
            else "the whole validation split")
@@ -242,7 +248,7 @@ def render_report(results: dict) -> str:
     parts = ["# CT vs random initialisation", *([f"*{setup['note']}*"] if setup.get("note") else []),
              takeaway(results),
              f"Model `{setup['model']}`, {setup['steps']} SFT steps, seeds {setup['seeds']}. Perplexity is on "
-             f"held-out documents ({sample}).", markdown_table(header, rows), COLUMNS]
+             f"held-out documents ({sample}).", markdown_table(header, rows), COLUMNS + _mfu_line(summary, setup)]
     if base:
         parts += ["## Count-based baselines",
                   "From the same training-only counts as the arms (count artifact "
@@ -278,6 +284,13 @@ def takeaway(results: dict) -> str:
             sustained = s.get("step_fraction_sustained")
             if sustained and sustained.get("mean") != s["step_fraction"].get("mean"):
                 line += f" (stays below it from {_fraction(sustained)})"
+            converse = s.get("random_fraction_to_start")
+            if s["step_fraction"].get("high") == 0.0 and converse:
+                n_cens = converse.get("censored", 0)
+                line += (f"; conversely, random reaches `{best}`'s step-0 ppl in {_fraction(converse)} of its "
+                         "steps" + (f" ({'no' if n_cens == converse['n'] else 'not every'} seed gets there "
+                                    "within the schedule: a censored seed counts as 1, so the fraction is a "
+                                    "lower bound)" if n_cens else ""))
     if base:
         bigram = base["bigram_wb"]["ppl"]
         below = [a for a in results["setup"]["arms"] if summary[a]["ppl_mean"] < bigram]
@@ -285,6 +298,23 @@ def takeaway(results: dict) -> str:
                  + (f"{', '.join(f'`{a}`' for a in below)} end{'s' if len(below) == 1 else ''} below it."
                     if below else "no arm ends below it."))
     return line + "."  if not line.endswith(".") else line
+
+
+def _rate_cells(s: dict) -> list:
+    """tokens/s, model GFLOP/s and MFU of one arm (from the summary, or derived from FLOPs and seconds for a
+    results.json written before they were recorded)."""
+    fps = s.get("model_flops_per_s")
+    if fps is None and s.get("flops") and s.get("seconds"):
+        fps = s["flops"] / s["seconds"]
+    tps = s.get("tokens_per_s")
+    return [f"{tps:.0f}" if tps is not None else "—", f"{fps / 1e9:.3g}" if fps is not None else "—",
+            f"{s['mfu']:.1%}" if s.get("mfu") is not None else "null"]
+
+
+def _mfu_line(summary: dict, setup: dict) -> str:
+    notes = sorted({summary[a].get("mfu_note") or "no known peak (a run recorded before MFU was)"
+                    for a in setup["arms"] if summary[a].get("mfu") is None})
+    return f" MFU null: {'; '.join(notes)}." if notes else ""
 
 
 def _ci(iv: dict | None) -> str:

@@ -75,6 +75,11 @@ def summarize(runs: dict[str, list]) -> dict:
                         steps, ppl, base.manifest["final_val_ppl"], base.manifest["steps"])
                     stay = first_step_staying(steps, ppl, base.manifest["final_val_ppl"])
                     row["step_fraction_sustained"] = 1.0 if stay is None else stay / base.manifest["steps"]
+                    # the converse question, not 0 by construction when the arm starts below random's final:
+                    # how far random must train to reach this arm's step-0 perplexity (censored at 1)
+                    r_steps, r_ppl = eval_curve(base, "val_ppl")
+                    row["random_fraction_to_start"], row["random_fraction_to_start_censored"] = step_fraction(
+                        r_steps, r_ppl, ppl[0], base.manifest["steps"])
             per_seed.append(row)
         ppl = np.array([r.manifest["final_val_ppl"] for r in rs])
         m0 = rs[0].manifest
@@ -91,7 +96,7 @@ def summarize(runs: dict[str, list]) -> dict:
              "model_vocab": m0.get("model_vocab"), "recipe": m0.get("recipe"),
              "embed_scale": m0.get("embed_scale"), "tie_head": m0.get("tie_head"),
              "frozen_embeddings": bool(m0["params"].get("freeze_embeddings")), **_seeding_facts(rs),
-             "per_seed": per_seed}
+             **run_throughput(rs), "per_seed": per_seed}
         if all("ppl_diff_vs_random" in p for p in per_seed):
             s["paired_ppl_diff_vs_random"] = [p["ppl_diff_vs_random"] for p in per_seed]
             s["paired_loss_diff_vs_random"] = [p["loss_diff_vs_random"] for p in per_seed]
@@ -102,6 +107,8 @@ def summarize(runs: dict[str, list]) -> dict:
             s["step_fraction"] = _interval([p["step_fraction"] for p in per_seed])
             s["step_fraction"]["censored"] = sum(p["step_fraction_censored"] for p in per_seed)
             s["step_fraction_sustained"] = _interval([p["step_fraction_sustained"] for p in per_seed])
+            s["random_fraction_to_start"] = _interval([p["random_fraction_to_start"] for p in per_seed])
+            s["random_fraction_to_start"]["censored"] = sum(p["random_fraction_to_start_censored"] for p in per_seed)
         if "paired_ppl_diff_vs_random" in s:
             s["paired_ppl_diff_interval"] = _interval(s["paired_ppl_diff_vs_random"])
         out[arm] = s
@@ -109,6 +116,25 @@ def summarize(runs: dict[str, list]) -> dict:
         for arm in out:
             out[arm]["gap_to_long"] = out[arm]["ppl_mean"] - out["random_long"]["ppl_mean"]
     return out
+
+
+def run_throughput(rs: list) -> dict:
+    """Mean over seeds of each run's ``tokens_per_s``, ``model_flops_per_s`` and ``mfu``
+    (:mod:`ctstore.sft.throughput`); a manifest written before they were recorded gets them from its
+    training seconds, steps, batch size and evaluation block (the training block)."""
+    tps, fps, mfu = [], [], []
+    for r in rs:
+        m = r.manifest
+        secs = m.get("train_seconds") or 0.0
+        tokens = m["steps"] * m["params"].get("batch_size", 0) * (m.get("eval_block") or 0)
+        tps.append(m["tokens_per_s"] if m.get("tokens_per_s") is not None else (tokens / secs if secs else None))
+        fps.append(m["model_flops_per_s"] if m.get("model_flops_per_s") is not None
+                   else (m["flops"] / secs if secs else None))
+        mfu.append(m.get("mfu"))
+    m0 = rs[0].manifest
+    return {"tokens_per_s": _mean(tps), "model_flops_per_s": _mean(fps), "mfu": _mean(mfu),
+            "mfu_note": m0.get("mfu_note") or f"no known peak for device {m0.get('device', 'cpu')!r}",
+            "device": m0.get("device")}
 
 
 def _seeding_facts(rs: list) -> dict:

@@ -31,6 +31,7 @@ from ..model import PhotonicGPT
 from .checkpoint import load_checkpoint, save_checkpoint
 from .data import TokenSplit, batch
 from .eval import evaluate
+from .throughput import throughput
 
 if TYPE_CHECKING:
     from .stage import SftParams
@@ -205,6 +206,9 @@ def train_into(ws, path, model_artifact, tokens, p: SftParams, device, stop_at, 
                                                                  if k not in model.config.to_dict()})
     final = evaluate(model, val, vocab_map, T, p.eval_tokens, p.batch_size, device)
     _finite(final["loss"], "the final validation loss", step, lr_at(max(step - 1, 0), p))
+    rate = throughput(tokens_per_step * step, meta["elapsed"], flops_per_token * tokens_per_step * step, device)
+    log(f"sft: {rate['tokens_per_s'] or 0:.0f} tokens/s, {(rate['model_flops_per_s'] or 0) / 1e9:.2f} model GFLOP/s, "
+        + (f"MFU {rate['mfu']:.1%}" if rate["mfu"] is not None else f"MFU unknown: {rate['mfu_note']}"))
     log(f"sft: step {step}, validation loss {final['loss']:.4f}, perplexity {final['ppl']:.2f}"
         + (f" (stopped: {meta['stopped']})" if meta["stopped"] else ""))
     return {"params": asdict(p),
@@ -217,7 +221,7 @@ def train_into(ws, path, model_artifact, tokens, p: SftParams, device, stop_at, 
             "recipe": raw.get("recipe"), "frozen_embedding_rows": None if not p.freeze_embeddings else
             ("all but <unk>" if frozen_rows is not None else "all"), "train_seconds": round(meta["elapsed"], 3),
             "flops": flops_per_token * tokens_per_step * step, "stopped": meta["stopped"], "device": device,
-            "init": raw.get("init")}
+            "init": raw.get("init"), **rate}
 
 
 def _early_stop(meta: dict, ev: dict, p: SftParams) -> None:
