@@ -24,7 +24,7 @@ from __future__ import annotations
 import numpy as np
 from numba import njit
 
-from .loops import _insertion_sort, _radix_sort
+from .loops import _insertion_sort, _radix_sort, merge_head_row
 
 _JIT = dict(nogil=True, cache=True, boundscheck=False)
 
@@ -174,21 +174,6 @@ def lag_csr_from_parts(table, head_ids, head_code, row_len, t_cols, t_counts, h_
             tail_at += row_len[r]
             continue
         j, hi = h_start[hc], h_start[hc + 1]
-        base = np.int64(hc) * H1
-        c = 0
-        while True:
-            while c < H and table[base + c] == 0:
-                c += 1
-            if j >= hi and c >= H:
-                break
-            if j < hi and (c >= H or sorted_cols[j] < head_ids[c]):
-                indices[at] = sorted_cols[j]
-                counts[at] = sorted_counts[j]
-                j += 1
-            else:
-                indices[at] = head_ids[c]
-                counts[at] = table[base + c]
-                table[base + c] = 0
-                c += 1
-            at += 1
+        at = merge_head_row(table, np.int64(hc) * H1, H, head_ids, sorted_cols, sorted_counts, j, hi, indices, counts,
+                            at)
     return indptr, indices, counts

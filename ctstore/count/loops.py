@@ -116,6 +116,30 @@ def _radix_sort(a, lo, hi, lo_val, hi_val, tmp, count):
 
 
 @njit(**_JIT)
+def merge_head_row(table, base, H, head_ids, cols, vals, j, hi, indices, counts, at):
+    """Write a head row into CSR from ``at``: the non-zero cells of ``table[base:base + H]`` (columns
+    ``head_ids``, ascending) merged with the sorted tail columns ``cols[j:hi]`` (counts ``vals``); the
+    table cells read are zeroed for the next row. Returns the next free CSR slot."""
+    c = 0
+    while True:
+        while c < H and table[base + c] == 0:
+            c += 1
+        if j >= hi and c >= H:
+            break
+        if j < hi and (c >= H or cols[j] < head_ids[c]):
+            indices[at] = cols[j]
+            counts[at] = vals[j]
+            j += 1
+        else:
+            indices[at] = head_ids[c]
+            counts[at] = table[base + c]
+            table[base + c] = 0
+            c += 1
+        at += 1
+    return at
+
+
+@njit(**_JIT)
 def lag_csr(stream, code, tail_pos, head_ids, head_code, lag, table, bucket_start, local, row_start, row_len, acc,
             pairs, cols, sort_tmp, digit_count):
     """CSR ``(indptr int64, indices int32, counts uint32)`` of lag ``lag`` over V = ``head_code.size - 1`` rows.
@@ -246,21 +270,5 @@ def lag_csr(stream, code, tail_pos, head_ids, head_code, lag, table, bucket_star
                 counts[at] = pairs[i]
                 at += 1
             continue
-        base = np.int64(hc) * H1
-        c = 0
-        while True:
-            while c < H and table[base + c] == 0:
-                c += 1
-            if j >= hi and c >= H:
-                break
-            if j < hi and (c >= H or cols[j] < head_ids[c]):
-                indices[at] = cols[j]
-                counts[at] = pairs[j]
-                j += 1
-            else:
-                indices[at] = head_ids[c]
-                counts[at] = table[base + c]
-                table[base + c] = 0
-                c += 1
-            at += 1
+        at = merge_head_row(table, np.int64(hc) * H1, H, head_ids, cols, pairs, j, hi, indices, counts, at)
     return indptr, indices, counts
