@@ -187,6 +187,22 @@ def _set_unigram_prior(model, unigram: np.ndarray, kept: np.ndarray, compact: bo
     return float(1 - resid @ resid / (target @ target)) if target.any() else 1.0
 
 
+@torch.no_grad()
+def start_as_bigram(model, embedding: np.ndarray, head: np.ndarray) -> None:
+    """Load the token embedding and the untied head, reset the final LayerNorm, and zero every residual
+    projection (attention and MLP ``c_proj``), so that each block starts as the identity."""
+    model.transformer.wte.weight.copy_(torch.as_tensor(embedding, dtype=torch.float32))
+    model.output_head.weight.copy_(torch.as_tensor(head, dtype=torch.float32))
+    model.transformer.ln_f.weight.fill_(1.0)
+    if model.transformer.ln_f.bias is not None:
+        model.transformer.ln_f.bias.zero_()
+    for block in model.transformer.h:
+        for proj in (block.attn.c_proj, block.mlp.c_proj):
+            proj.weight.zero_()
+            if proj.bias is not None:
+                proj.bias.zero_()
+
+
 def _set_bigram(model, unigram: np.ndarray, lag1, vocab_map, seed: int) -> dict:
     """``init="bigram"``: token embedding and untied head from a rank-(d−2) factorisation of the
     Witten–Bell log-conditionals (:mod:`ctstore.analysis.baselines`), every residual projection
@@ -207,17 +223,7 @@ def _set_bigram(model, unigram: np.ndarray, lag1, vocab_map, seed: int) -> dict:
     total, _types, _p = witten_bell(c)
     A, B, info = bigram_factors(log_conditionals(c), total + 1.0, d - 2, BIGRAM_FIT_STEPS, seed)
     X, W = layernorm_preimage(A, B, d, rms=BIGRAM_EMBED_RMS, eps=model.transformer.ln_f.eps)
-    with torch.no_grad():
-        model.transformer.wte.weight.copy_(torch.as_tensor(X, dtype=torch.float32))
-        model.output_head.weight.copy_(torch.as_tensor(W, dtype=torch.float32))
-        model.transformer.ln_f.weight.fill_(1.0)
-        if model.transformer.ln_f.bias is not None:
-            model.transformer.ln_f.bias.zero_()
-        for block in model.transformer.h:
-            for proj in (block.attn.c_proj, block.mlp.c_proj):
-                proj.weight.zero_()
-                if proj.bias is not None:
-                    proj.bias.zero_()
+    start_as_bigram(model, X, W)
     log(f"seed: bigram factors rank {d - 2}: weighted cross-entropy {info['fit_ce']:.4f} nats "
         f"(SVD start {info['svd_ce']:.4f}, Witten-Bell target {info['target_entropy']:.4f})")
     return {"bigram_fit": {k: float(v) for k, v in info.items()}, "bigram_rank": d - 2}

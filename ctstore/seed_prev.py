@@ -38,7 +38,8 @@ def set_bigram_prev(model, unigram: np.ndarray, lag1, lag2, vocab_map, seed: int
     ``weight`` is β (default ``seed.LAG2_WEIGHT``).
     """
     from .analysis.baselines import compact_counts, log_conditionals, unigram_probs, witten_bell
-    from .seed import BIGRAM_FIT_STEPS, LAG2_RANK_FRACTION, LAG2_RMS, LAG2_WEIGHT, PREV_TOKEN_MASS
+    from .seed import (BIGRAM_FIT_STEPS, LAG2_RANK_FRACTION, LAG2_RMS, LAG2_WEIGHT, PREV_TOKEN_MASS,
+                       start_as_bigram)
 
     beta = LAG2_WEIGHT if weight is None else float(weight)
     cfg = model.config
@@ -73,17 +74,8 @@ def set_bigram_prev(model, unigram: np.ndarray, lag1, lag2, vocab_map, seed: int
     head = np.concatenate([head, np.zeros((head.shape[0], d - d1))], axis=1) + (beta / alpha) * ln_scale * D @ Q.T
     q0, k0, lam = previous_token_biases(hd, cfg.block_size, cfg.rope_base, PREV_TOKEN_MASS)
     f32 = dict(dtype=torch.float32)
+    start_as_bigram(model, X, head)
     with torch.no_grad():
-        model.transformer.wte.weight.copy_(torch.as_tensor(X, **f32))
-        model.output_head.weight.copy_(torch.as_tensor(head, **f32))
-        model.transformer.ln_f.weight.fill_(1.0)
-        if model.transformer.ln_f.bias is not None:
-            model.transformer.ln_f.bias.zero_()
-        for block in model.transformer.h:
-            for proj in (block.attn.c_proj, block.mlp.c_proj):
-                proj.weight.zero_()
-                if proj.bias is not None:
-                    proj.bias.zero_()
         attn = block0.attn.c_attn
         if attn.bias is None:
             raise CtstoreError("init bigram_prev needs a config with biases (the previous-token head's query/key)")
