@@ -15,7 +15,7 @@ The rules:
 * every input (``inputs`` values, possibly lists) is a full fingerprint,
   ``[0-9a-f]{20}`` -- a unique prefix is accepted only on the command line;
 * fields ctstore reads have the types it reads them as (``files`` values
-  ``"<hex digest>:<size>"``, ``created`` a finite number, counts non-negative
+  ``"<hex digest>:<size>"``, ``created`` a finite number of seconds from 1970 to 9999, counts non-negative
   integers, losses numbers or null).
 
 Fields not listed here are not checked (a newer ctstore may add some). Opening
@@ -33,6 +33,8 @@ __all__ = ["FINGERPRINT", "is_fingerprint", "problem", "relative_name_problem"]
 FINGERPRINT = re.compile(r"[0-9a-f]{20}")
 _FILE_HASH = re.compile(r"[0-9a-f]{1,128}:[0-9]{1,20}")
 
+
+LATEST_TIMESTAMP = 253_402_300_800  # 10000-01-01T00:00:00Z: time.localtime and strftime handle every earlier second
 
 def is_fingerprint(value: object) -> bool:
     return isinstance(value, str) and FINGERPRINT.fullmatch(value) is not None
@@ -123,6 +125,8 @@ def problem(manifest: dict, kind: str) -> str | None:
         created = manifest["created"]
         if not _is_number(created) or not math.isfinite(created):
             return f"created is {_type(created)}, not a timestamp"
+        if not 0 <= created < LATEST_TIMESTAMP:
+            return f"created is {created!r}, not a timestamp between 1970 and 9999"
     for key in ("params",):
         if key in manifest and not isinstance(manifest[key], dict):
             return f"{key} is {_type(manifest[key])}, not an object"

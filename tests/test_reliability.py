@@ -1152,6 +1152,7 @@ def test_ctrl_c_to_the_process_group_prints_no_worker_tracebacks(tmp_path):
     ("files", {"part-00000.parquet": "not-a-hash"}, "is not \"hash:size\""),
     ("files", ["part-00000.parquet"], "files is a list"),
     ("created", "yesterday", "created is the string 'yesterday', not a timestamp"),
+    ("created", 67_768_036_191_676_800, "not a timestamp between 1970 and 9999"),  # ls overflowed on it
     ("final_val_ppl", "abc", "final_val_ppl is the string 'abc', not a number"),
     ("shards", "x", "shards is the string 'x', not a list"),
     ("shards", [{"name": "a/b.parquet"}], "shards[0].name contains a path separator"),
