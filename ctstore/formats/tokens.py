@@ -273,15 +273,26 @@ def read_shard(shard: Location, row_groups: list[int] | None = None) -> tuple[np
     column = _read_column(shard, "tokens", row_groups).combine_chunks()
     if not pa.types.is_large_list(column.type) or column.type.value_type != pa.uint32():
         raise CtstoreError(f"{shard}: column 'tokens' has type {column.type}, expected large_list<uint32>")
-    offsets = column.offsets.to_numpy().astype(np.int64, copy=False)
-    values = column.values.to_numpy(zero_copy_only=False)
-    values = values[offsets[0]:offsets[-1]]
+    if column.null_count or column.values.null_count:
+        raise CtstoreError(f"{shard}: column 'tokens' holds nulls")
+    offsets = _numpy_view(column.offsets, np.int64)
+    values = _numpy_view(column.values, np.uint32)[offsets[0]:offsets[-1]]
     return values, offsets - offsets[0]
+
+
+def _numpy_view(array: pa.Array, dtype) -> np.ndarray:
+    """A read-only numpy view of a null-free primitive Arrow array. ``Array.to_numpy`` imports pandas
+    (0.18 s of a count's start-up, on the reading thread); the data buffer is all it needs."""
+    itemsize = np.dtype(dtype).itemsize
+    return np.frombuffer(array.buffers()[1], dtype, count=len(array), offset=array.offset * itemsize)
 
 
 def read_doc_ids(shard: Location, row_groups: list[int] | None = None) -> np.ndarray:
     """The ``doc_id`` of each document in ``row_groups`` (None: all) of one shard."""
-    return _read_column(shard, "doc_id", row_groups).to_numpy()
+    column = _read_column(shard, "doc_id", row_groups).combine_chunks()
+    if column.type != pa.uint64() or column.null_count:
+        raise CtstoreError(f"{shard}: column 'doc_id' has type {column.type} or nulls, expected uint64")
+    return _numpy_view(column, np.uint64)
 
 
 def read_unigram(artifact) -> np.ndarray:
