@@ -1,6 +1,6 @@
 """The ``embeddings`` artifact: ``embeddings.zarr``, written by stage ``k0``, read by ``seed`` and the analyses.
 
-Arrays (Zarr v3, Blosc-zstd + crc32c like the counts):
+Arrays (Zarr v3, Blosc-LZ4 + crc32c like the counts):
 
 * ``E (V, d) float32``: row = token id; inactive tokens hold small seeded random rows;
 * ``spectrum (d,) float32``: singular values, descending;
@@ -19,7 +19,7 @@ import numpy as np
 from ..errors import CtstoreError
 from ..location import Location
 from . import require
-from .counts import COMPRESSORS
+from .counts import compressors
 
 __all__ = ["FORMAT_VERSION", "write_embeddings", "load_embeddings"]
 
@@ -31,11 +31,11 @@ def write_embeddings(location: Location, E: np.ndarray, spectrum: np.ndarray, ac
                      attrs: dict, first_row: np.ndarray | None = None) -> None:
     """Write ``embeddings.zarr`` at ``location`` (replacing what is there); ``format_version`` is added."""
     group = location.open_group("w")
-    group.create_array("E", data=E, chunks=(min(E.shape[0], 16384), E.shape[1]), compressors=COMPRESSORS)
-    group.create_array("spectrum", data=spectrum, compressors=COMPRESSORS)
-    group.create_array("active", data=active.astype(np.uint32), compressors=COMPRESSORS)
+    group.create_array("E", data=E, chunks=(min(E.shape[0], 16384), E.shape[1]), compressors=compressors())
+    group.create_array("spectrum", data=spectrum, compressors=compressors())
+    group.create_array("active", data=active.astype(np.uint32), compressors=compressors())
     if first_row is not None:
-        group.create_array("first_row", data=first_row.astype(np.float64), compressors=COMPRESSORS)
+        group.create_array("first_row", data=first_row.astype(np.float64), compressors=compressors())
     group.attrs.update({**attrs, "format_version": FORMAT_VERSION})
 
 
