@@ -43,9 +43,13 @@ def ws(tmp_path):
     return Workspace(str(tmp_path / "ws"))
 
 
-def write_tokens(ws, docs: list[list[int]], n_vocab: int, row_group_tokens: int = 64, shard_tokens: int = 256):
-    """Publish a tokens artifact holding exactly ``docs`` (for counting tests)."""
-    from ctstore.formats.tokens import ShardWriter
+def write_tokens(ws, docs: list[list[int]], n_vocab: int, row_group_tokens: int = 64, shard_tokens: int = 256,
+                 unigram: bool = True):
+    """Publish a tokens artifact holding exactly ``docs`` (for counting tests), with its ``unigram.npy`` as
+    ``ctstore tokenize`` writes it unless ``unigram`` is False (then counting reads the corpus before laying
+    it out)."""
+    from ctstore.formats.npy import save_npy
+    from ctstore.formats.tokens import UNIGRAM, ShardWriter
     from ctstore.stage import fingerprint
 
     fp = fingerprint("tokens", 1, {"test_docs": [list(map(int, d)) for d in docs], "V": n_vocab}, {})
@@ -55,6 +59,9 @@ def write_tokens(ws, docs: list[list[int]], n_vocab: int, row_group_tokens: int 
     for d in docs:
         writer.add(np.asarray(d, dtype=np.uint32), np.array([len(d)], dtype=np.int64))
     shards = writer.close()
+    if unigram:
+        ids = np.concatenate([np.asarray(d, np.int64) for d in docs] + [np.zeros(0, np.int64)])
+        save_npy(ws.artifact_location("tokens", fp).child(UNIGRAM), np.bincount(ids, minlength=n_vocab).astype(np.uint64))
     return ws.publish("tokens", fp, {"format_version": 1, "params": {}, "inputs": {}, "n_vocab": n_vocab,
                                      "tokenizer": "test", "docs": len(docs),
                                      "tokens": sum(map(len, docs)), "shards": shards})

@@ -322,3 +322,148 @@ def test_radix_sort_of_a_row_equals_numpy_sort(span):
     np.testing.assert_array_equal(got[100:2900], np.sort(a[100:2900]))
     np.testing.assert_array_equal(got[:100], a[:100])
     np.testing.assert_array_equal(got[2900:], a[2900:])
+
+
+def test_write_elements_writes_the_chunk_files_zarr_writes(tmp_path):
+    """Chunks encoded here (``encode_chunk``) against Zarr's own ``arr[:] = values`` of the same values: the
+    same files, byte for byte (a partial last chunk padded, an all-zero chunk left unwritten), also when the
+    values arrive in two writes as map/reduce assembles them; read back by Zarr equal to the values."""
+    import zarr
+
+    from ctstore.formats.counts import ZARR_CHUNK, compressors, write_elements
+    from ctstore.location import Location
+
+    rng = np.random.default_rng(3)
+    n = 3 * ZARR_CHUNK + 12_345
+    values = rng.zipf(1.3, n).clip(max=2**32 - 1).astype(np.uint32)
+    values[ZARR_CHUNK:2 * ZARR_CHUNK] = 0
+    files = {}
+    for name in ("zarr", "whole", "split"):
+        arr = zarr.create_array(str(tmp_path / name), shape=(n,), dtype=np.uint32, chunks=(ZARR_CHUNK,),
+                                compressors=compressors())
+        loc = Location.of(str(tmp_path / name))
+        if name == "zarr":
+            arr[:] = values
+        elif name == "whole":
+            write_elements(loc, 0, values)
+        else:
+            write_elements(loc, 2 * ZARR_CHUNK, values[2 * ZARR_CHUNK:])
+            write_elements(loc, 0, values[:2 * ZARR_CHUNK])
+        files[name] = {p.relative_to(tmp_path / name).as_posix(): p.read_bytes()
+                       for p in (tmp_path / name).rglob("*") if p.is_file()}
+    assert sorted(files["zarr"]) == ["c/0", "c/2", "c/3", "zarr.json"]
+    assert files["whole"] == files["zarr"] and files["split"] == files["zarr"]
+    np.testing.assert_array_equal(zarr.open_array(str(tmp_path / "whole"), mode="r")[:], values)
+    with pytest.raises(ValueError, match="chunk boundary"):
+        write_elements(loc, 5, values[:10])
+    with pytest.raises(ValueError, match="uint32"):
+        write_elements(loc, 0, values[:10].astype(np.int64))
+
+
+def _many_piece_docs(V: int, seed: int) -> list:
+    rng = np.random.default_rng(seed)
+    docs = [rng.zipf(1.3, int(rng.integers(0, 120))).clip(max=V - 1) for _ in range(400)]
+    return docs + [np.array([], int), np.array([V - 1]), np.array([0])]
+
+
+def test_streamed_layout_equals_reading_the_corpus_first(ws, tmp_path, monkeypatch):
+    """A tokens artifact with its unigram is laid out piece by piece as it is read (two threads, claims in
+    order); one without is read whole first. Several shards of many pieces (4 row groups each): the stores
+    are identical file for file and equal the naive counter."""
+    from ctstore.count import onepass
+    from ctstore.workspace import Workspace
+
+    V = 1500
+    docs = _many_piece_docs(V, 11)
+    used = []
+    real = onepass._read_laid_out
+    monkeypatch.setattr(onepass, "_read_laid_out", lambda *a: used.append(real(*a)) or used[-1])
+    stores = []
+    for unigram, w in ((True, ws), (False, Workspace(str(tmp_path / "ws2")))):
+        tokens = write_tokens(w, docs, n_vocab=V, row_group_tokens=200, shard_tokens=5000, unigram=unigram)
+        assert sum(len(s["row_groups"]) for s in tokens.manifest["shards"]) > 4 * len(tokens.manifest["shards"])
+        stores.append(count_cooccurrences(tokens, w, params=CountParams(lags=5)))
+    assert used[0] is not None and used[1] is None, "the first count laid out as it read, the second read first"
+    for lag in range(1, 6):
+        assert store_as_dict(CountStore.from_artifact(stores[0]), lag) == naive_counts(docs, lag)
+    a, b = (Path(s.path) / "counts.zarr" for s in stores)
+    listing = sorted(p.relative_to(a).as_posix() for p in a.rglob("*") if p.is_file())
+    assert listing == sorted(p.relative_to(b).as_posix() for p in b.rglob("*") if p.is_file())
+    for name in listing:
+        assert (a / name).read_bytes() == (b / name).read_bytes(), name
+
+
+@pytest.mark.parametrize("damage", ["unigram", "docs"])
+def test_tokens_whose_unigram_or_document_counts_lie_fail_in_one_line(ws, damage):
+    """The layout trusts the stored unigram and document counts to size its arrays: a unigram with one count
+    moved to another id (same total) or a shard claiming fewer documents is a one-line error naming the
+    tokens, with no count store published; the compiled loops write nothing out of bounds."""
+    import json
+
+    from ctstore.errors import CtstoreError
+    from ctstore.formats.npy import load_npy, save_npy
+    from ctstore.formats.tokens import UNIGRAM
+
+    V = 1500
+    docs = _many_piece_docs(V, 12)
+    tokens = write_tokens(ws, docs, n_vocab=V, row_group_tokens=200, shard_tokens=5000)
+    loc = Path(tokens.path)
+    if damage == "unigram":
+        unigram = load_npy(tokens.location.child(UNIGRAM))
+        rare, absent = int(np.flatnonzero(unigram == 1)[0]), int(np.flatnonzero(unigram == 0)[0])
+        unigram[rare] -= 1
+        unigram[absent] += 1
+        save_npy(tokens.location.child(UNIGRAM), unigram)
+    else:
+        manifest = json.loads((loc / "manifest.json").read_text())
+        manifest["shards"][0]["docs"] -= 1
+        (loc / "manifest.json").write_text(json.dumps(manifest))
+        tokens = ws.find("tokens", tokens.fingerprint)
+    with pytest.raises(CtstoreError) as err:
+        count_cooccurrences(tokens, ws, params=CountParams(lags=3))
+    message = str(err.value)
+    assert "\n" not in message and tokens.location.url in message and "damaged" in message
+    assert ws.list("counts") == []
+
+
+def test_count_command_imports_no_pandas_torch_dask_or_scipy_sparse(tmp_path):
+    """Structural, not timed: a whole one-pass ``ctstore count`` process imports none of pandas (Arrow's
+    ``to_numpy`` pulled it in: 0.18 s), torch, dask or scipy.sparse."""
+    import subprocess
+    import sys
+
+    from ctstore.workspace import Workspace
+
+    tokens = write_tokens(Workspace(str(tmp_path / "ws")), _many_piece_docs(1500, 13), n_vocab=1500)
+    code = ("import sys\nfrom ctstore.cli import main\n"
+            f"main(['count', {tokens.fingerprint!r}, '--memory', '1GB', '-q', '-w', {str(tmp_path / 'ws')!r}])\n"
+            "print(sorted(m for m in sys.modules if m.split('.')[0] in ('pandas', 'torch', 'dask', 'distributed')"
+            " or m.startswith('scipy.sparse')))")
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert proc.stdout.strip().splitlines()[-1] == "[]"
+
+
+def test_chunk_pairs_filled_in_pieces_equal_one_layout_and_check_the_unigram():
+    """``ChunkPairs.empty`` + ``append`` piece by piece lays out the same arrays as one call on the whole
+    corpus; a piece beyond the unigram's room, or pieces that stop short of it, are errors."""
+    from ctstore.count import ChunkPairs
+    from ctstore.errors import CtstoreError
+
+    V = 1500
+    docs = _many_piece_docs(V, 14)
+    values = np.concatenate(docs).astype(np.uint32)
+    offsets = np.concatenate([[0], np.cumsum([d.size for d in docs])]).astype(np.int64)
+    whole = ChunkPairs(values, offsets, V, 4, head=100)
+    unigram = np.bincount(values, minlength=V).astype(np.uint64)
+    parts = ChunkPairs.empty(V, 4, unigram, len(docs), head=100)
+    for a, b in ((0, 150), (150, 151), (151, len(docs))):
+        parts.append(values[offsets[a]:offsets[b]], offsets[a:b + 1] - offsets[a])
+    parts.finish()
+    for name in ("head_ids", "stream", "code", "tail_pos", "tail_start"):
+        np.testing.assert_array_equal(getattr(parts, name), getattr(whole, name), err_msg=name)
+    short = ChunkPairs.empty(V, 4, unigram, len(docs), head=100)
+    short.append(values[:offsets[150]], offsets[:151])
+    with pytest.raises(CtstoreError, match="unigram"):
+        short.finish()
+    with pytest.raises(CtstoreError, match="unigram"):
+        short.append(values, offsets)  # more than the room left

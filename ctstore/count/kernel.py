@@ -114,23 +114,34 @@ class ChunkPairs:
 
     def __init__(self, values: np.ndarray, offsets: np.ndarray, n_vocab: int, lags: int,
                  head: int | None = None, max_head: int = HEAD_CHOICES[-1], unigram: np.ndarray | None = None):
-        loops = _loops()
+        if unigram is None:
+            _check_piece(values, offsets, n_vocab)
+            unigram = _loops().unigram_counts(values, n_vocab)
+        self._allocate(n_vocab, lags, unigram, int(offsets.size) - 1, head, max_head)
+        self.append(values, offsets)
+        self.finish()
+
+    @classmethod
+    def empty(cls, n_vocab: int, lags: int, unigram: np.ndarray, docs: int, head: int | None = None,
+              max_head: int = HEAD_CHOICES[-1]) -> "ChunkPairs":
+        """The arrays of a chunk of ``docs`` documents whose token counts are ``unigram``, to be filled in
+        order by :meth:`append` (e.g. as pieces of the corpus are read) and checked by :meth:`finish`."""
+        pairs = cls.__new__(cls)
+        pairs._allocate(n_vocab, lags, unigram, docs, head, max_head)
+        return pairs
+
+    def _allocate(self, n_vocab: int, lags: int, unigram: np.ndarray, docs: int, head: int | None,
+                  max_head: int) -> None:
         V = n_vocab
-        n = int(values.size)
-        docs = int(offsets.size) - 1
+        if unigram.shape != (V,):
+            raise CtstoreError(f"the unigram given for a count chunk has shape {unigram.shape}, not ({V},)")
+        n = int(unigram.sum())
         m = n + lags * docs
         if m >= 2**31 - 1:
             raise CtstoreError(f"a count chunk of {n} tokens in {docs} documents exceeds 2^31 slots")
+        if docs < 0 or (n and not docs):
+            raise CtstoreError(f"count chunk: {n} tokens in {docs} documents")
         self.n_vocab, self.lags, self.size = V, lags, m
-        # the compiled loops do not check bounds: ids and offsets are checked here, once
-        if docs < 0 or (docs and (int(offsets[0]) != 0 or int(offsets[-1]) != n)) or (n and not docs):
-            raise CtstoreError(f"count chunk: offsets do not cover its {n} tokens")
-        if n and int(values.max()) >= V:
-            raise CtstoreError(f"count chunk: token id {int(values.max())} >= vocabulary {V}")
-        if unigram is None:
-            unigram = loops.unigram_counts(values, V)
-        if unigram.size != V or int(unigram.sum()) != n:
-            raise CtstoreError(f"the unigram given for a count chunk does not count its {n} tokens")
         self.head = H = min(V, choose_head(unigram, n * lags, max_head, lags) if head is None else max(0, int(head)))
         # head ids in ascending id order: a head row of the table lists its columns in id order
         head_ids = np.sort(np.argpartition(unigram, V - H)[V - H:]) if 0 < H < V else np.arange(H)
@@ -149,11 +160,49 @@ class ChunkPairs:
         self.stream = np.empty(m, np.int32)
         self.code = np.empty(m, code_dtype)
         self.tail_pos = np.empty(n_tail, np.int32)
-        loops.separated_stream(values, np.asarray(offsets, np.int64), lags, self.head_code, self.stream,
-                               self.code, self.tail_pos, self.tail_start[:-1].copy())
         # each pair with a tail token is found once from it: at most two per tail token
         self.tail_pairs = min(m, 2 * n_tail)
         self.tail_by_id = True
+        # filling state (claim / fill / finish)
+        self._unigram, self._seen = unigram, np.zeros(V, np.uint64)
+        self._cursor, self._at = self.tail_start[:-1].copy(), 0
+        self._is_tail = self.head_code[:V] == H
+
+    def append(self, values: np.ndarray, offsets: np.ndarray) -> None:
+        """Lay out the next documents (``values`` uint32 ids, ``offsets`` int64 boundaries from 0)."""
+        _check_piece(values, offsets, self.n_vocab)
+        start, cursor = self.claim(_loops().unigram_counts(values, self.n_vocab), int(offsets.size) - 1)
+        self.fill(values, offsets, start, cursor)
+
+    def claim(self, unigram: np.ndarray, docs: int) -> tuple[int, np.ndarray]:
+        """The slots of the next piece of documents, of token counts ``unigram``: ``(start, cursor)`` for
+        :meth:`fill`. Claims are made in the pieces' order (one at a time); fills may then run concurrently."""
+        n = int(unigram.sum())
+        end = self._at + n + self.lags * docs
+        if end > self.size:
+            raise CtstoreError(f"count chunk: more tokens or documents than its unigram and document count make "
+                               f"room for ({self.size} slots)")
+        start, cursor = self._at, self._cursor.copy()
+        self._cursor += unigram.astype(np.int64, copy=False)
+        self._seen += unigram
+        if bool((self._cursor[self._is_tail] > self.tail_start[1:][self._is_tail]).any()):
+            raise CtstoreError("count chunk: its tokens do not match the unigram given for it")
+        self._at = end
+        return start, cursor
+
+    def fill(self, values: np.ndarray, offsets: np.ndarray, start: int, cursor: np.ndarray) -> None:
+        """Lay out the piece claimed as ``(start, cursor)`` (checked by :func:`_check_piece`)."""
+        end = start + int(values.size) + self.lags * (int(offsets.size) - 1)
+        at = _loops().separated_stream(values, np.asarray(offsets, np.int64), self.lags, self.head_code,
+                                       self.stream, self.code, self.tail_pos, cursor, self.tail_start[1:], start)
+        if at != end:
+            raise CtstoreError("count chunk: its tokens do not match the unigram given for it")
+
+    def finish(self) -> None:
+        """Check that the documents claimed fill the chunk and match its unigram exactly."""
+        if self._at != self.size or not np.array_equal(self._seen, self._unigram):
+            raise CtstoreError("count chunk: its tokens do not match the unigram given for it")
+        del self._unigram, self._seen, self._cursor, self._is_tail
 
     def tail_in_stream_order(self) -> None:
         """Put the tail positions back in stream order, for :meth:`lag`: grouped by id (what the all-lags
@@ -198,6 +247,16 @@ class ChunkPairs:
             if gate is not None:
                 gate.release(need)
             raise
+
+
+def _check_piece(values: np.ndarray, offsets: np.ndarray, n_vocab: int) -> None:
+    """Ids below ``n_vocab`` and offsets that cover ``values`` in order: the compiled loops check no bounds."""
+    n, docs = int(values.size), int(offsets.size) - 1
+    if docs < 0 or (docs and (int(offsets[0]) != 0 or int(offsets[-1]) != n)) or (n and not docs) \
+            or (docs and bool((np.diff(offsets) < 0).any())):
+        raise CtstoreError(f"count chunk: offsets do not cover its {n} tokens")
+    if n and int(values.max()) >= n_vocab:
+        raise CtstoreError(f"count chunk: token id {int(values.max())} >= vocabulary {n_vocab}")
 
 
 # ---------------------------------------------------------------------------------------

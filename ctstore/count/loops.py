@@ -30,17 +30,21 @@ def unigram_counts(values, n_vocab):
 
 
 @njit(**_JIT)
-def separated_stream(values, offsets, lags, head_code, stream, code, tail_pos, cursor):
-    """Lay documents out with ``lags`` separator slots (id V) after each, in one pass.
+def separated_stream(values, offsets, lags, head_code, stream, code, tail_pos, cursor, tail_end, start):
+    """Lay documents out from slot ``start`` with ``lags`` separator slots (id V) after each, in one pass.
 
     Fills ``stream`` (ids), ``code`` (``head_code[id]``: rank in the head, or H for a
     tail id and for the separator) and ``tail_pos`` (positions of tail tokens grouped
-    by id, ascending within an id: ``cursor[id]`` is where the id's positions start,
-    the exclusive prefix sum of the tail ids' counts; it ends where they stop).
+    by id, ascending within an id: ``cursor[id]`` is where the id's next position
+    goes; the id's positions end before ``tail_end[id]``). Pieces of a corpus may be
+    laid out concurrently, each from its own ``start`` and ``cursor``. Returns the
+    slot after the last one written, or -1 when an id has more tail positions than
+    ``tail_end`` leaves room for (nothing is written outside the arrays; the caller
+    checks ``stream``'s room for the piece before the call).
     """
     sep = head_code.size - 1
     H = head_code[sep]
-    at = 0
+    at = start
     for d in range(offsets.size - 1):
         for i in range(offsets[d], offsets[d + 1]):
             t = values[i]
@@ -48,13 +52,17 @@ def separated_stream(values, offsets, lags, head_code, stream, code, tail_pos, c
             stream[at] = t
             code[at] = c
             if c == H:
-                tail_pos[cursor[t]] = at
-                cursor[t] += 1
+                p = cursor[t]
+                if p >= tail_end[t]:
+                    return -1
+                tail_pos[p] = at
+                cursor[t] = p + 1
             at += 1
         for _ in range(lags):
             stream[at] = sep
             code[at] = H
             at += 1
+    return at
 
 
 @njit(**_JIT)

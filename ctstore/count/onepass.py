@@ -62,12 +62,18 @@ def _count_one_pass(store: Location, tokens, shards: TokenShards, params, memory
     timings: dict = {}
     nnz_by_lag, stats = {}, {}
     start = time.perf_counter()
+    warm = warm_up(V, L, head)
     with stopwatch(timings, "read_s"):
-        values, offsets = _read_all(shards, params.val_fraction)
-        n_tokens = int(values.size)  # training documents only when params.val_fraction is set
-        unigram = _loops().unigram_counts(values, V)
-        pairs = ChunkPairs(values, offsets, V, L, head=head, unigram=unigram)
-        del values, offsets
+        laid_out = None if params.val_fraction is not None else _read_laid_out(tokens, shards, L, head)
+        if laid_out is None:
+            values, offsets = _read_all(shards, params.val_fraction)
+            unigram = _loops().unigram_counts(values, V)
+            pairs = ChunkPairs(values, offsets, V, L, head=head, unigram=unigram)
+            del values, offsets
+        else:
+            pairs, unigram = laid_out
+        n_tokens = int(unigram.sum())  # training documents only when params.val_fraction is set
+    warm.join()
     shared = pairs.nbytes() + 3 * V * 8
     per_lag, per_thread = pairs.entry_bytes_bound(), pairs.work_bytes()
     if shared + per_thread + per_lag > room:
@@ -93,7 +99,8 @@ def _count_one_pass(store: Location, tokens, shards: TokenShards, params, memory
         for lag, (indptr, indices, counts) in results:
             nnz_by_lag[lag] = int(indptr[-1])
             try:
-                writer.write_lag(lag, indptr, indices, counts)
+                with stopwatch(timings, "write_s"):
+                    writer.write_lag(lag, indptr, indices, counts)
             except OSError as exc:
                 raise _write_error(store.url, "count store", exc) from None
             del indptr, indices, counts
@@ -146,34 +153,43 @@ def _one_pass_bytes_from_unigram(tokens, shards: TokenShards, lags: int, head: i
     return max(n * FUSED_BYTES_PER_TOKEN, shared + HeadWork.nbytes(H, shards.n_vocab, tail_pairs) + per_lag)
 
 
-def _read_all(shards: TokenShards, val_fraction: float | None = None) -> tuple[np.ndarray, np.ndarray]:
-    """Every document of every shard: (values uint32, offsets int64), read a few row groups at a time.
+def _piece_jobs(shards: TokenShards, groups_per_piece: int = 4) -> list[tuple[int, list[int]]]:
+    """``(shard index, row groups)`` of every piece of the corpus, in order."""
+    return [(s, groups[g:g + groups_per_piece]) for s, shard in enumerate(shards.shards)
+            for groups in [list(range(len(shard["row_groups"])))] for g in range(0, len(groups), groups_per_piece)]
 
-    Pieces are decoded on two threads (Parquet decoding releases the GIL), at most three
-    in flight, and copied into one array in order. With ``val_fraction``, the
-    validation documents of ``ctstore.split`` are left out.
-    """
-    values = np.empty(shards.n_tokens, np.uint32)
-    lengths, at = [], 0
-    jobs = [(s, groups[g:g + 4]) for s, shard in enumerate(shards.shards)
-            for groups in [list(range(len(shard["row_groups"])))] for g in range(0, len(groups), 4)]
+
+def _read_pieces(shards: TokenShards, val_fraction: float | None = None, ahead: int = 3):
+    """Yield ``(shard index, values uint32, offsets int64)`` for every document, a few row groups at a time,
+    in order. Pieces are decoded on two threads (Parquet decoding releases the GIL), ``ahead`` in flight.
+    With ``val_fraction``, the validation documents of ``ctstore.split`` are left out."""
+    jobs = _piece_jobs(shards)
 
     def read(job):
         s, groups = job
-        return s, read_chunk(shards.shard(s), groups, shards.n_vocab, val_fraction)
+        return s, *read_chunk(shards.shard(s), groups, shards.n_vocab, val_fraction)
 
     with ThreadPoolExecutor(max_workers=2, thread_name_prefix="ctstore-read") as pool:
-        pending = [pool.submit(read, job) for job in jobs[:3]]
+        pending = [pool.submit(read, job) for job in jobs[:ahead]]
         for i in range(len(jobs)):
-            s, (v, o) = pending.pop(0).result()
-            if i + 3 < len(jobs):
-                pending.append(pool.submit(read, jobs[i + 3]))
-            if at + v.size > values.size:
-                raise CtstoreError(f"{shards.shard(s)}: holds more tokens than its manifest says")
-            values[at:at + v.size] = v
-            at += v.size
-            lengths.append(np.diff(o))
-            del v, o
+            piece = pending.pop(0).result()
+            if i + ahead < len(jobs):
+                pending.append(pool.submit(read, jobs[i + ahead]))
+            yield piece
+            del piece
+
+
+def _read_all(shards: TokenShards, val_fraction: float | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """Every document of every shard (:func:`_read_pieces`) in one array: ``(values uint32, offsets int64)``."""
+    values = np.empty(shards.n_tokens, np.uint32)
+    lengths, at = [], 0
+    for s, v, o in _read_pieces(shards, val_fraction):
+        if at + v.size > values.size:
+            raise CtstoreError(f"{shards.shard(s)}: holds more tokens than its manifest says")
+        values[at:at + v.size] = v
+        at += v.size
+        lengths.append(np.diff(o))
+        del v, o
     if val_fraction is not None:
         values = values[:at].copy()
     elif at != values.size:
@@ -182,3 +198,88 @@ def _read_all(shards: TokenShards, val_fraction: float | None = None) -> tuple[n
     if lengths:
         np.cumsum(np.concatenate(lengths), out=offsets[1:])
     return values, offsets
+
+
+def _read_laid_out(tokens, shards: TokenShards, lags: int, head: int | None) -> tuple[ChunkPairs, np.ndarray] | None:
+    """The whole corpus laid out for counting as it is read: ``(pairs, unigram)``, or None to read it first.
+
+    The tokens' stored unigram and per-shard document counts size the arrays before
+    reading. Two threads each take a piece (a few row groups): decode it, count its
+    ids, claim its slots in the pieces' order (:meth:`ChunkPairs.claim`) and lay it
+    out (:meth:`ChunkPairs.fill`) while the other thread works on the next piece; no
+    copy of the whole corpus is held. The pieces must match the stored unigram
+    exactly (:meth:`ChunkPairs.finish`), else the tokens artifact is damaged: a
+    one-line error.
+    """
+    docs = [shard.get("docs") for shard in shards.shards]
+    if any(not isinstance(d, int) for d in docs):
+        return None
+    try:
+        unigram = read_unigram(tokens)
+    except (OSError, ValueError):
+        return None
+    if unigram.shape != (shards.n_vocab,) or int(unigram.sum()) != shards.n_tokens:
+        return None
+    pairs = ChunkPairs.empty(shards.n_vocab, lags, unigram, sum(docs), head)
+    jobs = _piece_jobs(shards)
+    turn = threading.Condition()
+    claimed = [0]  # pieces claimed so far; a piece claims only after every earlier one
+
+    def lay_out(i: int, decoded) -> None:
+        values, offsets = decoded.result()
+        counts = _loops().unigram_counts(values, shards.n_vocab)
+        with turn:
+            turn.wait_for(lambda: claimed[0] == i)
+            try:
+                start, cursor = pairs.claim(counts, int(offsets.size) - 1)
+            finally:
+                claimed[0] = i + 1
+                turn.notify_all()
+        pairs.fill(values, offsets, start, cursor)
+
+    damaged = f"{shards.url}: the token shards do not match the tokens' unigram or document counts"
+    # Decoding needs no compiled code: every piece is queued at once, so both cores decode while numba loads
+    # (warm_up); layout tasks start in submission order on a FIFO pool, so a piece only waits on earlier ones
+    with ThreadPoolExecutor(max_workers=2, thread_name_prefix="ctstore-read") as readers, \
+            ThreadPoolExecutor(max_workers=2, thread_name_prefix="ctstore-layout") as layers:
+        decoded = [readers.submit(read_chunk, shards.shard(s), groups, shards.n_vocab) for s, groups in jobs]
+        futures = [layers.submit(lay_out, i, decoded[i]) for i in range(len(jobs))]
+        del decoded  # each piece is freed once laid out
+        try:
+            for future in futures:
+                future.result()
+            pairs.finish()
+        except CtstoreError as exc:
+            for future in futures:
+                future.cancel()
+            if "unigram" in str(exc):
+                raise CtstoreError(f"{damaged} (damaged artifact: ctstore verify)") from None
+            raise
+    return pairs, unigram
+
+
+def warm_up(n_vocab: int, lags: int, head: int | None) -> threading.Thread:
+    """Start loading the compiled kernels (numba's cached machine code, ~0.4 s) and zarr's codecs on a thread,
+    so that the corpus is read meanwhile: a tiny count through both kernels with the real dtypes."""
+
+    def run():
+        from ..formats.counts import compressors
+
+        rng = np.random.default_rng(0)
+        V = n_vocab
+        H = min(V, HEAD_CHOICES[1] if head is None else max(0, int(head)))
+        values = rng.integers(0, min(V, 2 * H + 8), 4 * H + 64).astype(np.uint32)
+        offsets = np.array([0, values.size // 2, values.size], np.int64)
+        try:
+            pairs = ChunkPairs(values, offsets, V, lags, head=H)
+            for _ in fused.count_all_lags(pairs, 1):
+                pass
+            pairs.tail_in_stream_order()
+            pairs.lag(1)
+            compressors()
+        except Exception:  # noqa: BLE001 - only a warm-up: the count itself reports any error
+            pass
+
+    thread = threading.Thread(target=run, name="ctstore-warm-up", daemon=True)
+    thread.start()
+    return thread
