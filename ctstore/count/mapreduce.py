@@ -10,8 +10,8 @@ with ``--scheduler sync`` or an address. Every phase is independent tasks on a
    task writes its marker last, so a rerun after an interruption skips it.
 2. **reduce** (one task per lag and row block, :func:`reduce_task`; blocks formed
    from the real entry counts of mini-blocks): read the slices of every spill with
-   one sequential read each, k-way merge the sorted runs (compiled, a heap over the
-   runs), spill CSR pieces.
+   one sequential read each, merge the sorted runs row by row (compiled: a dense
+   accumulator and a bitmap of touched columns), spill CSR pieces.
 3. **assemble** (one task per range of Zarr chunks, :func:`assemble_task`): copy CSR
    pieces into the flat ``indices``/``data`` arrays; every task writes only the
    chunks it owns.
@@ -35,7 +35,8 @@ from ..errors import CtstoreError
 from ..formats.counts import CountStoreWriter, write_elements
 from ..formats.tokens import TokenShards
 from ..formats.scratch import (free_bytes, is_complete, load_array, mark_complete, npy_layout, read_slice,
-                               read_slice_into, remove, save_array, save_arrays, suffixed)
+                               read_slice_into, remove, remove_pieces, save_array, save_arrays,
+                               suffixed)
 from ..location import Location
 from ..log import log, stopwatch
 from ..units import format_bytes
@@ -187,7 +188,7 @@ def reduce_task(map_dirs: list[Location], lag: int, mini_lo: int, mini_hi: int, 
     Reads only its rows of each spill (one sequential read per spill into
     buffers sized once, or ranged reads on an object store; ``layouts``, the map
     tasks' spill layouts for this lag, spare reading each spill's headers), and
-    merges the sorted runs with a heap (:func:`.merge_loops.merge_runs`) instead of
+    merges the sorted runs row by row (:func:`.merge_loops.merge_runs`) instead of
     sorting their concatenation. Returns ``(entries per row, bytes written)``; the row counts
     are written last and mark the piece complete, so a rerun returns them at once.
     """
@@ -353,11 +354,15 @@ def _count_into(ws, store: Location, fp, tokens, shards: TokenShards, params, me
             for name, array in writer.create_lag(lag, indptr).items():
                 for s in range(0, offset, plan.assemble_entries):
                     assemble_jobs.append((array, pieces, s, min(offset, s + plan.assemble_entries), name))
+        # no later task reads the map spills: they are removed while the store is assembled
+        sweeping = remove_pieces(map_dirs)
         with stopwatch(timings, "assemble_s"):
             runner.map(assemble_task, assemble_jobs, desc="count assemble")
+    with stopwatch(timings, "scratch_removal_s"):
+        sweeping.join()
+        remove(scratch)
     timings["total_s"] = round(time.perf_counter() - start, 3)
     scratch_written = maps["bytes"] + sum(b for _, b in reduced)
-    remove(scratch)
     rate = plan.n_tokens / max(timings["total_s"], 1e-9)
     log(f"count: {plan.n_tokens} tokens in {timings['total_s']:.1f} s ({rate / 1e6:.2f}M tokens/s); "
         f"nnz per lag {min(nnz_by_lag.values())}..{max(nnz_by_lag.values())}; "

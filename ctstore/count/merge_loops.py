@@ -1,6 +1,7 @@
-"""Compiled loops of the spilled engine (:mod:`.mapreduce`): spill keys from a CSR, k-way merge of sorted runs.
+"""Compiled loops of the spilled engine (:mod:`.mapreduce`): spill keys from a CSR, merge of sorted runs.
 
-numba, ``nogil``, ``cache=True``; every output buffer comes from the caller.
+numba, ``nogil``, ``cache=True``; every output buffer comes from the caller (merge_runs allocates its
+accumulator and bitmap: 1 MB at V = 131,072).
 """
 
 from __future__ import annotations
@@ -21,75 +22,72 @@ def spill_keys(indptr, indices, n_vocab, mini_rows, out):
             out[e] = base + np.uint32(indices[e])
 
 
+_DEBRUIJN = np.uint64(0x03F79D71B4CB0A89)  # 64-bit de Bruijn sequence: the index of a word's lowest set bit
+_DEBRUIJN_INDEX = np.zeros(64, np.int64)
+for _bit in range(64):
+    _DEBRUIJN_INDEX[((1 << _bit) * 0x03F79D71B4CB0A89 % (1 << 64)) >> 58] = _bit
+
+
 @njit(**_JIT)
 def merge_runs(keys, counts, run_starts, run_minis, mini_rows, n_vocab, out_cols, out_counts, row_nnz):
     """Merge sorted runs of spilled entries into one sorted, summed CSR piece; returns its entries.
 
     Run ``i`` is ``keys/counts[run_starts[i]:run_starts[i + 1]]``; ``run_minis[i, m]`` is
     where its mini-block ``m`` starts (relative to the run, ``m = 0 .. n_minis``); a key
-    is local to its mini-block (``(row % mini_rows)·V + column``), so the merge key is
-    ``m·mini_rows·V + key``, ascending within a run. A binary heap over the runs'
-    current keys (the runs are already sorted: one comparison per level per entry,
-    no re-sort). Writes columns and summed counts (uint64, checked by the caller)
-    and the entries per row (``row_nnz``, rows of the block, zero on entry).
+    is local to its mini-block (``(row % mini_rows)·V + column``), ascending within a
+    run, so each run lists a row's entries together. Row by row, every run's entries
+    of the row are added into a dense accumulator of V counts, their columns marked in
+    a bitmap of V bits (16 KB at V = 131,072, in L1); the row is then read back in
+    column order from the bitmap's set bits (a summary bitmap, one bit per word of
+    it, skips the empty words), which clears both. Per entry that is one
+    add and one bit set, whatever the number of runs: a heap over 95 runs took
+    ~7 comparisons per entry. Writes columns and summed counts (uint64, checked by
+    the caller) and the entries per row (``row_nnz``, rows of the block, zero on entry).
     """
     P = run_starts.size - 1
     n_minis = run_minis.shape[1] - 1
-    span = np.uint64(mini_rows) * np.uint64(n_vocab)
     V = np.uint64(n_vocab)
+    acc = np.zeros(n_vocab, np.uint64)
+    bits = np.zeros((n_vocab + 63) // 64, np.uint64)
+    summary = np.zeros((bits.size + 63) // 64, np.uint64)  # bit w: bits[w] is not zero
     pos = np.empty(P, np.int64)
-    mini = np.zeros(P, np.int64)
-    cur = np.empty(P, np.uint64)
-    heap = np.empty(P, np.int64)
-    size = 0
-    for i in range(P):
-        pos[i] = run_starts[i]
-        if pos[i] < run_starts[i + 1]:
-            while mini[i] < n_minis and pos[i] - run_starts[i] >= run_minis[i, mini[i] + 1]:
-                mini[i] += 1
-            cur[i] = np.uint64(mini[i]) * span + np.uint64(keys[pos[i]])
-            # sift up
-            heap[size] = i
-            c = size
-            size += 1
-            while c > 0:
-                parent = (c - 1) >> 1
-                if cur[heap[parent]] <= cur[heap[c]]:
-                    break
-                heap[parent], heap[c] = heap[c], heap[parent]
-                c = parent
-    n = -1
-    last = np.uint64(0)
-    while size > 0:
-        i = heap[0]
-        key = cur[i]
-        if n >= 0 and key == last:
-            out_counts[n] += counts[pos[i]]
-        else:
-            n += 1
-            last = key
-            out_cols[n] = key % V
-            out_counts[n] = counts[pos[i]]
-            row_nnz[np.int64(key // V)] += 1
-        pos[i] += 1
-        if pos[i] < run_starts[i + 1]:
-            while mini[i] < n_minis and pos[i] - run_starts[i] >= run_minis[i, mini[i] + 1]:
-                mini[i] += 1
-            cur[i] = np.uint64(mini[i]) * span + np.uint64(keys[pos[i]])
-        else:
-            size -= 1
-            heap[0] = heap[size]
-        # sift down
-        c = 0
-        while True:
-            left = 2 * c + 1
-            if left >= size:
-                break
-            child = left
-            if left + 1 < size and cur[heap[left + 1]] < cur[heap[left]]:
-                child = left + 1
-            if cur[heap[c]] <= cur[heap[child]]:
-                break
-            heap[c], heap[child] = heap[child], heap[c]
-            c = child
-    return n + 1
+    one, six, low6 = np.uint64(1), np.uint64(6), np.uint64(63)
+    n = 0
+    for m in range(n_minis):
+        for i in range(P):
+            pos[i] = run_starts[i] + run_minis[i, m]
+        for lr in range(mini_rows):
+            base = np.uint64(lr) * V
+            limit = base + V
+            for i in range(P):
+                p = pos[i]
+                end = run_starts[i] + run_minis[i, m + 1]
+                while p < end and np.uint64(keys[p]) < limit:
+                    col = np.uint64(keys[p]) - base
+                    acc[col] += np.uint64(counts[p])
+                    w = col >> six
+                    if bits[w] == 0:
+                        summary[w >> six] |= one << (w & low6)
+                    bits[w] |= one << (col & low6)
+                    p += 1
+                pos[i] = p
+            start = n
+            for s in range(summary.size):
+                sword = summary[s]
+                while sword:
+                    slow = sword & (~sword + one)
+                    w = s * 64 + _DEBRUIJN_INDEX[np.int64((slow * _DEBRUIJN) >> np.uint64(58))]
+                    word = bits[w]
+                    while word:
+                        low = word & (~word + one)
+                        col = w * 64 + _DEBRUIJN_INDEX[np.int64((low * _DEBRUIJN) >> np.uint64(58))]
+                        out_cols[n] = col
+                        out_counts[n] = acc[col]
+                        acc[col] = 0
+                        n += 1
+                        word ^= low
+                    bits[w] = 0
+                    sword ^= slow
+                summary[s] = 0
+            row_nnz[m * mini_rows + lr] = n - start
+    return n
