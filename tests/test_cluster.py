@@ -1,5 +1,6 @@
 """The same jobs on a LocalCluster and on a real `dask scheduler` + `dask worker`s on 127.0.0.1."""
 
+import os
 import socket
 import subprocess
 import sys
@@ -9,7 +10,7 @@ import urllib.request
 import numpy as np
 import pytest
 
-from ctstore.cluster import Runner, plan_cluster
+from ctstore.cluster import WORKER_MALLOC, Runner, plan_cluster
 from ctstore.embed import K0Params, embed_counts, load_embeddings
 
 
@@ -43,6 +44,10 @@ def test_dashboard_answers_while_a_job_runs():
             assert response.status == 200
         assert "requires bokeh" not in body.lower()
         future.result()
+        # workers keep freed memory for the next task (cluster.WORKER_MALLOC), other pre-spawn settings kept
+        env = next(iter(runner.client.run(lambda: {k: os.environ.get(k) for k in
+                                                     ("MALLOC_TRIM_THRESHOLD_", "OMP_NUM_THREADS")}).values()))
+        assert env == {"MALLOC_TRIM_THRESHOLD_": WORKER_MALLOC["MALLOC_TRIM_THRESHOLD_"], "OMP_NUM_THREADS": "1"}
 
 
 @pytest.mark.slow
