@@ -132,7 +132,7 @@ def _timed(fn) -> float:
     return time.perf_counter() - start
 
 
-COUNT_BASELINE = os.environ.get("CTSTORE_COUNT_BASELINE", "9bb1a3b")  # the previous commit (main before issue 19 round 3)
+COUNT_BASELINE = os.environ.get("CTSTORE_COUNT_BASELINE", "7b2a380")  # main as the previous session left it
 
 
 def _timed_process(cmd: list[str], env: dict, cwd: str) -> dict:
