@@ -104,6 +104,11 @@ class HeadWork:
                 self.cols, self.sort_tmp, self.digit_count)
 
 
+class LayoutMismatch(CtstoreError):
+    """The documents laid out into a :class:`ChunkPairs` disagree with the unigram or document count it was
+    sized for."""
+
+
 class ChunkPairs:
     """Lag-k pair counts of one chunk of documents, lag by lag (compiled loops in :mod:`.loops`).
 
@@ -180,13 +185,13 @@ class ChunkPairs:
         n = int(unigram.sum())
         end = self._at + n + self.lags * docs
         if end > self.size:
-            raise CtstoreError(f"count chunk: more tokens or documents than its unigram and document count make "
+            raise LayoutMismatch(f"count chunk: more tokens or documents than its unigram and document count make "
                                f"room for ({self.size} slots)")
         start, cursor = self._at, self._cursor.copy()
         self._cursor += unigram.astype(np.int64, copy=False)
         self._seen += unigram
         if bool((self._cursor[self._is_tail] > self.tail_start[1:][self._is_tail]).any()):
-            raise CtstoreError("count chunk: its tokens do not match the unigram given for it")
+            raise LayoutMismatch("count chunk: its tokens do not match the unigram given for it")
         self._at = end
         return start, cursor
 
@@ -196,12 +201,12 @@ class ChunkPairs:
         at = _loops().separated_stream(values, np.asarray(offsets, np.int64), self.lags, self.head_code,
                                        self.stream, self.code, self.tail_pos, cursor, self.tail_start[1:], start)
         if at != end:
-            raise CtstoreError("count chunk: its tokens do not match the unigram given for it")
+            raise LayoutMismatch("count chunk: its tokens do not match the unigram given for it")
 
     def finish(self) -> None:
         """Check that the documents claimed fill the chunk and match its unigram exactly."""
         if self._at != self.size or not np.array_equal(self._seen, self._unigram):
-            raise CtstoreError("count chunk: its tokens do not match the unigram given for it")
+            raise LayoutMismatch("count chunk: its tokens do not match the unigram given for it")
         del self._unigram, self._seen, self._cursor, self._is_tail
 
     def tail_in_stream_order(self) -> None:

@@ -25,7 +25,8 @@ from ..location import Location
 from ..log import log, stopwatch
 from ..units import format_bytes, parse_memory
 from . import fused
-from .kernel import ENTRY_BYTES, HEAD_CHOICES, ChunkPairs, HeadWork, _loops, _write_error, choose_head, read_chunk
+from .kernel import (ENTRY_BYTES, HEAD_CHOICES, ChunkPairs, HeadWork, LayoutMismatch, _loops, _write_error,
+                     choose_head, read_chunk)
 from .plan import FUSED_BYTES_PER_TOKEN, MINI_ROWS
 
 
@@ -252,7 +253,7 @@ def _read_laid_out(tokens, shards: TokenShards, lags: int, head: int | None) -> 
         except CtstoreError as exc:
             for future in futures:
                 future.cancel()
-            if "unigram" in str(exc):
+            if isinstance(exc, LayoutMismatch):
                 raise CtstoreError(f"{damaged} (damaged artifact: ctstore verify)") from None
             raise
     return pairs, unigram

@@ -22,13 +22,12 @@ whole spill, from a local memory map or with HTTP range requests.
 
 from __future__ import annotations
 
-import contextlib
 import io
 import os
 import shutil
 import threading
 import time
-from contextlib import contextmanager
+from contextlib import contextmanager, suppress
 
 import numpy as np
 
@@ -183,9 +182,14 @@ def is_complete(directory: Location) -> bool:
 
 
 def remove(loc: Location) -> None:
-    """Remove a scratch directory (or file) and everything under it; missing is fine."""
+    """Remove a scratch directory (or file) and everything under it; missing is fine. A local file that
+    cannot be removed raises OSError (a directory's removal goes as far as it can)."""
     if loc.is_local:
-        shutil.rmtree(loc.path, ignore_errors=True)
+        if os.path.isdir(loc.path) and not os.path.islink(loc.path):
+            shutil.rmtree(loc.path, ignore_errors=True)
+        else:
+            with suppress(FileNotFoundError):
+                os.unlink(loc.path)
         return
     try:
         if loc.fs.exists(loc.path):
@@ -203,11 +207,7 @@ def remove_pieces(pieces: list[Location]) -> threading.Thread:
     def run():
         for piece in pieces:
             try:
-                if piece.is_local:
-                    with contextlib.suppress(FileNotFoundError):
-                        os.unlink(piece.child(MARKER).path)
-                else:
-                    remove(piece.child(MARKER))
+                remove(piece.child(MARKER))
             except OSError:
                 continue  # keep the piece whole: a rerun may reuse it
             remove(piece)
