@@ -243,28 +243,41 @@ class Runner:
         finally:
             bar.close()
 
-    def map(self, fn, items: list[tuple], desc: str) -> list:
-        """``[fn(*item) for item in items]`` on the cluster, in order, with a progress bar."""
+    def map(self, fn, items: list[tuple], desc: str, done=None) -> list:
+        """``[fn(*item) for item in items]`` on the cluster, in order, with a progress bar.
+
+        ``done(i)``, when given, is called in this process as soon as item ``i``'s result
+        is here (in completion order), e.g. to remove scratch no later task reads.
+        """
         bar = progress(total=len(items), desc=desc, unit="task", disable=progress_disabled() or not items)
         try:
             if self.client is None:
                 out = []
-                for item in items:
+                for i, item in enumerate(items):
                     out.append(fn(*item))
+                    if done is not None:
+                        done(i)
                     bar.update()
                 return out
             from distributed import as_completed
 
             futures = [self.client.submit(fn, *item, pure=False, retries=2) for item in items]
+            where = {future.key: i for i, future in enumerate(futures)}
+            out, finished = [None] * len(items), set()
             try:
                 for future in as_completed(futures):
-                    if future.status == "error":
-                        future.result()  # raises the task's exception here
+                    i = where[future.key]
+                    out[i] = future.result()  # raises the task's exception here
+                    finished.add(i)
+                    future.release()  # the result is here: nothing may recompute the task later
+                    if done is not None:
+                        done(i)
                     bar.update()
-                return self.client.gather(futures)
+                return out
             finally:
-                for f in futures:
-                    f.cancel()
+                for i, f in enumerate(futures):
+                    if i not in finished:
+                        f.cancel()
         finally:
             bar.close()
 

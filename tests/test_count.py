@@ -143,6 +143,11 @@ def test_merge_packed_and_argsort_paths_agree_with_a_dictionary():
     for n_vocab in (None, 100):  # None: argsort path; 100: packed path
         keys, counts = merge_sorted_counts(runs, n_vocab)
         assert dict(zip(keys.tolist(), counts.tolist())) == ref
+    # one run out of order with repeated keys (a spill's row, a split count): summed, not passed through
+    shuffled = np.concatenate([runs[0][0], runs[0][0][::-1]]), np.concatenate([runs[0][1], runs[0][1][::-1]])
+    for n_vocab in (None, 100):
+        keys, counts = merge_sorted_counts([shuffled], n_vocab)
+        assert keys.tolist() == runs[0][0].tolist() and counts.tolist() == (2 * runs[0][1].astype(np.uint64)).tolist()
     big = [(runs[0][0], np.full(runs[0][0].size, 1 << COUNT_BITS, np.uint64)), runs[1]]
     keys, counts = merge_sorted_counts(big, 100)  # counts too large to pack: falls back, still exact
     assert int(counts.sum()) == int(big[0][1].sum()) + int(runs[1][1].sum())
@@ -267,6 +272,40 @@ def test_one_pass_and_spilled_map_reduce_give_identical_stores(ws):
         assert a[name].dtype == b[name].dtype and np.array_equal(a[name][:], b[name][:]), name
     for lag in range(1, 5):
         assert store_as_dict(CountStore.from_artifact(one), lag) == naive_counts(docs, lag)
+
+
+@pytest.mark.parametrize("batched", [False, True])
+def test_map_reduce_splits_counts_above_the_packed_field(ws, monkeypatch, batched):
+    """V = 600,000 leaves 4 bits of count beside a spilled key (cmax 15): pairs seen hundreds of times in a
+    map task go through the spill as many entries of one key and come back summed; ``batched`` makes every
+    reduce block exceed its cap, so the incremental merge (numpy's sort) sums them instead of merge_runs."""
+    import dataclasses
+
+    import ctstore.count.mapreduce as mapreduce_module
+    from ctstore.count import merge_loops
+
+    V = 600_000
+    assert 32 - merge_loops.key_bits(V, 256) == 4
+    rng = np.random.default_rng(3)
+    common = np.array([0, 1, 2, 3, 255, 256, 599_999])
+    docs = [np.where(rng.random(n) < 0.8, rng.choice(common, n), rng.integers(0, V, n)).tolist()
+            for n in rng.integers(50, 400, size=40)]
+    tokens = write_tokens(ws, docs, n_vocab=V, row_group_tokens=2000, shard_tokens=5000)
+    calls = []
+    if batched:
+        plan_count, reduce_batched = mapreduce_module.plan_count, mapreduce_module._reduce_batched
+        monkeypatch.setattr(mapreduce_module, "plan_count",
+                            lambda *a: dataclasses.replace(plan_count(*a), reduce_entries=20))
+        monkeypatch.setattr(mapreduce_module, "_reduce_batched", lambda *a: calls.append(1) or reduce_batched(*a))
+    counts = count_cooccurrences(tokens, ws, params=CountParams(lags=2), scheduler="sync", spill=True)
+    assert bool(calls) == batched
+    assert counts.manifest["mode"] == "map-reduce" and counts.manifest["map_tasks"] > 1
+    store = CountStore.from_artifact(counts)
+    for lag in (1, 2):
+        want = naive_counts(docs, lag)
+        assert max(want.values()) > 15 * counts.manifest["map_tasks"]  # some pair needs split entries
+        assert store_as_dict(store, lag) == want
+        check_csr_invariants(store, lag)
 
 
 def test_interrupted_count_rerun_with_another_memory_budget_is_exact(ws, monkeypatch):

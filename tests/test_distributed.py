@@ -387,31 +387,50 @@ def test_count_map_piece_on_s3_is_reused_only_with_its_marker(s3_options, tmp_pa
     assert redone["resumed"] == 0 and redone["bytes"] > 0
 
 
-def test_remove_pieces_takes_the_marker_first_local_and_on_s3(s3_options, tmp_path, monkeypatch):
+def test_sweeper_takes_the_marker_first_local_and_on_s3(s3_options, tmp_path, monkeypatch):
     """Pieces removed on a thread go whole, the others stay; the marker goes first, so a removal cut short
-    leaves a piece without its marker, which a rerun redoes instead of reusing."""
+    leaves a piece without its marker, which a rerun redoes instead of reusing; files of an invalidated
+    piece go one by one; a piece whose marker cannot be removed keeps every file."""
     import ctstore.formats.scratch as scratch_module
-    from ctstore.formats.scratch import MARKER, is_complete, mark_complete, remove_pieces, save_array
+    from ctstore.formats.scratch import MARKER, Sweeper, is_complete, mark_complete, save_array
     from ctstore.location import Location
 
     for root in (Location.of(str(tmp_path / "scratch")), _s3_scratch(s3_options, "sweep")):
-        pieces = [root.child(f"map-{i}") for i in range(3)]
+        pieces = [root.child(f"map-{i}") for i in range(4)]
         for piece in pieces:
             save_array(piece.child("lag01.spill"), np.arange(10))
+            save_array(piece.child("lag02.spill"), np.arange(10))
             mark_complete(piece)
-        remove_pieces(pieces[:2]).join()
+        sweeper = Sweeper()
+        sweeper.pieces(pieces[:2])
+        sweeper.invalidate([pieces[3]])
+        sweeper.remove([pieces[3].child("lag01.spill")])
+        sweeper.join()
         assert not any(p.child("lag01.spill").exists() or is_complete(p) for p in pieces[:2])
         assert is_complete(pieces[2]) and pieces[2].child("lag01.spill").exists()
+        assert not is_complete(pieces[3]) and not pieces[3].child("lag01.spill").exists()
+        assert pieces[3].child("lag02.spill").exists()
 
     order = []
     real_remove = scratch_module.remove
-    monkeypatch.setattr(scratch_module, "remove", lambda loc: order.append(loc.url.rsplit("/", 1)[-1])
-                        or real_remove(loc))
-    piece = _s3_scratch(s3_options, "sweep-order")
-    save_array(piece.child("lag01.spill"), np.arange(10))
-    mark_complete(piece)
-    remove_pieces([piece]).join()
-    assert order == [MARKER, "sweep-order"] and not piece.child("lag01.spill").exists()
+
+    def recorded(loc):
+        order.append(loc.url.rsplit("/", 1)[-1])
+        if loc.url.endswith("stuck/" + MARKER):
+            raise PermissionError(loc.url)
+        real_remove(loc)
+
+    monkeypatch.setattr(scratch_module, "remove", recorded)
+    piece, stuck = _s3_scratch(s3_options, "sweep-order"), _s3_scratch(s3_options, "stuck")
+    for p in (piece, stuck):
+        save_array(p.child("lag01.spill"), np.arange(10))
+        mark_complete(p)
+    sweeper = Sweeper()
+    sweeper.pieces([piece, stuck])
+    sweeper.remove([stuck.child("lag01.spill")])
+    sweeper.join()
+    assert order == [MARKER, "sweep-order", MARKER] and not piece.child("lag01.spill").exists()
+    assert is_complete(stuck) and stuck.child("lag01.spill").exists()
 
 
 def test_scratch_location_follows_workspace_and_scratch_option(s3_options, tmp_path, monkeypatch):

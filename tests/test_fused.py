@@ -6,6 +6,7 @@ streams with document boundaries, empty documents, documents shorter than L, and
 the head boundary exactly between equally frequent ids.
 """
 
+import random
 from collections import Counter
 
 import numpy as np
@@ -94,6 +95,56 @@ def test_all_lags_equal_the_per_lag_kernel_on_many_ids():
             np.testing.assert_array_equal(a, b)
 
 
+@pytest.mark.parametrize("head", [0, 3, None])
+def test_unsorted_rows_hold_the_sorted_kernels_cells(head):
+    """sort_cols=False (map tasks): same row lengths and, row by row, the same (column, count) cells as the
+    sorted CSR, columns unique; on a Zipf stream of V = 5000 (rows long enough for the radix sort)."""
+    rng = np.random.default_rng(5)
+    docs = [list(rng.zipf(1.15, size=int(rng.integers(0, 3000))).clip(max=5000) - 1) for _ in range(30)]
+    pairs = pairs_of(docs, 5000, 4, head)
+    work = pairs.work()
+    shuffled_rows = 0
+    for lag in range(1, 5):
+        (ip, ind, cnt), _ = pairs.lag(lag, work)
+        (ip2, ind2, cnt2), _ = pairs.lag(lag, work, sort_cols=False)
+        np.testing.assert_array_equal(ip, ip2)
+        for r in np.flatnonzero(np.diff(ip)):
+            a, b = slice(ip[r], ip[r + 1]), slice(ip2[r], ip2[r + 1])
+            order = np.argsort(ind2[b], kind="stable")
+            np.testing.assert_array_equal(ind2[b][order], ind[a])
+            np.testing.assert_array_equal(cnt2[b][order], cnt[a])
+            shuffled_rows += bool((order != np.arange(order.size)).any())
+    assert shuffled_rows  # the comparison is not vacuous: some rows do come out of column order
+
+
+@pytest.mark.parametrize("head", [0, 3, None])
+def test_lag_spill_packs_the_kernels_cells(head):
+    """ChunkPairs.lag_spill (the map's path: packed straight from the counting) decodes, row by row, to the
+    sorted CSR's cells, with 3 bits of count (counts above 7 split over entries) and mini-blocks of 16 rows
+    whose starts ``index`` gives."""
+    rng = np.random.default_rng(9)
+    V, mini_rows, count_bits = 5000, 16, 3
+    docs = [list(rng.zipf(1.15, size=int(rng.integers(0, 3000))).clip(max=V) - 1) for _ in range(30)]
+    pairs = pairs_of(docs, V, 3, head)
+    work = pairs.work()
+    key_bits = 32 - count_bits
+    for lag in range(1, 4):
+        (ip, ind, cnt), _ = pairs.lag(lag, work)
+        index, packed = pairs.lag_spill(lag, work, mini_rows, count_bits)
+        keys, counts = packed & ((1 << key_bits) - 1), packed >> key_bits
+        assert counts.min() >= 1 and counts.max() <= 7 and (counts == 7).any()
+        for m in range(index.size - 1):
+            got = Counter()
+            for k, c in zip(keys[index[m]:index[m + 1]].tolist(), counts[index[m]:index[m + 1]].tolist()):
+                got[(m * mini_rows + k // V, k % V)] += c
+            rows = range(m * mini_rows, min(V, (m + 1) * mini_rows))
+            want = {(r, int(ind[e])): int(cnt[e]) for r in rows for e in range(ip[r], ip[r + 1])}
+            assert dict(got) == want
+            row_of = keys[index[m]:index[m + 1]] // V
+            assert np.all(np.diff(row_of.astype(np.int64)) >= 0)  # rows ascending within a mini-block
+        assert index[-1] == packed.size
+
+
 def test_reference_detects_an_off_by_one_lag():
     """The comparison is not vacuous: lag 2's counts are not lag 1's on this input."""
     docs = [[1, 2, 3, 1, 2, 4]]
@@ -110,30 +161,93 @@ def test_all_lags_equal_naive_on_generated_documents(docs, lags, head, threads):
 
 @settings(max_examples=60, deadline=None)
 @given(runs=st.lists(st.lists(st.tuples(st.integers(0, 7), st.integers(0, 5), st.integers(1, 9)), max_size=30),
-                     min_size=1, max_size=6))
-def test_merge_runs_equals_summing_the_runs(runs):
-    """Sorted runs of (row, column, count) in mini-blocks of 4 rows (V = 6): merged, summed, rows counted."""
+                     min_size=1, max_size=6), seed=st.integers(0, 2**16))
+def test_merge_runs_equals_summing_the_runs(runs, seed):
+    """Runs of packed (row, column, count) entries in mini-blocks of 4 rows (V = 6), rows ascending, a row's
+    columns shuffled and a key repeated (as a split count is): merged, summed, in column order, rows counted."""
     from ctstore.count import merge_loops
 
     V, mini_rows, n_minis = 6, 4, 2
-    keys, counts, starts, minis, want = [], [], [0], [], Counter()
+    bits = merge_loops.key_bits(V, mini_rows)  # 5: keys < 24
+    rng = random.Random(seed)
+    packed, starts, minis, want = [], [0], [], Counter()
     for run in runs:
-        run = sorted({(r, c): n for r, c, n in run}.items())
-        for (r, c), n in run:
-            keys.append((r % mini_rows) * V + c)
-            counts.append(n)
+        run = sorted(run, key=lambda e: (e[0], rng.random()))  # rows in order, columns in any order
+        for r, c, n in run:
+            packed.append(n << bits | (r % mini_rows) * V + c)
             want[(r, c)] += n
-        starts.append(len(keys))
-        rows = [r for (r, _), _ in run]
+        starts.append(len(packed))
+        rows = [r for r, _, _ in run]
         minis.append([sum(1 for r in rows if r // mini_rows < m) for m in range(n_minis + 1)])
-    total = len(keys)
+    total = len(packed)
     out_cols = np.empty(total, np.uint32)
     out_counts = np.empty(total, np.uint64)
     row_nnz = np.zeros(n_minis * mini_rows, np.int64)
-    n = merge_loops.merge_runs(np.array(keys, np.uint32), np.array(counts, np.uint32), np.array(starts, np.int64),
-                               np.array(minis, np.int64).reshape(len(runs), n_minis + 1), mini_rows, V,
+    n = merge_loops.merge_runs(np.array(packed, np.uint32), np.array(starts, np.int64),
+                               np.array(minis, np.int64).reshape(len(runs), n_minis + 1), mini_rows, V, bits,
                                out_cols, out_counts, row_nnz)
     rows = np.repeat(np.arange(row_nnz.size), row_nnz)
     got = Counter({(int(r), int(c)): int(x) for r, c, x in zip(rows, out_cols[:n], out_counts[:n])})
     assert n == len(want) and got == want
     assert all(np.all(np.diff(out_cols[:n][rows == r].astype(np.int64)) > 0) for r in range(row_nnz.size))
+
+
+def test_merge_runs_refuses_a_count_above_uint32():
+    """32 entries of 2^27 - 1 for one cell sum to 2^32 - 32 (exact); 33 pass 2^32 - 1: merge_runs says so."""
+    from ctstore.count import merge_loops
+
+    V, mini_rows = 6, 4
+    bits = merge_loops.key_bits(V, mini_rows)
+    cmax = (1 << (32 - bits)) - 1
+    for entries, want in ((32, 32 * cmax), (33, -1)):
+        packed = np.full(entries, cmax << bits | (1 * V + 2), np.uint32)  # row 1, column 2
+        out_cols, out_counts = np.empty(entries, np.uint32), np.empty(entries, np.uint32)
+        row_nnz = np.zeros(mini_rows, np.int64)
+        n = merge_loops.merge_runs(packed, np.array([0, entries], np.int64), np.array([[0, entries]], np.int64),
+                                   mini_rows, V, bits, out_cols, out_counts, row_nnz)
+        if want < 0:
+            assert n == -1
+        else:
+            assert n == 1 and out_cols[0] == 2 and int(out_counts[0]) == want and row_nnz.tolist() == [0, 1, 0, 0]
+
+
+@settings(max_examples=60, deadline=None)
+@given(cells=st.dictionaries(st.tuples(st.integers(0, 9), st.integers(0, 6)), st.integers(1, 70), max_size=40),
+       mini_rows=st.sampled_from([1, 3, 4, 16]))
+def test_spill_pack_splits_counts_and_indexes_mini_blocks(cells, mini_rows):
+    """A CSR (V = 10 rows, 7 columns) packed with a field of 3 count bits: decoding the entries gives the
+    cells back (a count above 7 as several entries of its key), and the index says where each mini-block's
+    entries start; checked against decoding by hand."""
+    from ctstore.count import merge_loops
+
+    V, count_bits = 10, 3
+    key_bits = 32 - count_bits
+    rows = sorted(cells)
+    indptr = np.zeros(V + 1, np.int64)
+    for r, _ in rows:
+        indptr[r + 1] += 1
+    indptr = np.cumsum(indptr)
+    indices = np.array([c for _, c in rows], np.int32)
+    counts = np.array([cells[k] for k in rows], np.uint32)
+    n_minis = -(-V // mini_rows)
+    index = np.zeros(n_minis + 1, np.int64)
+    n = merge_loops.spill_index(indptr, counts, mini_rows, count_bits, index)
+    out = np.zeros(n + 1, np.uint32)
+    assert merge_loops.spill_pack(indptr, indices, counts, V, mini_rows, count_bits, out) == n
+    assert out[n] == 0  # nothing written past the entries counted
+    got = Counter()
+    decoded = [(int(x) >> key_bits, int(x) & ((1 << key_bits) - 1)) for x in out[:n]]
+    assert all(1 <= c <= 7 for c, _ in decoded)
+    at = 0
+    for m in range(n_minis):
+        assert index[m] == at
+        for r in range(m * mini_rows, min(V, (m + 1) * mini_rows)):
+            for e in range(indptr[r], indptr[r + 1]):
+                while True:  # this cell's entries follow one another
+                    c, key = decoded[at]
+                    assert key == (r % mini_rows) * V + indices[e]
+                    got[(r, int(indices[e]))] += c
+                    at += 1
+                    if got[(r, int(indices[e]))] == cells[(r, int(indices[e]))]:
+                        break
+    assert index[n_minis] == at == n and dict(got) == cells

@@ -232,11 +232,12 @@ class ChunkPairs:
         """Upper bound of the memory one :meth:`lag` result takes (its CSR)."""
         return ENTRY_BYTES * min(self.size, self.tail_pairs + self.head * self.head) + 8 * (self.n_vocab + 1)
 
-    def lag(self, lag: int, work: HeadWork | None = None, gate: "_MemoryGate | None" = None
-            ) -> tuple[tuple[np.ndarray, np.ndarray, np.ndarray], int]:
+    def lag(self, lag: int, work: HeadWork | None = None, gate: "_MemoryGate | None" = None,
+            sort_cols: bool = True) -> tuple[tuple[np.ndarray, np.ndarray, np.ndarray], int]:
         """CSR ``(indptr int64, indices int32, counts uint32)`` over V rows for one lag, and the bytes reserved.
 
-        Columns are sorted and unique within each row. With a ``gate``, the memory of
+        Columns are unique within each row, and sorted unless ``sort_cols`` is False
+        (a map task of map/reduce, whose reduce orders them). With a ``gate``, the memory of
         the result is reserved from it first; the caller releases the returned
         reservation when it is done with the arrays.
         """
@@ -246,12 +247,22 @@ class ChunkPairs:
         try:
             work = work or self.work()
             csr = _loops().lag_csr(self.stream, self.code, self.tail_pos, self.head_ids, self.head_code, lag,
-                                   *work.arrays())
+                                   *work.arrays(), sort_cols)
             return csr, need
         except BaseException:
             if gate is not None:
                 gate.release(need)
             raise
+
+
+    def lag_spill(self, lag: int, work: HeadWork, mini_rows: int, count_bits: int) -> tuple[np.ndarray, np.ndarray]:
+        """One lag's entries as a map task spills them: ``(index, packed)``, where ``index`` (int64) says where
+        each mini-block of ``mini_rows`` rows starts among the ``packed`` uint32 entries (key and count, see
+        :func:`.loops.lag_spill`): no CSR in between, columns unsorted."""
+        index = np.empty(-(-self.n_vocab // mini_rows) + 1, np.int64)
+        packed = _loops().lag_spill(self.stream, self.code, self.tail_pos, self.head_ids, self.head_code, lag,
+                                    *work.arrays(), mini_rows, count_bits, index)
+        return index, packed
 
 
 def _check_piece(values: np.ndarray, offsets: np.ndarray, n_vocab: int) -> None:

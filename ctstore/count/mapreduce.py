@@ -5,9 +5,10 @@ with ``--scheduler sync`` or an address. Every phase is independent tasks on a
 :class:`~ctstore.cluster.Runner`:
 
 1. **map** (one task per group of row groups, :func:`map_task`): the all-lags kernel
-   (:mod:`.fused`); spill one file per lag: an index of where each *mini-block* of ``MINI_ROWS`` rows
-   starts, keys as uint32 offsets within their mini-block, counts. A finished map
-   task writes its marker last, so a rerun after an interruption skips it.
+   (:mod:`.fused`), or the per-lag kernel without its column sort; spill one file per lag: an index
+   of where each *mini-block* of ``MINI_ROWS`` rows starts, then one uint32 per entry, its key
+   (offset within its mini-block) and count packed together (:func:`.merge_loops.spill_pack`).
+   A finished map task writes its marker last, so a rerun after an interruption skips it.
 2. **reduce** (one task per lag and row block, :func:`reduce_task`; blocks formed
    from the real entry counts of mini-blocks): read the slices of every spill with
    one sequential read each, merge the sorted runs row by row (compiled: a dense
@@ -35,7 +36,7 @@ from ..errors import CtstoreError
 from ..formats.counts import CountStoreWriter, write_elements
 from ..formats.tokens import TokenShards
 from ..formats.scratch import (free_bytes, is_complete, load_array, mark_complete, npy_layout, read_slice,
-                               read_slice_into, remove, remove_pieces, save_array, save_arrays,
+                               read_slice_into, remove, save_array, save_arrays, Sweeper,
                                suffixed)
 from ..location import Location
 from ..log import log, stopwatch
@@ -44,12 +45,12 @@ from . import fused
 from .kernel import HEAD_CHOICES, ChunkPairs, _write_error, read_chunk
 from .plan import MAP_MAX_HEAD, MAP_TAIL_BYTES_PER_TOKEN, MINI_ROWS, plan_count, plan_row_blocks
 
-SPILL_VERSION = 4  # in spill directory names: a resumed run never reads another format (4: marker objects)
+SPILL_VERSION = 5  # in spill directory names: a resumed run never reads another format (5: packed entries)
 
 
 def map_task(shard: Location, row_groups: tuple, n_vocab: int, lags: int, out_dir: Location,
              max_head: int = HEAD_CHOICES[-1], head: int | None = None, val_fraction: float | None = None) -> dict:
-    """Count one chunk of a token shard; spill per-lag sorted partial counts to the scratch ``out_dir``.
+    """Count one chunk of a token shard; spill per-lag partial counts (rows in order) to the scratch ``out_dir``.
 
     ``out_dir`` is a :class:`~ctstore.location.Location` every worker reaches
     (a local directory beside a local workspace, else an object-store prefix).
@@ -64,8 +65,7 @@ def map_task(shard: Location, row_groups: tuple, n_vocab: int, lags: int, out_di
     if is_complete(out_dir):
         return _finished_map(out_dir, lags)
     values, offsets = read_chunk(shard, list(row_groups), n_vocab, val_fraction)
-    n_mini = -(-n_vocab // MINI_ROWS)
-    mini_starts = np.minimum(np.arange(n_mini + 1, dtype=np.int64) * MINI_ROWS, n_vocab)
+    count_bits = 32 - _merge_loops().key_bits(n_vocab, MINI_ROWS)
     minis, layouts, written = [None] * lags, [None] * lags, 0
     try:
         unigram = np.bincount(values, minlength=n_vocab).astype(np.uint64)
@@ -73,35 +73,42 @@ def map_task(shard: Location, row_groups: tuple, n_vocab: int, lags: int, out_di
         pairs = ChunkPairs(values, offsets, n_vocab, lags, head=head, max_head=max_head, unigram=unigram)
         n_tokens = int(values.size)
         del values, offsets
-        keys = np.empty(0, np.uint32)  # spill keys, reused across lags (grown at most a few times)
+        packed = [np.empty(0, np.uint32)]  # spill entries of the all-lags kernel, reused across lags
         # tail entries of a group of lags: the room the per-lag kernel's pair buffers had (MAP_BYTES_PER_TOKEN);
         # the all-lags kernel only where one group holds them all (see fused.one_group_fits)
         allowance = MAP_TAIL_BYTES_PER_TOKEN * n_tokens
         if fused.one_group_fits(pairs, allowance):
-            results = fused.count_all_lags(pairs, 1, allowance)
-        else:
+            spills = (_packed(lag, csr, n_vocab, count_bits, packed) for lag, csr in fused.count_all_lags(
+                pairs, 1, allowance))
+        else:  # the per-lag kernel packs its entries itself, columns unsorted (the reduce orders them)
             pairs.tail_in_stream_order()
             work = pairs.work()
-            results = ((lag, pairs.lag(lag, work)[0]) for lag in range(1, lags + 1))
-        for lag, (indptr, indices, counts) in results:
-            nnz = int(indptr[-1])
-            if keys.size < nnz:
-                keys = np.empty(max(nnz, keys.size + keys.size // 2), np.uint32)
-            _merge_loops().spill_keys(indptr, indices, n_vocab, MINI_ROWS, keys)
-            del indices
-            index = indptr[mini_starts]
-            # one file per lag: index (mini-block starts), local keys, counts; fewer, larger writes
-            nbytes, layout = save_arrays(out_dir.child(_spill_name(lag)), [index, keys[:nnz], counts])
+            spills = ((lag, *pairs.lag_spill(lag, work, MINI_ROWS, count_bits)) for lag in range(1, lags + 1))
+        for lag, index, entries in spills:
+            # one file per lag: index (mini-block starts), packed entries; fewer, larger writes
+            nbytes, layout = save_arrays(out_dir.child(_spill_name(lag)), [index, entries])
             written += nbytes
             layouts[lag - 1] = layout
             minis[lag - 1] = np.diff(index)
-            del counts, indptr
+            del entries
         mark_complete(out_dir)
     except OSError as exc:
         if not is_complete(out_dir):
             raise _write_error(out_dir.url, "spill", exc) from None
         return _finished_map(out_dir, lags)  # another attempt of this task finished first: keep its result
     return {"resumed": 0, "unigram": unigram, "mini_entries": minis, "layouts": [layouts], "bytes": written}
+
+
+def _packed(lag: int, csr: tuple, n_vocab: int, count_bits: int, buffer: list) -> tuple:
+    """``(lag, index, entries)`` of a CSR packed as a spill (:func:`.merge_loops.spill_pack`); ``buffer[0]``
+    is reused across lags (grown at most a few times)."""
+    indptr, indices, counts = csr
+    index = np.empty(-(-n_vocab // MINI_ROWS) + 1, np.int64)
+    n = _merge_loops().spill_index(indptr, counts, MINI_ROWS, count_bits, index)
+    if buffer[0].size < n:
+        buffer[0] = np.empty(max(n, buffer[0].size + buffer[0].size // 2), np.uint32)
+    _merge_loops().spill_pack(indptr, indices, counts, n_vocab, MINI_ROWS, count_bits, buffer[0])
+    return lag, index, buffer[0][:n]
 
 
 def _finished_map(out_dir: Location, lags: int) -> dict:
@@ -145,7 +152,10 @@ COUNT_BITS = 28  # counts packed under keys: keys < V² ≤ 2^36, so key << 28 |
 
 def merge_sorted_counts(parts: list[tuple[np.ndarray, np.ndarray]], n_vocab: int | None = None
                         ) -> tuple[np.ndarray, np.ndarray]:
-    """Merge sorted (keys, counts) runs into sorted unique keys with summed uint64 counts.
+    """Merge (keys, counts) runs into sorted unique keys with summed uint64 counts.
+
+    A run need not be sorted nor its keys unique (a spill's row lists its columns in any
+    order and splits a large count over entries of one key); sorted runs are merged fastest.
 
     When keys fit 36 bits and counts 28 bits, each entry is packed into one uint64
     (``key << 28 | count``) and the concatenation is sorted in place with numpy's stable
@@ -156,7 +166,7 @@ def merge_sorted_counts(parts: list[tuple[np.ndarray, np.ndarray]], n_vocab: int
     parts = [p for p in parts if p[0].size]
     if not parts:
         return np.empty(0, np.uint64), np.empty(0, np.uint64)
-    if len(parts) == 1:
+    if len(parts) == 1 and bool((parts[0][0][1:] > parts[0][0][:-1]).all()):  # already sorted and unique
         return np.asarray(parts[0][0]), np.asarray(parts[0][1]).astype(np.uint64)
     packable = (n_vocab is not None and n_vocab * n_vocab <= 1 << (64 - COUNT_BITS)
                 and max(int(np.max(c)) for _, c in parts) < 1 << COUNT_BITS)
@@ -170,7 +180,7 @@ def merge_sorted_counts(parts: list[tuple[np.ndarray, np.ndarray]], n_vocab: int
     else:
         keys = np.concatenate([p[0] for p in parts])
         counts = np.concatenate([np.asarray(p[1], dtype=np.uint64) for p in parts])
-        order = np.argsort(keys, kind="stable")  # runs are sorted: timsort merges them
+        order = np.argsort(keys, kind="stable")  # timsort merges the runs that are sorted
         keys = keys[order]
         counts = counts[order]
         del order
@@ -215,7 +225,7 @@ def reduce_task(map_dirs: list[Location], lag: int, mini_lo: int, mini_hi: int, 
         raise CtstoreError(f"lag {lag}: a pair count exceeds 2^32-1; uint32 count store cannot hold it")
     try:
         written = save_array(suffixed(out_prefix, ".indices.npy"), indices)
-        written += save_array(suffixed(out_prefix, ".data.npy"), counts.astype(np.uint32))
+        written += save_array(suffixed(out_prefix, ".data.npy"), counts.astype(np.uint32, copy=False))
         written += save_array(done, rownnz)  # written last: marks the piece complete
     except OSError as exc:
         raise _write_error(out_prefix.url, "reduce output", exc) from None
@@ -223,25 +233,27 @@ def reduce_task(map_dirs: list[Location], lag: int, mini_lo: int, mini_hi: int, 
 
 
 def _reduce_merged(runs: list, total: int, n_minis: int, n_vocab: int) -> tuple:
-    """Read each run's slice with one sequential read into buffers sized once, then merge the sorted runs
-    (:func:`.merge_loops.merge_runs`): ``(columns uint32, counts uint64, entries per row)``."""
-    keys = np.empty(total, np.uint32)
-    counts = np.empty(total, np.uint32)
+    """Read each run's slice with one sequential read into a buffer sized once, then merge the runs
+    (:func:`.merge_loops.merge_runs`): ``(columns uint32, counts uint32, entries per row)``; a count above
+    2^32 - 1 comes back as 2^32 (the caller's check fails on it)."""
+    packed = np.empty(total, np.uint32)
     run_starts = np.zeros(len(runs) + 1, np.int64)
     run_minis = np.empty((len(runs), n_minis + 1), np.int64)
     at = 0
     for i, (spill, layout, index) in enumerate(runs):
         lo, hi = int(index[0]), int(index[-1])
-        read_slice_into(spill, layout[1], lo, hi, keys[at:])
-        read_slice_into(spill, layout[2], lo, hi, counts[at:])
+        read_slice_into(spill, layout[1], lo, hi, packed[at:])
         run_minis[i] = index - lo
         at += hi - lo
         run_starts[i + 1] = at
     out_cols = np.empty(total, np.uint32)
-    out_counts = np.empty(total, np.uint64)
+    out_counts = np.empty(total, np.uint32)
     rownnz = np.zeros(n_minis * MINI_ROWS, np.int64)
-    n = _merge_loops().merge_runs(keys, counts, run_starts, run_minis, MINI_ROWS, n_vocab, out_cols, out_counts,
-                                  rownnz)
+    loops = _merge_loops()
+    n = loops.merge_runs(packed, run_starts, run_minis, MINI_ROWS, n_vocab, loops.key_bits(n_vocab, MINI_ROWS),
+                         out_cols, out_counts, rownnz)
+    if n < 0:
+        return out_cols[:1], np.full(1, 2**32, np.uint64), rownnz
     return out_cols[:n], out_counts[:n], rownnz
 
 
@@ -249,16 +261,18 @@ def _reduce_batched(runs: list, mini_lo: int, mini_hi: int, n_vocab: int, max_en
     """A block above twice the cap (one mini-block of many entries): merge a few runs at a time."""
     running: tuple | None = None
     batch, batch_entries = [], 0
+    bits = _merge_loops().key_bits(n_vocab, MINI_ROWS)
     # keys relative to the block's first row: < (r1 - r0)·V, so they pack with counts into one uint64
     bases = np.arange(mini_hi - mini_lo, dtype=np.uint64) * np.uint64(MINI_ROWS * n_vocab)
     for spill, layout, index in runs:
         lo, hi = int(index[0]), int(index[-1])
-        keys = read_slice(spill, layout[1], lo, hi).astype(np.uint64)
+        packed = np.array(read_slice(spill, layout[1], lo, hi))
+        keys = (packed & np.uint32((1 << bits) - 1)).astype(np.uint64)
         keys += np.repeat(bases, np.diff(index))
         if batch and batch_entries + (hi - lo) > max_entries:
             running = merge_sorted_counts(batch + ([running] if running else []), n_vocab)
             batch, batch_entries = [], 0
-        batch.append((keys, np.array(read_slice(spill, layout[2], lo, hi))))
+        batch.append((keys, packed >> np.uint32(bits)))  # merge_sorted_counts sorts: a run's order is free
         batch_entries += hi - lo
     keys, counts = merge_sorted_counts(batch + ([running] if running else []), n_vocab)
     del batch, running
@@ -335,32 +349,22 @@ def _count_into(ws, store: Location, fp, tokens, shards: TokenShards, params, me
                 reduce_jobs.append((map_dirs, lag, lo, hi, V, plan.reduce_entries, _piece(reduce_dir, lag, lo, hi),
                                     [task_layouts[lag - 1] for task_layouts in maps["layouts"]]))
         log(f"count: {len(reduce_jobs)} reduce task(s) over {L} lag(s)")
-        with stopwatch(timings, "reduce_s"):
-            reduced = runner.map(reduce_task, reduce_jobs, desc="count reduce")
-
-        writer = CountStoreWriter(store, unigram, L, tokens.fingerprint, tokens.manifest.get("tokenizer"))
-        nnz_by_lag, assemble_jobs, it = {}, [], iter(reduced)
-        for lag in range(1, L + 1):
-            pieces, offset, rownnz = [], 0, []
-            for lo, hi in blocks_by_lag[lag]:
-                rows, _ = next(it)
-                nnz = int(rows.sum())
-                pieces.append((_piece(reduce_dir, lag, lo, hi), offset, nnz))
-                rownnz.append(rows)
-                offset += nnz
-            nnz_by_lag[lag] = offset
-            indptr = np.zeros(V + 1, dtype=np.int64)
-            np.cumsum(np.concatenate(rownnz), out=indptr[1:])
-            for name, array in writer.create_lag(lag, indptr).items():
-                for s in range(0, offset, plan.assemble_entries):
-                    assemble_jobs.append((array, pieces, s, min(offset, s + plan.assemble_entries), name))
-        # no later task reads the map spills: they are removed while the store is assembled
-        sweeping = remove_pieces(map_dirs)
-        with stopwatch(timings, "assemble_s"):
-            runner.map(assemble_task, assemble_jobs, desc="count assemble")
+        # scratch goes as soon as no later task reads it, on a thread, while the next tasks compute: a lag's
+        # map spills once its reduce is done (every map marker first: a rerun redoes the map then), a lag's
+        # reduce pieces once its assemble is done (scratch of 200M synthetic tokens: 11 GB; unlinking is slow)
+        sweeper = Sweeper()
+        try:
+            reduced, reduce_pieces = _reduce_and_sweep(runner, reduce_jobs, map_dirs, sweeper, timings)
+            nnz_by_lag = _assemble_and_sweep(runner, reduced, reduce_pieces, blocks_by_lag, reduce_dir, plan,
+                                             unigram, tokens, store, sweeper, timings)
+        finally:
+            with stopwatch(timings, "scratch_removal_s"):
+                sweeper.join()
     with stopwatch(timings, "scratch_removal_s"):
-        sweeping.join()
         remove(scratch)
+    timings["total_s"] = round(time.perf_counter() - start, 3)
+    scratch_written = maps["bytes"] + sum(b for _, b in reduced)
+
     timings["total_s"] = round(time.perf_counter() - start, 3)
     scratch_written = maps["bytes"] + sum(b for _, b in reduced)
     rate = plan.n_tokens / max(timings["total_s"], 1e-9)
@@ -370,6 +374,72 @@ def _count_into(ws, store: Location, fp, tokens, shards: TokenShards, params, me
     return {"n_vocab": V, "tokens": int(unigram.sum()), "nnz": nnz_by_lag, "mode": "map-reduce",
             "map_tasks": len(plan.map_units), "reduce_tasks": len(reduce_jobs), "timings": timings,
             "tokens_per_s": round(rate), "memory_budget": runner.plan.memory, "scratch_bytes": int(scratch_written)}
+
+
+def _reduce_and_sweep(runner: Runner, reduce_jobs: list, map_dirs: list, sweeper: Sweeper, timings: dict):
+    """Run the reduce tasks; as each lag's last one finishes, hand that lag's map spills to ``sweeper``."""
+    left = {}
+    for job in reduce_jobs:
+        left[job[1]] = left.get(job[1], 0) + 1
+    pieces_by_lag = {lag: [job[6] for job in reduce_jobs if job[1] == lag] for lag in left}
+    valid = [True]  # the map pieces still have their markers
+
+    def done(i: int) -> None:
+        lag = reduce_jobs[i][1]
+        left[lag] -= 1
+        if left[lag] == 0:
+            if valid.pop() if valid else False:
+                sweeper.invalidate(map_dirs)
+            sweeper.remove([d.child(_spill_name(lag)) for d in map_dirs])
+
+    with stopwatch(timings, "reduce_s"):
+        reduced = runner.map(reduce_task, reduce_jobs, desc="count reduce", done=done)
+    sweeper.remove(map_dirs)  # what is left of them: unigrams, directories
+    return reduced, pieces_by_lag
+
+
+def _assemble_and_sweep(runner: Runner, reduced: list, reduce_pieces: dict, blocks_by_lag: dict,
+                        reduce_dir: Location, plan, unigram, tokens, store: Location, sweeper: Sweeper,
+                        timings: dict) -> dict:
+    """Create each lag's arrays (its indptr from the reduce's row counts) and copy the reduce pieces into them;
+    as each lag's last assemble task finishes, hand its reduce pieces to ``sweeper``. Returns nnz per lag."""
+    V, L = plan.n_vocab, plan.lags
+    writer = CountStoreWriter(store, unigram, L, tokens.fingerprint, tokens.manifest.get("tokenizer"))
+    nnz_by_lag, assemble_jobs, it = {}, [], iter(reduced)
+    for lag in range(1, L + 1):
+        pieces, offset, rownnz = [], 0, []
+        for lo, hi in blocks_by_lag[lag]:
+            rows, _ = next(it)
+            nnz = int(rows.sum())
+            pieces.append((_piece(reduce_dir, lag, lo, hi), offset, nnz))
+            rownnz.append(rows)
+            offset += nnz
+        nnz_by_lag[lag] = offset
+        indptr = np.zeros(V + 1, dtype=np.int64)
+        np.cumsum(np.concatenate(rownnz), out=indptr[1:])
+        for name, array in writer.create_lag(lag, indptr).items():
+            for s in range(0, offset, plan.assemble_entries):
+                assemble_jobs.append((lag, (array, pieces, s, min(offset, s + plan.assemble_entries), name)))
+    left = {lag: 0 for lag in range(1, L + 1)}
+    for lag, _ in assemble_jobs:
+        left[lag] += 1
+
+    def sweep(lag: int) -> None:  # the row counts first: they mark a reduce piece complete
+        sweeper.remove([suffixed(p, f".{x}.npy") for x in ("rownnz", "indices", "data") for p in reduce_pieces[lag]])
+
+    for lag in range(1, L + 1):
+        if left[lag] == 0:
+            sweep(lag)
+
+    def done(i: int) -> None:
+        lag = assemble_jobs[i][0]
+        left[lag] -= 1
+        if left[lag] == 0:
+            sweep(lag)
+
+    with stopwatch(timings, "assemble_s"):
+        runner.map(assemble_task, [job for _, job in assemble_jobs], desc="count assemble", done=done)
+    return nnz_by_lag
 
 
 def _piece(reduce_dir: Location, lag: int, lo: int, hi: int) -> Location:

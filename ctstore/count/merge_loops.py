@@ -1,4 +1,4 @@
-"""Compiled loops of the spilled engine (:mod:`.mapreduce`): spill keys from a CSR, merge of sorted runs.
+"""Compiled loops of the spilled engine (:mod:`.mapreduce`): packed spill entries from a CSR, merge of the runs.
 
 numba, ``nogil``, ``cache=True``; every output buffer comes from the caller (merge_runs allocates its
 accumulator and bitmap: 1 MB at V = 131,072).
@@ -12,14 +12,56 @@ from numba import njit
 _JIT = dict(nogil=True, cache=True, boundscheck=False)
 
 
+def key_bits(n_vocab: int, mini_rows: int) -> int:
+    """Bits of a spilled key ``(row % mini_rows)·V + column``; the rest of its uint32 holds the count."""
+    return max(1, (mini_rows * n_vocab - 1).bit_length())
+
+
 @njit(**_JIT)
-def spill_keys(indptr, indices, n_vocab, mini_rows, out):
-    """``out[e] = (row % mini_rows)·V + column`` for every entry of a CSR (uint32, < mini_rows·V ≤ 2^32)."""
+def spill_index(indptr, counts, mini_rows, count_bits, index):
+    """Where each mini-block of ``mini_rows`` rows starts among the packed entries of a CSR (``index``,
+    n_minis + 1); returns the entries. A count above ``2^count_bits - 1`` takes several entries (see
+    :func:`spill_pack`)."""
+    cmax = (1 << count_bits) - 1
+    n = 0
+    index[0] = 0
+    for r in range(indptr.size - 1):
+        n += indptr[r + 1] - indptr[r]
+        for e in range(indptr[r], indptr[r + 1]):
+            if counts[e] > cmax:  # rare: no division on the common path
+                n += (np.int64(counts[e]) - 1) // cmax
+        if (r + 1) % mini_rows == 0 or r + 1 == indptr.size - 1:
+            index[(r + mini_rows) // mini_rows] = n
+    return n
+
+
+@njit(**_JIT)
+def spill_pack(indptr, indices, counts, n_vocab, mini_rows, count_bits, out):
+    """Pack every entry of a CSR into one uint32: ``count << key_bits | (row % mini_rows)·V + column``.
+
+    A count above ``cmax = 2^count_bits - 1`` is written as several entries of the same
+    key (``cmax``, ..., the rest): the reduce sums entries of a key whatever their number,
+    so no entry needs a wider field. That costs one entry per ``cmax`` of a pair's count
+    (at V = 131,072, 7 bits: a pair seen 1,000 times in a chunk takes 8 entries), and halves
+    the spill of synthetic text, where nearly every pair is seen once, against a separate
+    uint32 count. Returns the entries written (``spill_index``'s total)."""
     V = np.uint32(n_vocab)
+    cmax = np.uint32((1 << count_bits) - 1)
+    shift = np.uint32(32 - count_bits)
+    full = cmax << shift
+    n = 0
     for r in range(indptr.size - 1):
         base = np.uint32(r % mini_rows) * V
         for e in range(indptr[r], indptr[r + 1]):
-            out[e] = base + np.uint32(indices[e])
+            key = base + np.uint32(indices[e])
+            c = np.uint32(counts[e])
+            while c > cmax:
+                out[n] = full | key
+                n += 1
+                c -= cmax
+            out[n] = (c << shift) | key
+            n += 1
+    return n
 
 
 _DEBRUIJN = np.uint64(0x03F79D71B4CB0A89)  # 64-bit de Bruijn sequence: the index of a word's lowest set bit
@@ -29,29 +71,35 @@ for _bit in range(64):
 
 
 @njit(**_JIT)
-def merge_runs(keys, counts, run_starts, run_minis, mini_rows, n_vocab, out_cols, out_counts, row_nnz):
-    """Merge sorted runs of spilled entries into one sorted, summed CSR piece; returns its entries.
+def merge_runs(packed, run_starts, run_minis, mini_rows, n_vocab, key_bits, out_cols, out_counts, row_nnz):
+    """Merge runs of spilled entries into one sorted, summed CSR piece; returns its entries.
 
-    Run ``i`` is ``keys/counts[run_starts[i]:run_starts[i + 1]]``; ``run_minis[i, m]`` is
+    Run ``i`` is ``packed[run_starts[i]:run_starts[i + 1]]`` (entries of :func:`spill_pack`:
+    the count above ``key_bits``, the key below); ``run_minis[i, m]`` is
     where its mini-block ``m`` starts (relative to the run, ``m = 0 .. n_minis``); a key
-    is local to its mini-block (``(row % mini_rows)·V + column``), ascending within a
-    run, so each run lists a row's entries together. Row by row, every run's entries
+    is local to its mini-block (``(row % mini_rows)·V + column``), its rows ascending within a
+    run (columns within a row in any order, a key possibly repeated), so each run lists a row's
+    entries together. Row by row, every run's entries
     of the row are added into a dense accumulator of V counts, their columns marked in
     a bitmap of V bits (16 KB at V = 131,072, in L1); the row is then read back in
     column order from the bitmap's set bits (a summary bitmap, one bit per word of
     it, skips the empty words), which clears both. Per entry that is one
     add and one bit set, whatever the number of runs: a heap over 95 runs took
-    ~7 comparisons per entry. Writes columns and summed counts (uint64, checked by
-    the caller) and the entries per row (``row_nnz``, rows of the block, zero on entry).
+    ~7 comparisons per entry. Writes columns and summed counts (uint32) and the entries
+    per row (``row_nnz``, rows of the block, zero on entry); returns -1 instead when a
+    count exceeds 2^32 - 1 (what a count store holds).
     """
     P = run_starts.size - 1
     n_minis = run_minis.shape[1] - 1
     V = np.uint64(n_vocab)
-    acc = np.zeros(n_vocab, np.uint64)
+    acc = np.zeros(n_vocab, np.uint32)  # 512 KB at V = 131,072: stays in L2 (uint64 took 1 MB, all of it)
+    wrapped = False
     bits = np.zeros((n_vocab + 63) // 64, np.uint64)
     summary = np.zeros((bits.size + 63) // 64, np.uint64)  # bit w: bits[w] is not zero
     pos = np.empty(P, np.int64)
     one, six, low6 = np.uint64(1), np.uint64(6), np.uint64(63)
+    kmask = np.uint32((1 << key_bits) - 1)
+    kshift = np.uint32(key_bits)
     n = 0
     for m in range(n_minis):
         for i in range(P):
@@ -62,9 +110,12 @@ def merge_runs(keys, counts, run_starts, run_minis, mini_rows, n_vocab, out_cols
             for i in range(P):
                 p = pos[i]
                 end = run_starts[i] + run_minis[i, m + 1]
-                while p < end and np.uint64(keys[p]) < limit:
-                    col = np.uint64(keys[p]) - base
-                    acc[col] += np.uint64(counts[p])
+                while p < end and np.uint64(packed[p] & kmask) < limit:
+                    x = packed[p]
+                    col = np.uint64(x & kmask) - base
+                    before = acc[col]
+                    acc[col] = before + (x >> kshift)
+                    wrapped |= acc[col] < before
                     w = col >> six
                     if bits[w] == 0:
                         summary[w >> six] |= one << (w & low6)
@@ -90,4 +141,4 @@ def merge_runs(keys, counts, run_starts, run_minis, mini_rows, n_vocab, out_cols
                     sword ^= slow
                 summary[s] = 0
             row_nnz[m * mini_rows + lr] = n - start
-    return n
+    return -1 if wrapped else n

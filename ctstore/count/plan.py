@@ -51,8 +51,8 @@ class CountPlan:
 
 def plan_count(n_vocab: int, shards: list[dict], lags: int, task_memory: int) -> CountPlan:
     """Group row groups into map tasks and size reduce/assemble tasks for ``task_memory`` bytes."""
-    if n_vocab * MINI_ROWS >= 2**32 or n_vocab * n_vocab >= 2**63:
-        raise CtstoreError(f"n_vocab={n_vocab} too large for the count spill format (V·{MINI_ROWS} < 2^32)")
+    if n_vocab * MINI_ROWS > 2**31:  # a spilled entry packs its key under at least one bit of count
+        raise CtstoreError(f"n_vocab={n_vocab} too large for the count spill format (V·{MINI_ROWS} <= 2^31)")
     # the kernel's scratch that does not grow with the chunk (its tail columns are in MAP_BYTES_PER_TOKEN)
     fixed = HeadWork.nbytes(MAP_MAX_HEAD, n_vocab, 0) + TailWork.nbytes(lags, n_vocab, MAP_MAX_HEAD, BLOCK_OCCURRENCES)
     chunk_tokens = int(min(MAX_CHUNK_TOKENS, (task_memory - fixed) // MAP_BYTES_PER_TOKEN))
@@ -80,7 +80,7 @@ def plan_count(n_vocab: int, shards: list[dict], lags: int, task_memory: int) ->
         n_vocab=n_vocab, lags=lags, n_tokens=n_tokens, map_units=tuple(units), chunk_tokens=chunk_tokens,
         reduce_entries=max(1 << 16, task_memory // REDUCE_BYTES_PER_ENTRY),
         assemble_entries=max(ZARR_CHUNK, (task_memory // ASSEMBLE_BYTES_PER_ENTRY) // ZARR_CHUNK * ZARR_CHUNK),
-        spill_bytes_max=n_tokens * lags * 12,
+        spill_bytes_max=n_tokens * lags * 4,  # a packed entry per pair at most (a count of c takes <= c entries)
     )
 
 

@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import io
 import os
+import queue
 import shutil
 import threading
 import time
@@ -34,7 +35,7 @@ import numpy as np
 from ..location import Location, atomic_path
 
 __all__ = ["MARKER", "scratch_root", "suffixed", "write_file", "save_array", "save_arrays", "load_array",
-           "npy_layout", "read_slice", "read_slice_into", "mark_complete", "is_complete", "remove", "remove_pieces", "free_bytes",
+           "npy_layout", "read_slice", "read_slice_into", "mark_complete", "is_complete", "remove", "Sweeper", "free_bytes",
            "stale_entries",
            "tree_bytes"]
 
@@ -198,23 +199,52 @@ def remove(loc: Location) -> None:
         pass
 
 
-def remove_pieces(pieces: list[Location]) -> threading.Thread:
-    """Remove piece directories on a thread (join it): each loses its marker first, so a piece an
-    interruption leaves half-removed is redone by a rerun, never reused. Removing is mostly waiting on the
-    disk (16 GiB of spills took ~10 s to unlink on an ext4 volume mounted with ``discard``): a job goes on
-    with its next phase meanwhile."""
+class Sweeper:
+    """Removes scratch on one thread, in the order asked, while a job goes on; :meth:`join` before the job ends.
 
-    def run():
+    Removing is mostly waiting on the disk (16 GiB of count spills took ~10 s to unlink
+    on an ext4 volume mounted with ``discard``), so a job hands each piece over as soon
+    as no later task reads it and goes on computing. :meth:`invalidate` takes a piece's
+    marker away first: a piece an interruption leaves half-removed is redone by a rerun,
+    never reused; if its marker cannot be removed, nothing under the piece is.
+    """
+
+    def __init__(self):
+        self._todo: queue.SimpleQueue = queue.SimpleQueue()
+        self._kept: list[str] = []  # pieces whose marker stayed: their files stay too
+        self._thread = threading.Thread(target=self._run, name="ctstore-remove-scratch", daemon=True)
+        self._thread.start()
+
+    def invalidate(self, pieces: list[Location]) -> None:
+        """Remove the markers of piece directories (before any of their files go)."""
         for piece in pieces:
-            try:
-                remove(piece.child(MARKER))
-            except OSError:
-                continue  # keep the piece whole: a rerun may reuse it
-            remove(piece)
+            self._todo.put((True, piece))
 
-    thread = threading.Thread(target=run, name="ctstore-remove-scratch", daemon=True)
-    thread.start()
-    return thread
+    def remove(self, locations: list[Location]) -> None:
+        """Remove files or directories (a directory whole), after everything asked before."""
+        for loc in locations:
+            self._todo.put((False, loc))
+
+    def pieces(self, pieces: list[Location]) -> None:
+        """Remove piece directories whole, each marker first."""
+        for piece in pieces:
+            self.invalidate([piece])
+            self.remove([piece])
+
+    def join(self) -> None:
+        self._todo.put(None)
+        self._thread.join()
+
+    def _run(self) -> None:
+        while (item := self._todo.get()) is not None:
+            marker, loc = item
+            if any(loc.url == kept or loc.url.startswith(kept + "/") for kept in self._kept):
+                continue
+            try:
+                remove(loc.child(MARKER) if marker else loc)
+            except OSError:
+                if marker:
+                    self._kept.append(loc.url)  # keep the piece whole: a rerun may reuse it
 
 
 def free_bytes(loc: Location) -> int | None:
