@@ -243,20 +243,14 @@ class Runner:
         finally:
             bar.close()
 
-    def map(self, fn, items: list[tuple], desc: str, done=None) -> list:
-        """``[fn(*item) for item in items]`` on the cluster, in order, with a progress bar.
-
-        ``done(i)``, when given, is called in this process as soon as item ``i``'s result
-        is here (in completion order), e.g. to remove scratch no later task reads.
-        """
+    def map(self, fn, items: list[tuple], desc: str) -> list:
+        """``[fn(*item) for item in items]`` on the cluster, in order, with a progress bar."""
         bar = progress(total=len(items), desc=desc, unit="task", disable=progress_disabled() or not items)
         try:
             if self.client is None:
                 out = []
-                for i, item in enumerate(items):
+                for item in items:
                     out.append(fn(*item))
-                    if done is not None:
-                        done(i)
                     bar.update()
                 return out
             from distributed import as_completed
@@ -270,14 +264,57 @@ class Runner:
                     out[i] = future.result()  # raises the task's exception here
                     finished.add(i)
                     future.release()  # the result is here: nothing may recompute the task later
-                    if done is not None:
-                        done(i)
                     bar.update()
                 return out
             finally:
                 for i, f in enumerate(futures):
                     if i not in finished:
                         f.cancel()
+        finally:
+            bar.close()
+
+    def stream(self, jobs: list[tuple], on_result, desc: str) -> None:
+        """Run ``(tag, fn, args)`` jobs; ``on_result(tag, result)`` runs in this process as each result comes
+        (in completion order) and returns more jobs, which start at once: a phase's next tasks need not
+        wait for the whole phase (a lag assembles while the next lags reduce)."""
+        bar = progress(total=len(jobs), desc=desc, unit="task", disable=progress_disabled() or not jobs)
+
+        def grow(more):
+            if more:
+                bar.total += len(more)
+                if hasattr(bar, "refresh"):
+                    bar.refresh()
+            return more
+
+        try:
+            if self.client is None:
+                todo = list(jobs)
+                while todo:
+                    tag, fn, args = todo.pop(0)
+                    todo += grow(on_result(tag, fn(*args)))
+                    bar.update()
+                return
+            from distributed import as_completed
+
+            tags: dict = {}
+            pending = as_completed(loop=self.client.loop)
+
+            def submit(more):
+                for tag, fn, args in more:
+                    future = self.client.submit(fn, *args, pure=False, retries=2)
+                    tags[future.key] = tag
+                    pending.add(future)
+
+            try:
+                submit(jobs)
+                for future in pending:
+                    result = future.result()  # raises the task's exception here
+                    future.release()
+                    submit(grow(on_result(tags.pop(future.key), result)))
+                    bar.update()
+            finally:
+                for f in list(pending.futures):
+                    f.cancel()
         finally:
             bar.close()
 

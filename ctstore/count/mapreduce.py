@@ -16,6 +16,9 @@ with ``--scheduler sync`` or an address. Every phase is independent tasks on a
 3. **assemble** (one task per range of Zarr chunks, :func:`assemble_task`): copy CSR
    pieces into the flat ``indices``/``data`` arrays; every task writes only the
    chunks it owns.
+   A lag assembles as soon as its own reduce tasks are done, while the next lags reduce
+   (:class:`_ReduceAssemble`, one stream of tasks); scratch is removed on a thread
+   (:class:`~ctstore.formats.scratch.Sweeper`) as soon as no task reads it.
 
 Every scratch piece is named by exactly what it covers (map: shard and row groups;
 reduce: lag and mini-block range), so a rerun with another plan never reads
@@ -349,24 +352,19 @@ def _count_into(ws, store: Location, fp, tokens, shards: TokenShards, params, me
                 reduce_jobs.append((map_dirs, lag, lo, hi, V, plan.reduce_entries, _piece(reduce_dir, lag, lo, hi),
                                     [task_layouts[lag - 1] for task_layouts in maps["layouts"]]))
         log(f"count: {len(reduce_jobs)} reduce task(s) over {L} lag(s)")
-        # scratch goes as soon as no later task reads it, on a thread, while the next tasks compute: a lag's
-        # map spills once its reduce is done (every map marker first: a rerun redoes the map then), a lag's
-        # reduce pieces once its assemble is done (scratch of 200M synthetic tokens: 11 GB; unlinking is slow)
-        sweeper = Sweeper()
+        sweeper = Sweeper()  # removes scratch on a thread as soon as no task reads it (see _ReduceAssemble)
         try:
-            reduced, reduce_pieces = _reduce_and_sweep(runner, reduce_jobs, map_dirs, sweeper, timings)
-            nnz_by_lag = _assemble_and_sweep(runner, reduced, reduce_pieces, blocks_by_lag, reduce_dir, plan,
-                                             unigram, tokens, store, sweeper, timings)
+            writer = CountStoreWriter(store, unigram, L, tokens.fingerprint, tokens.manifest.get("tokenizer"))
+            phases = _ReduceAssemble(reduce_jobs, blocks_by_lag, map_dirs, reduce_dir, plan, writer, sweeper, timings)
+            phases.run(runner)
         finally:
             with stopwatch(timings, "scratch_removal_s"):
                 sweeper.join()
     with stopwatch(timings, "scratch_removal_s"):
         remove(scratch)
     timings["total_s"] = round(time.perf_counter() - start, 3)
-    scratch_written = maps["bytes"] + sum(b for _, b in reduced)
-
-    timings["total_s"] = round(time.perf_counter() - start, 3)
-    scratch_written = maps["bytes"] + sum(b for _, b in reduced)
+    scratch_written = maps["bytes"] + phases.reduce_bytes
+    nnz_by_lag = phases.nnz_by_lag
     rate = plan.n_tokens / max(timings["total_s"], 1e-9)
     log(f"count: {plan.n_tokens} tokens in {timings['total_s']:.1f} s ({rate / 1e6:.2f}M tokens/s); "
         f"nnz per lag {min(nnz_by_lag.values())}..{max(nnz_by_lag.values())}; "
@@ -376,70 +374,81 @@ def _count_into(ws, store: Location, fp, tokens, shards: TokenShards, params, me
             "tokens_per_s": round(rate), "memory_budget": runner.plan.memory, "scratch_bytes": int(scratch_written)}
 
 
-def _reduce_and_sweep(runner: Runner, reduce_jobs: list, map_dirs: list, sweeper: Sweeper, timings: dict):
-    """Run the reduce tasks; as each lag's last one finishes, hand that lag's map spills to ``sweeper``."""
-    left = {}
-    for job in reduce_jobs:
-        left[job[1]] = left.get(job[1], 0) + 1
-    pieces_by_lag = {lag: [job[6] for job in reduce_jobs if job[1] == lag] for lag in left}
-    valid = [True]  # the map pieces still have their markers
+class _ReduceAssemble:
+    """Reduce and assemble as one stream of tasks (:meth:`~ctstore.cluster.Runner.stream`): as soon as a lag's
+    last reduce task is done, its arrays are created (its indptr from the row counts) and its assemble tasks
+    start while the next lags reduce; scratch goes to the sweeper as soon as no task reads it: a lag's map
+    spills after its reduce (every map marker first: a rerun redoes the map then), a lag's reduce pieces
+    after its assemble, often before the disk has them (unlinking written-back scratch is the slow part)."""
 
-    def done(i: int) -> None:
-        lag = reduce_jobs[i][1]
-        left[lag] -= 1
-        if left[lag] == 0:
-            if valid.pop() if valid else False:
-                sweeper.invalidate(map_dirs)
-            sweeper.remove([d.child(_spill_name(lag)) for d in map_dirs])
+    def __init__(self, reduce_jobs: list, blocks_by_lag: dict, map_dirs: list, reduce_dir: Location, plan,
+                 writer: CountStoreWriter, sweeper: Sweeper, timings: dict):
+        self.jobs, self.blocks_by_lag, self.map_dirs, self.reduce_dir = reduce_jobs, blocks_by_lag, map_dirs, reduce_dir
+        self.plan, self.writer, self.sweeper, self.timings = plan, writer, sweeper, timings
+        self.rows = {lag: [None] * len(blocks) for lag, blocks in blocks_by_lag.items()}
+        self.reduce_left = {lag: len(blocks) for lag, blocks in blocks_by_lag.items()}
+        self.assemble_left: dict = {}
+        self.nnz_by_lag: dict = {}
+        self.reduce_bytes = 0
+        self.maps_valid = True
+        self.start = time.perf_counter()
 
-    with stopwatch(timings, "reduce_s"):
-        reduced = runner.map(reduce_task, reduce_jobs, desc="count reduce", done=done)
-    sweeper.remove(map_dirs)  # what is left of them: unigrams, directories
-    return reduced, pieces_by_lag
+    def run(self, runner: Runner) -> None:
+        first = [(("reduce", job[1], b), reduce_task, job) for job, b in zip(self.jobs, self._block_numbers())]
+        runner.stream(first, self.on_result, desc="count reduce+assemble")
+        self.timings["assemble_s"] = round(time.perf_counter() - self.start - self.timings["reduce_s"], 3)
 
+    def _block_numbers(self):
+        seen: dict = {}
+        for job in self.jobs:
+            seen[job[1]] = seen.get(job[1], -1) + 1
+            yield seen[job[1]]
 
-def _assemble_and_sweep(runner: Runner, reduced: list, reduce_pieces: dict, blocks_by_lag: dict,
-                        reduce_dir: Location, plan, unigram, tokens, store: Location, sweeper: Sweeper,
-                        timings: dict) -> dict:
-    """Create each lag's arrays (its indptr from the reduce's row counts) and copy the reduce pieces into them;
-    as each lag's last assemble task finishes, hand its reduce pieces to ``sweeper``. Returns nnz per lag."""
-    V, L = plan.n_vocab, plan.lags
-    writer = CountStoreWriter(store, unigram, L, tokens.fingerprint, tokens.manifest.get("tokenizer"))
-    nnz_by_lag, assemble_jobs, it = {}, [], iter(reduced)
-    for lag in range(1, L + 1):
-        pieces, offset, rownnz = [], 0, []
-        for lo, hi in blocks_by_lag[lag]:
-            rows, _ = next(it)
+    def on_result(self, tag: tuple, result) -> list:
+        kind, lag, b = tag
+        if kind == "assemble":
+            self.assemble_left[lag] -= 1
+            if self.assemble_left[lag] == 0:
+                self._sweep_reduce(lag)
+            return []
+        rows, written = result
+        self.rows[lag][b] = rows
+        self.reduce_bytes += written
+        self.reduce_left[lag] -= 1
+        if self.reduce_left[lag]:
+            return []
+        if not any(self.reduce_left.values()):
+            self.timings["reduce_s"] = round(time.perf_counter() - self.start, 3)
+        if self.maps_valid:
+            self.sweeper.invalidate(self.map_dirs)
+            self.maps_valid = False
+        self.sweeper.remove([d.child(_spill_name(lag)) for d in self.map_dirs])
+        if not any(self.reduce_left.values()):
+            self.sweeper.remove(self.map_dirs)  # what is left of them: unigrams, directories
+        return self._assemble_jobs(lag)
+
+    def _assemble_jobs(self, lag: int) -> list:
+        pieces, offset = [], 0
+        for (lo, hi), rows in zip(self.blocks_by_lag[lag], self.rows[lag]):
             nnz = int(rows.sum())
-            pieces.append((_piece(reduce_dir, lag, lo, hi), offset, nnz))
-            rownnz.append(rows)
+            pieces.append((_piece(self.reduce_dir, lag, lo, hi), offset, nnz))
             offset += nnz
-        nnz_by_lag[lag] = offset
-        indptr = np.zeros(V + 1, dtype=np.int64)
-        np.cumsum(np.concatenate(rownnz), out=indptr[1:])
-        for name, array in writer.create_lag(lag, indptr).items():
-            for s in range(0, offset, plan.assemble_entries):
-                assemble_jobs.append((lag, (array, pieces, s, min(offset, s + plan.assemble_entries), name)))
-    left = {lag: 0 for lag in range(1, L + 1)}
-    for lag, _ in assemble_jobs:
-        left[lag] += 1
+        self.nnz_by_lag[lag] = offset
+        indptr = np.zeros(self.plan.n_vocab + 1, dtype=np.int64)
+        np.cumsum(np.concatenate(self.rows.pop(lag)), out=indptr[1:])
+        jobs = []
+        for name, array in self.writer.create_lag(lag, indptr).items():
+            for s in range(0, offset, self.plan.assemble_entries):
+                jobs.append((("assemble", lag, len(jobs)), assemble_task,
+                             (array, pieces, s, min(offset, s + self.plan.assemble_entries), name)))
+        self.assemble_left[lag] = len(jobs)
+        if not jobs:
+            self._sweep_reduce(lag)
+        return jobs
 
-    def sweep(lag: int) -> None:  # the row counts first: they mark a reduce piece complete
-        sweeper.remove([suffixed(p, f".{x}.npy") for x in ("rownnz", "indices", "data") for p in reduce_pieces[lag]])
-
-    for lag in range(1, L + 1):
-        if left[lag] == 0:
-            sweep(lag)
-
-    def done(i: int) -> None:
-        lag = assemble_jobs[i][0]
-        left[lag] -= 1
-        if left[lag] == 0:
-            sweep(lag)
-
-    with stopwatch(timings, "assemble_s"):
-        runner.map(assemble_task, [job for _, job in assemble_jobs], desc="count assemble", done=done)
-    return nnz_by_lag
+    def _sweep_reduce(self, lag: int) -> None:  # the row counts first: they mark a reduce piece complete
+        pieces = [_piece(self.reduce_dir, lag, lo, hi) for lo, hi in self.blocks_by_lag[lag]]
+        self.sweeper.remove([suffixed(p, f".{x}.npy") for p in pieces for x in ("rownnz", "indices", "data")])
 
 
 def _piece(reduce_dir: Location, lag: int, lo: int, hi: int) -> Location:

@@ -8,6 +8,9 @@ from __future__ import annotations
 
 import numpy as np
 from numba import njit
+# tzcnt, the index of a word's lowest set bit, as one instruction: numba's own intrinsic (the de Bruijn
+# multiply and table lookup it replaced took 14.0 vs 11.5 ns per entry of merge_runs on synthetic spills)
+from numba.cpython.unsafe.numbers import trailing_zeros as _lowest_bit
 
 _JIT = dict(nogil=True, cache=True, boundscheck=False)
 
@@ -64,12 +67,6 @@ def spill_pack(indptr, indices, counts, n_vocab, mini_rows, count_bits, out):
     return n
 
 
-_DEBRUIJN = np.uint64(0x03F79D71B4CB0A89)  # 64-bit de Bruijn sequence: the index of a word's lowest set bit
-_DEBRUIJN_INDEX = np.zeros(64, np.int64)
-for _bit in range(64):
-    _DEBRUIJN_INDEX[((1 << _bit) * 0x03F79D71B4CB0A89 % (1 << 64)) >> 58] = _bit
-
-
 @njit(**_JIT)
 def merge_runs(packed, run_starts, run_minis, mini_rows, n_vocab, key_bits, out_cols, out_counts, row_nnz):
     """Merge runs of spilled entries into one sorted, summed CSR piece; returns its entries.
@@ -117,8 +114,7 @@ def merge_runs(packed, run_starts, run_minis, mini_rows, n_vocab, key_bits, out_
                     acc[col] = before + (x >> kshift)
                     wrapped |= acc[col] < before
                     w = col >> six
-                    if bits[w] == 0:
-                        summary[w >> six] |= one << (w & low6)
+                    summary[w >> six] |= one << (w & low6)  # no branch on bits[w]: 11.8 -> 9.7 ns per entry
                     bits[w] |= one << (col & low6)
                     p += 1
                 pos[i] = p
@@ -126,19 +122,17 @@ def merge_runs(packed, run_starts, run_minis, mini_rows, n_vocab, key_bits, out_
             for s in range(summary.size):
                 sword = summary[s]
                 while sword:
-                    slow = sword & (~sword + one)
-                    w = s * 64 + _DEBRUIJN_INDEX[np.int64((slow * _DEBRUIJN) >> np.uint64(58))]
+                    w = s * 64 + np.int64(_lowest_bit(sword))
                     word = bits[w]
                     while word:
-                        low = word & (~word + one)
-                        col = w * 64 + _DEBRUIJN_INDEX[np.int64((low * _DEBRUIJN) >> np.uint64(58))]
+                        col = w * 64 + np.int64(_lowest_bit(word))
                         out_cols[n] = col
                         out_counts[n] = acc[col]
                         acc[col] = 0
                         n += 1
-                        word ^= low
+                        word &= word - one  # clear the lowest set bit
                     bits[w] = 0
-                    sword ^= slow
+                    sword &= sword - one
                 summary[s] = 0
             row_nnz[m * mini_rows + lr] = n - start
     return -1 if wrapped else n
