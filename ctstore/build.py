@@ -50,20 +50,25 @@ def build_artifact(ws: Workspace, kind: str, fp: str, build, *, force: bool = Fa
         if existing is not None and not force:
             log(f"reusing {kind}/{fp} (written by another process)")
             return existing, True
+        removing = None
         if existing is not None or ws.read_manifest(kind, fp)[1] is not None:
-            ws.remove(kind, fp)
-        path = ws.prepare(kind, fp, keep_partial=keep_partial)
+            removing = ws.replace(kind, fp)  # the old one goes on a thread while the new one is built
         try:
-            body = build(path)
-            body["files"] = hash_files(ws.artifact_location(kind, fp))
-            return ws.publish(kind, fp, body), False
-        except BaseException as exc:
-            error = _room_error(exc, path, kind)
-            # out of room: even a resumable stage removes what it wrote (it is what fills the disk)
-            _discard_partial(ws, kind, fp, keep_partial and error is None and not isinstance(exc, WriteError))
-            if error is not None:
-                raise error from None
-            raise
+            path = ws.prepare(kind, fp, keep_partial=keep_partial)
+            try:
+                body = build(path)
+                body["files"] = hash_files(ws.artifact_location(kind, fp))
+                return ws.publish(kind, fp, body), False
+            except BaseException as exc:
+                error = _room_error(exc, path, kind)
+                # out of room: even a resumable stage removes what it wrote (it is what fills the disk)
+                _discard_partial(ws, kind, fp, keep_partial and error is None and not isinstance(exc, WriteError))
+                if error is not None:
+                    raise error from None
+                raise
+        finally:
+            if removing is not None:
+                removing.join()
 
 
 def _reusable(ws: Workspace, kind: str, fp: str) -> Artifact | None:

@@ -26,6 +26,7 @@ import json
 import os
 import re
 import stat
+import threading
 import time
 
 from . import __version__
@@ -286,6 +287,37 @@ class Workspace:
         path = self.artifact_path(kind, fp)
         if self.fs.exists(path):
             self.fs.rm(path, recursive=True)
+
+    def replace(self, kind: str, fp: str) -> threading.Thread | None:
+        """Take an artifact out of the way at once, to be rebuilt (``--force``), and remove it on a thread
+        (join it before the process ends): a local one is renamed into ``tmp/replaced-<kind>-<fp>-<pid>``,
+        which ``gc`` removes if the removal is cut short. Unlinking a count store of 1.4 GB took ~1 s
+        here, which the rebuild no longer waits for. A remote artifact is removed before this returns."""
+        path = self.artifact_path(kind, fp)
+        if not self.is_local:
+            self.remove(kind, fp)
+            return None
+        aside = os.path.join(self.root, "tmp", f"replaced-{kind}-{fp}-{os.getpid()}")
+        try:
+            os.makedirs(os.path.dirname(aside), exist_ok=True)
+            if not self._removable(aside):  # a tmp/ linked out of the workspace: nothing is removed there
+                raise OSError(errno.EXDEV, "tmp/ leads out of the workspace")
+            os.rename(path, aside)
+        except FileNotFoundError:
+            return None
+        except OSError:  # another file system under tmp/, or a leftover of the same name: remove in place
+            self.remove(kind, fp)
+            return None
+
+        def remove():
+            try:
+                remove_local(aside)
+            except OSError:
+                pass  # what is left lies in tmp/, where gc removes it
+
+        thread = threading.Thread(target=remove, name="ctstore-remove-replaced", daemon=True)
+        thread.start()
+        return thread
 
     def publish(self, kind: str, fp: str, manifest: dict) -> Artifact:
         """Write ``manifest.json`` last and atomically: the artifact becomes complete."""

@@ -71,6 +71,50 @@ def test_failed_build_leaves_nothing_complete_and_gc_cleans(ws):
     assert not os.path.exists(ws.artifact_path("counts", "deadbeef"))
 
 
+def test_force_rebuild_moves_the_old_artifact_aside_and_removes_it_while_building(ws, monkeypatch):
+    """--force: the old artifact leaves its place at once (into tmp/replaced-*), the new one is built in
+    its place while a thread removes the old, and the build waits for that thread; a removal cut short
+    leaves the old one in tmp/, where gc removes it."""
+    import threading
+
+    import ctstore.workspace as workspace_module
+
+    def build(text):
+        def write(path):
+            with open(os.path.join(path, "data.bin"), "w") as f:
+                f.write(text)
+            return {}
+        return write
+
+    build_artifact(ws, "counts", "feedface", build("old"))
+    gate, seen = threading.Event(), {}
+    real_remove = workspace_module.remove_local
+
+    def slow_remove(path):
+        gate.wait(10)
+        real_remove(path)
+
+    def rebuild(path):
+        aside = [n for n in os.listdir(os.path.join(ws.root, "tmp")) if n.startswith("replaced-counts-feedface")]
+        seen["aside"], seen["place_empty"] = aside, os.listdir(path) == []
+        gate.set()
+        return build("new")(path)
+
+    monkeypatch.setattr(workspace_module, "remove_local", slow_remove)
+    artifact, reused = build_artifact(ws, "counts", "feedface", rebuild, force=True)
+    assert not reused and seen["aside"] and seen["place_empty"]
+    assert open(os.path.join(artifact.path, "data.bin")).read() == "new"
+    assert not [n for n in os.listdir(os.path.join(ws.root, "tmp")) if n.startswith("replaced-")]
+
+    monkeypatch.setattr(workspace_module, "remove_local", lambda path: (_ for _ in ()).throw(OSError("cut short")))
+    build_artifact(ws, "counts", "feedface", build("newer"), force=True)
+    left = [n for n in os.listdir(os.path.join(ws.root, "tmp")) if n.startswith("replaced-")]
+    assert left and ws.find("counts", "feedface") is not None
+    monkeypatch.setattr(workspace_module, "remove_local", real_remove)
+    assert any("replaced-counts-feedface" in p for p in ws.gc())
+    assert ws.find("counts", "feedface") is not None  # gc never touches the complete artifact
+
+
 def test_workspace_that_is_a_file_is_a_clear_error(tmp_path):
     f = tmp_path / "file"
     f.write_text("x")
