@@ -67,6 +67,22 @@ def test_row_block_reads_match_full_matrix(sample_counts):
     assert (block != full[1000:5000]).nnz == 0
 
 
+def read_piece(prefix: str, V: int) -> tuple[np.ndarray, np.ndarray]:
+    """A reduce piece's columns and counts, unpacked by hand: one uint32 per entry, the column in the low
+    bit_length(V - 1) bits, the count above, or from the overflow list where the field is all ones."""
+    from ctstore.formats.scratch import npy_layout, read_slice
+    from ctstore.location import Location
+
+    loc = Location.of(prefix + ".entries.npy")
+    layout = npy_layout(loc)
+    packed, where, values = (np.array(read_slice(loc, entry, 0, entry[1][0])) for entry in layout)
+    bits = max(1, (V - 1).bit_length())
+    counts = (packed >> bits).astype(np.int64)
+    assert (counts[where] == (1 << (32 - bits)) - 1).all()
+    counts[where] = values
+    return packed & ((1 << bits) - 1), counts
+
+
 def test_reduce_with_tiny_caps_merges_incrementally_and_stays_exact(ws, tmp_path):
     from ctstore.count import MINI_ROWS, map_task, reduce_task
 
@@ -86,7 +102,7 @@ def test_reduce_with_tiny_caps_merges_incrementally_and_stays_exact(ws, tmp_path
     for lo in range(3):  # one reduce block per mini-block, each merging with a cap of 50 entries
         prefix = str(tmp_path / f"r{lo}")
         reduce_task(dirs, 2, lo, lo + 1, V, 50, prefix)
-        indices, data = np.load(prefix + ".indices.npy"), np.load(prefix + ".data.npy")
+        indices, data = read_piece(prefix, V)
         rownnz = np.load(prefix + ".rownnz.npy")
         rows = np.repeat(np.arange(lo * MINI_ROWS, (lo + 1) * MINI_ROWS), rownnz)
         got.update({(int(r), int(c)): int(x) for r, c, x in zip(rows, indices, data)})
@@ -274,11 +290,13 @@ def test_one_pass_and_spilled_map_reduce_give_identical_stores(ws):
         assert store_as_dict(CountStore.from_artifact(one), lag) == naive_counts(docs, lag)
 
 
-@pytest.mark.parametrize("batched", [False, True])
-def test_map_reduce_splits_counts_above_the_packed_field(ws, monkeypatch, batched):
+@pytest.mark.parametrize("batched,narrow_pieces", [(False, False), (True, False), (False, True), (True, True)])
+def test_map_reduce_splits_counts_above_the_packed_field(ws, monkeypatch, batched, narrow_pieces):
     """V = 600,000 leaves 4 bits of count beside a spilled key (cmax 15): pairs seen hundreds of times in a
     map task go through the spill as many entries of one key and come back summed; ``batched`` makes every
-    reduce block exceed its cap, so the incremental merge (numpy's sort) sums them instead of merge_runs."""
+    reduce block exceed its cap, so the incremental merge (numpy's sort) sums them instead of merge_runs;
+    ``narrow_pieces`` leaves a reduce piece 4 bits of count beside a column, so sums of 15 or more go
+    through its overflow list to assemble."""
     import dataclasses
 
     import ctstore.count.mapreduce as mapreduce_module
@@ -292,6 +310,10 @@ def test_map_reduce_splits_counts_above_the_packed_field(ws, monkeypatch, batche
             for n in rng.integers(50, 400, size=40)]
     tokens = write_tokens(ws, docs, n_vocab=V, row_group_tokens=2000, shard_tokens=5000)
     calls = []
+    if narrow_pieces:
+        key_bits = merge_loops.key_bits
+        monkeypatch.setattr(merge_loops, "key_bits", lambda V, mini_rows=1: key_bits(V, mini_rows) if mini_rows > 1
+                            else 28)
     if batched:
         plan_count, reduce_batched = mapreduce_module.plan_count, mapreduce_module._reduce_batched
         monkeypatch.setattr(mapreduce_module, "plan_count",

@@ -180,20 +180,26 @@ def test_merge_runs_equals_summing_the_runs(runs, seed):
         rows = [r for r, _, _ in run]
         minis.append([sum(1 for r in rows if r // mini_rows < m) for m in range(n_minis + 1)])
     total = len(packed)
-    out_cols = np.empty(total, np.uint32)
-    out_counts = np.empty(total, np.uint64)
-    row_nnz = np.zeros(n_minis * mini_rows, np.int64)
-    n = merge_loops.merge_runs(np.array(packed, np.uint32), np.array(starts, np.int64),
-                               np.array(minis, np.int64).reshape(len(runs), n_minis + 1), mini_rows, V, bits,
-                               out_cols, out_counts, row_nnz)
-    rows = np.repeat(np.arange(row_nnz.size), row_nnz)
-    got = Counter({(int(r), int(c)): int(x) for r, c, x in zip(rows, out_cols[:n], out_counts[:n])})
-    assert n == len(want) and got == want
-    assert all(np.all(np.diff(out_cols[:n][rows == r].astype(np.int64)) > 0) for r in range(row_nnz.size))
+    for out_bits in (merge_loops.key_bits(V), 29):  # 29: counts of 7 or more go to the overflow list
+        out = np.empty(total, np.uint32)
+        over_pos, over_count = np.empty(total, np.int64), np.empty(total, np.uint32)
+        row_nnz = np.zeros(n_minis * mini_rows, np.int64)
+        n, k = merge_loops.merge_runs(np.array(packed, np.uint32), np.array(starts, np.int64),
+                                      np.array(minis, np.int64).reshape(len(runs), n_minis + 1), mini_rows, V, bits,
+                                      out_bits, out, over_pos, over_count, row_nnz)
+        cols, counts = out[:n] & ((1 << out_bits) - 1), (out[:n] >> out_bits).astype(np.int64)
+        assert (counts[over_pos[:k]] == (1 << (32 - out_bits)) - 1).all()
+        counts[over_pos[:k]] = over_count[:k]
+        assert k == sum(c >= (1 << (32 - out_bits)) - 1 for c in want.values())
+        rows = np.repeat(np.arange(row_nnz.size), row_nnz)
+        got = Counter({(int(r), int(c)): int(x) for r, c, x in zip(rows, cols, counts)})
+        assert n == len(want) and got == want
+        assert all(np.all(np.diff(cols[rows == r].astype(np.int64)) > 0) for r in range(row_nnz.size))
 
 
 def test_merge_runs_refuses_a_count_above_uint32():
-    """32 entries of 2^27 - 1 for one cell sum to 2^32 - 32 (exact); 33 pass 2^32 - 1: merge_runs says so."""
+    """32 entries of 2^27 - 1 for one cell sum to 2^32 - 32 (exact, through the overflow list); 33 pass
+    2^32 - 1: merge_runs says so."""
     from ctstore.count import merge_loops
 
     V, mini_rows = 6, 4
@@ -201,14 +207,15 @@ def test_merge_runs_refuses_a_count_above_uint32():
     cmax = (1 << (32 - bits)) - 1
     for entries, want in ((32, 32 * cmax), (33, -1)):
         packed = np.full(entries, cmax << bits | (1 * V + 2), np.uint32)  # row 1, column 2
-        out_cols, out_counts = np.empty(entries, np.uint32), np.empty(entries, np.uint32)
+        out, over_pos, over_count = np.empty(entries, np.uint32), np.empty(1, np.int64), np.empty(1, np.uint32)
         row_nnz = np.zeros(mini_rows, np.int64)
-        n = merge_loops.merge_runs(packed, np.array([0, entries], np.int64), np.array([[0, entries]], np.int64),
-                                   mini_rows, V, bits, out_cols, out_counts, row_nnz)
+        n, k = merge_loops.merge_runs(packed, np.array([0, entries], np.int64), np.array([[0, entries]], np.int64),
+                                      mini_rows, V, bits, merge_loops.key_bits(V), out, over_pos, over_count, row_nnz)
         if want < 0:
             assert n == -1
         else:
-            assert n == 1 and out_cols[0] == 2 and int(out_counts[0]) == want and row_nnz.tolist() == [0, 1, 0, 0]
+            assert (n, k) == (1, 1) and out[0] & 7 == 2 and over_pos[0] == 0 and int(over_count[0]) == want
+            assert row_nnz.tolist() == [0, 1, 0, 0]
 
 
 @settings(max_examples=60, deadline=None)

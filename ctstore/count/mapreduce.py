@@ -48,7 +48,7 @@ from . import fused
 from .kernel import HEAD_CHOICES, ChunkPairs, _write_error, read_chunk
 from .plan import MAP_MAX_HEAD, MAP_TAIL_BYTES_PER_TOKEN, MINI_ROWS, plan_count, plan_row_blocks
 
-SPILL_VERSION = 5  # in spill directory names: a resumed run never reads another format (5: packed entries)
+SPILL_VERSION = 6  # in scratch names: a resumed run never reads another format (6: packed reduce pieces)
 
 
 def map_task(shard: Location, row_groups: tuple, n_vocab: int, lags: int, out_dir: Location,
@@ -201,9 +201,12 @@ def reduce_task(map_dirs: list[Location], lag: int, mini_lo: int, mini_hi: int, 
     Reads only its rows of each spill (one sequential read per spill into
     buffers sized once, or ranged reads on an object store; ``layouts``, the map
     tasks' spill layouts for this lag, spare reading each spill's headers), and
-    merges the sorted runs row by row (:func:`.merge_loops.merge_runs`) instead of
-    sorting their concatenation. Returns ``(entries per row, bytes written)``; the row counts
-    are written last and mark the piece complete, so a rerun returns them at once.
+    merges the runs row by row (:func:`.merge_loops.merge_runs`) instead of
+    sorting their concatenation. The piece is one file of three arrays: its entries packed,
+    a column and its count in one uint32 (:func:`.merge_loops.merge_runs`), and where a count
+    did not fit with that count (see :func:`assemble_task`). Returns ``(entries per row, bytes
+    written)``; the row counts are written last and mark the piece complete, so a rerun
+    returns them at once.
     """
     map_dirs, out_prefix = [_as_location(d) for d in map_dirs], _as_location(out_prefix)
     done = suffixed(out_prefix, ".rownnz.npy")
@@ -220,15 +223,15 @@ def reduce_task(map_dirs: list[Location], lag: int, mini_lo: int, mini_hi: int, 
             runs.append((spill, layout, index))
     total = sum(int(index[-1] - index[0]) for _, _, index in runs)
     if total > 2 * max_entries:  # one mini-block above the cap: merge incrementally, bounded by the merged size
-        indices, counts, rownnz = _reduce_batched(runs, mini_lo, mini_hi, n_vocab, max_entries)
+        piece = _reduce_batched(runs, mini_lo, mini_hi, n_vocab, max_entries)
     else:
-        indices, counts, rownnz = _reduce_merged(runs, total, mini_hi - mini_lo, n_vocab)
-    rownnz = rownnz[:r1 - r0]
-    if counts.size and int(counts.max()) > np.iinfo(np.uint32).max:
+        piece = _reduce_merged(runs, total, mini_hi - mini_lo, n_vocab)
+    if piece is None:
         raise CtstoreError(f"lag {lag}: a pair count exceeds 2^32-1; uint32 count store cannot hold it")
+    *arrays, rownnz = piece
+    rownnz = rownnz[:r1 - r0]
     try:
-        written = save_array(suffixed(out_prefix, ".indices.npy"), indices)
-        written += save_array(suffixed(out_prefix, ".data.npy"), counts.astype(np.uint32, copy=False))
+        written = save_arrays(suffixed(out_prefix, ".entries.npy"), arrays)[0]
         written += save_array(done, rownnz)  # written last: marks the piece complete
     except OSError as exc:
         raise _write_error(out_prefix.url, "reduce output", exc) from None
@@ -237,8 +240,8 @@ def reduce_task(map_dirs: list[Location], lag: int, mini_lo: int, mini_hi: int, 
 
 def _reduce_merged(runs: list, total: int, n_minis: int, n_vocab: int) -> tuple:
     """Read each run's slice with one sequential read into a buffer sized once, then merge the runs
-    (:func:`.merge_loops.merge_runs`): ``(columns uint32, counts uint32, entries per row)``; a count above
-    2^32 - 1 comes back as 2^32 (the caller's check fails on it)."""
+    (:func:`.merge_loops.merge_runs`): ``(packed entries, overflow places, overflow counts, entries per
+    row)``, or None when a count exceeds 2^32 - 1."""
     packed = np.empty(total, np.uint32)
     run_starts = np.zeros(len(runs) + 1, np.int64)
     run_minis = np.empty((len(runs), n_minis + 1), np.int64)
@@ -249,15 +252,16 @@ def _reduce_merged(runs: list, total: int, n_minis: int, n_vocab: int) -> tuple:
         run_minis[i] = index - lo
         at += hi - lo
         run_starts[i + 1] = at
-    out_cols = np.empty(total, np.uint32)
-    out_counts = np.empty(total, np.uint32)
-    rownnz = np.zeros(n_minis * MINI_ROWS, np.int64)
     loops = _merge_loops()
-    n = loops.merge_runs(packed, run_starts, run_minis, MINI_ROWS, n_vocab, loops.key_bits(n_vocab, MINI_ROWS),
-                         out_cols, out_counts, rownnz)
+    out = np.empty(total, np.uint32)
+    over_pos = np.empty(loops.overflow_capacity(total, n_vocab, MINI_ROWS), np.int64)
+    over_count = np.empty(over_pos.size, np.uint32)
+    rownnz = np.zeros(n_minis * MINI_ROWS, np.int64)
+    n, k = loops.merge_runs(packed, run_starts, run_minis, MINI_ROWS, n_vocab, loops.key_bits(n_vocab, MINI_ROWS),
+                            loops.key_bits(n_vocab), out, over_pos, over_count, rownnz)
     if n < 0:
-        return out_cols[:1], np.full(1, 2**32, np.uint64), rownnz
-    return out_cols[:n], out_counts[:n], rownnz
+        return None
+    return out[:n], over_pos[:k], over_count[:k], rownnz
 
 
 def _reduce_batched(runs: list, mini_lo: int, mini_hi: int, n_vocab: int, max_entries: int) -> tuple:
@@ -279,8 +283,19 @@ def _reduce_batched(runs: list, mini_lo: int, mini_hi: int, n_vocab: int, max_en
         batch_entries += hi - lo
     keys, counts = merge_sorted_counts(batch + ([running] if running else []), n_vocab)
     del batch, running
+    if counts.size and int(counts.max()) > np.iinfo(np.uint32).max:
+        return None
     rownnz = np.bincount((keys // np.uint64(n_vocab)).astype(np.int64), minlength=(mini_hi - mini_lo) * MINI_ROWS)
-    return (keys % np.uint64(n_vocab)).astype(np.uint32), counts, rownnz.astype(np.int64)
+    return (*_pack_piece((keys % np.uint64(n_vocab)).astype(np.uint32), counts, n_vocab), rownnz.astype(np.int64))
+
+
+def _pack_piece(cols: np.ndarray, counts: np.ndarray, n_vocab: int) -> tuple:
+    """:func:`.merge_loops.merge_runs`'s packing in numpy: ``(packed, overflow places, overflow counts)``."""
+    bits = _merge_loops().key_bits(n_vocab)
+    cmax = (1 << (32 - bits)) - 1
+    over = np.flatnonzero(counts >= cmax)
+    packed = (np.minimum(counts, cmax).astype(np.uint32) << np.uint32(bits)) | cols
+    return packed, over.astype(np.int64), counts[over].astype(np.uint32)
 
 
 def _merge_loops():
@@ -289,22 +304,39 @@ def _merge_loops():
     return merge_loops
 
 
-def assemble_task(array: Location, pieces: list[tuple[Location, int, int]], start: int, stop: int,
-                  suffix: str) -> int:
-    """Write elements ``[start, stop)`` of a flat CSR array (``indices`` or ``data``) from reduce pieces.
+def assemble_task(indices: Location, data: Location, pieces: list[tuple[Location, int, int]], start: int,
+                  stop: int, n_vocab: int) -> int:
+    """Write elements ``[start, stop)`` of a lag's flat ``indices`` and ``data`` arrays from reduce pieces.
 
     ``pieces`` lists ``(prefix, global_offset, nnz)`` in row order; only the
-    overlapping range of each overlapping piece is read. ``start``/``stop`` are
-    chunk-aligned (except the array end), so this task owns every chunk it writes.
+    overlapping range of each overlapping piece is read (and its overflow list, a few
+    entries), and unpacked: the column below ``key_bits(V)``, the count above it, or
+    from the overflow list where it did not fit. ``start``/``stop`` are chunk-aligned
+    (except the array end), so this task owns every chunk it writes.
     """
-    out = np.empty(stop - start, dtype=np.uint32)
+    bits = _merge_loops().key_bits(n_vocab)
+    packed = np.empty(stop - start, dtype=np.uint32)
+    counts = np.empty(stop - start, dtype=np.uint32)
+    overflows = []
     for prefix, offset, nnz in pieces:
         lo, hi = max(start, offset), min(stop, offset + nnz)
         if lo >= hi:
             continue
-        src = suffixed(prefix, f".{suffix}.npy")
-        read_slice_into(src, npy_layout(src)[0], lo - offset, hi - offset, out[lo - start: hi - start])
-    write_elements(array, start, out)
+        src = suffixed(prefix, ".entries.npy")
+        layout = npy_layout(src)
+        read_slice_into(src, layout[0], lo - offset, hi - offset, packed[lo - start: hi - start])
+        n_over = layout[1][1][0]
+        if n_over:
+            where = np.array(read_slice(src, layout[1], 0, n_over))
+            values = np.array(read_slice(src, layout[2], 0, n_over))
+            keep = (where >= lo - offset) & (where < hi - offset)
+            overflows.append((where[keep] + (offset - start), values[keep]))
+    np.right_shift(packed, np.uint32(bits), out=counts)
+    for where, values in overflows:
+        counts[where] = values
+    np.bitwise_and(packed, np.uint32((1 << bits) - 1), out=packed)
+    write_elements(indices, start, packed)
+    write_elements(data, start, counts)
     return stop - start
 
 
@@ -437,10 +469,11 @@ class _ReduceAssemble:
         indptr = np.zeros(self.plan.n_vocab + 1, dtype=np.int64)
         np.cumsum(np.concatenate(self.rows.pop(lag)), out=indptr[1:])
         jobs = []
-        for name, array in self.writer.create_lag(lag, indptr).items():
-            for s in range(0, offset, self.plan.assemble_entries):
-                jobs.append((("assemble", lag, len(jobs)), assemble_task,
-                             (array, pieces, s, min(offset, s + self.plan.assemble_entries), name)))
+        arrays = self.writer.create_lag(lag, indptr)
+        for s in range(0, offset, self.plan.assemble_entries):
+            jobs.append((("assemble", lag, len(jobs)), assemble_task,
+                         (arrays["indices"], arrays["data"], pieces, s, min(offset, s + self.plan.assemble_entries),
+                          self.plan.n_vocab)))
         self.assemble_left[lag] = len(jobs)
         if not jobs:
             self._sweep_reduce(lag)
@@ -448,7 +481,7 @@ class _ReduceAssemble:
 
     def _sweep_reduce(self, lag: int) -> None:  # the row counts first: they mark a reduce piece complete
         pieces = [_piece(self.reduce_dir, lag, lo, hi) for lo, hi in self.blocks_by_lag[lag]]
-        self.sweeper.remove([suffixed(p, f".{x}.npy") for p in pieces for x in ("rownnz", "indices", "data")])
+        self.sweeper.remove([suffixed(p, f".{x}.npy") for p in pieces for x in ("rownnz", "entries")])
 
 
 def _piece(reduce_dir: Location, lag: int, lo: int, hi: int) -> Location:

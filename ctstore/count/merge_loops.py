@@ -15,9 +15,19 @@ from numba.cpython.unsafe.numbers import trailing_zeros as _lowest_bit
 _JIT = dict(nogil=True, cache=True, boundscheck=False)
 
 
-def key_bits(n_vocab: int, mini_rows: int) -> int:
-    """Bits of a spilled key ``(row % mini_rows)·V + column``; the rest of its uint32 holds the count."""
+def key_bits(n_vocab: int, mini_rows: int = 1) -> int:
+    """Bits of a spilled key ``(row % mini_rows)·V + column`` (a reduce piece's: ``mini_rows`` 1, the
+    column); the rest of its uint32 holds the count."""
     return max(1, (mini_rows * n_vocab - 1).bit_length())
+
+
+def overflow_capacity(entries: int, n_vocab: int, mini_rows: int) -> int:
+    """Room for the entries of a reduce piece whose count does not fit beside its column: ``entries`` spilled
+    ones carry at most ``cin`` each (their field), an overflowing sum is at least ``cout`` (the piece's), so
+    at most ``entries · cin / cout`` overflow (one in ~256 at V = 131,072 and 256 rows per mini-block)."""
+    cin = (1 << (32 - key_bits(n_vocab, mini_rows))) - 1
+    cout = (1 << (32 - key_bits(n_vocab))) - 1
+    return entries * cin // cout + 1
 
 
 @njit(**_JIT)
@@ -68,8 +78,9 @@ def spill_pack(indptr, indices, counts, n_vocab, mini_rows, count_bits, out):
 
 
 @njit(**_JIT)
-def merge_runs(packed, run_starts, run_minis, mini_rows, n_vocab, key_bits, out_cols, out_counts, row_nnz):
-    """Merge runs of spilled entries into one sorted, summed CSR piece; returns its entries.
+def merge_runs(packed, run_starts, run_minis, mini_rows, n_vocab, key_bits, out_bits, out, over_pos, over_count,
+               row_nnz):
+    """Merge runs of spilled entries into one sorted, summed CSR piece, packed; returns ``(entries, overflows)``.
 
     Run ``i`` is ``packed[run_starts[i]:run_starts[i + 1]]`` (entries of :func:`spill_pack`:
     the count above ``key_bits``, the key below); ``run_minis[i, m]`` is
@@ -82,9 +93,14 @@ def merge_runs(packed, run_starts, run_minis, mini_rows, n_vocab, key_bits, out_
     column order from the bitmap's set bits (a summary bitmap, one bit per word of
     it, skips the empty words), which clears both. Per entry that is one
     add and one bit set, whatever the number of runs: a heap over 95 runs took
-    ~7 comparisons per entry. Writes columns and summed counts (uint32) and the entries
-    per row (``row_nnz``, rows of the block, zero on entry); returns -1 instead when a
-    count exceeds 2^32 - 1 (what a count store holds).
+    ~7 comparisons per entry.
+
+    Writes each entry as one uint32, ``count << out_bits | column`` (half the bytes of a
+    column and a count: the piece is written to scratch and read back by assemble); a count
+    of ``cmax = 2^(32 - out_bits) - 1`` or more is written as ``cmax`` and listed in
+    ``over_pos`` (its place in ``out``) and ``over_count`` (see :func:`overflow_capacity`).
+    Fills ``row_nnz`` (entries per row of the block, zero on entry). Returns ``(-1, 0)``
+    instead when a count exceeds 2^32 - 1 (what a count store holds).
     """
     P = run_starts.size - 1
     n_minis = run_minis.shape[1] - 1
@@ -97,7 +113,10 @@ def merge_runs(packed, run_starts, run_minis, mini_rows, n_vocab, key_bits, out_
     one, six, low6 = np.uint64(1), np.uint64(6), np.uint64(63)
     kmask = np.uint32((1 << key_bits) - 1)
     kshift = np.uint32(key_bits)
+    oshift = np.uint32(out_bits)
+    cmax = np.uint32((1 << (32 - out_bits)) - 1)
     n = 0
+    k = 0
     for m in range(n_minis):
         for i in range(P):
             pos[i] = run_starts[i] + run_minis[i, m]
@@ -126,8 +145,13 @@ def merge_runs(packed, run_starts, run_minis, mini_rows, n_vocab, key_bits, out_
                     word = bits[w]
                     while word:
                         col = w * 64 + np.int64(_lowest_bit(word))
-                        out_cols[n] = col
-                        out_counts[n] = acc[col]
+                        c = acc[col]
+                        if c >= cmax:
+                            over_pos[k] = n
+                            over_count[k] = c
+                            k += 1
+                            c = cmax
+                        out[n] = (c << oshift) | np.uint32(col)
                         acc[col] = 0
                         n += 1
                         word &= word - one  # clear the lowest set bit
@@ -135,4 +159,4 @@ def merge_runs(packed, run_starts, run_minis, mini_rows, n_vocab, key_bits, out_
                     sword &= sword - one
                 summary[s] = 0
             row_nnz[m * mini_rows + lr] = n - start
-    return -1 if wrapped else n
+    return (-1, 0) if wrapped else (n, k)
