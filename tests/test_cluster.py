@@ -10,7 +10,7 @@ import urllib.request
 import numpy as np
 import pytest
 
-from ctstore.cluster import WORKER_MALLOC, Runner, plan_cluster
+from ctstore.cluster import PROFILE_VARIABLE, WORKER_MALLOC, Runner, plan_cluster
 from ctstore.embed import K0Params, embed_counts, load_embeddings
 
 
@@ -48,6 +48,9 @@ def test_dashboard_answers_while_a_job_runs():
         env = next(iter(runner.client.run(lambda: {k: os.environ.get(k) for k in
                                                      ("MALLOC_TRIM_THRESHOLD_", "OMP_NUM_THREADS")}).values()))
         assert env == {"MALLOC_TRIM_THRESHOLD_": WORKER_MALLOC["MALLOC_TRIM_THRESHOLD_"], "OMP_NUM_THREADS": "1"}
+        # the statistical profiler is off in the workers (7% of a count's map), unless the user turns it on
+        profiling = runner.client.run(lambda: __import__("dask").config.get("distributed.worker.profile.enabled"))
+        assert list(profiling.values()) == [os.environ.get(PROFILE_VARIABLE, "").lower() == "true"]
 
 
 @pytest.mark.slow
