@@ -275,8 +275,9 @@ class Runner:
 
     def stream(self, jobs: list[tuple], on_result, desc: str) -> None:
         """Run ``(tag, fn, args)`` jobs; ``on_result(tag, result)`` runs in this process as each result comes
-        (in completion order) and returns more jobs, which start at once: a phase's next tasks need not
-        wait for the whole phase (a lag assembles while the next lags reduce)."""
+        (in completion order) and returns more jobs, which start at once, before the first jobs still
+        waiting: a phase's next tasks need not wait for the whole phase (a lag assembles while the next lags
+        reduce, and its scratch goes sooner)."""
         bar = progress(total=len(jobs), desc=desc, unit="task", disable=progress_disabled() or not jobs)
 
         def grow(more):
@@ -299,9 +300,9 @@ class Runner:
             tags: dict = {}
             pending = as_completed(loop=self.client.loop)
 
-            def submit(more):
+            def submit(more, priority=0):
                 for tag, fn, args in more:
-                    future = self.client.submit(fn, *args, pure=False, retries=2)
+                    future = self.client.submit(fn, *args, pure=False, retries=2, priority=priority)
                     tags[future.key] = tag
                     pending.add(future)
 
@@ -310,7 +311,7 @@ class Runner:
                 for future in pending:
                     result = future.result()  # raises the task's exception here
                     future.release()
-                    submit(grow(on_result(tags.pop(future.key), result)))
+                    submit(grow(on_result(tags.pop(future.key), result)), priority=1)
                     bar.update()
             finally:
                 for f in list(pending.futures):
