@@ -27,6 +27,29 @@ def test_plan_cluster_table(memory, workers, ok):
     assert 0 < p.task_memory < p.worker_memory
 
 
+def _square(x):
+    if x == 13:
+        raise ValueError("thirteen")
+    return x * x
+
+
+@pytest.mark.parametrize("scheduler", ["sync", pytest.param("local", marks=pytest.mark.slow)])
+def test_stream_runs_the_jobs_each_result_brings(scheduler):
+    """Runner.stream: every first job runs, each result may bring more (here: x -> x + 10 while below 40),
+    all of them reach on_result exactly once; a task's exception reaches the caller."""
+    seen = []
+
+    def on_result(tag, result):
+        seen.append((tag, result))
+        return [(tag + 10, _square, (tag + 10,))] if tag + 10 < 40 else []
+
+    with Runner("2GB", scheduler, n_workers=1) as runner:
+        runner.stream([(x, _square, (x,)) for x in (1, 2, 4)], on_result, desc="stream test")
+        assert sorted(seen) == sorted((x, x * x) for x in (1, 2, 4, 11, 12, 14, 21, 22, 24, 31, 32, 34))
+        with pytest.raises(ValueError, match="thirteen"):
+            runner.stream([(3, _square, (3,))], lambda tag, result: [(13, _square, (13,))], desc="failing")
+
+
 def _free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
