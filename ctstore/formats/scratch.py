@@ -35,9 +35,8 @@ import numpy as np
 from ..location import Location, atomic_path
 
 __all__ = ["MARKER", "scratch_root", "suffixed", "write_file", "save_array", "save_arrays", "load_array",
-           "npy_layout", "read_slice", "read_slice_into", "mark_complete", "is_complete", "remove", "Sweeper", "free_bytes",
-           "stale_entries",
-           "tree_bytes"]
+           "npy_layout", "read_slice", "read_slice_into", "mark_complete", "is_complete", "remove", "Sweeper",
+           "free_bytes", "stale_entries", "tree_bytes"]
 
 MARKER = "_complete"
 STALE_AFTER_S = 24 * 3600  # remote scratch untouched this long belongs to no running job (gc)
