@@ -292,7 +292,7 @@ class Runner:
                 todo = list(jobs)
                 while todo:
                     tag, fn, args = todo.pop(0)
-                    todo += grow(on_result(tag, fn(*args)))
+                    todo[:0] = grow(on_result(tag, fn(*args)))  # ahead of the first jobs still waiting
                     bar.update()
                 return
             from distributed import as_completed

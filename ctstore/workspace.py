@@ -21,9 +21,11 @@ handle and manifest names are in :mod:`ctstore.artifact`, the locks in
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import json
 import os
+import shutil
 import re
 import stat
 import threading
@@ -292,9 +294,11 @@ class Workspace:
         """Take an artifact out of the way at once, to be rebuilt (``--force``), and remove it on a thread
         (join it before the process ends): a local one is renamed into ``tmp/replaced-<kind>-<fp>-<pid>``,
         which ``gc`` removes if the removal is cut short. Unlinking a count store of 1.4 GB took ~1 s
-        here, which the rebuild no longer waits for. A remote artifact is removed before this returns."""
+        here, which the rebuild no longer waits for. A remote artifact, or one whose disk has less free
+        than twice its size and 1 GiB besides (the rebuild may need its room), is removed before this
+        returns."""
         path = self.artifact_path(kind, fp)
-        if not self.is_local:
+        if not self.is_local or not _room_to_rebuild_beside(path):
             self.remove(kind, fp)
             return None
         aside = os.path.join(self.root, "tmp", f"replaced-{kind}-{fp}-{os.getpid()}")
@@ -427,6 +431,20 @@ class Workspace:
         """Context manager held while an export writes ``out_dir.partial-*``: a killed export's leftover is
         then known to ``gc`` (a scratch lock + ``tmp/export-<hash>`` naming ``out_dir``)."""
         return ExportRecord(self, out_dir)
+
+
+def _room_to_rebuild_beside(path: str) -> bool:
+    """Whether the disk under ``path`` keeps room for a rebuild while the old artifact is still being removed."""
+    size = 0
+    for directory, _, files in os.walk(path):
+        for name in files:
+            with contextlib.suppress(OSError):
+                size += os.lstat(os.path.join(directory, name)).st_size
+    try:
+        free = shutil.disk_usage(path).free
+    except OSError:
+        return False
+    return free >= 2 * size + (1 << 30)
 
 
 MAX_MANIFEST_BYTES = 256 << 20  # a manifest lists one hash per file; far below this even for huge stores

@@ -46,6 +46,8 @@ def test_stream_runs_the_jobs_each_result_brings(scheduler):
     with Runner("2GB", scheduler, n_workers=1) as runner:
         runner.stream([(x, _square, (x,)) for x in (1, 2, 4)], on_result, desc="stream test")
         assert sorted(seen) == sorted((x, x * x) for x in (1, 2, 4, 11, 12, 14, 21, 22, 24, 31, 32, 34))
+        if scheduler == "sync":  # the jobs a result brings run before the first jobs still waiting
+            assert [tag for tag, _ in seen] == [1, 11, 21, 31, 2, 12, 22, 32, 4, 14, 24, 34]
         with pytest.raises(ValueError, match="thirteen"):
             runner.stream([(3, _square, (3,))], lambda tag, result: [(13, _square, (13,))], desc="failing")
 

@@ -109,6 +109,18 @@ def test_reduce_with_tiny_caps_merges_incrementally_and_stays_exact(ws, tmp_path
     assert got == ref
 
 
+def test_spill_format_bounds_the_vocabulary_in_one_line():
+    """A spilled entry is one uint32: (row % 256)·V + column under at least one bit of count, so V <= 2^23."""
+    from ctstore.count.plan import plan_count, spill_format_holds
+    from ctstore.errors import CtstoreError
+
+    shards = [{"name": "s", "row_groups": [10]}]
+    assert spill_format_holds(2**23) and not spill_format_holds(2**23 + 1)
+    assert plan_count(2**23, shards, 2, 4 << 30).n_tokens == 10
+    with pytest.raises(CtstoreError, match=r"n_vocab=8388609 too large for the count spill format"):
+        plan_count(2**23 + 1, shards, 2, 4 << 30)
+
+
 @pytest.mark.parametrize("entries,cap,expected", [
     ([5, 5, 5], 10, [(0, 2), (2, 3)]),
     ([20, 1, 1], 10, [(0, 1), (1, 3)]),

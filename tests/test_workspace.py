@@ -114,6 +114,18 @@ def test_force_rebuild_moves_the_old_artifact_aside_and_removes_it_while_buildin
     assert any("replaced-counts-feedface" in p for p in ws.gc())
     assert ws.find("counts", "feedface") is not None  # gc never touches the complete artifact
 
+    # a disk without room for both: the old one is removed before the rebuild starts, nothing set aside
+    monkeypatch.setattr(workspace_module.shutil, "disk_usage", lambda path: shutil_usage(0))
+    seen.clear()
+    build_artifact(ws, "counts", "feedface", rebuild, force=True)
+    assert seen["aside"] == [] and seen["place_empty"]
+
+
+def shutil_usage(free: int):
+    import collections
+
+    return collections.namedtuple("usage", "total used free")(1 << 40, 1 << 40, free)
+
 
 def test_workspace_that_is_a_file_is_a_clear_error(tmp_path):
     f = tmp_path / "file"

@@ -27,7 +27,7 @@ from ..units import format_bytes, parse_memory
 from . import fused
 from .kernel import (ENTRY_BYTES, HEAD_CHOICES, ChunkPairs, HeadWork, LayoutMismatch, _loops, _write_error,
                      choose_head, read_chunk)
-from .plan import FUSED_BYTES_PER_TOKEN, MINI_ROWS
+from .plan import FUSED_BYTES_PER_TOKEN, spill_format_holds
 
 
 class _MemoryGate:
@@ -128,7 +128,7 @@ def _one_pass_outlook(tokens, shards: TokenShards, lags: int, head: int | None, 
     n = shards.n_tokens
     if n * FUSED_BYTES_PER_TOKEN + HeadWork.nbytes(HEAD_CHOICES[-1], shards.n_vocab, 0) > room * 3 // 4:
         return "no", None  # cannot fit with room for the lags: not worth reading the corpus to find out
-    if n >= 2**31 - 1 or shards.n_vocab * MINI_ROWS >= 2**32:
+    if n >= 2**31 - 1 or not spill_format_holds(shards.n_vocab):  # map/reduce then says why, before any read
         return "no", None
     need = _one_pass_bytes_from_unigram(tokens, shards, lags, head)
     if need is None:

@@ -49,9 +49,15 @@ class CountPlan:
                 f"<= {self.reduce_entries} entries, projected spill <= {format_bytes(self.spill_bytes_max)}")
 
 
+def spill_format_holds(n_vocab: int) -> bool:
+    """Whether map/reduce can count V ids: a spilled entry packs its key ``(row % MINI_ROWS)·V + column`` under
+    at least one bit of count in a uint32."""
+    return n_vocab * MINI_ROWS <= 2**31
+
+
 def plan_count(n_vocab: int, shards: list[dict], lags: int, task_memory: int) -> CountPlan:
     """Group row groups into map tasks and size reduce/assemble tasks for ``task_memory`` bytes."""
-    if n_vocab * MINI_ROWS > 2**31:  # a spilled entry packs its key under at least one bit of count
+    if not spill_format_holds(n_vocab):
         raise CtstoreError(f"n_vocab={n_vocab} too large for the count spill format (V·{MINI_ROWS} <= 2^31)")
     # the kernel's scratch that does not grow with the chunk (its tail columns are in MAP_BYTES_PER_TOKEN)
     fixed = HeadWork.nbytes(MAP_MAX_HEAD, n_vocab, 0) + TailWork.nbytes(lags, n_vocab, MAP_MAX_HEAD, BLOCK_OCCURRENCES)
