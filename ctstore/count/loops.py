@@ -15,6 +15,8 @@ from __future__ import annotations
 import numpy as np
 from numba import njit
 
+from .merge_loops import entries_for, pack_entry
+
 _JIT = dict(nogil=True, cache=True, boundscheck=False)
 ROW_BITS = 9  # tail pairs are partitioned by row into buckets of 2**ROW_BITS rows
 RADIX_BITS = 8  # digits of the radix sort of a row's distinct columns
@@ -339,29 +341,23 @@ def lag_spill(stream, code, tail_pos, head_ids, head_code, lag, table, bucket_st
     V = head_code.size - 1
     H = head_ids.size
     H1 = H + 1
-    cmax = (1 << count_bits) - 1
+    ucmax = np.uint32((1 << count_bits) - 1)
     n = 0
     index[0] = 0
     for r in range(V):  # entries per mini-block, a large count split
         for j in range(row_start[r], row_start[r] + row_len[r]):
-            n += 1
-            if pairs[j] > cmax:
-                n += (np.int64(pairs[j]) - 1) // cmax
+            n += entries_for(pairs[j], ucmax)
         hc = head_code[r]
         if hc < H:
             base = np.int64(hc) * H1
             for c in range(H):
                 x = table[base + c]
                 if x:
-                    n += 1
-                    if x > cmax:
-                        n += (np.int64(x) - 1) // cmax
+                    n += entries_for(x, ucmax)
         if (r + 1) % mini_rows == 0 or r + 1 == V:
             index[r // mini_rows + 1] = n
     out = np.empty(n, np.uint32)
     shift = np.uint32(32 - count_bits)
-    ucmax = np.uint32(cmax)
-    full = ucmax << shift
     at = 0
     for r in range(V):
         base_key = np.uint32(r % mini_rows) * np.uint32(V)
@@ -372,21 +368,7 @@ def lag_spill(stream, code, tail_pos, head_ids, head_code, lag, table, bucket_st
                 x = table[base + c]
                 if x:
                     table[base + c] = 0
-                    key = base_key + np.uint32(head_ids[c])
-                    x = np.uint32(x)
-                    while x > ucmax:
-                        out[at] = full | key
-                        at += 1
-                        x -= ucmax
-                    out[at] = (x << shift) | key
-                    at += 1
+                    at = pack_entry(out, at, base_key + np.uint32(head_ids[c]), x, ucmax, shift)
         for j in range(row_start[r], row_start[r] + row_len[r]):
-            key = base_key + np.uint32(cols[j])
-            x = np.uint32(pairs[j])
-            while x > ucmax:
-                out[at] = full | key
-                at += 1
-                x -= ucmax
-            out[at] = (x << shift) | key
-            at += 1
+            at = pack_entry(out, at, base_key + np.uint32(cols[j]), pairs[j], ucmax, shift)
     return out

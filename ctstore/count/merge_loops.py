@@ -31,18 +31,36 @@ def overflow_capacity(entries: int, n_vocab: int, mini_rows: int) -> int:
 
 
 @njit(**_JIT)
+def entries_for(count, cmax):
+    """Entries a count takes in a field that holds at most ``cmax``: ``ceil(count / cmax)`` (no division for
+    the common count that fits)."""
+    return 1 if count <= cmax else (np.int64(count) + cmax - 1) // cmax
+
+
+@njit(**_JIT)
+def pack_entry(out, at, key, count, cmax, shift):
+    """Write ``count`` for ``key`` from ``out[at]`` as ``count << shift | key`` entries of at most ``cmax``
+    each (uint32); returns the next free slot."""
+    c = np.uint32(count)
+    while c > cmax:
+        out[at] = (cmax << shift) | key
+        at += 1
+        c -= cmax
+    out[at] = (c << shift) | key
+    return at + 1
+
+
+@njit(**_JIT)
 def spill_index(indptr, counts, mini_rows, count_bits, index):
     """Where each mini-block of ``mini_rows`` rows starts among the packed entries of a CSR (``index``,
     n_minis + 1); returns the entries. A count above ``2^count_bits - 1`` takes several entries (see
     :func:`spill_pack`)."""
-    cmax = (1 << count_bits) - 1
+    cmax = np.uint32((1 << count_bits) - 1)
     n = 0
     index[0] = 0
     for r in range(indptr.size - 1):
-        n += indptr[r + 1] - indptr[r]
         for e in range(indptr[r], indptr[r + 1]):
-            if counts[e] > cmax:  # rare: no division on the common path
-                n += (np.int64(counts[e]) - 1) // cmax
+            n += entries_for(counts[e], cmax)
         if (r + 1) % mini_rows == 0 or r + 1 == indptr.size - 1:
             index[(r + mini_rows) // mini_rows] = n
     return n
@@ -61,19 +79,11 @@ def spill_pack(indptr, indices, counts, n_vocab, mini_rows, count_bits, out):
     V = np.uint32(n_vocab)
     cmax = np.uint32((1 << count_bits) - 1)
     shift = np.uint32(32 - count_bits)
-    full = cmax << shift
     n = 0
     for r in range(indptr.size - 1):
         base = np.uint32(r % mini_rows) * V
         for e in range(indptr[r], indptr[r + 1]):
-            key = base + np.uint32(indices[e])
-            c = np.uint32(counts[e])
-            while c > cmax:
-                out[n] = full | key
-                n += 1
-                c -= cmax
-            out[n] = (c << shift) | key
-            n += 1
+            n = pack_entry(out, n, base + np.uint32(indices[e]), counts[e], cmax, shift)
     return n
 
 
