@@ -380,9 +380,10 @@ def _count_into(ws, store: Location, fp, tokens, shards: TokenShards, params, me
         for lag in range(1, L + 1):
             blocks = plan_row_blocks(maps["mini_entries"][lag - 1], plan.reduce_entries)
             blocks_by_lag[lag] = blocks
-            for lo, hi in blocks:
-                reduce_jobs.append((map_dirs, lag, lo, hi, V, plan.reduce_entries, _piece(reduce_dir, lag, lo, hi),
-                                    [task_layouts[lag - 1] for task_layouts in maps["layouts"]]))
+            for b, (lo, hi) in enumerate(blocks):
+                reduce_jobs.append((("reduce", lag, b), reduce_task, (
+                    map_dirs, lag, lo, hi, V, plan.reduce_entries, _piece(reduce_dir, lag, lo, hi),
+                    [task_layouts[lag - 1] for task_layouts in maps["layouts"]])))
         log(f"count: {len(reduce_jobs)} reduce task(s) over {L} lag(s)")
         sweeper = Sweeper()  # removes scratch on a thread as soon as no task reads it (see _ReduceAssemble)
         try:
@@ -415,6 +416,7 @@ class _ReduceAssemble:
 
     def __init__(self, reduce_jobs: list, blocks_by_lag: dict, map_dirs: list, reduce_dir: Location, plan,
                  writer: CountStoreWriter, sweeper: Sweeper, timings: dict):
+        """``reduce_jobs``: ``(("reduce", lag, block number), reduce_task, args)``, as :meth:`Runner.stream` takes."""
         self.jobs, self.blocks_by_lag, self.map_dirs, self.reduce_dir = reduce_jobs, blocks_by_lag, map_dirs, reduce_dir
         self.plan, self.writer, self.sweeper, self.timings = plan, writer, sweeper, timings
         self.rows = {lag: [None] * len(blocks) for lag, blocks in blocks_by_lag.items()}
@@ -426,15 +428,8 @@ class _ReduceAssemble:
         self.start = time.perf_counter()
 
     def run(self, runner: Runner) -> None:
-        first = [(("reduce", job[1], b), reduce_task, job) for job, b in zip(self.jobs, self._block_numbers())]
-        runner.stream(first, self.on_result, desc="count reduce+assemble")
+        runner.stream(self.jobs, self.on_result, desc="count reduce+assemble")
         self.timings["assemble_s"] = round(time.perf_counter() - self.start - self.timings["reduce_s"], 3)
-
-    def _block_numbers(self):
-        seen: dict = {}
-        for job in self.jobs:
-            seen[job[1]] = seen.get(job[1], -1) + 1
-            yield seen[job[1]]
 
     def on_result(self, tag: tuple, result) -> list:
         kind, lag, b = tag
