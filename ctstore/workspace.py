@@ -21,7 +21,6 @@ handle and manifest names are in :mod:`ctstore.artifact`, the locks in
 
 from __future__ import annotations
 
-import contextlib
 import errno
 import json
 import os
@@ -435,16 +434,12 @@ class Workspace:
 
 def _room_to_rebuild_beside(path: str) -> bool:
     """Whether the disk under ``path`` keeps room for a rebuild while the old artifact is still being removed."""
-    size = 0
-    for directory, _, files in os.walk(path):
-        for name in files:
-            with contextlib.suppress(OSError):
-                size += os.lstat(os.path.join(directory, name)).st_size
+    from .formats.scratch import tree_bytes
+
     try:
-        free = shutil.disk_usage(path).free
+        return shutil.disk_usage(path).free >= 2 * tree_bytes(Location.of(path)) + (1 << 30)
     except OSError:
         return False
-    return free >= 2 * size + (1 << 30)
 
 
 MAX_MANIFEST_BYTES = 256 << 20  # a manifest lists one hash per file; far below this even for huge stores

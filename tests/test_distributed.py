@@ -402,7 +402,9 @@ def test_sweeper_takes_the_marker_first_local_and_on_s3(s3_options, tmp_path, mo
             save_array(piece.child("lag02.spill"), np.arange(10))
             mark_complete(piece)
         sweeper = Sweeper()
-        sweeper.pieces(pieces[:2])
+        for piece in pieces[:2]:  # whole pieces, each marker first
+            sweeper.invalidate([piece])
+            sweeper.remove([piece])
         sweeper.invalidate([pieces[3]])
         sweeper.remove([pieces[3].child("lag01.spill")])
         sweeper.join()
@@ -426,7 +428,9 @@ def test_sweeper_takes_the_marker_first_local_and_on_s3(s3_options, tmp_path, mo
         save_array(p.child("lag01.spill"), np.arange(10))
         mark_complete(p)
     sweeper = Sweeper()
-    sweeper.pieces([piece, stuck])
+    for p in (piece, stuck):
+        sweeper.invalidate([p])
+        sweeper.remove([p])
     sweeper.remove([stuck.child("lag01.spill")])
     sweeper.join()
     assert order == [MARKER, "sweep-order", MARKER] and not piece.child("lag01.spill").exists()

@@ -224,12 +224,6 @@ class Sweeper:
         for loc in locations:
             self._todo.put((False, loc))
 
-    def pieces(self, pieces: list[Location]) -> None:
-        """Remove piece directories whole, each marker first."""
-        for piece in pieces:
-            self.invalidate([piece])
-            self.remove([piece])
-
     def join(self) -> None:
         self._todo.put(None)
         self._thread.join()
